@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* conf/: settings and release declarations, read from retired.conf and
+ * releases.d/NAME.conf with libconfig and validated before anything else sees
+ * them.  A file either loads whole or is rejected whole with FILE:LINE
+ * diagnostics; nothing is ever half-applied. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Limits on what a user controls. */
+#define CONF_MAX_FILE_SIZE   (256u << 20)  /* bytes per file */
+#define CONF_MAX_RELEASES    1000000u      /* declarations over all files */
+#define CONF_MAX_DROPIN      10000u        /* files in releases_dir */
+#define CONF_MAX_DIAG        50u           /* diagnostics kept per load */
+#define CONF_MAX_NUMBER      64u           /* characters in a number */
+#define CONF_MAX_SIP         256u          /* characters in a SIP identifier */
+#define CONF_MAX_REASON      1024u         /* characters in a reason */
+#define CONF_MAX_PATH        4096u
+#define CONF_MAX_URL         1024u
+
+#define UUID_STRING_LEN      36
+
+typedef struct Decl {
+        char *key;          /* id when declared, else the number */
+        char *id;           /* canonical lowercase UUID, or NULL */
+        char *number;       /* normalised number or SIP identifier, or NULL */
+        char *reason;       /* NULL when not given */
+        int64_t not_before; /* seconds since the epoch, 0 when not given */
+        const char *file;   /* points into Config.files */
+        unsigned line;
+} Decl;
+
+typedef struct Config {
+        char *path;              /* the main file as given */
+        char *base_url;          /* without trailing slash */
+        char *token_file;        /* "" = $CREDENTIALS_DIRECTORY/api-token */
+        char *ca_file;           /* "" = the system's CA store */
+        double timeout;          /* seconds per HTTP call */
+        double rate;             /* calls per second */
+        unsigned burst;
+        unsigned concurrency;
+        unsigned max_attempts;
+        double base_delay, max_delay;
+        bool dry_run;
+        unsigned max_new_releases;
+        double resync_interval;
+        char *ledger;            /* resolved path of the ledger */
+        char *releases_dir;      /* resolved path of the drop-in folder */
+
+        Decl *decls;
+        size_t n_decls;
+
+        char **files;            /* every file read, for Decl.file */
+        size_t n_files;
+} Config;
+
+/* Diagnostics in the "FILE:LINE: message" form, in the order found. */
+typedef struct ConfDiag {
+        char **lines;
+        size_t n;
+        size_t dropped;          /* past CONF_MAX_DIAG */
+} ConfDiag;
+
+void conf_diag_done(ConfDiag *d);
+void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+/* Returns 0, or -EINVAL with d filled when the files are invalid, or another
+ * negative errno (also explained in d) when they cannot be read. */
+int config_load(const char *path, Config **ret, ConfDiag *d);
+Config *config_free(Config *c);
+static inline void config_freep(Config **c) { if (*c) config_free(*c); }
+
+
+/* Validation helpers shared with state/ and daemon/. */
+bool uuid_is_valid(const char *s);
+int number_normalize(const char *in, char **ret);
+int rfc3339_parse(const char *s, int64_t *ret);
+int rfc3339_format(int64_t t, char buf[static 21]);

@@ -1,0 +1,626 @@
+/* SPDX-License-Identifier: MIT */
+/* Reads retired.conf and releases.d/NAME.conf.  Every problem is reported with
+ * the file and line libconfig gives us, and any problem rejects the load. */
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <libconfig.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <curl/curl.h>
+
+#include "conf.h"
+#include "macro.h"
+
+typedef struct Loader {
+        Config *c;
+        ConfDiag *d;
+        const char *file;   /* the file being read, for settings libconfig has no name for */
+        size_t errors;      /* d->n may be capped; this is not */
+        size_t cap;         /* allocated decls */
+        unsigned retry_line;   /* where the retry group is, for cross-key checks */
+} Loader;
+
+static void bad(Loader *l, const config_setting_t *s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void bad(Loader *l, const config_setting_t *s, const char *fmt, ...) {
+        _cleanup_free_ char *msg = NULL;
+        const char *f = s ? config_setting_source_file(s) : NULL;
+        va_list ap;
+
+        l->errors++;
+        va_start(ap, fmt);
+        if (vasprintf(&msg, fmt, ap) < 0)
+                msg = NULL;
+        va_end(ap);
+        conf_diag_add(l->d, f ? f : l->file, s ? config_setting_source_line(s) : 0, "%s",
+                      msg ? msg : "out of memory");
+}
+
+typedef enum { K_STR, K_FLOAT, K_UINT, K_BOOL } Kind;
+
+typedef struct Key {
+        const char *group, *name;
+        Kind kind;
+        size_t offset;
+        double min, max;
+        const char *(*check)(const char *value);  /* NULL or why the string is refused */
+} Key;
+
+static const char *check_absolute(const char *v) {
+        return v[0] && v[0] != '/' ? "must be an absolute path (or empty)" : NULL;
+}
+
+static bool host_is_loopback(const char *h) {
+        return streq(h, "localhost") || streq(h, "[::1]") || streq(h, "::1") ||
+               strncmp(h, "127.", 4) == 0;
+}
+
+/* libcurl's own URL parser decides what the scheme and host are, so that
+ * we check the same thing that will be connected to. */
+static const char *check_url(const char *v) {
+        _cleanup_free_ char *scheme = NULL, *host = NULL, *query = NULL;
+        const char *why = NULL;
+        CURLU *u;
+
+        if (strlen(v) > CONF_MAX_URL)
+                return "longer than 1024 characters";
+        u = curl_url();
+        if (!u)
+                return "out of memory";
+        if (curl_url_set(u, CURLUPART_URL, v, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+                why = "not a URL";
+        else if (!streq(scheme, "https") && !(streq(scheme, "http") && host_is_loopback(host)))
+                why = "only https:// URLs are allowed (http:// only for loopback test servers)";
+        else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK || strchr(v, '#'))
+                why = "must not have a query or fragment";
+        curl_url_cleanup(u);
+        return why;
+}
+
+#define C(f) offsetof(Config, f)
+static const Key keys[] = {
+        { "api",    "base_url",         K_STR,   C(base_url),   .check = check_url },
+        { "api",    "token_file",       K_STR,   C(token_file), .check = check_absolute },
+        { "api",    "ca_file",          K_STR,   C(ca_file),    .check = check_absolute },
+        { "api",    "timeout",          K_FLOAT, C(timeout),          1, 600 },
+        { "pace",   "rate",             K_FLOAT, C(rate),             0.001, 10000 },
+        { "pace",   "burst",            K_UINT,  C(burst),            1, 10000 },
+        { "pace",   "concurrency",      K_UINT,  C(concurrency),      1, 64 },
+        { "retry",  "max_attempts",     K_UINT,  C(max_attempts),     1, 100 },
+        { "retry",  "base_delay",       K_FLOAT, C(base_delay),       0.001, 3600 },
+        { "retry",  "max_delay",        K_FLOAT, C(max_delay),        0.001, 86400 },
+        { "safety", "dry_run",          K_BOOL,  C(dry_run) },
+        { "safety", "max_new_releases", K_UINT,  C(max_new_releases), 0, CONF_MAX_RELEASES },
+        { NULL,     "resync_interval",  K_FLOAT, C(resync_interval),  1, 604800 },
+        { NULL,     "ledger",           K_STR,   C(ledger) },
+        { NULL,     "releases_dir",     K_STR,   C(releases_dir) },
+};
+#undef C
+
+static const char *const groups[] = { "api", "pace", "retry", "safety" };
+
+static void read_key(Loader *l, const Key *k, const config_setting_t *s) {
+        char *field = (char *) l->c + k->offset;
+        int type = config_setting_type(s);
+        char name[64];
+        double v = 0;
+
+        snprintf(name, sizeof name, "%s%s%s", k->group ? k->group : "", k->group ? "." : "", k->name);
+
+        switch (k->kind) {
+        case K_STR: {
+                const char *str = config_setting_get_string(s), *why;
+                char *dup;
+
+                if (type != CONFIG_TYPE_STRING)
+                        return bad(l, s, "%s: expected a string", name);
+                if (k->check && (why = k->check(str)))
+                        return bad(l, s, "%s: \"%.80s\": %s", name, str, why);
+                if (strlen(str) > CONF_MAX_PATH)
+                        return bad(l, s, "%s: longer than %u characters", name, CONF_MAX_PATH);
+                dup = strdup(str);
+                if (!dup)
+                        return bad(l, s, "out of memory");
+                free(*(char **) field);
+                *(char **) field = dup;
+                return;
+        }
+        case K_BOOL:
+                if (type != CONFIG_TYPE_BOOL)
+                        return bad(l, s, "%s: expected true or false", name);
+                *(bool *) field = config_setting_get_bool(s);
+                return;
+        case K_FLOAT:
+                if (type == CONFIG_TYPE_FLOAT)
+                        v = config_setting_get_float(s);
+                else if (type == CONFIG_TYPE_INT || type == CONFIG_TYPE_INT64)
+                        v = (double) config_setting_get_int64(s);
+                else
+                        return bad(l, s, "%s: expected a number", name);
+                break;
+        case K_UINT:
+                if (type != CONFIG_TYPE_INT && type != CONFIG_TYPE_INT64)
+                        return bad(l, s, "%s: expected a whole number", name);
+                v = (double) config_setting_get_int64(s);
+                break;
+        }
+        if (!(v >= k->min && v <= k->max))
+                return bad(l, s, "%s: %g is out of range (%g to %g)", name, v, k->min, k->max);
+        if (k->kind == K_FLOAT)
+                *(double *) field = v;
+        else
+                *(unsigned *) field = (unsigned) v;
+}
+
+static const Key *find_key(const char *group, const char *name) {
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
+                if (streq_ptr(keys[i].group, group) && streq(keys[i].name, name))
+                        return &keys[i];
+        return NULL;
+}
+
+static int decl_push(Loader *l, Decl *d) {
+        if (l->c->n_decls >= CONF_MAX_RELEASES)
+                return -E2BIG;
+        if (l->c->n_decls == l->cap) {
+                size_t cap = l->cap ? l->cap * 2 : 64;
+                Decl *a = reallocarray(l->c->decls, cap, sizeof(Decl));
+                if (!a)
+                        return -ENOMEM;
+                l->c->decls = a;
+                l->cap = cap;
+        }
+        l->c->decls[l->c->n_decls++] = *d;
+        return 0;
+}
+
+static void decl_done(Decl *d) {
+        free(d->id);
+        free(d->number);
+        free(d->reason);
+        /* key aliases id or number */
+}
+
+static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
+        Decl d = { .file = file, .line = config_setting_source_line(e) };
+        size_t before = l->errors;
+        int r;
+
+        if (!config_setting_is_group(e)) {
+                bad(l, e, "releases: each entry must be a group { ... }");
+                return 0;
+        }
+        for (int i = 0; i < config_setting_length(e); i++) {
+                const config_setting_t *s = config_setting_get_elem(e, i);
+                const char *name = config_setting_name(s), *v = config_setting_get_string(s);
+
+                if (!streq(name, "id") && !streq(name, "number") && !streq(name, "reason") &&
+                    !streq(name, "not_before")) {
+                        bad(l, s, "unknown key '%s' in release entry (expected number, id, reason, not_before)", name);
+                        continue;
+                }
+                if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+                        bad(l, s, "%s: expected a string", name);
+                        continue;
+                }
+                if (streq(name, "id")) {
+                        if (!uuid_is_valid(v))
+                                bad(l, s, "id: \"%.40s\" is not a lowercase UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)", v);
+                        else if (!(d.id = strdup(v)))
+                                return -ENOMEM;
+                } else if (streq(name, "number")) {
+                        r = number_normalize(v, &d.number);
+                        if (r == -ENOMEM)
+                                return r;
+                        if (r == -E2BIG)
+                                bad(l, s, "number: longer than %u characters", strchr(v, '@') ? CONF_MAX_SIP : CONF_MAX_NUMBER);
+                        else if (r == -ERANGE)
+                                bad(l, s, "number: \"%s\" must have 3 to 20 digits", v);
+                        else if (r < 0)
+                                bad(l, s, "number: \"%.80s\" is not a phone number (digits, a leading +, spaces . - ( ) ) or a SIP identifier (user@host)", v);
+                } else if (streq(name, "reason")) {
+                        if (strlen(v) > CONF_MAX_REASON)
+                                bad(l, s, "reason: longer than %u characters", CONF_MAX_REASON);
+                        else if (!(d.reason = strdup(v)))
+                                return -ENOMEM;
+                } else {
+                        r = rfc3339_parse(v, &d.not_before);
+                        if (r < 0 || d.not_before == 0)
+                                bad(l, s, "not_before: \"%.40s\" is not an RFC 3339 UTC time (e.g. 2026-12-31T23:00:00Z)", v);
+                }
+        }
+        if (!d.id && !d.number && l->errors == before)
+                bad(l, e, "release entry names neither a number nor an id");
+        if (l->errors != before) {
+                decl_done(&d);
+                return 0;
+        }
+        d.key = d.id ? d.id : d.number;
+        r = decl_push(l, &d);
+        if (r < 0) {
+                decl_done(&d);
+                if (r == -E2BIG)
+                        bad(l, e, "more than %u release declarations", CONF_MAX_RELEASES);
+                return r;
+        }
+        return 0;
+}
+
+static int read_releases(Loader *l, const config_setting_t *s, const char *file) {
+        int r;
+
+        if (!config_setting_is_list(s) && !config_setting_is_array(s)) {
+                bad(l, s, "releases: expected a list ( { ... }, ... )");
+                return 0;
+        }
+        for (int i = 0; i < config_setting_length(s); i++) {
+                r = read_entry(l, config_setting_get_elem(s, i), file);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* Reads one file into a libconfig tree.  We open it ourselves so the size
+ * limit applies to what is actually parsed. */
+static int read_tree(Loader *l, const char *path, config_t *cfg) {
+        _cleanup_fclose_ FILE *f = NULL;
+        struct stat st;
+
+        f = fopen(path, "re");
+        if (!f) {
+                int r = negative_errno();
+                conf_diag_add(l->d, path, 0, "cannot open: %s", strerror(-r));
+                return r;
+        }
+        if (fstat(fileno(f), &st) < 0)
+                return negative_errno();
+        if (!S_ISREG(st.st_mode)) {
+                conf_diag_add(l->d, path, 0, "not a regular file");
+                return -EINVAL;
+        }
+        if (st.st_size > (off_t) CONF_MAX_FILE_SIZE) {
+                conf_diag_add(l->d, path, 0, "larger than %u MiB", CONF_MAX_FILE_SIZE >> 20);
+                return -EFBIG;
+        }
+        if (config_read(cfg, f) != CONFIG_TRUE) {
+                const char *ef = config_error_file(cfg);
+                conf_diag_add(l->d, ef ? ef : path, config_error_line(cfg), "%s", config_error_text(cfg));
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int read_main(Loader *l, const char *path) {
+        config_t cfg;
+        int r;
+
+        config_init(&cfg);
+        r = read_tree(l, path, &cfg);
+        if (r < 0)
+                goto out;
+        config_setting_t *root = config_root_setting(&cfg);
+        for (int i = 0; i < config_setting_length(root) && r >= 0; i++) {
+                const config_setting_t *s = config_setting_get_elem(root, i);
+                const char *name = config_setting_name(s);
+                const Key *k;
+                bool group = false;
+
+                if (streq(name, "releases")) {
+                        r = read_releases(l, s, l->c->files[0]);
+                        continue;
+                }
+                for (size_t g = 0; g < ELEMENTSOF(groups); g++)
+                        group = group || streq(name, groups[g]);
+                if (group) {
+                        if (!config_setting_is_group(s)) {
+                                bad(l, s, "%s: expected a group { ... }", name);
+                                continue;
+                        }
+                        if (streq(name, "retry"))
+                                l->retry_line = config_setting_source_line(s);
+                        for (int j = 0; j < config_setting_length(s); j++) {
+                                const config_setting_t *c = config_setting_get_elem(s, j);
+                                k = find_key(name, config_setting_name(c));
+                                if (k)
+                                        read_key(l, k, c);
+                                else
+                                        bad(l, c, "unknown setting '%s.%s'", name, config_setting_name(c));
+                        }
+                        continue;
+                }
+                k = find_key(NULL, name);
+                if (k)
+                        read_key(l, k, s);
+                else
+                        bad(l, s, "unknown setting '%s'", name);
+        }
+out:
+        config_destroy(&cfg);
+        return r;
+}
+
+static int add_file(Config *c, const char *path, const char **ret) {
+        char **a = reallocarray(c->files, c->n_files + 1, sizeof(char *));
+        if (!a)
+                return -ENOMEM;
+        c->files = a;
+        if (!(c->files[c->n_files] = strdup(path)))
+                return -ENOMEM;
+        *ret = c->files[c->n_files++];
+        return 0;
+}
+
+static int read_dropin(Loader *l, const char *path) {
+        const char *file;
+        config_t cfg;
+        int r;
+
+        r = add_file(l->c, path, &file);
+        if (r < 0)
+                return r;
+        l->file = file;
+        config_init(&cfg);
+        r = read_tree(l, path, &cfg);
+        if (r >= 0) {
+                config_setting_t *root = config_root_setting(&cfg);
+                for (int i = 0; i < config_setting_length(root) && r >= 0; i++) {
+                        const config_setting_t *s = config_setting_get_elem(root, i);
+                        if (streq(config_setting_name(s), "releases"))
+                                r = read_releases(l, s, file);
+                        else
+                                bad(l, s, "unknown setting '%s' (a releases.d file holds only 'releases')",
+                                    config_setting_name(s));
+                }
+        }
+        config_destroy(&cfg);
+        return r;
+}
+
+static int dropin_filter(const struct dirent *de) {
+        size_t n = strlen(de->d_name);
+        return de->d_name[0] != '.' && n > 5 && streq(de->d_name + n - 5, ".conf");
+}
+
+/* Plain byte order, so the order of files never depends on the locale. */
+static int dropin_cmp(const struct dirent **a, const struct dirent **b) {
+        return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+static int read_dropins(Loader *l, bool explicit) {
+        struct dirent **list = NULL;
+        int n, r = 0;
+
+        n = scandir(l->c->releases_dir, &list, dropin_filter, dropin_cmp);
+        if (n < 0) {
+                r = negative_errno();
+                if (r == -ENOENT && !explicit)
+                        return 0;
+                conf_diag_add(l->d, l->c->releases_dir, 0, "cannot read folder: %s", strerror(-r));
+                return r;
+        }
+        if ((unsigned) n > CONF_MAX_DROPIN) {
+                conf_diag_add(l->d, l->c->releases_dir, 0, "more than %u files", CONF_MAX_DROPIN);
+                r = -E2BIG;
+        }
+        for (int i = 0; i < n; i++) {
+                if (r >= 0) {
+                        _cleanup_free_ char *p = NULL;
+                        struct stat st;
+
+                        if (asprintf(&p, "%s/%s", l->c->releases_dir, list[i]->d_name) < 0)
+                                r = -ENOMEM;
+                        /* Folders and sockets named *.conf are not declarations,
+                         * and a file removed while we scan was never there. */
+                        else if (stat(p, &st) < 0) {
+                                if (errno != ENOENT) {
+                                        r = negative_errno();
+                                        conf_diag_add(l->d, p, 0, "cannot stat: %s", strerror(-r));
+                                }
+                        } else if (S_ISREG(st.st_mode))
+                                r = read_dropin(l, p);
+                }
+                free(list[i]);
+        }
+        free(list);
+        return r;
+}
+
+static int resolve_path(const char *base_dir, char **p, const char *fallback) {
+        char *n;
+
+        if (!*p || !**p) {
+                if (!(n = strdup(fallback)))
+                        return -ENOMEM;
+        } else if (**p == '/')
+                return 0;
+        else if (asprintf(&n, "%s/%s", base_dir, *p) < 0)
+                return -ENOMEM;
+        free(*p);
+        *p = n;
+        return 0;
+}
+
+static int cmp_by(const void *a, const void *b, void *field) {
+        const Decl *x = *(Decl *const *) a, *y = *(Decl *const *) b;
+        size_t off = (size_t) field;
+        const char *p = *(char *const *) ((const char *) x + off), *q = *(char *const *) ((const char *) y + off);
+
+        if (!p || !q)
+                return !!q - !!p;
+        int r = strcmp(p, q);
+        return r ? r : (x < y ? -1 : x > y);
+}
+
+static bool merge_field(char **a, char **b) {
+        if (*a && *b)
+                return streq(*a, *b);
+        if (!*a)
+                *a = TAKE_PTR(*b);
+        return true;
+}
+
+/* The same phone may be declared twice (say in two drop-ins) as long as the
+ * two agree; any disagreement is a mistake we cannot resolve for the user. */
+static int dedup_by(Loader *l, size_t field) {
+        Config *c = l->c;
+        _cleanup_free_ Decl **v = NULL;
+        size_t n = 0;
+
+        v = calloc(c->n_decls ? c->n_decls : 1, sizeof(Decl *));
+        if (!v)
+                return -ENOMEM;
+        for (size_t i = 0; i < c->n_decls; i++)
+                if (c->decls[i].key)
+                        v[n++] = &c->decls[i];
+        qsort_r(v, n, sizeof(Decl *), cmp_by, (void *) field);
+        for (size_t i = 1; i < n; i++) {
+                Decl *first = v[i - 1], *d = v[i];
+                const char *a = *(char **) ((char *) first + field), *b = *(char **) ((char *) d + field);
+
+                if (!a || !b || !streq(a, b))
+                        continue;
+                bool ok = merge_field(&first->id, &d->id) && merge_field(&first->number, &d->number) &&
+                          merge_field(&first->reason, &d->reason) &&
+                          (!first->not_before || !d->not_before || first->not_before == d->not_before);
+                if (!ok) {
+                        conf_diag_add(l->d, d->file, d->line,
+                                      "%s is declared again with different fields (first at %s:%u)",
+                                      a, first->file, first->line);
+                        l->errors++;
+                } else if (!first->not_before)
+                        first->not_before = d->not_before;
+                d->key = NULL;          /* dropped: merged into first */
+                v[i] = first;           /* a third copy compares against the merged one */
+        }
+        return 0;
+}
+
+static int dedup(Loader *l) {
+        Config *c = l->c;
+        size_t j = 0;
+        int r;
+
+        r = dedup_by(l, offsetof(Decl, number));
+        if (r >= 0)
+                r = dedup_by(l, offsetof(Decl, id));
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c->n_decls; i++) {
+                Decl *d = &c->decls[i];
+                if (!d->key) {
+                        decl_done(d);
+                        continue;
+                }
+                d->key = d->id ? d->id : d->number;
+                c->decls[j++] = *d;
+        }
+        c->n_decls = j;
+        return 0;
+}
+
+static int config_new(const char *path, Config **ret) {
+        _cleanup_(config_freep) Config *c = NULL;
+        const char *sd = getenv("STATE_DIRECTORY");
+        _cleanup_free_ char *sd_first = NULL;
+
+        c = calloc(1, sizeof(Config));
+        if (!c)
+                return -ENOMEM;
+        *c = (Config) {
+                .timeout = 30.0, .rate = 2.0, .burst = 5, .concurrency = 4,
+                .max_attempts = 8, .base_delay = 1.0, .max_delay = 300.0,
+                .max_new_releases = 25, .resync_interval = 3600.0,
+        };
+        /* $STATE_DIRECTORY may list several folders separated by ':'. */
+        if (sd && *sd == '/')
+                sd_first = strndup(sd, strcspn(sd, ":"));
+        if (asprintf(&c->ledger, "%s/ledger.db", sd_first ? sd_first : "/var/lib/retired") < 0) {
+                c->ledger = NULL;
+                return -ENOMEM;
+        }
+        c->path = strdup(path);
+        c->base_url = strdup("https://api.diga.io");
+        c->token_file = strdup("");
+        c->ca_file = strdup("");
+        c->releases_dir = strdup("");
+        if (!c->path || !c->base_url || !c->token_file || !c->ca_file || !c->releases_dir)
+                return -ENOMEM;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+int config_load(const char *path, Config **ret, ConfDiag *d) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_free_ char *dir_copy = NULL, *default_dropin = NULL, *ledger_default = NULL;
+        const char *file, *dir;
+        bool explicit_dropin;
+        Loader l;
+        int r;
+
+        r = config_new(path, &c);
+        if (r < 0)
+                return r;
+        r = add_file(c, path, &file);
+        if (r < 0)
+                return r;
+        l = (Loader) { .c = c, .d = d, .file = file };
+
+        r = read_main(&l, path);
+        if (r < 0)
+                return r;
+
+        dir_copy = strdup(path);
+        if (!dir_copy)
+                return -ENOMEM;
+        dir = dirname(dir_copy);
+        if (asprintf(&default_dropin, "%s/releases.d", dir) < 0 ||
+            !(ledger_default = strdup(c->ledger)))
+                return -ENOMEM;
+        explicit_dropin = c->releases_dir[0] != 0;
+        if (resolve_path(dir, &c->releases_dir, default_dropin) < 0 ||
+            resolve_path(dir, &c->ledger, ledger_default) < 0)
+                return -ENOMEM;
+        if (c->max_delay < c->base_delay) {
+                conf_diag_add(d, file, l.retry_line, "retry.max_delay (%g) is shorter than retry.base_delay (%g)",
+                              c->max_delay, c->base_delay);
+                l.errors++;
+        }
+        /* Trailing slashes would double up when paths are appended. */
+        for (size_t n = strlen(c->base_url); n > 0 && c->base_url[n - 1] == '/'; n--)
+                c->base_url[n - 1] = 0;
+
+        r = read_dropins(&l, explicit_dropin);
+        if (r < 0)
+                return r;
+        r = dedup(&l);
+        if (r < 0)
+                return r;
+        if (l.errors > 0)
+                return -EINVAL;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+Config *config_free(Config *c) {
+        if (!c)
+                return NULL;
+        for (size_t i = 0; i < c->n_decls; i++)
+                decl_done(&c->decls[i]);
+        free(c->decls);
+        for (size_t i = 0; i < c->n_files; i++)
+                free(c->files[i]);
+        free(c->files);
+        free(c->path);
+        free(c->base_url);
+        free(c->token_file);
+        free(c->ca_file);
+        free(c->ledger);
+        free(c->releases_dir);
+        free(c);
+        return NULL;
+}

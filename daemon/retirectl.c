@@ -1,0 +1,464 @@
+/* SPDX-License-Identifier: MIT */
+/* retirectl: the operator's view of retired.  Reads through state/ only and,
+ * for now, only reads: the daemon is the ledger's writer. */
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <time.h>
+
+#include "conf.h"
+#include "macro.h"
+#include "state.h"
+
+static const char *arg_config = "/etc/retired/retired.conf";
+static const char *arg_ledger = NULL;
+static bool arg_json = false;
+static int arg_state = -1;
+
+/* Exit codes, like `terraform plan -detailed-exitcode` for plan. */
+enum { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_CHANGES = 2 };
+
+static void json_str(const char *s) {
+        if (!s) {
+                fputs("null", stdout);
+                return;
+        }
+        putchar('"');
+        for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
+                if (*p == '"' || *p == '\\')
+                        printf("\\%c", *p);
+                else if (*p < 0x20)
+                        printf("\\u%04x", *p);
+                else
+                        putchar(*p);
+        }
+        putchar('"');
+}
+
+static void json_time(int64_t t) {
+        char buf[21];
+        if (t <= 0 || rfc3339_format(t, buf) < 0)
+                fputs("null", stdout);
+        else
+                json_str(buf);
+}
+
+static const char *time_str(int64_t t, char buf[static 21]) {
+        if (t <= 0 || rfc3339_format(t, buf) < 0)
+                return "-";
+        return buf;
+}
+
+static void print_diag(const ConfDiag *d) {
+        for (size_t i = 0; i < d->n; i++)
+                fprintf(stderr, "%s\n", d->lines[i]);
+        if (d->dropped)
+                fprintf(stderr, "(%zu more problems not shown)\n", d->dropped);
+}
+
+static int load_config(Config **ret) {
+        _cleanup_(conf_diag_done) ConfDiag d = {};
+        int r = config_load(arg_config, ret, &d);
+        if (r < 0) {
+                print_diag(&d);
+                if (d.n == 0)
+                        fprintf(stderr, "%s: %s\n", arg_config, strerror(-r));
+        }
+        return r;
+}
+
+/* The read commands only need the ledger's path; --ledger spares them a
+ * config that does not parse. */
+static int open_ledger(Ledger **ret, Config **cfg) {
+        _cleanup_free_ char *error = NULL;
+        const char *path = arg_ledger;
+        int r;
+
+        if (!path) {
+                r = load_config(cfg);
+                if (r < 0) {
+                        fprintf(stderr, "retirectl: cannot find the ledger without a valid config "
+                                "(fix it, or pass --ledger PATH)\n");
+                        return r;
+                }
+                path = (*cfg)->ledger;
+        }
+        r = ledger_open(path, LEDGER_READ, ret, &error);
+        if (r < 0)
+                fprintf(stderr, "retirectl: %s\n", error ? error : strerror(-r));
+        return r;
+}
+
+static int verb_check(void) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        _cleanup_free_ char *error = NULL;
+        uint64_t counts[_STATE_MAX], total = 0;
+        int r;
+
+        if (load_config(&c) < 0)
+                return EXIT_ERROR;
+        r = ledger_open(arg_ledger ? arg_ledger : c->ledger, LEDGER_READ, &l, &error);
+        if (r < 0) {
+                fprintf(stderr, "%s\n", error ? error : strerror(-r));
+                return EXIT_ERROR;
+        }
+        if (ledger_counts(l, counts) < 0) {
+                fprintf(stderr, "%s: %s\n", c->ledger, ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        for (int s = 0; s < _STATE_MAX; s++)
+                total += counts[s];
+        printf("%s: OK, %zu releases declared in %zu files, ledger %s with %" PRIu64 " rows\n",
+               c->path, c->n_decls, c->n_files, arg_ledger ? arg_ledger : c->ledger, total);
+        return EXIT_OK;
+}
+
+static void print_change_json(const Change *c, bool first) {
+        printf("%s\n    {\"kind\": ", first ? "" : ",");
+        json_str(change_kind_to_string(c->kind));
+        printf(", \"key\": ");
+        json_str(c->key);
+        printf(", \"id\": ");
+        json_str(c->id);
+        printf(", \"number\": ");
+        json_str(c->number);
+        printf(", \"from\": ");
+        json_str(c->kind == CHANGE_ADD ? NULL : state_to_string(c->from));
+        printf(", \"to\": ");
+        json_str(state_to_string(c->to));
+        printf(", \"not_before\": ");
+        json_time(c->not_before);
+        printf(", \"declared_at\": ");
+        json_str(c->declared_at);
+        putchar('}');
+}
+
+static void print_change(const Change *c) {
+        static const char sign[_CHANGE_MAX] = {
+                [CHANGE_ADD] = '+', [CHANGE_REDECLARE] = '+', [CHANGE_CANCEL] = '-',
+                [CHANGE_UPDATE] = '~', [CHANGE_KEEP] = '!',
+        };
+        char buf[21];
+
+        printf("%c %-9s %s", sign[c->kind], change_kind_to_string(c->kind), c->key);
+        if (c->number && !streq(c->number, c->key))
+                printf(" number=%s", c->number);
+        if (c->id && !streq(c->id, c->key))
+                printf(" id=%s", c->id);
+        if (c->not_before > 0)
+                printf(" not_before=%s", time_str(c->not_before, buf));
+        switch (c->kind) {
+        case CHANGE_ADD:
+                printf(" (declared at %s)\n", c->declared_at);
+                break;
+        case CHANGE_KEEP:
+                printf(" (%s, no longer declared: %s)\n", state_to_string(c->from),
+                       c->from == STATE_RELEASED || c->from == STATE_SCHEDULED ? "cannot be undone" : "left as is");
+                break;
+        default:
+                printf(" (%s -> %s)\n", state_to_string(c->from), state_to_string(c->to));
+        }
+}
+
+static int verb_plan(void) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        _cleanup_(plan_freep) Plan *p = NULL;
+        _cleanup_free_ char *error = NULL;
+        int r;
+
+        if (load_config(&c) < 0)
+                return EXIT_ERROR;
+        r = ledger_open(arg_ledger ? arg_ledger : c->ledger, LEDGER_READ, &l, &error);
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s\n", error ? error : strerror(-r));
+                return EXIT_ERROR;
+        }
+        r = plan_compute(l, c, &p);
+        if (r < 0) {
+                fprintf(stderr, "retirectl: cannot compute the plan: %s (%s)\n", strerror(-r), ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        if (arg_json) {
+                printf("{\"hash\": \"%s\", \"needs_approval\": %s, \"new_releases\": %zu, "
+                       "\"max_new_releases\": %u, \"counts\": {",
+                       p->hash, p->needs_approval ? "true" : "false", p->new_releases, c->max_new_releases);
+                for (int k = 0; k < _CHANGE_MAX; k++)
+                        printf("%s\"%s\": %zu", k ? ", " : "", change_kind_to_string(k), p->count[k]);
+                printf("},\n  \"changes\": [");
+                for (size_t i = 0; i < p->n; i++)
+                        print_change_json(&p->changes[i], i == 0);
+                printf("\n  ]\n}\n");
+        } else {
+                printf("Plan %s: %zu to add, %zu to declare again, %zu to cancel, %zu to update",
+                       p->hash, p->count[CHANGE_ADD], p->count[CHANGE_REDECLARE],
+                       p->count[CHANGE_CANCEL], p->count[CHANGE_UPDATE]);
+                if (p->count[CHANGE_KEEP])
+                        printf("; %zu no longer declared but kept", p->count[CHANGE_KEEP]);
+                printf(".\n");
+                if (p->needs_approval)
+                        printf("Needs approval: %zu new releases exceed safety.max_new_releases = %u; "
+                               "once the daemon holds this plan, run: retirectl approve %s\n",
+                               p->new_releases, c->max_new_releases, p->hash);
+                for (size_t i = 0; i < p->n; i++)
+                        print_change(&p->changes[i]);
+        }
+        return plan_changes(p) > 0 ? EXIT_CHANGES : EXIT_OK;
+}
+
+static int verb_status(void) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        uint64_t counts[_STATE_MAX], total = 0;
+
+        if (open_ledger(&l, &c) < 0)
+                return EXIT_ERROR;
+        if (ledger_counts(l, counts) < 0) {
+                fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        for (int s = 0; s < _STATE_MAX; s++)
+                total += counts[s];
+        if (arg_json) {
+                printf("{\"counts\": {");
+                for (int s = 0; s < _STATE_MAX; s++)
+                        printf("%s\"%s\": %" PRIu64, s ? ", " : "", state_to_string(s), counts[s]);
+                printf("}, \"total\": %" PRIu64 "}\n", total);
+                return EXIT_OK;
+        }
+        for (int s = 0; s < _STATE_MAX; s++)
+                printf("%-11s %8" PRIu64 "\n", state_to_string(s), counts[s]);
+        printf("%-11s %8" PRIu64 "\n", "total", total);
+        return EXIT_OK;
+}
+
+static void print_phone_json(const Phone *p, bool close) {
+        printf("{\"key\": ");
+        json_str(p->key);
+        printf(", \"id\": ");
+        json_str(p->id);
+        printf(", \"number\": ");
+        json_str(p->number);
+        printf(", \"state\": ");
+        json_str(state_to_string(p->state));
+        printf(", \"attempts\": %u, \"reason\": ", p->attempts);
+        json_str(p->reason);
+        printf(", \"not_before\": ");
+        json_time(p->not_before);
+        printf(", \"next_attempt_at\": ");
+        json_time(p->next_at / 1000000);
+        printf(", \"provider\": ");
+        json_str(p->provider);
+        printf(", \"scheduled_release_at\": ");
+        json_str(p->scheduled_release_at);
+        printf(", \"last_error\": ");
+        json_str(p->last_error);
+        printf(", \"declared_at\": ");
+        json_str(p->declared_at);
+        printf(", \"updated_at\": ");
+        json_time(p->updated_at / 1000000);
+        if (close)
+                putchar('}');
+}
+
+static int list_one(const Phone *p, void *userdata) {
+        size_t *n = userdata;
+        char buf[21];
+
+        if (arg_json) {
+                fputs(*n ? ",\n " : "\n ", stdout);
+                print_phone_json(p, true);
+        } else
+                printf("%-36s %-10s %3u %-16s %-36s %-20s %s\n", p->key, state_to_string(p->state),
+                       p->attempts, p->number ? p->number : "-", p->id ? p->id : "-",
+                       time_str(p->not_before, buf), p->reason ? p->reason : "");
+        (*n)++;
+        return 0;
+}
+
+static int verb_list(void) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        size_t n = 0;
+        int r;
+
+        if (open_ledger(&l, &c) < 0)
+                return EXIT_ERROR;
+        if (arg_json)
+                putchar('[');
+        else
+                printf("%-36s %-10s %3s %-16s %-36s %-20s %s\n", "KEY", "STATE", "TRY", "NUMBER", "ID",
+                       "NOT BEFORE", "REASON");
+        r = ledger_list(l, arg_state, list_one, &n);
+        if (arg_json)
+                printf("%s]\n", n ? "\n" : "");
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        return EXIT_OK;
+}
+
+static int history_one(const History *h, void *userdata) {
+        size_t *n = userdata;
+        char buf[21];
+
+        if (arg_json) {
+                printf("%s\n   {\"seq\": %" PRId64 ", \"at\": ", *n ? "," : "", h->seq);
+                json_time(h->at / 1000000);
+                printf(", \"kind\": ");
+                json_str(h->kind);
+                printf(", \"from\": ");
+                json_str(h->old_state);
+                printf(", \"to\": ");
+                json_str(h->new_state);
+                printf(", \"method\": ");
+                json_str(h->method);
+                printf(", \"path\": ");
+                json_str(h->path);
+                if (h->http_status)
+                        printf(", \"http_status\": %d", h->http_status);
+                else
+                        printf(", \"http_status\": null");
+                printf(", \"latency_ms\": %" PRId64 ", \"detail\": ", h->latency_ms);
+                json_str(h->detail);
+                putchar('}');
+        } else if (streq(h->kind, "call"))
+                printf("  %s  call  %s %s -> %s%.0d (%" PRId64 " ms)%s%s\n", time_str(h->at / 1000000, buf),
+                       h->method, h->path, h->http_status ? "" : "no answer", h->http_status, h->latency_ms,
+                       h->detail ? " " : "", h->detail ? h->detail : "");
+        else
+                printf("  %s  state %s -> %s%s%s\n", time_str(h->at / 1000000, buf),
+                       h->old_state ? h->old_state : "(new)", h->new_state,
+                       h->detail ? ": " : "", h->detail ? h->detail : "");
+        (*n)++;
+        return 0;
+}
+
+static int verb_show(const char *what) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        _cleanup_(phone_done) Phone p = {};
+        char buf[21], nb[21], ub[21];
+        size_t n = 0;
+        int r;
+
+        if (open_ledger(&l, &c) < 0)
+                return EXIT_ERROR;
+        r = ledger_find(l, what, &p);
+        if (r == -ENOENT) {
+                fprintf(stderr, "retirectl: no phone %s in the ledger\n", what);
+                return EXIT_ERROR;
+        }
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        if (arg_json) {
+                print_phone_json(&p, false);
+                printf(",\n \"history\": [");
+        } else
+                printf("key:          %s\nstate:        %s\nattempts:     %u\nnumber:       %s\n"
+                       "id:           %s\nprovider:     %s\nreason:       %s\nnot before:   %s\n"
+                       "next attempt: %s\nscheduled:    %s\nlast error:   %s\ndeclared at:  %s\n"
+                       "updated:      %s\nhistory:\n",
+                       p.key, state_to_string(p.state), p.attempts, strna(p.number), strna(p.id),
+                       strna(p.provider), strna(p.reason), time_str(p.not_before, nb),
+                       time_str(p.next_at / 1000000, buf), strna(p.scheduled_release_at),
+                       strna(p.last_error), strna(p.declared_at), time_str(p.updated_at / 1000000, ub));
+        r = ledger_history(l, p.pk, history_one, &n);
+        if (arg_json)
+                printf("%s]}\n", n ? "\n " : "");
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        return EXIT_OK;
+}
+
+static void help(void) {
+        printf("Usage: retirectl [-c FILE] [--json] COMMAND\n\n"
+               "Commands:\n"
+               "  check          validate the config and the release declarations\n"
+               "  plan           show what a reload would change (exit 2 when it would change something)\n"
+               "  status         count the ledger's phones per state\n"
+               "  list           one line per phone (--state STATE to filter)\n"
+               "  show KEY       one phone (by key, id or number) and its history\n\n"
+               "Options:\n"
+               "  -c, --config FILE   main config (default /etc/retired/retired.conf)\n"
+               "      --ledger PATH   read this ledger instead of the config's\n"
+               "      --json          machine-readable output\n"
+               "      --state STATE   with list: only this state\n"
+               "  -h, --help          this text\n"
+               "      --version       the version\n");
+}
+
+int main(int argc, char **argv) {
+        enum { ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION };
+        static const struct option options[] = {
+                { "config",  required_argument, NULL, 'c' },
+                { "json",    no_argument,       NULL, ARG_JSON },
+                { "state",   required_argument, NULL, ARG_STATE },
+                { "ledger",  required_argument, NULL, ARG_LEDGER },
+                { "help",    no_argument,       NULL, 'h' },
+                { "version", no_argument,       NULL, ARG_VERSION },
+                {}
+        };
+        const char *verb;
+        int c;
+
+        while ((c = getopt_long(argc, argv, "c:h", options, NULL)) >= 0)
+                switch (c) {
+                case 'c':
+                        arg_config = optarg;
+                        break;
+                case ARG_JSON:
+                        arg_json = true;
+                        break;
+                case ARG_STATE:
+                        arg_state = state_from_string(optarg);
+                        if (arg_state < 0) {
+                                fprintf(stderr, "retirectl: unknown state '%s'\n", optarg);
+                                return EXIT_ERROR;
+                        }
+                        break;
+                case ARG_LEDGER:
+                        arg_ledger = optarg;
+                        break;
+                case 'h':
+                        help();
+                        return EXIT_OK;
+                case ARG_VERSION:
+                        printf("retirectl %s\n", VERSION);
+                        return EXIT_OK;
+                default:
+                        return EXIT_ERROR;
+                }
+        if (optind >= argc) {
+                help();
+                return EXIT_ERROR;
+        }
+        verb = argv[optind++];
+        if (streq(verb, "show")) {
+                if (optind != argc - 1) {
+                        fprintf(stderr, "retirectl: show takes one KEY (an id or a number)\n");
+                        return EXIT_ERROR;
+                }
+                return verb_show(argv[optind]);
+        }
+        if (optind != argc) {
+                fprintf(stderr, "retirectl: %s takes no arguments\n", verb);
+                return EXIT_ERROR;
+        }
+        if (streq(verb, "check"))
+                return verb_check();
+        if (streq(verb, "plan"))
+                return verb_plan();
+        if (streq(verb, "status"))
+                return verb_status();
+        if (streq(verb, "list"))
+                return verb_list();
+        fprintf(stderr, "retirectl: unknown command '%s' (see retirectl --help)\n", verb);
+        return EXIT_ERROR;
+}

@@ -1,0 +1,18 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Shared between the files of state/ only. */
+
+#include <sqlite3.h>
+
+#include "macro.h"
+#include "state.h"
+
+static inline void finalizep(sqlite3_stmt **st) { sqlite3_finalize(*st); }
+#define _cleanup_stmt_ _cleanup_(finalizep)
+
+int sqlite_to_errno(int rc);
+int ledger_exec(Ledger *l, const char *sql);
+int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, const char *old_state,
+                       const char *new_state, const char *method, const char *path, int http_status,
+                       int64_t latency_ms, const char *detail);

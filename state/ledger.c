@@ -1,0 +1,489 @@
+/* SPDX-License-Identifier: MIT */
+/* The ledger: one SQLite file in WAL mode with synchronous=FULL, so that a
+ * committed row survives a crash or power loss.  The schema carries its
+ * version in PRAGMA user_version and refuses files from a newer retired. */
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "internal.h"
+
+struct Ledger {
+        sqlite3 *db;
+        LedgerMode mode;
+};
+
+static const char *const state_names[_STATE_MAX] = {
+        [STATE_PENDING] = "pending",       [STATE_DEFERRED] = "deferred",
+        [STATE_IN_FLIGHT] = "in_flight",   [STATE_RETRYING] = "retrying",
+        [STATE_SCHEDULED] = "scheduled",   [STATE_RELEASED] = "released",
+        [STATE_FAILED] = "failed",         [STATE_CANCELLED] = "cancelled",
+        [STATE_UNRESOLVED] = "unresolved",
+};
+
+const char *state_to_string(PhoneState s) {
+        return s >= 0 && s < _STATE_MAX ? state_names[s] : NULL;
+}
+
+PhoneState state_from_string(const char *s) {
+        for (int i = 0; s && i < _STATE_MAX; i++)
+                if (streq(s, state_names[i]))
+                        return (PhoneState) i;
+        return _STATE_INVALID;
+}
+
+int64_t now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* migrations[i] takes a ledger from version i to i + 1. */
+static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
+        "CREATE TABLE phones ("
+        "  pk INTEGER PRIMARY KEY,"
+        "  key TEXT NOT NULL UNIQUE,"
+        "  id TEXT, number TEXT, reason TEXT,"
+        "  not_before INTEGER NOT NULL DEFAULT 0,"
+        "  state TEXT NOT NULL CHECK (state IN ('pending','deferred','in_flight','retrying',"
+        "    'scheduled','released','failed','cancelled','unresolved')),"
+        "  attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),"
+        "  next_at INTEGER NOT NULL DEFAULT 0,"
+        "  provider TEXT, scheduled_release_at TEXT, last_error TEXT, declared_at TEXT,"
+        "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+        "CREATE INDEX phones_id ON phones(id);"
+        "CREATE INDEX phones_number ON phones(number);"
+        "CREATE INDEX phones_state ON phones(state, next_at);"
+        "CREATE TABLE history ("
+        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  phone INTEGER NOT NULL REFERENCES phones(pk),"
+        "  at INTEGER NOT NULL,"
+        "  kind TEXT NOT NULL CHECK (kind IN ('state','call')),"
+        "  old_state TEXT, new_state TEXT, method TEXT, path TEXT,"
+        "  http_status INTEGER, latency_ms INTEGER, detail TEXT);"
+        "CREATE INDEX history_phone ON history(phone, seq);"
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        /* What was done must stay on record, whatever writes to the file. */
+        "CREATE TRIGGER history_no_update BEFORE UPDATE ON history"
+        "  BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;"
+        "CREATE TRIGGER history_no_delete BEFORE DELETE ON history"
+        "  BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;"
+        "CREATE TRIGGER phones_no_delete BEFORE DELETE ON phones"
+        "  BEGIN SELECT RAISE(ABORT, 'ledger rows are never deleted'); END;",
+};
+
+int sqlite_to_errno(int rc) {
+        switch (rc & 0xff) {
+        case SQLITE_OK: return 0;
+        case SQLITE_BUSY: case SQLITE_LOCKED: return -EBUSY;
+        case SQLITE_NOMEM: return -ENOMEM;
+        case SQLITE_READONLY: case SQLITE_PERM: case SQLITE_AUTH: return -EACCES;
+        case SQLITE_FULL: return -ENOSPC;
+        case SQLITE_CANTOPEN: return -ENOENT;
+        case SQLITE_CORRUPT: case SQLITE_NOTADB: return -EBADMSG;
+        case SQLITE_CONSTRAINT: return -EEXIST;
+        default: return -EIO;
+        }
+}
+
+int ledger_exec(Ledger *l, const char *sql) {
+        return sqlite_to_errno(sqlite3_exec(l->db, sql, NULL, NULL, NULL));
+}
+
+static int user_version(sqlite3 *db, int *ret) {
+        sqlite3_stmt *st;
+        int rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                *ret = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+        return rc == SQLITE_ROW ? 0 : sqlite_to_errno(rc);
+}
+
+static int migrate(Ledger *l, const char *path, char **error) {
+        int v, r;
+
+        r = ledger_exec(l, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        r = user_version(l->db, &v);
+        if (r < 0)
+                goto fail;
+        if (v > LEDGER_SCHEMA_VERSION) {
+                if (error)
+                        asprintf(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
+                                 "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
+                r = -EPROTO;
+                goto fail;
+        }
+        for (; v < LEDGER_SCHEMA_VERSION; v++) {
+                char pragma[64];
+
+                r = ledger_exec(l, migrations[v]);
+                if (r < 0)
+                        goto fail;
+                snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
+                r = ledger_exec(l, pragma);
+                if (r < 0)
+                        goto fail;
+        }
+        r = ledger_exec(l, "COMMIT");
+        if (r >= 0)
+                return 0;
+fail:
+        if (error && !*error)
+                asprintf(error, "%s: %s", path, sqlite3_errmsg(l->db));
+        ledger_exec(l, "ROLLBACK");
+        return r;
+}
+
+int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        const char *open_path = path;
+        int flags, rc, r, v;
+        struct stat st;
+
+        l = calloc(1, sizeof(Ledger));
+        if (!l)
+                return -ENOMEM;
+        l->mode = mode;
+        if (mode == LEDGER_READ) {
+                /* A read must never create the file: an absent ledger is an
+                 * empty one, so show it as such from memory. */
+                if (stat(path, &st) < 0 && errno == ENOENT) {
+                        open_path = ":memory:";
+                        flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+                } else
+                        flags = SQLITE_OPEN_READONLY;
+        } else
+                flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+
+        rc = sqlite3_open_v2(open_path, &l->db, flags | SQLITE_OPEN_NOFOLLOW, NULL);
+        if (rc != SQLITE_OK) {
+                if (error)
+                        asprintf(error, "%s: cannot open ledger: %s", path,
+                                 l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));
+                return sqlite_to_errno(rc);
+        }
+        sqlite3_extended_result_codes(l->db, 1);
+        /* Set before switching to WAL: the switch itself may need to wait. */
+        sqlite3_busy_timeout(l->db, 5000);
+
+        if (open_path != path || mode == LEDGER_WRITE) {
+                if (mode == LEDGER_WRITE) {
+                        r = ledger_exec(l, "PRAGMA journal_mode = WAL");
+                        if (r >= 0)
+                                r = ledger_exec(l, "PRAGMA synchronous = FULL");
+                        if (r >= 0)
+                                r = ledger_exec(l, "PRAGMA foreign_keys = ON");
+                        if (r < 0) {
+                                if (error)
+                                        asprintf(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                                return r;
+                        }
+                }
+                r = migrate(l, path, error);
+                if (r < 0)
+                        return r;
+        } else {
+                r = user_version(l->db, &v);
+                if (r < 0) {
+                        if (error)
+                                asprintf(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                        return r;
+                }
+                if (v != LEDGER_SCHEMA_VERSION) {
+                        if (error)
+                                asprintf(error, v > LEDGER_SCHEMA_VERSION ?
+                                         "%s: ledger schema version %d is newer than this retirectl understands (%d)" :
+                                         "%s: ledger schema version %d needs migrating to %d; start retired once",
+                                         path, v, LEDGER_SCHEMA_VERSION);
+                        return -EPROTO;
+                }
+        }
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+Ledger *ledger_close(Ledger *l) {
+        if (!l)
+                return NULL;
+        sqlite3_close_v2(l->db);
+        free(l);
+        return NULL;
+}
+
+const char *ledger_errmsg(Ledger *l) {
+        return sqlite3_errmsg(l->db);
+}
+
+sqlite3 *ledger_db(Ledger *l) {
+        return l->db;
+}
+
+static char *col_strdup(sqlite3_stmt *st, int i) {
+        const unsigned char *s = sqlite3_column_text(st, i);
+        return s ? strdup((const char *) s) : NULL;
+}
+
+void phone_done(Phone *p) {
+        free(p->key);
+        free(p->id);
+        free(p->number);
+        free(p->reason);
+        free(p->provider);
+        free(p->scheduled_release_at);
+        free(p->last_error);
+        free(p->declared_at);
+        *p = (Phone) {};
+}
+
+const char ledger_phone_columns[] =
+        "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, "
+        "scheduled_release_at, last_error, declared_at, updated_at";
+
+int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
+        Phone p = {
+                .pk = sqlite3_column_int64(st, 0),
+                .key = col_strdup(st, 1),
+                .id = col_strdup(st, 2),
+                .number = col_strdup(st, 3),
+                .reason = col_strdup(st, 4),
+                .not_before = sqlite3_column_int64(st, 5),
+                .state = state_from_string((const char *) sqlite3_column_text(st, 6)),
+                .attempts = (unsigned) sqlite3_column_int(st, 7),
+                .next_at = sqlite3_column_int64(st, 8),
+                .provider = col_strdup(st, 9),
+                .scheduled_release_at = col_strdup(st, 10),
+                .last_error = col_strdup(st, 11),
+                .declared_at = col_strdup(st, 12),
+                .updated_at = sqlite3_column_int64(st, 13),
+        };
+        if (!p.key) {
+                phone_done(&p);
+                return -ENOMEM;
+        }
+        /* The CHECK constraint keeps states valid; a file edited by hand may not. */
+        if (p.state < 0) {
+                phone_done(&p);
+                return -EBADMSG;
+        }
+        *ret = p;
+        return 0;
+}
+
+int ledger_counts(Ledger *l, uint64_t counts[static _STATE_MAX]) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        memset(counts, 0, sizeof(uint64_t) * _STATE_MAX);
+        rc = sqlite3_prepare_v2(l->db, "SELECT state, count(*) FROM phones GROUP BY state", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                PhoneState s = state_from_string((const char *) sqlite3_column_text(st, 0));
+                if (s < 0)
+                        return -EBADMSG;
+                counts[s] = (uint64_t) sqlite3_column_int64(st, 1);
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        _cleanup_free_ char *sql = NULL;
+        int rc, r;
+
+        if (asprintf(&sql, "SELECT %s FROM phones WHERE ?1 IS NULL OR state = ?1 ORDER BY pk",
+                     ledger_phone_columns) < 0)
+                return -ENOMEM;
+        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        if (state >= 0)
+                sqlite3_bind_text(st, 1, state_to_string(state), -1, SQLITE_STATIC);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                Phone p;
+                r = ledger_phone_from_row(st, &p);
+                if (r < 0)
+                        return r;
+                r = cb(&p, userdata);
+                phone_done(&p);
+                if (r < 0)
+                        return r;
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_find(Ledger *l, const char *what, Phone *ret) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        _cleanup_free_ char *sql = NULL, *norm = NULL;
+        int rc;
+
+        /* "+34 910 123 456" finds the row of "+34910123456". */
+        if (number_normalize(what, &norm) < 0)
+                norm = NULL;
+        if (asprintf(&sql, "SELECT %s FROM phones WHERE key = ?1 OR id = ?1 OR number = ?1 OR number = ?2 "
+                     "ORDER BY key = ?1 DESC, pk DESC LIMIT 1", ledger_phone_columns) < 0)
+                return -ENOMEM;
+        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_text(st, 1, what, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, norm, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        return ledger_phone_from_row(st, ret);
+}
+
+int ledger_history(Ledger *l, int64_t pk, int (*cb)(const History *h, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc, r;
+
+        rc = sqlite3_prepare_v2(l->db,
+                                "SELECT seq, at, kind, old_state, new_state, method, path, http_status, "
+                                "latency_ms, detail FROM history WHERE phone = ? ORDER BY seq", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_int64(st, 1, pk);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                History h = {
+                        .seq = sqlite3_column_int64(st, 0),
+                        .at = sqlite3_column_int64(st, 1),
+                        .kind = (const char *) sqlite3_column_text(st, 2),
+                        .old_state = (const char *) sqlite3_column_text(st, 3),
+                        .new_state = (const char *) sqlite3_column_text(st, 4),
+                        .method = (const char *) sqlite3_column_text(st, 5),
+                        .path = (const char *) sqlite3_column_text(st, 6),
+                        .http_status = sqlite3_column_int(st, 7),
+                        .latency_ms = sqlite3_column_int64(st, 8),
+                        .detail = (const char *) sqlite3_column_text(st, 9),
+                };
+                r = cb(&h, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, const char *old_state,
+                       const char *new_state, const char *method, const char *path, int http_status,
+                       int64_t latency_ms, const char *detail) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db,
+                                "INSERT INTO history (phone, at, kind, old_state, new_state, method, path, "
+                                "http_status, latency_ms, detail) VALUES (?,?,?,?,?,?,?,?,?,?)", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_int64(st, 1, pk);
+        sqlite3_bind_int64(st, 2, at);
+        sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, old_state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, new_state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, method, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 7, path, -1, SQLITE_STATIC);
+        if (http_status > 0)
+                sqlite3_bind_int(st, 8, http_status);
+        if (method)
+                sqlite3_bind_int64(st, 9, latency_ms);
+        sqlite3_bind_text(st, 10, detail, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_update(Ledger *l, const LedgerUpdate *u) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int64_t now = now_usec();
+        int rc, r;
+
+        r = ledger_exec(l, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        if (u->method) {
+                r = ledger_history_add(l, u->pk, now, "call", NULL, NULL, u->method, u->path,
+                                       u->http_status, u->latency_ms, u->to == u->from ? u->detail : NULL);
+                if (r < 0)
+                        goto fail;
+        }
+        rc = sqlite3_prepare_v2(l->db,
+                                "UPDATE phones SET state = ?3, id = coalesce(?4, id), provider = coalesce(?5, provider),"
+                                " scheduled_release_at = coalesce(?6, scheduled_release_at),"
+                                " attempts = CASE WHEN ?7 >= 0 THEN ?7 ELSE attempts END,"
+                                " next_at = CASE WHEN ?8 >= 0 THEN ?8 ELSE next_at END,"
+                                " last_error = coalesce(?9, last_error), updated_at = ?10"
+                                " WHERE pk = ?1 AND state = ?2", -1, &st, NULL);
+        if (rc != SQLITE_OK) {
+                r = sqlite_to_errno(rc);
+                goto fail;
+        }
+        sqlite3_bind_int64(st, 1, u->pk);
+        sqlite3_bind_text(st, 2, state_to_string(u->from), -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, state_to_string(u->to), -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, u->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, u->provider, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, u->scheduled_release_at, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 7, u->attempts);
+        sqlite3_bind_int64(st, 8, u->next_at);
+        sqlite3_bind_text(st, 9, u->error, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 10, now);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_DONE) {
+                r = sqlite_to_errno(rc);
+                goto fail;
+        }
+        if (sqlite3_changes(l->db) != 1) {
+                r = -ESTALE;
+                goto fail;
+        }
+        if (u->to != u->from) {
+                r = ledger_history_add(l, u->pk, now, "state", state_to_string(u->from),
+                                       state_to_string(u->to), NULL, NULL, 0, 0, u->detail);
+                if (r < 0)
+                        goto fail;
+        }
+        r = ledger_exec(l, "COMMIT");
+        if (r >= 0)
+                return 0;
+fail:
+        ledger_exec(l, "ROLLBACK");
+        return r;
+}
+
+int ledger_meta_get(Ledger *l, const char *name, char **ret) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        *ret = col_strdup(st, 0);
+        return *ret ? 0 : -ENOMEM;
+}
+
+int ledger_meta_set(Ledger *l, const char *name, const char *value) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db, "INSERT INTO meta (name, value) VALUES (?1, ?2) "
+                                "ON CONFLICT (name) DO UPDATE SET value = ?2", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}

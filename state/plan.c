@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: MIT */
+/* The plan: declarations diffed against the ledger.  The declarations go
+ * into a TEMP table so that SQLite does the matching with indexes; that
+ * works on a read-only connection too, so `retirectl plan` never writes. */
+
+#include <inttypes.h>
+
+#include "internal.h"
+
+static const char *const change_names[_CHANGE_MAX] = {
+        [CHANGE_ADD] = "add", [CHANGE_REDECLARE] = "redeclare", [CHANGE_CANCEL] = "cancel",
+        [CHANGE_UPDATE] = "update", [CHANGE_KEEP] = "keep",
+};
+
+const char *change_kind_to_string(ChangeKind k) {
+        return k < _CHANGE_MAX ? change_names[k] : NULL;
+}
+
+static void change_done(Change *c) {
+        free(c->key);
+        free(c->id);
+        free(c->number);
+        free(c->reason);
+        free(c->declared_at);
+}
+
+Plan *plan_free(Plan *p) {
+        if (!p)
+                return NULL;
+        for (size_t i = 0; i < p->n; i++)
+                change_done(&p->changes[i]);
+        free(p->changes);
+        free(p);
+        return NULL;
+}
+
+size_t plan_changes(const Plan *p) {
+        return p->n - p->count[CHANGE_KEEP];
+}
+
+static int load_decls(Ledger *l, const Config *c) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        sqlite3 *db = ledger_db(l);
+        int rc, r;
+
+        r = ledger_exec(l, "DROP TABLE IF EXISTS temp.decl;"
+                        "CREATE TEMP TABLE decl (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT,"
+                        "  number TEXT, reason TEXT, not_before INTEGER NOT NULL, declared_at TEXT,"
+                        "  phone INTEGER)");
+        if (r < 0)
+                return r;
+        rc = sqlite3_prepare_v2(db, "INSERT INTO temp.decl (key, id, number, reason, not_before, declared_at)"
+                                " VALUES (?, ?, ?, ?, ?, ? || ':' || ?)", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        r = ledger_exec(l, "SAVEPOINT decl");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c->n_decls; i++) {
+                const Decl *d = &c->decls[i];
+
+                sqlite3_bind_text(st, 1, d->key, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 2, d->id, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 3, d->number, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 4, d->reason, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 5, d->not_before);
+                sqlite3_bind_text(st, 6, d->file, -1, SQLITE_STATIC);
+                sqlite3_bind_int(st, 7, (int) d->line);
+                rc = sqlite3_step(st);
+                sqlite3_reset(st);
+                if (rc != SQLITE_DONE) {
+                        ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
+                        return sqlite_to_errno(rc);
+                }
+        }
+        /* A declaration names a row by its key, or by the id or number the
+         * row was declared or resolved with. */
+        r = ledger_exec(l, "CREATE INDEX temp.decl_phone ON decl (phone);"
+                        "UPDATE temp.decl SET phone = coalesce("
+                        "  (SELECT pk FROM phones p WHERE p.key = decl.key),"
+                        "  (SELECT max(pk) FROM phones p WHERE decl.id IS NOT NULL AND p.id = decl.id),"
+                        "  (SELECT max(pk) FROM phones p WHERE decl.number IS NOT NULL AND p.number = decl.number));"
+                        "RELEASE decl");
+        if (r < 0)
+                ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
+        return r;
+}
+
+static int push(Plan *p, size_t *cap, Change *c) {
+        if (p->n == *cap) {
+                size_t n = *cap ? *cap * 2 : 64;
+                Change *a = reallocarray(p->changes, n, sizeof(Change));
+                if (!a)
+                        return -ENOMEM;
+                p->changes = a;
+                *cap = n;
+        }
+        p->changes[p->n++] = *c;
+        p->count[c->kind]++;
+        return 0;
+}
+
+static char *col(sqlite3_stmt *st, int i) {
+        const unsigned char *s = sqlite3_column_text(st, i);
+        return s ? strdup((const char *) s) : NULL;
+}
+
+/* One query yields every change, in a stable order: kind, then declaration
+ * order for new rows and ledger order for existing ones. */
+static const char plan_sql[] =
+        "SELECT 0, NULL, d.key, d.id, d.number, d.reason, d.not_before, d.declared_at, NULL"
+        "  FROM temp.decl d WHERE d.phone IS NULL"
+        " UNION ALL "
+        "SELECT 1, p.pk, p.key, p.id, p.number, d.reason, d.not_before, d.declared_at, p.state"
+        "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
+        "  WHERE p.state = 'cancelled'"
+        " UNION ALL "
+        "SELECT 2, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
+        "  FROM phones p WHERE p.state IN ('pending','deferred','retrying','unresolved')"
+        "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
+        " UNION ALL "
+        "SELECT 3, p.pk, p.key, p.id, p.number, d.reason, d.not_before, d.declared_at, p.state"
+        "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
+        "  WHERE p.state IN ('pending','deferred','retrying','unresolved')"
+        "  AND (p.reason IS NOT d.reason OR p.not_before != d.not_before)"
+        " UNION ALL "
+        "SELECT 4, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
+        "  FROM phones p WHERE p.state IN ('released','scheduled','failed','in_flight')"
+        "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
+        " ORDER BY 1, 2";
+
+static void hash_add(uint64_t *h, const char *s) {
+        for (; *s; s++) {
+                *h ^= (unsigned char) *s;
+                *h *= 0x100000001b3ULL;
+        }
+}
+
+int plan_compute(Ledger *l, const Config *c, Plan **ret) {
+        _cleanup_(plan_freep) Plan *p = NULL;
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        uint64_t h = 0xcbf29ce484222325ULL;
+        size_t cap = 0;
+        int rc, r;
+
+        p = calloc(1, sizeof(Plan));
+        if (!p)
+                return -ENOMEM;
+        r = load_decls(l, c);
+        if (r < 0)
+                return r;
+        rc = sqlite3_prepare_v2(ledger_db(l), plan_sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                ChangeKind k = (ChangeKind) sqlite3_column_int(st, 0);
+                const char *from = (const char *) sqlite3_column_text(st, 8);
+                Change ch = {
+                        .kind = k,
+                        .pk = sqlite3_column_int64(st, 1),
+                        .key = col(st, 2), .id = col(st, 3), .number = col(st, 4),
+                        .reason = col(st, 5), .not_before = sqlite3_column_int64(st, 6),
+                        .declared_at = col(st, 7),
+                        .from = from ? state_from_string(from) : _STATE_INVALID,
+                };
+
+                ch.to = k == CHANGE_ADD || k == CHANGE_REDECLARE ? STATE_PENDING :
+                        k == CHANGE_CANCEL ? STATE_CANCELLED : ch.from;
+                if (!ch.key || (from && ch.from < 0)) {
+                        change_done(&ch);
+                        return ch.key ? -EBADMSG : -ENOMEM;
+                }
+                if (k == CHANGE_ADD || k == CHANGE_REDECLARE) {
+                        hash_add(&h, change_names[k]);
+                        hash_add(&h, " ");
+                        hash_add(&h, ch.key);
+                        hash_add(&h, "\n");
+                        p->new_releases++;
+                }
+                r = push(p, &cap, &ch);
+                if (r < 0) {
+                        change_done(&ch);
+                        return r;
+                }
+        }
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        snprintf(p->hash, sizeof p->hash, "%012" PRIx64, h >> 16);
+        p->needs_approval = p->new_releases > c->max_new_releases;
+        *ret = TAKE_PTR(p);
+        return 0;
+}
+
+static int step_one(sqlite3 *db, sqlite3_stmt *st) {
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        /* The row moved on since the plan was made: the plan is stale. */
+        return sqlite3_changes(db) == 1 ? 0 : -ESTALE;
+}
+
+static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_t now) {
+        sqlite3 *db = ledger_db(l);
+        sqlite3_stmt *s = st[c->kind];
+        int64_t pk = c->pk;
+        const char *detail;
+        int r;
+
+        sqlite3_clear_bindings(s);
+        switch (c->kind) {
+        case CHANGE_ADD:
+                sqlite3_bind_text(s, 1, c->key, -1, SQLITE_STATIC);
+                sqlite3_bind_text(s, 2, c->id, -1, SQLITE_STATIC);
+                sqlite3_bind_text(s, 3, c->number, -1, SQLITE_STATIC);
+                break;
+        case CHANGE_REDECLARE:
+        case CHANGE_UPDATE:
+        case CHANGE_CANCEL:
+                sqlite3_bind_int64(s, 1, c->pk);
+                sqlite3_bind_text(s, 2, state_to_string(c->from), -1, SQLITE_STATIC);
+                break;
+        default:
+                return 0;
+        }
+        if (c->kind != CHANGE_CANCEL) {
+                sqlite3_bind_text(s, 4, c->reason, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(s, 5, c->not_before);
+                sqlite3_bind_text(s, 6, c->declared_at, -1, SQLITE_STATIC);
+        }
+        sqlite3_bind_int64(s, 7, now);
+        r = step_one(db, s);
+        if (r < 0)
+                return r;
+        if (c->kind == CHANGE_ADD)
+                pk = sqlite3_last_insert_rowid(db);
+        detail = c->kind == CHANGE_CANCEL ? "no longer declared" :
+                 c->kind == CHANGE_UPDATE ? "declaration changed" : c->declared_at;
+        return ledger_history_add(l, pk, now, "state",
+                                  c->kind == CHANGE_ADD ? NULL : state_to_string(c->from),
+                                  state_to_string(c->to), NULL, NULL, 0, 0, detail);
+}
+
+int plan_apply(Ledger *l, const Plan *p, bool approved) {
+        static const char *const sql[_CHANGE_MAX] = {
+                [CHANGE_ADD] = "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
+                               " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+                [CHANGE_REDECLARE] = "UPDATE phones SET state = 'pending', attempts = 0, next_at = 0, reason = ?4,"
+                                     " not_before = ?5, declared_at = ?6, updated_at = ?7 WHERE pk = ?1 AND state = ?2",
+                [CHANGE_UPDATE] = "UPDATE phones SET reason = ?4, not_before = ?5, declared_at = ?6, updated_at = ?7"
+                                  " WHERE pk = ?1 AND state = ?2",
+                [CHANGE_CANCEL] = "UPDATE phones SET state = 'cancelled', updated_at = ?7 WHERE pk = ?1 AND state = ?2",
+        };
+        sqlite3_stmt *st[_CHANGE_MAX] = {};
+        bool hold = p->needs_approval && !approved;
+        int64_t now = now_usec();
+        int r, rc;
+
+        if (plan_changes(p) == 0)
+                return 0;
+        r = ledger_exec(l, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        for (size_t k = 0; k < _CHANGE_MAX; k++) {
+                if (!sql[k])
+                        continue;
+                rc = sqlite3_prepare_v2(ledger_db(l), sql[k], -1, &st[k], NULL);
+                if (rc != SQLITE_OK) {
+                        r = sqlite_to_errno(rc);
+                        goto finish;
+                }
+        }
+        for (size_t i = 0; i < p->n && r >= 0; i++) {
+                const Change *c = &p->changes[i];
+                if (hold && (c->kind == CHANGE_ADD || c->kind == CHANGE_REDECLARE))
+                        continue;
+                r = apply_one(l, st, c, now);
+        }
+finish:
+        for (size_t k = 0; k < _CHANGE_MAX; k++)
+                sqlite3_finalize(st[k]);
+        if (r >= 0)
+                r = ledger_exec(l, "COMMIT");
+        if (r < 0)
+                ledger_exec(l, "ROLLBACK");
+        return r;
+}
