@@ -71,3 +71,16 @@ $(BUILD)/retired: $(RETIRED_OBJ) $(BUILD)/libcore.a
 
 clean:
 	rm -rf build build-san
+
+# Unit tests: every tests/unit/test-*.c is one cmocka program linked with the
+# core library; they run from the top folder so the corpus paths are stable.
+UNIT_SRC   := $(wildcard tests/unit/test-*.c)
+UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcore.a $(HEADERS) | $(BUILD)/.dir
+	@mkdir -p $(dir $@)
+	@echo "  CCLD    $<"
+	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka
+
+unit: $(UNIT_BIN)
+	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail

@@ -1,2 +1,323 @@
-#include <stdio.h>
-int main(void) { return 0; }
+/* SPDX-License-Identifier: MIT */
+/* retired: keeps the declared phones released.  The main loop: load the
+ * config, the key and the ledger, apply the declarations as a plan, and let
+ * the engine reconcile; SIGHUP reloads, SIGTERM finishes what is in flight. */
+
+#include <getopt.h>
+#include <curl/curl.h>
+#include <signal.h>
+#include <time.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "macro.h"
+#include "messages.h"
+
+typedef struct Manager {
+        sd_event *event;
+        Config *config;
+        char *token;
+        Ledger *ledger;
+        Engine *engine;
+        sd_event_source *stop_timer;
+        char held_hash[13];   /* a plan held back for approval, or "" */
+        size_t held_count;
+        bool once;
+        int exit_code;
+} Manager;
+
+static const char *arg_config = "/etc/retired/retired.conf";
+static bool arg_once = false, arg_dry_run = false, arg_check = false;
+
+static void report_diag(const ConfDiag *d, const char *what) {
+        for (size_t i = 0; i < d->n; i++)
+                log_event(LOG_ERR, MESSAGE_CONFIG_REJECTED, NULL, "%s: %s", what, d->lines[i]);
+        if (d->dropped)
+                log_error("%s: %zu more problems not shown.", what, d->dropped);
+}
+
+/* Reads config and key together: a reload that cannot get both keeps both old. */
+static int load_config(Manager *m, Config **ret_config, char **ret_token) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(conf_diag_done) ConfDiag d = {};
+        _cleanup_free_ char *token = NULL, *where = NULL;
+        int r;
+
+        r = config_load(arg_config, &c, &d);
+        if (r < 0) {
+                report_diag(&d, "Config rejected");
+                if (d.n == 0)
+                        log_error_errno(r, "Config rejected: %s: %m", arg_config);
+                return r;
+        }
+        if (arg_dry_run)
+                c->dry_run = true;
+        r = token_load(c, &token, &where);
+        if (r < 0) {
+                const char *why = r == -EPERM ? "group or others may access it; chmod 0600 it" :
+                                  r == -ENODATA ? "it is empty" :
+                                  r == -EBADMSG ? "it holds characters a key cannot have" :
+                                  r == -EFBIG ? "it is too large to be a key" : NULL;
+                if (why)
+                        log_event(LOG_ERR, MESSAGE_CONFIG_REJECTED, NULL, "Cannot use the API key in %s: %s.",
+                                  strna(where), why);
+                else
+                        log_event(LOG_ERR, MESSAGE_CONFIG_REJECTED, NULL, "Cannot read the API key (%s): %s.",
+                                  strna(where), strerror(-r));
+                return r;
+        }
+        *ret_config = TAKE_PTR(c);
+        *ret_token = TAKE_PTR(token);
+        return 0;
+}
+
+/* Declarations become ledger rows through one plan, applied in one
+ * transaction; past the blast-radius limit the new releases wait. */
+static int apply_declarations(Manager *m, const Config *c, const char *why) {
+        _cleanup_(plan_freep) Plan *p = NULL;
+        int r;
+
+        r = plan_compute(m->ledger, c, &p);
+        if (r < 0)
+                return log_error_errno(r, "Cannot compute the plan: %m (%s)", ledger_errmsg(m->ledger));
+        r = plan_apply(m->ledger, p, false);
+        if (r < 0)
+                return log_error_errno(r, "Cannot apply the plan: %m (%s)", ledger_errmsg(m->ledger));
+        for (size_t i = 0; i < p->n; i++) {
+                const Change *ch = &p->changes[i];
+                if (ch->kind == CHANGE_CANCEL)
+                        log_event(LOG_NOTICE, MESSAGE_CANCELLED,
+                                  &(LogFields) { .phone_id = ch->id, .phone_number = ch->number, .outcome = "cancelled" },
+                                  "%s cancelled: no longer declared (was %s)", ch->key, state_to_string(ch->from));
+        }
+        m->held_hash[0] = 0;
+        m->held_count = 0;
+        if (p->needs_approval) {
+                memcpy(m->held_hash, p->hash, sizeof m->held_hash);
+                m->held_count = p->new_releases;
+                log_event(LOG_CRIT, MESSAGE_APPROVAL_NEEDED, NULL,
+                          "Approval needed: %zu new releases exceed safety.max_new_releases = %u; none of them "
+                          "is applied. Review with 'retirectl plan', then run 'retirectl approve %s'.",
+                          p->new_releases, c->max_new_releases, p->hash);
+        }
+        log_event(LOG_INFO, MESSAGE_CONFIG_LOADED, NULL,
+                  "Config %s (%s): %zu declared; %zu added, %zu declared again, %zu cancelled, %zu updated%s.",
+                  why, c->path, c->n_decls, p->needs_approval ? 0 : p->count[CHANGE_ADD],
+                  p->needs_approval ? 0 : p->count[CHANGE_REDECLARE], p->count[CHANGE_CANCEL],
+                  p->count[CHANGE_UPDATE], p->needs_approval ? "; new releases held for approval" : "");
+        return 0;
+}
+
+static void notify_status(Manager *m) {
+        char buf[512];
+
+        if (engine_status(m->engine, buf, sizeof buf) >= 0)
+                sd_notifyf(false, "STATUS=%s%s%s", m->held_hash[0] ? "APPROVAL NEEDED: " : "",
+                           m->held_hash[0] ? "run retirectl plan, then retirectl approve; " : "", buf);
+}
+
+static void on_idle(Engine *e, void *userdata) {
+        Manager *m = userdata;
+
+        notify_status(m);
+        if (m->once && engine_auth_paused(e) && !engine_busy(e)) {
+                log_error("Stopping: calls are paused because the API refused the key.");
+                m->exit_code = 1;
+                sd_event_exit(m->event, 1);
+        } else if (m->once && engine_settled(e)) {
+                log_info("Every declared phone is settled.");
+                sd_event_exit(m->event, 0);
+        }
+}
+
+static int reload(Manager *m) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_free_ char *token = NULL;
+        int r;
+
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                   (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000);
+        r = load_config(m, &c, &token);
+        if (r >= 0)
+                r = apply_declarations(m, c, "reloaded");
+        if (r >= 0)
+                r = engine_set_config(m->engine, c, token);
+        if (r < 0)
+                log_warning("Reload failed; the previous config stays in force.");
+        else {
+                config_free(m->config);
+                m->config = TAKE_PTR(c);
+                if (m->token)
+                        explicit_bzero(m->token, strlen(m->token));
+                free(m->token);
+                m->token = TAKE_PTR(token);
+                engine_request_pass(m->engine, true);
+        }
+        sd_notify(false, "READY=1");
+        notify_status(m);
+        return 0;
+}
+
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        log_info("Reloading (SIGHUP).");
+        return reload(userdata);
+}
+
+static void stop_idle(Engine *e, void *userdata) {
+        Manager *m = userdata;
+        if (!engine_busy(e))
+                sd_event_exit(m->event, m->exit_code);
+}
+
+static int on_stop_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        log_warning("Calls still in flight after the stop timeout; exiting. They will be looked at on the next start.");
+        return sd_event_exit(m->event, m->exit_code);
+}
+
+static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+        uint64_t now;
+
+        log_info("Stopping (%s): no new calls; waiting for those in flight.", strsignal((int) si->ssi_signo));
+        sd_notify(false, "STOPPING=1");
+        engine_on_idle(m->engine, stop_idle, m);
+        if (engine_stop(m->engine))
+                return sd_event_exit(m->event, m->exit_code);
+        /* curl ends each call within api.timeout; this is a last resort. */
+        sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+        return sd_event_add_time(m->event, &m->stop_timer, CLOCK_MONOTONIC,
+                                 now + (uint64_t) ((m->config->timeout + 5) * 1e6), 0, on_stop_timeout, m);
+}
+
+static void manager_free(Manager *m) {
+        engine_free(m->engine);
+        ledger_close(m->ledger);
+        config_free(m->config);
+        if (m->token)
+                explicit_bzero(m->token, strlen(m->token));
+        free(m->token);
+        sd_event_source_disable_unref(m->stop_timer);
+        sd_event_unref(m->event);
+}
+
+static int run(void) {
+        _cleanup_(manager_free) Manager m = { .once = arg_once };
+        _cleanup_free_ char *error = NULL;
+        sigset_t mask;
+        int r;
+
+        r = load_config(&m, &m.config, &m.token);
+        if (r < 0)
+                return r;
+        if (arg_check) {
+                printf("%s: OK, %zu releases declared\n", arg_config, m.config->n_decls);
+                return 0;
+        }
+        r = ledger_open(m.config->ledger, LEDGER_WRITE, &m.ledger, &error);
+        if (r < 0)
+                return log_error_errno(r, "%s", error ? error : "Cannot open the ledger: %m");
+
+        r = sd_event_default(&m.event);
+        if (r < 0)
+                return log_error_errno(r, "Cannot create the event loop: %m");
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        if ((r = sd_event_add_signal(m.event, NULL, SIGTERM, on_sigterm, &m)) < 0 ||
+            (r = sd_event_add_signal(m.event, NULL, SIGINT, on_sigterm, &m)) < 0 ||
+            (r = sd_event_add_signal(m.event, NULL, SIGHUP, on_sighup, &m)) < 0)
+                return log_error_errno(r, "Cannot watch signals: %m");
+        r = sd_event_set_watchdog(m.event, true);
+        if (r < 0)
+                return log_error_errno(r, "Cannot enable the watchdog: %m");
+
+        r = engine_new(m.event, m.ledger, &m.engine);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up the engine: %m");
+        r = engine_set_config(m.engine, m.config, m.token);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up the API client: %m");
+        engine_on_idle(m.engine, on_idle, &m);
+        r = apply_declarations(&m, m.config, "loaded");
+        if (r < 0)
+                return r;
+        if (m.config->dry_run)
+                log_notice("Dry run: observing and logging only; nothing will be released.");
+
+        sd_notify(false, "READY=1");
+        notify_status(&m);
+        engine_request_pass(m.engine, true);
+        r = sd_event_loop(m.event);
+        if (r < 0)
+                return log_error_errno(r, "Event loop failed: %m");
+        return r;
+}
+
+static void help(void) {
+        printf("Usage: retired [-c FILE] [--once] [--dry-run] [-n]\n\n"
+               "Releases the phone numbers declared in FILE through the Diga API.\n\n"
+               "  -c, --config FILE  main config (default /etc/retired/retired.conf)\n"
+               "      --once         run until every declared phone is settled, then exit\n"
+               "      --dry-run      observe and log what would be released; release nothing\n"
+               "  -n, --check        check the config and the API key, then exit\n"
+               "  -h, --help         this text\n"
+               "      --version      the version\n");
+}
+
+int main(int argc, char **argv) {
+        enum { ARG_ONCE = 0x100, ARG_DRY_RUN, ARG_VERSION };
+        static const struct option options[] = {
+                { "config",  required_argument, NULL, 'c' },
+                { "once",    no_argument,       NULL, ARG_ONCE },
+                { "dry-run", no_argument,       NULL, ARG_DRY_RUN },
+                { "check",   no_argument,       NULL, 'n' },
+                { "help",    no_argument,       NULL, 'h' },
+                { "version", no_argument,       NULL, ARG_VERSION },
+                {}
+        };
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "c:nh", options, NULL)) >= 0)
+                switch (c) {
+                case 'c':
+                        arg_config = optarg;
+                        break;
+                case ARG_ONCE:
+                        arg_once = true;
+                        break;
+                case ARG_DRY_RUN:
+                        arg_dry_run = true;
+                        break;
+                case 'n':
+                        arg_check = true;
+                        break;
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("retired %s\n", VERSION);
+                        return 0;
+                default:
+                        return 1;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "retired: unexpected argument '%s'\n", argv[optind]);
+                return 1;
+        }
+        log_setup("retired");
+        r = curl_global_init(CURL_GLOBAL_DEFAULT);
+        if (r != 0) {
+                log_error("Cannot initialise libcurl.");
+                return 1;
+        }
+        r = run();
+        curl_global_cleanup();
+        return r < 0 ? 1 : r;
+}

@@ -12,6 +12,7 @@ static inline void finalizep(sqlite3_stmt **st) { sqlite3_finalize(*st); }
 #define _cleanup_stmt_ _cleanup_(finalizep)
 
 int sqlite_to_errno(int rc);
+sqlite3 *ledger_db(Ledger *l);
 int ledger_exec(Ledger *l, const char *sql);
 int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, const char *old_state,
                        const char *new_state, const char *method, const char *path, int http_status,

@@ -241,11 +241,11 @@ void phone_done(Phone *p) {
         *p = (Phone) {};
 }
 
-const char ledger_phone_columns[] =
+static const char ledger_phone_columns[] =
         "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, "
         "scheduled_release_at, last_error, declared_at, updated_at";
 
-int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
+static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
         Phone p = {
                 .pk = sqlite3_column_int64(st, 0),
                 .key = col_strdup(st, 1),
@@ -292,19 +292,9 @@ int ledger_counts(Ledger *l, uint64_t counts[static _STATE_MAX]) {
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
-int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata), void *userdata) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        _cleanup_free_ char *sql = NULL;
+static int each_phone(sqlite3_stmt *st, int (*cb)(const Phone *p, void *userdata), void *userdata) {
         int rc, r;
 
-        if (asprintf(&sql, "SELECT %s FROM phones WHERE ?1 IS NULL OR state = ?1 ORDER BY pk",
-                     ledger_phone_columns) < 0)
-                return -ENOMEM;
-        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        if (state >= 0)
-                sqlite3_bind_text(st, 1, state_to_string(state), -1, SQLITE_STATIC);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 Phone p;
                 r = ledger_phone_from_row(st, &p);
@@ -316,6 +306,79 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
                         return r;
         }
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        _cleanup_free_ char *sql = NULL;
+        int rc;
+
+        if (asprintf(&sql, "SELECT %s FROM phones WHERE ?1 IS NULL OR state = ?1 ORDER BY pk",
+                     ledger_phone_columns) < 0)
+                return -ENOMEM;
+        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        if (state >= 0)
+                sqlite3_bind_text(st, 1, state_to_string(state), -1, SQLITE_STATIC);
+        return each_phone(st, cb, userdata);
+}
+
+int ledger_due(Ledger *l, int64_t now, bool resync, int (*cb)(const Phone *p, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        _cleanup_free_ char *sql = NULL;
+        int rc;
+
+        if (asprintf(&sql, "SELECT %s FROM phones WHERE state = 'in_flight' OR (not_before <= ?1 / 1000000 AND"
+                     " (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)"
+                     " OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved')))) ORDER BY pk",
+                     ledger_phone_columns) < 0)
+                return -ENOMEM;
+        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_int(st, 2, resync);
+        return each_phone(st, cb, userdata);
+}
+
+int ledger_next_due(Ledger *l, int64_t now, int64_t *ret) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db,
+                                "SELECT min(t) FROM ("
+                                " SELECT max(next_at, not_before * 1000000) AS t FROM phones WHERE state = 'retrying'"
+                                " UNION ALL SELECT not_before * 1000000 FROM phones WHERE state = 'pending'"
+                                "  AND not_before * 1000000 > ?1)", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_int64(st, 1, now);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+                return -ENOENT;
+        *ret = sqlite3_column_int64(st, 0);
+        return 0;
+}
+
+int ledger_count_unsettled(Ledger *l, int64_t now, bool due_pending, uint64_t *ret) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db,
+                                "SELECT count(*) FROM phones WHERE state IN ('in_flight', 'retrying')"
+                                " OR (?2 AND state = 'pending' AND not_before <= ?1 / 1000000)", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_int(st, 2, due_pending);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        *ret = (uint64_t) sqlite3_column_int64(st, 0);
+        return 0;
 }
 
 int ledger_find(Ledger *l, const char *what, Phone *ret) {

@@ -5,6 +5,7 @@
  * that turns declarations into ledger rows.  Rows are never deleted and the
  * history is append-only; both are enforced by triggers in the schema. */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -97,13 +98,16 @@ int ledger_update(Ledger *l, const LedgerUpdate *u);
 int ledger_meta_get(Ledger *l, const char *name, char **ret);
 int ledger_meta_set(Ledger *l, const char *name, const char *value);
 
-struct sqlite3;
-struct sqlite3_stmt;
-
-/* Raw access for the daemon's per-pass queries. */
-struct sqlite3 *ledger_db(Ledger *l);
-int ledger_phone_from_row(struct sqlite3_stmt *st, Phone *ret);
-extern const char ledger_phone_columns[];
+/* The rows a pass must look at: every in_flight row (its DELETE's fate is
+ * unknown), pending and due retrying rows whose not_before has come, and on a
+ * resync the deferred, scheduled and unresolved ones too. */
+int ledger_due(Ledger *l, int64_t now, bool resync, int (*cb)(const Phone *p, void *userdata), void *userdata);
+/* When the next retry or not_before falls due (usec since the epoch), or
+ * -ENOENT when nothing waits for time. */
+int ledger_next_due(Ledger *l, int64_t now, int64_t *ret);
+/* Rows still waiting for a call: in_flight, retrying, and (with
+ * due_pending) pending rows whose not_before has come. */
+int ledger_count_unsettled(Ledger *l, int64_t now, bool due_pending, uint64_t *ret);
 
 /* The plan: what the declarations change in the ledger. */
 typedef enum ChangeKind {

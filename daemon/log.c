@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/* Under systemd, stderr is a stream into the journal and loses structure,
+ * so we detect that ($JOURNAL_STREAM names stderr's device and inode) and
+ * send native entries instead; elsewhere we write plain lines. */
+
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <systemd/sd-journal.h>
+
+#include "log.h"
+
+static bool use_journal = false;
+static int max_level = LOG_INFO;
+static const char *ident = "retired";
+
+void log_setup(const char *name) {
+        const char *e = getenv("JOURNAL_STREAM");
+        uint64_t dev, ino;
+        struct stat st;
+
+        ident = name;
+        if (e && sscanf(e, "%" SCNu64 ":%" SCNu64, &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0)
+                use_journal = (uint64_t) st.st_dev == dev && (uint64_t) st.st_ino == ino;
+        e = getenv("RETIRED_LOG_LEVEL");
+        if (e && streq(e, "debug"))
+                max_level = LOG_DEBUG;
+}
+
+void log_set_max_level(int level) {
+        max_level = level;
+}
+
+static void emit(int level, const char *message_id, const LogFields *f, const char *msg) {
+        if (use_journal) {
+                char prio[16], status[32], attempt[32];
+                _cleanup_free_ char *m = NULL, *mid = NULL, *pid = NULL, *num = NULL, *out = NULL;
+                struct iovec iov[9];
+                size_t n = 0;
+
+#define ADD(s) do { const char *_s = (s); if (_s) iov[n++] = (struct iovec) { .iov_base = (void *) _s, .iov_len = strlen(_s) }; } while (0)
+                if (asprintf(&m, "MESSAGE=%s", msg) < 0)
+                        return;
+                snprintf(prio, sizeof prio, "PRIORITY=%d", level);
+                ADD(m);
+                ADD(prio);
+                ADD("SYSLOG_IDENTIFIER=retired");
+                if (message_id && asprintf(&mid, "MESSAGE_ID=%s", message_id) >= 0)
+                        ADD(mid);
+                if (f) {
+                        if (f->phone_id && asprintf(&pid, "PHONE_ID=%s", f->phone_id) >= 0)
+                                ADD(pid);
+                        if (f->phone_number && asprintf(&num, "PHONE_NUMBER=%s", f->phone_number) >= 0)
+                                ADD(num);
+                        if (f->outcome && asprintf(&out, "OUTCOME=%s", f->outcome) >= 0)
+                                ADD(out);
+                        if (f->http_status > 0) {
+                                snprintf(status, sizeof status, "HTTP_STATUS=%d", f->http_status);
+                                ADD(status);
+                        }
+                        if (f->attempt > 0) {
+                                snprintf(attempt, sizeof attempt, "ATTEMPT=%u", f->attempt);
+                                ADD(attempt);
+                        }
+                }
+#undef ADD
+                if (sd_journal_sendv(iov, (int) n) >= 0)
+                        return;
+        }
+        /* One line per entry, the structured facts after the text. */
+        flockfile(stderr);
+        fprintf(stderr, "%s: %s", ident, msg);
+        if (f) {
+                if (f->phone_number)
+                        fprintf(stderr, " PHONE_NUMBER=%s", f->phone_number);
+                if (f->phone_id)
+                        fprintf(stderr, " PHONE_ID=%s", f->phone_id);
+                if (f->outcome)
+                        fprintf(stderr, " OUTCOME=%s", f->outcome);
+                if (f->http_status > 0)
+                        fprintf(stderr, " HTTP_STATUS=%d", f->http_status);
+                if (f->attempt > 0)
+                        fprintf(stderr, " ATTEMPT=%u", f->attempt);
+        }
+        if (message_id)
+                fprintf(stderr, " MESSAGE_ID=%s", message_id);
+        fputc('\n', stderr);
+        funlockfile(stderr);
+}
+
+int log_internal(int level, int error, const char *fmt, ...) {
+        _cleanup_free_ char *msg = NULL, *full = NULL;
+        int saved = errno;
+        va_list ap;
+
+        if (error < 0)
+                error = -error;
+        if (level > max_level)
+                return -error;
+        errno = error;  /* so %m works */
+        va_start(ap, fmt);
+        if (vasprintf(&msg, fmt, ap) < 0)
+                msg = NULL;
+        va_end(ap);
+        if (msg)
+                emit(level, NULL, NULL, msg);
+        errno = saved;
+        return -error;
+}
+
+void log_event(int level, const char *message_id, const LogFields *f, const char *fmt, ...) {
+        _cleanup_free_ char *msg = NULL;
+        va_list ap;
+
+        if (level > max_level)
+                return;
+        va_start(ap, fmt);
+        if (vasprintf(&msg, fmt, ap) < 0)
+                msg = NULL;
+        va_end(ap);
+        if (msg)
+                emit(level, message_id, f, msg);
+}

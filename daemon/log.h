@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Logging: native journal entries when stderr is the journal, one readable
+ * line per entry on stderr otherwise.  The *_errno() forms return the
+ * negative errno they were given, so callers can `return log_…_errno(r, …)`. */
+
+#include <stdarg.h>
+#include <syslog.h>
+
+#include "macro.h"
+
+void log_setup(const char *ident);
+void log_set_max_level(int level);
+
+int log_internal(int level, int error, const char *fmt, ...) _printf_(3, 4);
+
+#define log_debug(...)   log_internal(LOG_DEBUG, 0, __VA_ARGS__)
+#define log_info(...)    log_internal(LOG_INFO, 0, __VA_ARGS__)
+#define log_notice(...)  log_internal(LOG_NOTICE, 0, __VA_ARGS__)
+#define log_warning(...) log_internal(LOG_WARNING, 0, __VA_ARGS__)
+#define log_error(...)   log_internal(LOG_ERR, 0, __VA_ARGS__)
+#define log_error_errno(e, ...)   log_internal(LOG_ERR, (e), __VA_ARGS__)
+#define log_warning_errno(e, ...) log_internal(LOG_WARNING, (e), __VA_ARGS__)
+#define log_oom() log_internal(LOG_ERR, ENOMEM, "Out of memory.")
+
+/* One outcome for one phone (or for the daemon when the phone fields are
+ * NULL): a journal entry with MESSAGE_ID and structured fields. */
+typedef struct LogFields {
+        const char *phone_id, *phone_number, *outcome;
+        int http_status;      /* 0: none */
+        unsigned attempt;     /* 0: none */
+} LogFields;
+
+void log_event(int level, const char *message_id, const LogFields *f, const char *fmt, ...) _printf_(4, 5);

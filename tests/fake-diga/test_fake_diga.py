@@ -1,0 +1,503 @@
+"""Tests of the fake Diga API itself: run with /usr/bin/python3 -m pytest -q tests/fake-diga"""
+
+import email.utils
+import http.client
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from fake_diga import FakeDiga, load_account, make_account, parse_ts  # noqa: E402
+
+PYTHON = "/usr/bin/python3"
+TOKEN, VIEW = "test-token", "view-only-token"
+
+
+class Resp:
+    def __init__(self, r):
+        self.status, self.headers, self.body = r.status, r.headers, r.read()
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+
+class Client:
+    """One keep-alive connection to the fake."""
+
+    def __init__(self, fake, token=TOKEN):
+        self.conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
+        self.token = token
+
+    def req(self, method, path, token=None, body=None, headers=None):
+        h = dict(headers or {})
+        tok = self.token if token is None else token
+        if tok:
+            h["Authorization"] = "Bearer " + tok
+        data = None
+        if body is not None:
+            data, h["Content-Type"] = json.dumps(body).encode(), "application/json"
+        self.conn.request(method, path, body=data, headers=h)
+        return Resp(self.conn.getresponse())
+
+    def close(self):
+        self.conn.close()
+
+
+@pytest.fixture
+def fake():
+    f = FakeDiga(make_account(250, seed=7))
+    f.start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def cli(fake):
+    c = Client(fake)
+    yield c
+    c.close()
+
+
+def pick(fake, provider=None, status="assigned", n=1):
+    """The first n phones (by id) matching provider/status, not scheduled."""
+    out = [p["id"] for p in sorted(fake.phones.values(), key=lambda p: p["id"])
+           if p["status"] == status and (provider is None or p["telephony_provider"] == provider)
+           and not p["scheduled_release_at"]]
+    assert len(out) >= n
+    return out[0] if n == 1 else out[:n]
+
+
+def walk(cli, query=""):
+    ids, after, pages = [], None, 0
+    while True:
+        r = cli.req("GET", "/v1/phone/?limit=100" + query + ("&after=" + after if after else ""))
+        assert r.status == 200
+        d = r.json
+        ids += [p["id"] for p in d["data"]]
+        pages += 1
+        if not d["has_more"]:
+            return ids, pages
+        assert d["last_id"] == d["data"][-1]["id"]
+        after = d["last_id"]
+
+
+# ---------------------------------------------------------------- accounts
+
+def test_make_account_is_deterministic_and_patterned():
+    a, b = make_account(120, seed=5), make_account(120, seed=5)
+    assert a == b
+    assert make_account(120, seed=6)[0]["id"] != a[0]["id"]
+    assert a[0]["number"] == "+34910000000" and a[1]["number"] == "+34910000001"
+    assert [p["status"] for p in a[7:11]] == ["reserved", "pending_verification", "released", "finished"]
+    assert a[57]["status"] == "reserved" and a[6]["status"] == "assigned"
+    assert a[2]["telephony_provider"] == "custom" and a[3]["telephony_provider"] == "netelip"
+    assert a[8]["telephony_provider"] == "netelip"       # pending_verification: never custom
+    assert a[17]["number"] == "trunk17@sip.example.com"
+    assert a[7]["checkout_url"].startswith("https://checkout.stripe.com/")
+    assert all(p["id"] == p["id"].lower() and len(p["id"]) == 36 for p in a)
+    assert len({p["id"] for p in a}) == 120
+
+
+def test_load_account_fills_defaults(tmp_path):
+    f = tmp_path / "acct.json"
+    f.write_text(json.dumps([{"id": "3C90C3CC-0D44-4B50-8888-8DD25736052A", "number": "+34910123456"},
+                             {"status": "reserved", "telephony_provider": "netelip"}]))
+    phones = load_account(str(f))
+    assert phones[0]["id"] == "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+    assert phones[0]["status"] == "assigned" and phones[0]["telephony_provider"] == "netelip"
+    assert phones[0]["scheduled_release_at"] is None and phones[0]["x_internal"] == 1
+    assert phones[1]["status"] == "reserved" and len(phones[1]["id"]) == 36
+    f.write_text(json.dumps([{"status": "gone"}]))
+    with pytest.raises(ValueError):
+        load_account(str(f))
+
+
+# ---------------------------------------------------------------- list
+
+def test_paging_sees_every_phone_once(fake, cli):
+    ids, pages = walk(cli)
+    assert pages == 3
+    assert len(ids) == 250 and set(ids) == set(fake.phones)
+    assert ids == sorted(ids, reverse=True)        # default order desc
+
+
+def test_paging_asc_before_and_page(cli):
+    p1 = cli.req("GET", "/v1/phone/?limit=10&order=asc").json
+    p2 = cli.req("GET", "/v1/phone/?limit=10&order=asc&after=" + p1["last_id"]).json
+    assert p1["has_more"] and p2["data"][0]["id"] > p1["last_id"]
+    back = cli.req("GET", "/v1/phone/?limit=10&order=asc&before=" + p2["first_id"]).json
+    assert [p["id"] for p in back["data"]] == [p["id"] for p in p1["data"]]
+    assert back["has_more"] is False and back["current_page"] is None and back["total_pages"] is None
+    desc = [p["id"] for p in cli.req("GET", "/v1/phone/?limit=100").json["data"]]
+    pg = cli.req("GET", "/v1/phone/?limit=10&page=2").json
+    assert [p["id"] for p in pg["data"]] == desc[10:20]
+    assert (pg["current_page"], pg["total_pages"], pg["has_more"]) == (2, 25, True)
+
+
+def test_default_limit_is_20(cli):
+    d = cli.req("GET", "/v1/phone/").json
+    assert len(d["data"]) == 20 and d["has_more"] is True
+
+
+@pytest.mark.parametrize("value,typ", [("101", "less_than_equal"), ("0", "greater_than_equal"),
+                                       ("abc", "int_parsing"), ("", "int_parsing")])
+def test_bad_limit_is_422(cli, value, typ):
+    r = cli.req("GET", "/v1/phone/?limit=" + value)
+    assert r.status == 422
+    (err,) = r.json["detail"]
+    assert err["loc"] == ["query", "limit"] and err["type"] == typ and err["msg"]
+
+
+def test_before_and_after_is_422(fake, cli):
+    a, b = sorted(fake.phones)[:2]
+    r = cli.req("GET", "/v1/phone/?before=%s&after=%s" % (a, b))
+    assert r.status == 422
+    assert r.json == {"status": "error", "error_code": "INVALID_PAGINATION_PARAMETERS",
+                      "message": "Cannot specify both 'before' and 'after' parameters"}
+    r = cli.req("GET", "/v1/phone/?after=not-a-uuid")
+    assert r.status == 422 and r.json["detail"][0]["loc"] == ["query", "after"]
+
+
+def test_cursor_survives_deletion_of_cursor_phone(fake, cli):
+    fake.configure(custom_release="gone")
+    p1 = cli.req("GET", "/v1/phone/?limit=10").json
+    cursor = p1["last_id"]
+    expected = cli.req("GET", "/v1/phone/?limit=10&after=" + cursor).json["data"]
+    fake.add_phones([dict(fake.phones[cursor], telephony_provider="custom", status="assigned")])
+    assert cli.req("DELETE", "/v1/phone/" + cursor).status == 204
+    assert cli.req("GET", "/v1/phone/" + cursor).status == 404
+    assert cli.req("GET", "/v1/phone/?limit=10&after=" + cursor).json["data"] == expected
+
+
+def test_status_filter(fake, cli):
+    ids, _ = walk(cli, "&status=reserved")
+    assert sorted(ids) == sorted(i for i, p in fake.phones.items() if p["status"] == "reserved")
+    assert len(ids) == 5
+    r = cli.req("GET", "/v1/phone/?status=assigned&limit=100")
+    assert r.status == 200 and {p["status"] for p in r.json["data"]} == {"assigned"}
+    r = cli.req("GET", "/v1/phone/?status=bogus")
+    assert r.status == 422 and r.json["detail"][0]["loc"] == ["query", "status"]
+
+
+# ---------------------------------------------------------------- get
+
+def test_get_phone(fake, cli):
+    pid = pick(fake, "custom")
+    r = cli.req("GET", "/v1/phone/" + pid)
+    assert r.status == 200 and r.json == fake.phones[pid]
+    assert r.json["x_internal"] == 1 and r.json["telephony_provider"] == "custom"
+    assert cli.req("GET", "/v1/phone/" + pid.upper()).json["id"] == pid
+    missing = "00000000-0000-4000-8000-000000000000"
+    r = cli.req("GET", "/v1/phone/" + missing)
+    assert r.status == 404 and r.json["error_code"] == "PHONE_NOT_FOUND" and r.json["status"] == "error"
+    r = cli.req("GET", "/v1/phone/1234")
+    assert r.status == 422 and r.json["detail"][0]["loc"] == ["path", "phone_id"]
+
+
+def test_routing(cli):
+    r = cli.req("GET", "/v1/phone?limit=5")
+    assert r.status == 307 and r.headers["Location"] == "/v1/phone/?limit=5"
+    r = cli.req("GET", "/v2/nothing")
+    assert r.status == 404 and r.json == {"detail": "Not Found"}
+    r = cli.req("POST", "/v1/phone/", body={})
+    assert r.status == 405 and r.json == {"detail": "Method Not Allowed"} and r.headers["Allow"] == "GET"
+    assert cli.req("GET", "/v1/phone/import").status == 422
+
+
+# ---------------------------------------------------------------- delete
+
+def test_delete_netelip_schedules_then_releases(fake, cli):
+    pid = pick(fake, "netelip")
+    before = fake.now()
+    r = cli.req("DELETE", "/v1/phone/" + pid)
+    assert r.status == 204 and r.body == b"" and "Content-Length" not in r.headers
+    p = cli.req("GET", "/v1/phone/" + pid).json
+    assert p["status"] == "assigned" and p["released_at"] is None
+    assert before + 3600 <= parse_ts(p["scheduled_release_at"]) <= fake.now() + 3600
+    fake.advance(3599)
+    assert cli.req("GET", "/v1/phone/" + pid).json["status"] == "assigned"
+    assert cli.req("POST", "/_fake/advance", body={"seconds": 2}).status == 200
+    p = cli.req("GET", "/v1/phone/" + pid).json
+    assert p["status"] == "released" and p["released_at"] == p["scheduled_release_at"]
+    ids, _ = walk(cli, "&status=released")
+    assert pid in ids
+    assert fake.release_counts == {pid: 1} and fake.violations == []
+
+
+def test_delete_custom_releases_at_once(fake, cli):
+    pid = pick(fake, "custom")
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 204
+    p = cli.req("GET", "/v1/phone/" + pid).json
+    assert p["status"] == "released" and p["released_at"] is not None
+    assert p["scheduled_release_at"] is None
+
+
+@pytest.mark.parametrize("status", ["reserved", "pending_verification"])
+def test_delete_unreleasable_is_409_without_change(fake, cli, status):
+    pid = pick(fake, status=status)
+    before = fake.phones[pid]
+    r = cli.req("DELETE", "/v1/phone/" + pid)
+    assert r.status == 409 and r.json["error_code"] == "PHONE_NOT_RELEASABLE"
+    assert fake.phones[pid] == before and fake.release_counts == {} and fake.violations == []
+
+
+def test_double_delete_is_a_violation(fake, cli):
+    pid = pick(fake, "netelip")
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 204
+    r = cli.req("DELETE", "/v1/phone/" + pid)
+    assert r.status == 409 and r.json["error_code"] == "RELEASE_ALREADY_SCHEDULED"
+    assert len(fake.violations) == 1
+    v = fake.violations[0]
+    assert (v["kind"], v["phone_id"], v["prior_releases"], v["phone_status"]) == \
+        ("double_release", pid, 1, "assigned")
+    released = pick(fake, status="released")
+    r = cli.req("DELETE", "/v1/phone/" + released)
+    assert r.status == 409 and r.json["error_code"] == "PHONE_ALREADY_RELEASED"
+    assert len(fake.violations) == 2 and fake.release_counts == {pid: 1}
+    assert fake.delete_counts == {pid: 2, released: 1}
+    state = cli.req("GET", "/_fake/state").json
+    assert state["release_counts"] == {pid: 1} and len(state["violations"]) == 2
+    assert len(state["phones"]) == 250
+
+
+def test_delete_unknown_and_malformed(cli):
+    r = cli.req("DELETE", "/v1/phone/00000000-0000-4000-8000-000000000000")
+    assert r.status == 404 and r.json["error_code"] == "PHONE_NOT_FOUND"
+    r = cli.req("DELETE", "/v1/phone/nope")
+    assert r.status == 422 and r.json["detail"][0]["loc"] == ["path", "id"]
+
+
+def test_concurrent_deletes_release_once(fake):
+    pid, n = pick(fake, "netelip"), 8
+    barrier, results = threading.Barrier(n), []
+
+    def go():
+        c = Client(fake)
+        barrier.wait()
+        results.append(c.req("DELETE", "/v1/phone/" + pid).status)
+        c.close()
+    ts = [threading.Thread(target=go) for _ in range(n)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert sorted(results) == [204] + [409] * (n - 1)
+    assert fake.release_counts == {pid: 1} and len(fake.violations) == n - 1
+
+
+# ---------------------------------------------------------------- auth
+
+def test_auth(fake, cli):
+    pid = pick(fake, "netelip")
+    r = cli.req("GET", "/v1/phone/", token="")
+    assert r.status == 401 and r.json["error_code"] == "UNAUTHORIZED" and r.json["status"] == "error"
+    assert cli.req("GET", "/v1/phone/", token="wrong").status == 401
+    assert cli.req("GET", "/v1/phone/" + pid, token=VIEW).status == 200
+    r = cli.req("DELETE", "/v1/phone/" + pid, token=VIEW)
+    assert r.status == 403
+    assert r.json == {"status": "error", "error_code": "FORBIDDEN", "message": "Missing required permissions"}
+    assert fake.phones[pid]["scheduled_release_at"] is None and fake.release_counts == {}
+    assert [(e["auth_ok"], e["authorization_header_present"], e["status"]) for e in fake.log] == \
+        [(False, False, 401), (False, True, 401), (True, True, 200), (True, True, 403)]
+    assert TOKEN not in json.dumps(fake.log) and VIEW not in json.dumps(fake.log)
+
+
+# ---------------------------------------------------------------- scripts and faults
+
+def test_scripted_503_then_real(fake, cli):
+    pid = pick(fake, "netelip")
+    fake.script(pid, "DELETE", [503, 503])
+    for _ in range(2):
+        r = cli.req("DELETE", "/v1/phone/" + pid)
+        assert r.status == 503 and r.json["error_code"] == "SERVICE_UNAVAILABLE"
+        assert fake.phones[pid]["scheduled_release_at"] is None
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 204
+    assert fake.phones[pid]["scheduled_release_at"] is not None
+    assert [e["scripted"] for e in fake.requests(pid)] == [{"status": 503}, {"status": 503}, None]
+    assert fake.release_counts == {pid: 1} and fake.violations == []
+
+
+def test_scripted_apply_and_lies(fake, cli):
+    a, b = pick(fake, "netelip", n=2)
+    fake.script(a, "DELETE", [{"status": 502, "apply": True}])
+    assert cli.req("DELETE", "/v1/phone/" + a).status == 502
+    assert fake.phones[a]["scheduled_release_at"] is not None and fake.release_counts == {a: 1}
+    fake.script(b, "DELETE", [204])                   # a 204 that did nothing
+    assert cli.req("DELETE", "/v1/phone/" + b).status == 204
+    assert fake.phones[b]["scheduled_release_at"] is None and b not in fake.release_counts
+
+
+def test_scripted_over_http_and_list(fake, cli):
+    r = cli.req("POST", "/_fake/script", body={"id": "list", "method": "GET",
+                                               "answers": [{"status": 429, "retry_after": "2"}]})
+    assert r.status == 200
+    r = cli.req("GET", "/v1/phone/")
+    assert r.status == 429 and r.headers["Retry-After"] == "2" and r.json["error_code"] == "RATE_LIMIT_EXCEEDED"
+    assert cli.req("GET", "/v1/phone/").status == 200
+    assert cli.req("POST", "/_fake/script", body={"id": "x", "answers": [1]}).status == 400
+
+
+def test_rate_limit_retry_after_modes(fake, cli):
+    fake.configure(rate_limit=0.5, rate_burst=2)       # slow refill: no race with the test
+    assert [cli.req("GET", "/v1/phone/?limit=1").status for _ in range(2)] == [200, 200]
+    r = cli.req("GET", "/v1/phone/?limit=1")
+    assert r.status == 429 and r.headers["Retry-After"] == "2"
+    assert r.json == {"status": "error", "error_code": "RATE_LIMIT_EXCEEDED",
+                      "message": "Rate limit exceeded, retry later"}
+    assert [e["status"] for e in fake.log] == [200, 200, 429]
+    fake.configure(retry_after_mode="date", rate_limit=0.5, rate_burst=1)
+    assert cli.req("GET", "/v1/phone/?limit=1").status == 200
+    r = cli.req("GET", "/v1/phone/?limit=1")
+    when = email.utils.parsedate_to_datetime(r.headers["Retry-After"]).timestamp()
+    assert r.status == 429 and time.time() + 0.5 <= when <= time.time() + 3
+    fake.configure(retry_after_mode="none")
+    r = cli.req("GET", "/v1/phone/?limit=1")
+    assert r.status == 429 and "Retry-After" not in r.headers
+    assert cli.req("GET", "/_fake/health").status == 200     # admin is never limited
+
+
+def test_drop_connection(fake, cli):
+    a, b = pick(fake, "netelip", n=2)
+    fake.script(a, "DELETE", [{"drop": True}])
+    with pytest.raises(http.client.RemoteDisconnected):
+        cli.req("DELETE", "/v1/phone/" + a)
+    assert fake.phones[a]["scheduled_release_at"] is None
+    fake.script(b, "DELETE", [{"drop": True, "apply": True}])  # done, but the answer is lost
+    c2 = Client(fake)
+    with pytest.raises(http.client.RemoteDisconnected):
+        c2.req("DELETE", "/v1/phone/" + b)
+    assert fake.phones[b]["scheduled_release_at"] is not None
+    assert [e["status"] for e in fake.requests(method="DELETE")] == [None, None]
+    assert Client(fake).req("GET", "/v1/phone/" + a).status == 200
+
+
+def test_broken_bodies(fake, cli):
+    pid = pick(fake)
+    fake.script(pid, "GET", [{"drop_mid_body": True}, {"status": 502, "body": "<html>bad gateway</html>",
+                                                       "content_type": "text/html"},
+                             {"status": 200, "body": '{"trunc'}, {"huge": 100000}, {"trickle": 0.2},
+                             {"delay": 0.2}])
+    cli.conn.request("GET", "/v1/phone/" + pid, headers={"Authorization": "Bearer " + TOKEN})
+    r = cli.conn.getresponse()
+    with pytest.raises(http.client.IncompleteRead):
+        r.read()
+    cli = Client(fake)
+    r = cli.req("GET", "/v1/phone/" + pid)
+    assert (r.status, r.headers["Content-Type"], r.body) == (502, "text/html", b"<html>bad gateway</html>")
+    r = cli.req("GET", "/v1/phone/" + pid)
+    assert r.status == 200 and r.body == b'{"trunc'
+    r = cli.req("GET", "/v1/phone/" + pid)
+    assert r.status == 200 and len(r.body) == 100000 and len(r.json["x_padding"]) == 100000 - 16
+    for _ in range(2):                                       # trickle, then delay
+        t = time.monotonic()
+        r = cli.req("GET", "/v1/phone/" + pid)
+        assert r.status == 200 and r.json["id"] == pid and time.monotonic() - t >= 0.19
+
+
+def test_error_rate_is_seeded():
+    def run():
+        with FakeDiga(make_account(5, 1), error_rate=0.5, seed=42) as f:
+            c = Client(f)
+            out = [c.req("GET", "/v1/phone/").status for _ in range(30)]
+            c.close()
+            return out
+    a = run()
+    assert a == run()
+    assert set(a) - {200} <= {500, 502, 503} and 200 in a and len(set(a)) > 1
+
+
+def test_latency_knob(fake, cli):
+    cli.req("POST", "/_fake/config", body={"latency": 0.2})
+    t = time.monotonic()
+    assert cli.req("GET", "/v1/phone/?limit=1").status == 200
+    assert time.monotonic() - t >= 0.2
+    t = time.monotonic()
+    assert cli.req("GET", "/_fake/health").status == 200
+    assert time.monotonic() - t < 0.2
+    assert cli.req("POST", "/_fake/config", body={"nope": 1}).status == 400
+
+
+# ---------------------------------------------------------------- log and admin
+
+def test_request_log(fake, cli, tmp_path):
+    pid = pick(fake, "netelip")
+    cli.req("GET", "/v1/phone/?limit=3&order=asc")
+    cli.req("GET", "/_fake/state?phones=0")                  # admin: not logged
+    cli.req("DELETE", "/v1/phone/" + pid)
+    cli.req("GET", "/v1/phone/" + pid, token="")
+    log = fake.log
+    assert [(e["method"], e["path"], e["query"], e["status"], e["phone_id"]) for e in log] == [
+        ("GET", "/v1/phone/", "limit=3&order=asc", 200, None),
+        ("DELETE", "/v1/phone/" + pid, "", 204, pid),
+        ("GET", "/v1/phone/" + pid, "", 401, pid)]
+    assert log[0]["t"] <= log[1]["t"] <= log[2]["t"] and all(e["t_reply"] >= e["t"] for e in log)
+    assert len({e["conn"] for e in log}) == 1                # keep-alive: one connection
+    assert all(abs(e["wall"] - time.time()) < 60 for e in log)
+    r = cli.req("GET", "/_fake/log?since=1").json
+    assert r["next"] == 3 and [e["status"] for e in r["log"]] == [204, 401]
+    assert cli.req("DELETE", "/_fake/log").status == 200 and fake.log == []
+
+
+def test_log_file_and_admin_phones(tmp_path):
+    path = tmp_path / "log.jsonl"
+    with FakeDiga(make_account(3, 1), log_path=str(path)) as f:
+        c = Client(f)
+        new = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+        r = c.req("POST", "/_fake/phones", body=[{"id": new, "telephony_provider": "custom",
+                                                  "number": "user@sip.example.com"}])
+        assert r.status == 200 and r.json["added"][0]["status"] == "assigned"
+        assert c.req("GET", "/v1/phone/" + new).json["number"] == "user@sip.example.com"
+        assert len(c.req("GET", "/v1/phone/?limit=100").json["data"]) == 4
+        c.close()
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        assert lines == json.loads(json.dumps(f.log)) and len(lines) == 2
+
+
+def test_many_keepalive_connections(fake):
+    errors, n_threads, n_req = [], 16, 10
+
+    def go():
+        c = Client(fake)
+        for _ in range(n_req):
+            r = c.req("GET", "/v1/phone/?limit=5")
+            if r.status != 200:
+                errors.append(r.status)
+        c.close()
+    ts = [threading.Thread(target=go) for _ in range(n_threads)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert errors == []
+    per_conn = {}
+    for e in fake.log:
+        per_conn[e["conn"]] = per_conn.get(e["conn"], 0) + 1
+    assert sorted(per_conn.values()) == [n_req] * n_threads
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_port_file_and_sigterm(tmp_path):
+    port_file, log = tmp_path / "port", tmp_path / "log.jsonl"
+    p = subprocess.Popen([PYTHON, os.path.join(HERE, "fake_diga.py"), "--port", "0", "--port-file",
+                          str(port_file), "--phones", "30", "--seed", "3", "--log", str(log),
+                          "--token", "k1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert select.select([p.stdout], [], [], 10)[0], "fake did not start"
+        url = p.stdout.readline().strip()
+        port = int(port_file.read_text())
+        assert url == "http://127.0.0.1:%d" % port
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/v1/phone/?limit=100", headers={"Authorization": "Bearer k1"})
+        d = json.loads(c.getresponse().read())
+        assert sorted(x["id"] for x in d["data"]) == sorted(x["id"] for x in make_account(30, 3))
+        c.close()
+        assert json.loads(log.read_text())["status"] == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0

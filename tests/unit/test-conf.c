@@ -1,0 +1,677 @@
+/* SPDX-License-Identifier: MIT */
+/* config_load() against the corpus in tests/conf/ and against generated
+ * files for the limits.
+ *
+ *   tests/conf/good/NAME.conf     must load with no diagnostic;
+ *   tests/conf/bad/NAME.conf      must be rejected with -EINVAL;
+ *   tests/conf/bad-NAME/retired.conf  the same, for cases that need a
+ *                                 releases.d/ folder next to the main file.
+ *
+ * A bad file starts with one or more lines
+ *     # expect: FILE:LINE: text
+ * and the load must report exactly those problems: each expect line matches
+ * a diagnostic that begins with "FILE:LINE: " and contains the text, and
+ * every diagnostic is matched by some expect line.  New files are picked up
+ * without touching this program. */
+
+#include "unit.h"
+
+#include <fcntl.h>
+
+#include "conf.h"
+#include "macro.h"
+
+#define CORPUS "tests/conf"
+#define UUID_A "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+
+static void print_diag(const ConfDiag *d) {
+        for (size_t i = 0; i < d->n; i++)
+                print_message("    diagnostic: %s\n", d->lines[i]);
+        if (d->dropped)
+                print_message("    (%zu more dropped)\n", d->dropped);
+}
+
+/* Loads a file that must be valid; fails the test otherwise. */
+static Config *load_ok(const char *path) {
+        ConfDiag d = {};
+        Config *c = NULL;
+        int r;
+
+        r = config_load(path, &c, &d);
+        if (r < 0 || d.n > 0) {
+                print_message("  %s: config_load() = %d (%s)\n", path, r, strerror(-r));
+                print_diag(&d);
+        }
+        conf_diag_done(&d);
+        assert_int_equal(r, 0);
+        assert_non_null(c);
+        return c;
+}
+
+/* Loads a file that must be rejected; returns the error, d keeps the
+ * diagnostics. */
+static int load_fail(const char *path, ConfDiag *d) {
+        Config *c = NULL;
+        int r;
+
+        r = config_load(path, &c, d);
+        /* A rejected load hands nothing out. */
+        if (c) {
+                config_free(c);
+                fail_msg("%s: loaded, but should have been rejected", path);
+        }
+        return r;
+}
+
+static bool diag_has(const ConfDiag *d, const char *line) {
+        for (size_t i = 0; i < d->n; i++)
+                if (streq_ptr(d->lines[i], line))
+                        return true;
+        return false;
+}
+
+/* ---- the corpus --------------------------------------------------------- */
+
+static void test_good_file(void **state) {
+        const char *path = *state;
+        Config *c = load_ok(path);
+
+        assert_string_equal(c->path, path);
+        assert_string_equal(c->files[0], path);
+        config_free(c);
+}
+
+/* "FILE:LINE: text" (or "FILE: text") matches a diagnostic that starts with
+ * the same "FILE:LINE: " and has the text somewhere after it. */
+static bool diag_matches(const char *diag, const char *expect) {
+        const char *sep = strstr(expect, ": ");
+        size_t prefix;
+
+        if (!sep)
+                return false;
+        prefix = (size_t) (sep + 2 - expect);
+        return strncmp(diag, expect, prefix) == 0 && strstr(diag + prefix, sep + 2);
+}
+
+static void test_bad_file(void **state) {
+        const char *path = *state;
+        char *text = read_all(path, NULL), *expect[32];
+        size_t n_expect = 0, unmatched_expect = 0, unexpected_diag = 0;
+        ConfDiag d = {};
+        int r;
+
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+                if (strncmp(line, "# expect: ", 10) == 0 && n_expect < ELEMENTSOF(expect))
+                        expect[n_expect++] = line + 10;
+
+        r = load_fail(path, &d);
+
+        for (size_t i = 0; i < n_expect; i++) {
+                bool found = false;
+                for (size_t j = 0; j < d.n && !found; j++)
+                        found = diag_matches(d.lines[j], expect[i]);
+                if (!found) {
+                        print_message("  missing: %s\n", expect[i]);
+                        unmatched_expect++;
+                }
+        }
+        for (size_t j = 0; j < d.n; j++) {
+                bool found = false;
+                for (size_t i = 0; i < n_expect && !found; i++)
+                        found = diag_matches(d.lines[j], expect[i]);
+                if (!found) {
+                        print_message("  unexpected: %s\n", d.lines[j]);
+                        unexpected_diag++;
+                }
+        }
+        if (unmatched_expect || unexpected_diag || r != -EINVAL) {
+                print_message("  %s: config_load() = %d\n", path, r);
+                print_diag(&d);
+        }
+        conf_diag_done(&d);
+        free(text);
+
+        assert_true(n_expect > 0);      /* a bad file says what is wrong with it */
+        assert_int_equal(r, -EINVAL);
+        assert_int_equal(unmatched_expect, 0);
+        assert_int_equal(unexpected_diag, 0);
+}
+
+/* ---- concrete values of the good files ---------------------------------- */
+
+static void test_minimal_gets_every_default(void **state) {
+        Config *c;
+
+        unsetenv("STATE_DIRECTORY");
+        c = load_ok(CORPUS "/good/minimal.conf");
+        assert_string_equal(c->base_url, "https://api.diga.io");
+        assert_string_equal(c->token_file, "");
+        assert_string_equal(c->ca_file, "");
+        assert_true(c->timeout == 30.0);
+        assert_true(c->rate == 2.0);
+        assert_int_equal(c->burst, 5);
+        assert_int_equal(c->concurrency, 4);
+        assert_int_equal(c->max_attempts, 8);
+        assert_true(c->base_delay == 1.0);
+        assert_true(c->max_delay == 300.0);
+        assert_false(c->dry_run);
+        assert_int_equal(c->max_new_releases, 25);
+        assert_true(c->resync_interval == 3600.0);
+        assert_string_equal(c->ledger, "/var/lib/retired/ledger.db");
+        assert_string_equal(c->releases_dir, CORPUS "/good/releases.d");
+        assert_int_equal(c->n_decls, 0);
+        assert_int_equal(c->n_files, 1);
+        config_free(c);
+}
+
+static void test_every_key_is_read(void **state) {
+        Config *c = load_ok(CORPUS "/good/every-key.conf");
+
+        /* The trailing slash goes, so paths can be appended. */
+        assert_string_equal(c->base_url, "https://phones.example.com:8443/diga");
+        assert_string_equal(c->token_file, "/etc/retired/api-token");
+        assert_string_equal(c->ca_file, "/etc/retired/ca.pem");
+        assert_true(c->timeout == 12.5);
+        assert_true(c->rate == 0.5);
+        assert_int_equal(c->burst, 9);
+        assert_int_equal(c->concurrency, 64);
+        assert_int_equal(c->max_attempts, 100);
+        assert_true(c->base_delay == 2.5);
+        assert_true(c->max_delay == 600.0);
+        assert_true(c->dry_run);
+        assert_int_equal(c->max_new_releases, 0);
+        assert_true(c->resync_interval == 60.0);
+        /* Relative paths are relative to the file, not to the working folder. */
+        assert_string_equal(c->ledger, CORPUS "/good/state/ledger.db");
+        assert_string_equal(c->releases_dir, CORPUS "/good/every-key.d");
+
+        assert_int_equal(c->n_files, 2);
+        assert_string_equal(c->files[1], CORPUS "/good/every-key.d/10-more.conf");
+        assert_int_equal(c->n_decls, 2);
+        assert_string_equal(c->decls[0].key, "+34910000001");
+        assert_string_equal(c->decls[0].number, "+34910000001");
+        assert_null(c->decls[0].id);
+        assert_string_equal(c->decls[0].reason, "OPS-1 shop closed");
+        assert_int_equal(c->decls[0].not_before, 1798758000);   /* 2026-12-31T23:00:00Z */
+        assert_string_equal(c->decls[0].file, CORPUS "/good/every-key.conf");
+        assert_int_equal(c->decls[0].line, 31);
+        assert_string_equal(c->decls[1].key, UUID_A);
+        assert_string_equal(c->decls[1].id, UUID_A);
+        assert_null(c->decls[1].number);
+        assert_string_equal(c->decls[1].reason, "from the drop-in");
+        assert_int_equal(c->decls[1].not_before, 0);
+        assert_string_equal(c->decls[1].file, CORPUS "/good/every-key.d/10-more.conf");
+        assert_int_equal(c->decls[1].line, 1);
+        config_free(c);
+}
+
+static void test_numbers_are_normalised(void **state) {
+        static const char *const want[] = {
+                "+34910000001", "+34910000002", "+34910000003", "+34910000004", "+34910000005",
+                "910000006", "+15550100007", "112", "+12345678901234567890",
+        };
+        Config *c = load_ok(CORPUS "/good/numbers.conf");
+
+        assert_int_equal(c->n_decls, ELEMENTSOF(want));
+        for (size_t i = 0; i < ELEMENTSOF(want); i++) {
+                assert_string_equal(c->decls[i].number, want[i]);
+                assert_string_equal(c->decls[i].key, want[i]);
+                assert_null(c->decls[i].id);
+                assert_null(c->decls[i].reason);
+                assert_int_equal(c->decls[i].line, 3 + i);
+        }
+        config_free(c);
+}
+
+static void test_sip_identifiers_are_kept_as_written(void **state) {
+        Config *c = load_ok(CORPUS "/good/sip.conf");
+
+        assert_int_equal(c->n_decls, 2);
+        assert_string_equal(c->decls[0].key, "alice@pbx.example.com");
+        assert_string_equal(c->decls[0].reason, "SIP trunk");
+        assert_string_equal(c->decls[1].key, "sip:+34910000009@Trunk.Example.COM");
+        assert_string_equal(c->decls[1].number, "sip:+34910000009@Trunk.Example.COM");
+        config_free(c);
+}
+
+static void test_ids_become_the_key(void **state) {
+        Config *c = load_ok(CORPUS "/good/ids.conf");
+
+        assert_int_equal(c->n_decls, 2);
+        assert_string_equal(c->decls[0].key, UUID_A);
+        assert_string_equal(c->decls[0].id, UUID_A);
+        assert_null(c->decls[0].number);
+        assert_string_equal(c->decls[1].key, "00000000-0000-0000-0000-000000000000");
+        assert_string_equal(c->decls[1].number, "+34910000010");
+        config_free(c);
+}
+
+static void test_not_before_forms(void **state) {
+        Config *c = load_ok(CORPUS "/good/not-before.conf");
+
+        assert_int_equal(c->n_decls, 4);
+        /* Z, +00:00 and a fraction of a second all name the same second. */
+        assert_int_equal(c->decls[0].not_before, 1798758000);
+        assert_int_equal(c->decls[1].not_before, 1798758000);
+        assert_int_equal(c->decls[2].not_before, 1798758000);
+        assert_int_equal(c->decls[3].not_before, 1835438400);   /* 2028-02-29T12:00:00Z */
+        config_free(c);
+}
+
+static void test_duplicates_are_merged(void **state) {
+        Config *c = load_ok(CORPUS "/good/duplicates.conf");
+
+        assert_int_equal(c->n_decls, 2);
+        /* Two identical entries, written differently: one declaration. */
+        assert_string_equal(c->decls[0].key, "+34910000020");
+        assert_string_equal(c->decls[0].reason, "same");
+        assert_int_equal(c->decls[0].line, 3);
+        /* By number, by number and id, by id: one phone, fields combined,
+         * reported where it was first declared. */
+        assert_string_equal(c->decls[1].key, UUID_A);
+        assert_string_equal(c->decls[1].id, UUID_A);
+        assert_string_equal(c->decls[1].number, "+34910000021");
+        assert_string_equal(c->decls[1].reason, "OPS-7");
+        assert_int_equal(c->decls[1].not_before, 1798758000);
+        assert_int_equal(c->decls[1].line, 5);
+        config_free(c);
+}
+
+static void test_loopback_base_urls(void **state) {
+        static const struct { const char *file, *url; } t[] = {
+                { CORPUS "/good/base-url-loopback-ipv4.conf", "http://127.0.0.1:8080" },
+                { CORPUS "/good/base-url-loopback-ipv6.conf", "http://[::1]:8080" },
+                { CORPUS "/good/base-url-localhost.conf",     "http://localhost:8080" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(t); i++) {
+                Config *c = load_ok(t[i].file);
+                assert_string_equal(c->base_url, t[i].url);
+                config_free(c);
+        }
+}
+
+static void test_ledger_default_follows_state_directory(void **state) {
+        Config *c;
+
+        /* systemd may list several folders; the first one is ours. */
+        setenv("STATE_DIRECTORY", "/var/lib/private/retired:/var/lib/other", 1);
+        c = load_ok(CORPUS "/good/minimal.conf");
+        assert_string_equal(c->ledger, "/var/lib/private/retired/ledger.db");
+        config_free(c);
+
+        /* A relative value is not trusted. */
+        setenv("STATE_DIRECTORY", "relative/dir", 1);
+        c = load_ok(CORPUS "/good/minimal.conf");
+        assert_string_equal(c->ledger, "/var/lib/retired/ledger.db");
+        config_free(c);
+
+        /* An explicit ledger wins over the environment. */
+        setenv("STATE_DIRECTORY", "/var/lib/private/retired", 1);
+        c = load_ok(CORPUS "/good/every-key.conf");
+        assert_string_equal(c->ledger, CORPUS "/good/state/ledger.db");
+        config_free(c);
+        unsetenv("STATE_DIRECTORY");
+}
+
+/* ---- files that cannot be read ------------------------------------------ */
+
+static void test_missing_file(void **state) {
+        ConfDiag d = {};
+        int r = load_fail(CORPUS "/does-not-exist.conf", &d);
+
+        assert_int_equal(r, -ENOENT);
+        assert_int_equal(d.n, 1);
+        assert_string_equal(d.lines[0], CORPUS "/does-not-exist.conf: cannot open: No such file or directory");
+        conf_diag_done(&d);
+}
+
+static void test_explicit_releases_dir_must_exist(void **state) {
+        char *dir = tmpdir_new(), *main, *want;
+        ConfDiag d = {};
+        int r;
+
+        main = write_in(dir, "retired.conf", "releases_dir = \"nowhere.d\";\n");
+        r = load_fail(main, &d);
+        assert_int_equal(r, -ENOENT);
+        assert_true(asprintf(&want, "%s/nowhere.d: cannot read folder: No such file or directory", dir) >= 0);
+        assert_true(diag_has(&d, want));
+        free(want);
+        conf_diag_done(&d);
+        free(main);
+        tmpdir_remove(dir);
+}
+
+/* ---- drop-ins ----------------------------------------------------------- */
+
+static void test_dropins_order_and_selection(void **state) {
+        char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main, *p, *sub;
+        static const struct { const char *name, *number; } read[] = {
+                /* Byte order, whatever the locale: digits, then upper, then lower case. */
+                { "10-x.conf", "+34910000010" },
+                { "9-x.conf",  "+34910000009" },
+                { "B.conf",    "+34910000002" },
+                { "a.conf",    "+34910000001" },
+        };
+        static const char *const ignored[] = {
+                ".hidden.conf", "notes.txt", "c.conf~", "d.conf.disabled", "conf", ".conf",
+        };
+        Config *c;
+
+        assert_int_equal(mkdir(rd, 0755), 0);
+        main = write_in(dir, "retired.conf", "releases = ( { number = \"+34 910 000 000\"; } );\n");
+        /* Written out of order, so that creation order proves nothing. */
+        for (size_t i = ELEMENTSOF(read); i-- > 0;) {
+                char text[128];
+                snprintf(text, sizeof text, "releases = ( { number = \"%s\"; } );\n", read[i].number);
+                free(write_in(rd, read[i].name, text));
+        }
+        /* Anything else in the folder would fail the load if it were read. */
+        for (size_t i = 0; i < ELEMENTSOF(ignored); i++)
+                free(write_in(rd, ignored[i], "this is not ( a config\n"));
+        sub = path_join(rd, "e.conf");
+        assert_int_equal(mkdir(sub, 0755), 0);
+        free(write_in(sub, "inner.conf", "this is not ( a config\n"));
+
+        c = load_ok(main);
+        assert_int_equal(c->n_decls, 1 + ELEMENTSOF(read));
+        assert_string_equal(c->decls[0].number, "+34910000000");
+        assert_string_equal(c->decls[0].file, main);
+        assert_int_equal(c->n_files, 1 + ELEMENTSOF(read));
+        for (size_t i = 0; i < ELEMENTSOF(read); i++) {
+                p = path_join(rd, read[i].name);
+                assert_string_equal(c->decls[1 + i].number, read[i].number);
+                assert_string_equal(c->decls[1 + i].file, p);
+                assert_string_equal(c->files[1 + i], p);
+                free(p);
+        }
+        config_free(c);
+        free(sub);
+        free(main);
+        free(rd);
+        tmpdir_remove(dir);
+}
+
+static void test_dropin_merges_with_main_file(void **state) {
+        char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main;
+        Config *c;
+
+        assert_int_equal(mkdir(rd, 0755), 0);
+        main = write_in(dir, "retired.conf",
+                        "releases = (\n"
+                        "  { number = \"+34 910 000 001\"; reason = \"OPS-1\"; }\n"
+                        ");\n");
+        free(write_in(rd, "shop.conf",
+                      "releases = ( { number = \"+34910000001\"; id = \"" UUID_A "\"; } );\n"));
+
+        c = load_ok(main);
+        assert_int_equal(c->n_decls, 1);
+        assert_string_equal(c->decls[0].key, UUID_A);
+        assert_string_equal(c->decls[0].number, "+34910000001");
+        assert_string_equal(c->decls[0].reason, "OPS-1");
+        assert_string_equal(c->decls[0].file, main);
+        assert_int_equal(c->decls[0].line, 2);
+        config_free(c);
+        free(main);
+        free(rd);
+        tmpdir_remove(dir);
+}
+
+/* ---- limits ------------------------------------------------------------- */
+
+static void test_too_many_releases(void **state) {
+        char *dir = tmpdir_new(), *main = path_join(dir, "retired.conf"), *want;
+        const unsigned per_line = 1000, total = CONF_MAX_RELEASES + 1;
+        ConfDiag d = {};
+        FILE *f;
+        int r;
+
+        /* The same tiny entry over and over: declarations are counted before
+         * duplicates are merged, so this is the cheapest way over the limit. */
+        f = fopen(main, "we");
+        assert_non_null(f);
+        fputs("releases = (\n", f);
+        for (unsigned i = 0; i < total; i++)
+                fputs(i + 1 == total ? "{number=\"123\"}\n" :
+                      (i + 1) % per_line == 0 ? "{number=\"123\"},\n" : "{number=\"123\"},", f);
+        fputs(");\n", f);
+        assert_int_equal(fclose(f), 0);
+
+        r = load_fail(main, &d);
+        assert_true(r < 0);
+        /* The first entry past the limit is on line 2 + 1000000 / 1000. */
+        assert_true(asprintf(&want, "%s:%u: more than %u release declarations",
+                             main, 2 + CONF_MAX_RELEASES / per_line, CONF_MAX_RELEASES) >= 0);
+        if (!diag_has(&d, want))
+                print_diag(&d);
+        assert_true(diag_has(&d, want));
+        free(want);
+        conf_diag_done(&d);
+        free(main);
+        tmpdir_remove(dir);
+}
+
+static void test_reason_length_limit(void **state) {
+        char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *text, *want;
+        char reason[CONF_MAX_REASON + 2];
+        ConfDiag d = {};
+        Config *c;
+
+        /* Exactly the limit is fine... */
+        memset(reason, 'r', CONF_MAX_REASON);
+        reason[CONF_MAX_REASON] = 0;
+        assert_true(asprintf(&text, "releases = (\n  { number = \"112\"; reason = \"%s\"; }\n);\n", reason) >= 0);
+        write_file(path, text);
+        free(text);
+        c = load_ok(path);
+        assert_int_equal(strlen(c->decls[0].reason), CONF_MAX_REASON);
+        config_free(c);
+
+        /* ...one more character is not. */
+        strcat(reason, "r");
+        assert_true(asprintf(&text, "releases = (\n  { number = \"112\";\n    reason = \"%s\"; }\n);\n", reason) >= 0);
+        write_file(path, text);
+        free(text);
+        assert_int_equal(load_fail(path, &d), -EINVAL);
+        assert_true(asprintf(&want, "%s:3: reason: longer than %u characters", path, CONF_MAX_REASON) >= 0);
+        assert_int_equal(d.n, 1);
+        assert_string_equal(d.lines[0], want);
+        free(want);
+        conf_diag_done(&d);
+        free(path);
+        tmpdir_remove(dir);
+}
+
+static void test_file_size_limit(void **state) {
+        char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *want;
+        ConfDiag d = {};
+        int fd;
+
+        /* A sparse file: big on paper, nothing on disk. */
+        fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, (off_t) CONF_MAX_FILE_SIZE + 1), 0);
+        close(fd);
+
+        assert_int_equal(load_fail(path, &d), -EFBIG);
+        assert_true(asprintf(&want, "%s: larger than 256 MiB", path) >= 0);
+        assert_int_equal(d.n, 1);
+        assert_string_equal(d.lines[0], want);
+        free(want);
+        conf_diag_done(&d);
+        free(path);
+        tmpdir_remove(dir);
+}
+
+static void test_dropin_count_limit(void **state) {
+        char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main, *want;
+        ConfDiag d = {};
+
+        assert_int_equal(mkdir(rd, 0755), 0);
+        main = write_in(dir, "retired.conf", "");
+        for (unsigned i = 0; i <= CONF_MAX_DROPIN; i++) {
+                char name[32];
+                snprintf(name, sizeof name, "%05u.conf", i);
+                free(write_in(rd, name, ""));
+        }
+        assert_int_equal(load_fail(main, &d), -E2BIG);
+        assert_true(asprintf(&want, "%s: more than %u files", rd, CONF_MAX_DROPIN) >= 0);
+        assert_true(diag_has(&d, want));
+        free(want);
+        conf_diag_done(&d);
+        free(main);
+        free(rd);
+        tmpdir_remove(dir);
+}
+
+static void test_diagnostics_are_capped(void **state) {
+        char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *want;
+        size_t len = 0;
+        char text[4096];
+        ConfDiag d = {};
+
+        /* Sixty unknown settings, one per line. */
+        for (unsigned i = 1; i <= 60; i++)
+                len += (size_t) snprintf(text + len, sizeof text - len, "bogus%u = 1;\n", i);
+        write_file(path, text);
+
+        assert_int_equal(load_fail(path, &d), -EINVAL);
+        assert_int_equal(d.n, CONF_MAX_DIAG);
+        assert_int_equal(d.dropped, 60 - CONF_MAX_DIAG);
+        /* The ones kept are the first ones, in file order. */
+        assert_true(asprintf(&want, "%s:1: unknown setting 'bogus1'", path) >= 0);
+        assert_string_equal(d.lines[0], want);
+        free(want);
+        assert_true(asprintf(&want, "%s:50: unknown setting 'bogus50'", path) >= 0);
+        assert_string_equal(d.lines[49], want);
+        free(want);
+        conf_diag_done(&d);
+        free(path);
+        tmpdir_remove(dir);
+}
+
+/* ---- the test list ------------------------------------------------------ */
+
+typedef struct Tests {
+        struct CMUnitTest *v;
+        size_t n;
+        char **owned;   /* names and paths to free */
+        size_t n_owned;
+        size_t n_good, n_bad;
+} Tests;
+
+static void tests_add(Tests *t, struct CMUnitTest test) {
+        t->v = reallocarray(t->v, t->n + 1, sizeof(*t->v));
+        if (!t->v)
+                abort();
+        t->v[t->n++] = test;
+}
+
+static char *owned(Tests *t, char *s) {
+        t->owned = reallocarray(t->owned, t->n_owned + 1, sizeof(char *));
+        if (!s || !t->owned)
+                abort();
+        return t->owned[t->n_owned++] = s;
+}
+
+static void add_corpus_file(Tests *t, const char *path, bool good) {
+        char *p = owned(t, strdup(path)), *name;
+
+        if (asprintf(&name, "%s %s", good ? "good" : "bad", p) < 0)
+                abort();
+        tests_add(t, (struct CMUnitTest) {
+                .name = owned(t, name),
+                .test_func = good ? test_good_file : test_bad_file,
+                .initial_state = p,
+        });
+        if (good)
+                t->n_good++;
+        else
+                t->n_bad++;
+}
+
+static int has_conf_suffix(const struct dirent *de) {
+        size_t n = strlen(de->d_name);
+        return de->d_name[0] != '.' && n > 5 && streq(de->d_name + n - 5, ".conf");
+}
+
+static int is_case_folder(const struct dirent *de) {
+        return strncmp(de->d_name, "good-", 5) == 0 || strncmp(de->d_name, "bad-", 4) == 0;
+}
+
+/* tests/conf/{good,bad}/ *.conf and tests/conf/{good,bad}-NAME/retired.conf,
+ * each in byte order. */
+static void add_corpus(Tests *t) {
+        static const char *const kinds[] = { "good", "bad" };
+        struct dirent **list;
+        char path[4096];
+        int n;
+
+        for (size_t k = 0; k < ELEMENTSOF(kinds); k++) {
+                snprintf(path, sizeof path, CORPUS "/%s", kinds[k]);
+                n = scandir(path, &list, has_conf_suffix, alphasort);
+                for (int i = 0; i < n; i++) {
+                        snprintf(path, sizeof path, CORPUS "/%s/%s", kinds[k], list[i]->d_name);
+                        add_corpus_file(t, path, k == 0);
+                        free(list[i]);
+                }
+                if (n >= 0)
+                        free(list);
+        }
+        n = scandir(CORPUS, &list, is_case_folder, alphasort);
+        for (int i = 0; i < n; i++) {
+                snprintf(path, sizeof path, CORPUS "/%s/retired.conf", list[i]->d_name);
+                add_corpus_file(t, path, list[i]->d_name[0] == 'g');
+                free(list[i]);
+        }
+        if (n >= 0)
+                free(list);
+}
+
+static size_t corpus_good, corpus_bad;
+
+/* Guards against a corpus that silently went missing (wrong working folder). */
+static void test_corpus_is_there(void **state) {
+        assert_true(corpus_good >= 10);
+        assert_true(corpus_bad >= 30);
+}
+
+int main(void) {
+        const struct CMUnitTest fixed[] = {
+                cmocka_unit_test(test_corpus_is_there),
+                cmocka_unit_test(test_minimal_gets_every_default),
+                cmocka_unit_test(test_every_key_is_read),
+                cmocka_unit_test(test_numbers_are_normalised),
+                cmocka_unit_test(test_sip_identifiers_are_kept_as_written),
+                cmocka_unit_test(test_ids_become_the_key),
+                cmocka_unit_test(test_not_before_forms),
+                cmocka_unit_test(test_duplicates_are_merged),
+                cmocka_unit_test(test_loopback_base_urls),
+                cmocka_unit_test(test_ledger_default_follows_state_directory),
+                cmocka_unit_test(test_missing_file),
+                cmocka_unit_test(test_explicit_releases_dir_must_exist),
+                cmocka_unit_test(test_dropins_order_and_selection),
+                cmocka_unit_test(test_dropin_merges_with_main_file),
+                cmocka_unit_test(test_too_many_releases),
+                cmocka_unit_test(test_reason_length_limit),
+                cmocka_unit_test(test_file_size_limit),
+                cmocka_unit_test(test_dropin_count_limit),
+                cmocka_unit_test(test_diagnostics_are_capped),
+        };
+        Tests t = {};
+        int r;
+
+        for (size_t i = 0; i < ELEMENTSOF(fixed); i++)
+                tests_add(&t, fixed[i]);
+        add_corpus(&t);
+        corpus_good = t.n_good;
+        corpus_bad = t.n_bad;
+
+        r = _cmocka_run_group_tests("test-conf", t.v, t.n, NULL, NULL);
+
+        for (size_t i = 0; i < t.n_owned; i++)
+                free(t.owned[i]);
+        free(t.owned);
+        free(t.v);
+        return r;
+}
