@@ -84,3 +84,38 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcore.a $(HEADERS) | $(BUILD)/.dir
 
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
+
+PYTEST     := $(PYTHON) -m pytest -q -p no:cacheprovider
+export RETIRED_BUILD := $(abspath $(BUILD))
+
+# Every suite runs even when an earlier one fails, and any failure fails
+# the target.  Root-only suites skip themselves with a reason elsewhere.
+check: deps all
+	@$(MAKE) --no-print-directory unit; u=$$?; \
+	 $(PYTEST) tests/fake-diga tests/e2e $(wildcard tests/system); p=$$?; \
+	 test $$u = 0 -a $$p = 0
+
+demo: deps all
+	@BUILD=$(abspath $(BUILD)) tests/demo/demo.sh
+
+BINDIR     := $(DESTDIR)$(PREFIX)/bin
+SBINDIR    := $(DESTDIR)$(PREFIX)/sbin
+MANDIR     := $(DESTDIR)$(PREFIX)/share/man
+UNITDIR    := $(DESTDIR)$(PREFIX)/lib/systemd/system
+CATALOGDIR := $(DESTDIR)$(PREFIX)/lib/systemd/catalog
+CONFDIR    := $(DESTDIR)/etc/retired
+
+# The example config is installed only where none exists: an operator's
+# declarations are never overwritten.
+install: all
+	install -d $(BINDIR) $(SBINDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8 $(CONFDIR)/releases.d
+	install -m 0755 $(BUILD)/retired $(SBINDIR)/retired
+	install -m 0755 $(BUILD)/retirectl $(BINDIR)/retirectl
+	install -m 0644 daemon/retirectl.1 $(MANDIR)/man1/retirectl.1
+	install -m 0644 conf/retired.conf.5 $(MANDIR)/man5/retired.conf.5
+	test ! -f daemon/retired.8 || install -m 0644 daemon/retired.8 $(MANDIR)/man8/retired.8
+	test -e $(CONFDIR)/retired.conf || install -m 0644 conf/retired.conf $(CONFDIR)/retired.conf
+	test ! -f systemd/retired.service || { install -d $(UNITDIR) && \
+	  sed 's|@SBINDIR@|$(PREFIX)/sbin|g' systemd/retired.service > $(UNITDIR)/retired.service; }
+	test ! -f systemd/retired.catalog || { install -d $(CATALOGDIR) && \
+	  install -m 0644 systemd/retired.catalog $(CATALOGDIR)/retired.catalog; }
