@@ -12,7 +12,7 @@ PKGS       := libcurl libconfig sqlite3 libsystemd
 DEB_BUILD  := gcc make pkg-config libcurl4-openssl-dev libconfig-dev \
               libsqlite3-dev libsystemd-dev libcmocka-dev
 DEB_TEST   := python3 python3-pytest sqlite3 curl openssl systemd \
-              util-linux iproute2 clang libclang-rt-14-dev valgrind
+              util-linux iproute2 time bc clang libclang-rt-14-dev valgrind
 DEB_ALL    := $(DEB_BUILD) $(DEB_TEST)
 
 WARN       := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-unused-parameter -Wno-missing-field-initializers
@@ -119,3 +119,7 @@ install: all
 	  sed 's|@SBINDIR@|$(PREFIX)/sbin|g' systemd/retired.service > $(UNITDIR)/retired.service; }
 	test ! -f systemd/retired.catalog || { install -d $(CATALOGDIR) && \
 	  install -m 0644 systemd/retired.catalog $(CATALOGDIR)/retired.catalog; }
+
+$(BUILD)/tests/fill-ledger: tests/bench/fill-ledger.c $(BUILD)/libcore.a $(HEADERS)
+	@mkdir -p $(dir $@)
+	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libcore.a $(PKG_LIBS)

@@ -171,6 +171,13 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         sqlite3_extended_result_codes(l->db, 1);
         /* Set before switching to WAL: the switch itself may need to wait. */
         sqlite3_busy_timeout(l->db, 5000);
+        /* The plan's TEMP table lives in memory, never in a file in /var/tmp. */
+        r = ledger_exec(l, "PRAGMA temp_store = MEMORY");
+        if (r < 0) {
+                if (error)
+                        asprintf(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                return r;
+        }
 
         if (open_path != path || mode == LEDGER_WRITE) {
                 if (mode == LEDGER_WRITE) {

@@ -49,8 +49,10 @@ static int load_decls(Ledger *l, const Config *c) {
                         "  phone INTEGER)");
         if (r < 0)
                 return r;
-        rc = sqlite3_prepare_v2(db, "INSERT INTO temp.decl (key, id, number, reason, not_before, declared_at)"
-                                " VALUES (?, ?, ?, ?, ?, ? || ':' || ?)", -1, &st, NULL);
+        /* Most declarations name their row by key: match those as they go in. */
+        rc = sqlite3_prepare_v2(db, "INSERT INTO temp.decl (key, id, number, reason, not_before, declared_at, phone)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6 || ':' || ?7,"
+                                " (SELECT pk FROM phones WHERE key = ?1))", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         r = ledger_exec(l, "SAVEPOINT decl");
@@ -75,11 +77,11 @@ static int load_decls(Ledger *l, const Config *c) {
         }
         /* A declaration names a row by its key, or by the id or number the
          * row was declared or resolved with. */
-        r = ledger_exec(l, "CREATE INDEX temp.decl_phone ON decl (phone);"
-                        "UPDATE temp.decl SET phone = coalesce("
-                        "  (SELECT pk FROM phones p WHERE p.key = decl.key),"
+        r = ledger_exec(l, "UPDATE temp.decl SET phone = coalesce("
                         "  (SELECT max(pk) FROM phones p WHERE decl.id IS NOT NULL AND p.id = decl.id),"
-                        "  (SELECT max(pk) FROM phones p WHERE decl.number IS NOT NULL AND p.number = decl.number));"
+                        "  (SELECT max(pk) FROM phones p WHERE decl.number IS NOT NULL AND p.number = decl.number))"
+                        " WHERE phone IS NULL;"
+                        "CREATE INDEX temp.decl_phone ON decl (phone);"
                         "RELEASE decl");
         if (r < 0)
                 ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
