@@ -49,6 +49,7 @@ typedef struct Config {
         double resync_interval;
         char *ledger;            /* resolved path of the ledger */
         char *releases_dir;      /* resolved path of the drop-in folder */
+        char *control_socket;    /* the daemon's control socket */
 
         Decl *decls;
         size_t n_decls;

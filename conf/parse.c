@@ -98,6 +98,7 @@ static const Key keys[] = {
         { NULL,     "resync_interval",  K_FLOAT, C(resync_interval),  1, 604800 },
         { NULL,     "ledger",           K_STR,   C(ledger) },
         { NULL,     "releases_dir",     K_STR,   C(releases_dir) },
+        { NULL,     "control_socket",   K_STR,   C(control_socket), .check = check_absolute },
 };
 #undef C
 
@@ -525,8 +526,8 @@ static int dedup(Loader *l) {
 
 static int config_new(const char *path, Config **ret) {
         _cleanup_(config_freep) Config *c = NULL;
-        const char *sd = getenv("STATE_DIRECTORY");
-        _cleanup_free_ char *sd_first = NULL;
+        const char *sd = getenv("STATE_DIRECTORY"), *rd = getenv("RUNTIME_DIRECTORY");
+        _cleanup_free_ char *sd_first = NULL, *rd_first = NULL;
 
         c = calloc(1, sizeof(Config));
         if (!c)
@@ -539,8 +540,14 @@ static int config_new(const char *path, Config **ret) {
         /* $STATE_DIRECTORY may list several folders separated by ':'. */
         if (sd && *sd == '/')
                 sd_first = strndup(sd, strcspn(sd, ":"));
+        if (rd && *rd == '/')
+                rd_first = strndup(rd, strcspn(rd, ":"));
         if (asprintf(&c->ledger, "%s/ledger.db", sd_first ? sd_first : "/var/lib/retired") < 0) {
                 c->ledger = NULL;
+                return -ENOMEM;
+        }
+        if (asprintf(&c->control_socket, "%s/control", rd_first ? rd_first : "/run/retired") < 0) {
+                c->control_socket = NULL;
                 return -ENOMEM;
         }
         c->path = strdup(path);
@@ -556,7 +563,7 @@ static int config_new(const char *path, Config **ret) {
 
 int config_load(const char *path, Config **ret, ConfDiag *d) {
         _cleanup_(config_freep) Config *c = NULL;
-        _cleanup_free_ char *dir_copy = NULL, *default_dropin = NULL, *ledger_default = NULL;
+        _cleanup_free_ char *dir_copy = NULL, *default_dropin = NULL, *ledger_default = NULL, *control_default = NULL;
         const char *file, *dir;
         bool explicit_dropin;
         Loader l;
@@ -579,11 +586,12 @@ int config_load(const char *path, Config **ret, ConfDiag *d) {
                 return -ENOMEM;
         dir = dirname(dir_copy);
         if (asprintf(&default_dropin, "%s/releases.d", dir) < 0 ||
-            !(ledger_default = strdup(c->ledger)))
+            !(ledger_default = strdup(c->ledger)) || !(control_default = strdup(c->control_socket)))
                 return -ENOMEM;
         explicit_dropin = c->releases_dir[0] != 0;
         if (resolve_path(dir, &c->releases_dir, default_dropin) < 0 ||
-            resolve_path(dir, &c->ledger, ledger_default) < 0)
+            resolve_path(dir, &c->ledger, ledger_default) < 0 ||
+            resolve_path(dir, &c->control_socket, control_default) < 0)
                 return -ENOMEM;
         if (c->max_delay < c->base_delay) {
                 conf_diag_add(d, file, l.retry_line, "retry.max_delay (%g) is shorter than retry.base_delay (%g)",
@@ -621,6 +629,7 @@ Config *config_free(Config *c) {
         free(c->ca_file);
         free(c->ledger);
         free(c->releases_dir);
+        free(c->control_socket);
         free(c);
         return NULL;
 }

@@ -117,3 +117,19 @@ void engine_on_idle(Engine *e, EngineIdle cb, void *userdata);
 bool engine_settled(Engine *e);
 bool engine_auth_paused(Engine *e);
 int engine_status(Engine *e, char *buf, size_t size);
+
+/* ---- control.c: the operator's socket ---- */
+
+#define CONTROL_MAX_LINE 512
+#define CONTROL_MAX_VERB 15
+#define CONTROL_MAX_ARG  256
+
+typedef struct Control Control;
+/* Returns >= 0 (reply "ok TEXT") or < 0 (reply "error TEXT"); *text may be set. */
+typedef int (*ControlHandler)(void *userdata, const char *verb, const char *arg, char **text);
+
+int control_open(sd_event *e, const char *path, ControlHandler h, void *userdata, Control **ret);
+Control *control_free(Control *c);
+/* Splits "verb [arg]\n"; -EBADMSG or -E2BIG for anything else. */
+int control_parse(const char *line, size_t len, char verb[static CONTROL_MAX_VERB + 1],
+                  char arg[static CONTROL_MAX_ARG + 1]);

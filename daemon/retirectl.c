@@ -3,10 +3,14 @@
  * for now, only reads: the daemon is the ledger's writer. */
 
 #include <getopt.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <inttypes.h>
 #include <time.h>
 
 #include "conf.h"
+#include "daemon.h"
 #include "macro.h"
 #include "state.h"
 
@@ -377,6 +381,125 @@ static int verb_show(const char *what) {
         return EXIT_OK;
 }
 
+/* Sends one request to the daemon.  -ECONNREFUSED/-ENOENT: nobody listens. */
+static int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct timeval tv = { .tv_sec = 10 };
+        _cleanup_close_ int fd = -1;
+        _cleanup_free_ char *line = NULL;
+        size_t len = 0;
+        ssize_t n;
+        int k;
+
+        if (strlen(path) >= sizeof sa.sun_path)
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return negative_errno();
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                return negative_errno();
+        k = asprintf(&line, "%s%s%s\n", verb, arg ? " " : "", arg ? arg : "");
+        if (k < 0)
+                return -ENOMEM;
+        if (send(fd, line, (size_t) k, MSG_NOSIGNAL) != k)
+                return negative_errno();
+        while (len < size - 1 && (n = recv(fd, reply + len, size - 1 - len, 0)) > 0)
+                len += (size_t) n;
+        reply[len] = 0;
+        if (len == 0)
+                return -EPROTO;
+        reply[strcspn(reply, "\n")] = 0;
+        return 0;
+}
+
+/* retry, approve and reload go to the daemon, the ledger's only writer
+ * while it runs; without one, retirectl writes the ledger itself under the
+ * lock the daemon takes too. */
+static int verb_control(const char *verb, const char *arg) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        _cleanup_(plan_freep) Plan *p = NULL;
+        _cleanup_free_ char *error = NULL, *norm = NULL;
+        _cleanup_close_ int lock = -1;
+        char reply[CONTROL_MAX_LINE + 64];
+        const char *path;
+        PhoneState was;
+        int r;
+
+        if (load_config(&c) < 0)
+                return EXIT_ERROR;
+        path = arg_ledger ? arg_ledger : c->ledger;
+        /* "+34 910 000 001" goes over the socket as the key it stands for. */
+        if (arg && streq(verb, "retry") && !strchr(arg, '@') && number_normalize(arg, &norm) >= 0)
+                arg = norm;
+        r = control_request(c->control_socket, verb, arg, reply, sizeof reply);
+        if (r >= 0) {
+                bool ok = strncmp(reply, "ok", 2) == 0;
+                const char *text = reply + (ok ? 2 : strncmp(reply, "error", 5) == 0 ? 5 : 0);
+                fprintf(ok ? stdout : stderr, "%s%s\n", ok ? "" : "retirectl: ", text + strspn(text, " "));
+                return ok ? EXIT_OK : EXIT_ERROR;
+        }
+        if (r != -ECONNREFUSED && r != -ENOENT) {
+                fprintf(stderr, "retirectl: %s: %s\n", c->control_socket, strerror(-r));
+                return EXIT_ERROR;
+        }
+        if (streq(verb, "reload")) {
+                fprintf(stderr, "retirectl: no retired listens on %s: nothing to reload\n", c->control_socket);
+                return EXIT_ERROR;
+        }
+        lock = ledger_lock(path);
+        if (lock == -EWOULDBLOCK) {
+                fprintf(stderr, "retirectl: %s is locked by a retired that does not answer on %s\n",
+                        path, c->control_socket);
+                return EXIT_ERROR;
+        }
+        if (lock < 0) {
+                fprintf(stderr, "retirectl: cannot lock %s.lock: %s\n", path, strerror(-lock));
+                return EXIT_ERROR;
+        }
+        r = ledger_open(path, LEDGER_WRITE, &l, &error);
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s\n", error ? error : strerror(-r));
+                return EXIT_ERROR;
+        }
+        if (streq(verb, "retry")) {
+                r = ledger_retry(l, arg, &was);
+                if (r == -ENOENT)
+                        fprintf(stderr, "retirectl: no phone %s in the ledger\n", arg);
+                else if (r == -EBUSY)
+                        fprintf(stderr, "retirectl: %s is %s, not failed\n", arg, state_to_string(was));
+                else if (r < 0)
+                        fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
+                else
+                        printf("%s is pending again (no daemon running: it is released on its next start)\n", arg);
+                return r < 0 ? EXIT_ERROR : EXIT_OK;
+        }
+        r = plan_compute(l, c, &p);
+        if (r < 0) {
+                fprintf(stderr, "retirectl: cannot compute the plan: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        if (!p->needs_approval) {
+                fprintf(stderr, "retirectl: no plan waits for approval\n");
+                return EXIT_ERROR;
+        }
+        if (!streq(p->hash, arg)) {
+                fprintf(stderr, "retirectl: the plan waiting is %s, not %s: review it with 'retirectl plan'\n", p->hash, arg);
+                return EXIT_ERROR;
+        }
+        r = plan_apply(l, p, true);
+        if (r < 0) {
+                fprintf(stderr, "retirectl: cannot apply the plan: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        printf("approved plan %s: %zu new releases (no daemon running: released on its next start)\n",
+               p->hash, p->new_releases);
+        return EXIT_OK;
+}
+
 static void help(void) {
         printf("Usage: retirectl [-c FILE] [--json] COMMAND\n\n"
                "Commands:\n"
@@ -384,7 +507,10 @@ static void help(void) {
                "  plan           show what a reload would change (exit 2 when it would change something)\n"
                "  status         count the ledger's phones per state\n"
                "  list           one line per phone (--state STATE to filter)\n"
-               "  show KEY       one phone (by key, id or number) and its history\n\n"
+               "  show KEY       one phone (by key, id or number) and its history\n"
+               "  retry KEY      put a failed phone back to pending\n"
+               "  approve HASH   apply the plan held by the blast-radius guard (see plan)\n"
+               "  reload         make the daemon re-read its config\n\n"
                "Options:\n"
                "  -c, --config FILE   main config (default /etc/retired/retired.conf)\n"
                "      --ledger PATH   read this ledger instead of the config's\n"
@@ -440,12 +566,14 @@ int main(int argc, char **argv) {
                 return EXIT_ERROR;
         }
         verb = argv[optind++];
-        if (streq(verb, "show")) {
+        if (streq(verb, "show") || streq(verb, "retry") || streq(verb, "approve")) {
                 if (optind != argc - 1) {
-                        fprintf(stderr, "retirectl: show takes one KEY (an id or a number)\n");
+                        fprintf(stderr, "retirectl: %s takes one argument (see retirectl --help)\n", verb);
                         return EXIT_ERROR;
                 }
-                return verb_show(argv[optind]);
+                if (streq(verb, "show"))
+                        return verb_show(argv[optind]);
+                return verb_control(verb, argv[optind]);
         }
         if (optind != argc) {
                 fprintf(stderr, "retirectl: %s takes no arguments\n", verb);
@@ -459,6 +587,8 @@ int main(int argc, char **argv) {
                 return verb_status();
         if (streq(verb, "list"))
                 return verb_list();
+        if (streq(verb, "reload"))
+                return verb_control(verb, NULL);
         fprintf(stderr, "retirectl: unknown command '%s' (see retirectl --help)\n", verb);
         return EXIT_ERROR;
 }

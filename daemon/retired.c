@@ -4,6 +4,8 @@
  * the engine reconcile; SIGHUP reloads, SIGTERM finishes what is in flight. */
 
 #include <getopt.h>
+#include <libgen.h>
+#include <sys/inotify.h>
 #include <curl/curl.h>
 #include <signal.h>
 #include <time.h>
@@ -20,12 +22,18 @@ typedef struct Manager {
         char *token;
         Ledger *ledger;
         Engine *engine;
-        sd_event_source *stop_timer;
+        Control *control;
+        int lock_fd;
+        sd_event_source *stop_timer, *debounce;
+        sd_event_source *watch_dir, *watch_dropins;
         char held_hash[13];   /* a plan held back for approval, or "" */
         size_t held_count;
         bool once;
         int exit_code;
+        char *rejected;       /* why the last reload was refused, for STATUS= */
 } Manager;
+
+#define DEBOUNCE_USEC (500 * 1000ULL)
 
 static const char *arg_config = "/etc/retired/retired.conf";
 static bool arg_once = false, arg_dry_run = false, arg_check = false;
@@ -44,11 +52,17 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
         _cleanup_free_ char *token = NULL, *where = NULL;
         int r;
 
+        free(m->rejected);
+        m->rejected = NULL;
         r = config_load(arg_config, &c, &d);
         if (r < 0) {
                 report_diag(&d, "Config rejected");
                 if (d.n == 0)
                         log_error_errno(r, "Config rejected: %s: %m", arg_config);
+                if (d.n > 0)
+                        m->rejected = strdup(d.lines[0]);
+                else if (asprintf(&m->rejected, "%s: %s", arg_config, strerror(-r)) < 0)
+                        m->rejected = NULL;
                 return r;
         }
         if (arg_dry_run)
@@ -65,6 +79,8 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
                 else
                         log_event(LOG_ERR, MESSAGE_CONFIG_REJECTED, NULL, "Cannot read the API key (%s): %s.",
                                   strna(where), strerror(-r));
+                if (asprintf(&m->rejected, "API key %s: %s", strna(where), why ? why : strerror(-r)) < 0)
+                        m->rejected = NULL;
                 return r;
         }
         *ret_config = TAKE_PTR(c);
@@ -110,11 +126,14 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
 }
 
 static void notify_status(Manager *m) {
-        char buf[512];
+        char buf[512], held[128] = "";
 
+        if (m->held_hash[0])
+                snprintf(held, sizeof held, "APPROVAL NEEDED for %zu new releases: retirectl plan, then "
+                         "retirectl approve %s; ", m->held_count, m->held_hash);
         if (engine_status(m->engine, buf, sizeof buf) >= 0)
-                sd_notifyf(false, "STATUS=%s%s%s", m->held_hash[0] ? "APPROVAL NEEDED: " : "",
-                           m->held_hash[0] ? "run retirectl plan, then retirectl approve; " : "", buf);
+                sd_notifyf(false, "STATUS=%s%s%s%s%s", held, m->rejected ? "CONFIG REJECTED (old one in force): " : "",
+                           m->rejected ? m->rejected : "", m->rejected ? "; " : "", buf);
 }
 
 static void on_idle(Engine *e, void *userdata) {
@@ -134,6 +153,7 @@ static void on_idle(Engine *e, void *userdata) {
 static int reload(Manager *m) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_free_ char *token = NULL;
+        _cleanup_(conf_diag_done) ConfDiag d = {};
         int r;
 
         struct timespec ts;
@@ -194,7 +214,116 @@ static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, voi
                                  now + (uint64_t) ((m->config->timeout + 5) * 1e6), 0, on_stop_timeout, m);
 }
 
+static int control_approve(Manager *m, const char *hash, char **text) {
+        _cleanup_(plan_freep) Plan *p = NULL;
+        int r;
+
+        r = plan_compute(m->ledger, m->config, &p);
+        if (r < 0)
+                return r;
+        if (!p->needs_approval)
+                return asprintf(text, "no plan waits for approval"), -ENOENT;
+        if (!streq(p->hash, hash))
+                return asprintf(text, "the plan waiting is %s, not %s: review it with 'retirectl plan'",
+                                p->hash, hash), -ESTALE;
+        r = plan_apply(m->ledger, p, true);
+        if (r < 0)
+                return r;
+        log_event(LOG_NOTICE, MESSAGE_CONFIG_LOADED, NULL, "Plan %s approved: %zu new releases applied.",
+                  p->hash, p->new_releases);
+        m->held_hash[0] = 0;
+        m->held_count = 0;
+        engine_request_pass(m->engine, false);
+        notify_status(m);
+        return asprintf(text, "approved plan %s: %zu new releases", p->hash, p->new_releases), 0;
+}
+
+static int on_control(void *userdata, const char *verb, const char *arg, char **text) {
+        Manager *m = userdata;
+        PhoneState was;
+        int r;
+
+        if (streq(verb, "reload") && !*arg) {
+                log_info("Reloading (retirectl reload).");
+                reload(m);
+                if (m->rejected)
+                        return asprintf(text, "config rejected, the previous one stays in force: %s", m->rejected), -EINVAL;
+                return asprintf(text, "reloaded"), 0;
+        }
+        if (streq(verb, "retry") && *arg) {
+                r = ledger_retry(m->ledger, arg, &was);
+                if (r == -ENOENT)
+                        return asprintf(text, "no phone %s in the ledger", arg), r;
+                if (r == -EBUSY)
+                        return asprintf(text, "%s is %s, not failed", arg, state_to_string(was)), r;
+                if (r < 0)
+                        return r;
+                log_info("%s: retry requested by an operator; pending again.", arg);
+                engine_request_pass(m->engine, false);
+                return asprintf(text, "%s is pending again", arg), 0;
+        }
+        if (streq(verb, "approve") && *arg)
+                return control_approve(m, arg, text);
+        if (streq(verb, "status") && !*arg) {
+                char buf[512];
+                r = engine_status(m->engine, buf, sizeof buf);
+                return r < 0 ? r : (asprintf(text, "%s", buf), 0);
+        }
+        return asprintf(text, "unknown request '%s'", verb), -EOPNOTSUPP;
+}
+
+static int on_debounced(sd_event_source *s, uint64_t usec, void *userdata) {
+        log_info("Reloading (the config changed on disk).");
+        return reload(userdata);
+}
+
+/* Editors save by rename, and a change often touches several files: wait
+ * for the writes to settle, then reload once. */
+static int on_config_change(sd_event_source *s, const struct inotify_event *ev, void *userdata) {
+        Manager *m = userdata;
+        _cleanup_free_ char *main_copy = strdup(arg_config), *dropin_copy = strdup(m->config->releases_dir);
+        size_t n = ev->len > 0 ? strlen(ev->name) : 0;
+        uint64_t now;
+
+        if (!main_copy || !dropin_copy)
+                return 0;
+        /* Only our files count: the ledger or an editor's swap file may live
+         * in the same folder. */
+        if (s == m->watch_dir ? n == 0 || (!streq(ev->name, basename(main_copy)) &&
+                                            !streq(ev->name, basename(dropin_copy)))
+                              : n < 6 || ev->name[0] == '.' || !streq(ev->name + n - 5, ".conf"))
+                return 0;
+        sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(m->debounce, now + DEBOUNCE_USEC);
+        return sd_event_source_set_enabled(m->debounce, SD_EVENT_ONESHOT);
+}
+
+static int watch_config(Manager *m) {
+        _cleanup_free_ char *copy = strdup(arg_config);
+        const uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE;
+        int r;
+
+        if (!copy)
+                return -ENOMEM;
+        r = sd_event_add_time(m->event, &m->debounce, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_debounced, m);
+        if (r < 0)
+                return r;
+        sd_event_source_set_enabled(m->debounce, SD_EVENT_OFF);
+        r = sd_event_add_inotify(m->event, &m->watch_dir, dirname(copy), mask, on_config_change, m);
+        if (r < 0)
+                return r;
+        /* The drop-in folder may not exist yet; its creation shows up above. */
+        r = sd_event_add_inotify(m->event, &m->watch_dropins, m->config->releases_dir, mask, on_config_change, m);
+        if (r < 0 && r != -ENOENT)
+                log_warning_errno(r, "Cannot watch %s (edits there need a reload): %m", m->config->releases_dir);
+        return 0;
+}
+
 static void manager_free(Manager *m) {
+        control_free(m->control);
+        sd_event_source_disable_unref(m->debounce);
+        sd_event_source_disable_unref(m->watch_dir);
+        sd_event_source_disable_unref(m->watch_dropins);
         engine_free(m->engine);
         ledger_close(m->ledger);
         config_free(m->config);
@@ -203,10 +332,13 @@ static void manager_free(Manager *m) {
         free(m->token);
         sd_event_source_disable_unref(m->stop_timer);
         sd_event_unref(m->event);
+        if (m->lock_fd >= 0)
+                close(m->lock_fd);
+        free(m->rejected);
 }
 
 static int run(void) {
-        _cleanup_(manager_free) Manager m = { .once = arg_once };
+        _cleanup_(manager_free) Manager m = { .once = arg_once, .lock_fd = -1 };
         _cleanup_free_ char *error = NULL;
         sigset_t mask;
         int r;
@@ -218,6 +350,12 @@ static int run(void) {
                 printf("%s: OK, %zu releases declared\n", arg_config, m.config->n_decls);
                 return 0;
         }
+        m.lock_fd = ledger_lock(m.config->ledger);
+        if (m.lock_fd == -EWOULDBLOCK)
+                return log_error_errno(m.lock_fd, "%s is locked: another retired (or retirectl writing it) is running.",
+                                       m.config->ledger);
+        if (m.lock_fd < 0)
+                return log_error_errno(m.lock_fd, "Cannot lock %s.lock: %m", m.config->ledger);
         r = ledger_open(m.config->ledger, LEDGER_WRITE, &m.ledger, &error);
         if (r < 0)
                 return log_error_errno(r, "%s", error ? error : "Cannot open the ledger: %m");
@@ -248,6 +386,14 @@ static int run(void) {
         r = apply_declarations(&m, m.config, "loaded");
         if (r < 0)
                 return r;
+        if (!m.once) {
+                r = control_open(m.event, m.config->control_socket, on_control, &m, &m.control);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot listen on %s: %m", m.config->control_socket);
+                r = watch_config(&m);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot watch the config files: %m");
+        }
         if (m.config->dry_run)
                 log_notice("Dry run: observing and logging only; nothing will be released.");
 

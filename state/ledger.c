@@ -4,6 +4,8 @@
  * version in PRAGMA user_version and refuses files from a newer retired. */
 
 #include <sqlite3.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -556,4 +558,37 @@ int ledger_meta_set(Ledger *l, const char *name, const char *value) {
         sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_retry(Ledger *l, const char *what, PhoneState *state) {
+        _cleanup_(phone_done) Phone p = {};
+        int r;
+
+        r = ledger_find(l, what, &p);
+        if (r < 0)
+                return r;
+        *state = p.state;
+        if (p.state != STATE_FAILED)
+                return -EBUSY;
+        return ledger_update(l, &(LedgerUpdate) {
+                .pk = p.pk, .from = STATE_FAILED, .to = STATE_PENDING, .attempts = 0, .next_at = 0,
+                .detail = "retry requested by an operator",
+        });
+}
+
+int ledger_lock(const char *path) {
+        _cleanup_free_ char *p = NULL;
+        int fd;
+
+        if (asprintf(&p, "%s.lock", path) < 0)
+                return -ENOMEM;
+        fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return negative_errno();
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                int r = negative_errno();
+                close(fd);
+                return r;
+        }
+        return fd;
 }

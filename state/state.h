@@ -95,6 +95,15 @@ typedef struct LedgerUpdate {
 
 int ledger_update(Ledger *l, const LedgerUpdate *u);
 
+/* An operator's retry: a failed row back to pending with its attempts reset.
+ * -ENOENT: no such phone; -EBUSY: the phone is not failed (*state says what). */
+int ledger_retry(Ledger *l, const char *what, PhoneState *state);
+
+/* The ledger's writer holds this lock (a file beside the ledger) for as long
+ * as it writes, so the daemon and an offline retirectl never write at once.
+ * Returns an fd to close, -EWOULDBLOCK when someone else holds it. */
+int ledger_lock(const char *path);
+
 int ledger_meta_get(Ledger *l, const char *name, char **ret);
 int ledger_meta_set(Ledger *l, const char *name, const char *value);
 
