@@ -249,6 +249,7 @@ static int start(Diga *d, Call *c) {
         if (c->kind == CALL_DELETE)
                 curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
         c->started = now_mono(d);
+        log_debug("start %s %s at %.6f tokens %.3f", methods[c->kind], c->path, (double) c->started / 1e6, d->tokens);
         if (curl_multi_add_handle(d->multi, e) != CURLM_OK)
                 return -EIO;
         d->in_flight++;
