@@ -20,7 +20,6 @@ outside the work dir, a cgroup under the host's cgroup2 tree, and the
 processes it starts; stop() (kill -9) removes all three.
 """
 
-import ctypes
 import fcntl
 import glob
 import json
@@ -32,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 
 SYSTEMD = "/lib/systemd/systemd"
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -62,9 +62,9 @@ EMPTY_TARGETS = ("sysinit.target", "basic.target", "network.target",
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
        "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
 
-# Runs as PID 1 of the new namespaces (argv: workdir, shared, console pty, systemd
-# args) and ends by
-# exec'ing systemd.  Mounts made here exist only in the box's mount namespace.
+# Runs as PID 1 of the new namespaces (argv: workdir, shared, console pty,
+# systemd args) and ends by exec'ing systemd.  Mounts made here exist only in
+# the box's mount namespace (unshare made every mount private first).
 SETUP_SH = r"""
 set -eu
 [ "$$" = 1 ] || { echo "sysbox: not PID 1 of a new PID namespace, refusing" >&2; exit 99; }
@@ -100,6 +100,18 @@ exec env -i container=sysbox PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     /lib/systemd/systemd --system --unit=sysbox.target --show-status=no "$@"
 """
 
+# Host-side lifeline of a box (argv: unshare's pid, the box's cgroup).  Its
+# stdin is a pipe only the test process writes to: EOF means that process died
+# without stop() (which kills the reaper first).
+REAPER_SH = r"""
+read _ && exit
+pkill -KILL -P "$1"                 # the box's PID 1; the kernel kills the rest
+for i in $(seq 100); do             # then its cgroup, once the processes are gone
+    find "$2" -depth -type d -exec rmdir {} + 2>/dev/null && exit
+    sleep 0.1
+done
+"""
+
 
 def _cgroup2_root():
     """Mount point of the host's cgroup2 hierarchy, or None."""
@@ -115,9 +127,9 @@ def skip_reason():
     """None when a SysBox can boot here, else a human reason why not."""
     if os.geteuid() != 0:
         return "sysbox needs root (mounts, namespaces); run the system tests as root"
-    for tool in ("unshare", "nsenter", "mount", "mknod"):
+    for tool in ("unshare", "nsenter", "mount", "mknod", "pkill"):
         if not shutil.which(tool, path=ENV["PATH"]):
-            return f"sysbox needs `{tool}` (util-linux / coreutils) which is not installed"
+            return f"sysbox needs `{tool}` (packages util-linux, coreutils, procps), which is missing"
     if not os.access(SYSTEMD, os.X_OK):
         return f"{SYSTEMD} is missing: install the `systemd` package"
     with open("/proc/filesystems") as f:
@@ -208,10 +220,9 @@ def _drain(fd, path):
     os.close(fd)
 
 
-def _join_cgroup_and_die_with_parent(procs_file):
-    """preexec_fn of unshare: enter the box's cgroup, and get SIGKILL if the
-    test process dies (unshare's --kill-child passes it on to the box)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _join_cgroup(procs_file):
+    """preexec_fn of unshare: move into the box's cgroup (the root of its
+    cgroup namespace)."""
     with open(procs_file, "w") as f:
         f.write("0")
 
@@ -220,9 +231,11 @@ class SysBox:
     """A private systemd booted in namespaces.  workdir: where the overlay
     layers and logs go; must not be under /tmp, /run, /dev, /etc, /var or /usr.
     Default: a new build/systest-XXXX under the project, removed by stop()
-    (unless keep=True or SYSBOX_KEEP=1 in the environment)."""
+    (unless keep=True or SYSBOX_KEEP=1 in the environment).
+    dbus=True also runs the D-Bus system bus (for systemd-run, busctl...).
+    shared_root=False skips `mount --make-rshared /` (only to show why it is needed)."""
 
-    def __init__(self, workdir=None, *, shared_root=True, keep=None, systemd_args=()):
+    def __init__(self, workdir=None, *, dbus=False, shared_root=True, keep=None, systemd_args=()):
         if workdir is None:
             os.makedirs(os.path.join(PROJECT, "build"), exist_ok=True)
             workdir = tempfile.mkdtemp(prefix="systest-", dir=os.path.join(PROJECT, "build"))
@@ -234,6 +247,7 @@ class SysBox:
         top = self.workdir.split("/")[1]
         if top in ("tmp", "run", "dev", "proc", "sys") + OVERLAID:
             raise ValueError(f"SysBox workdir must not be under /{top}: {self.workdir}")
+        self.dbus = dbus
         self.shared_root = shared_root
         self.systemd_args = list(systemd_args)  # e.g. ["--log-level=debug"]
         self.keep = keep if keep is not None else os.environ.get("SYSBOX_KEEP") == "1"
@@ -244,11 +258,12 @@ class SysBox:
         self.boot_seconds = None  # start() to manager running
         self.boot_state = None    # is-system-running when start() returned
         self._unshare = None
+        self._reaper = None
         self._cgroup = None
         self._console = None
+        os.makedirs(self.upper, exist_ok=True)
         for d in OVERLAID:
             os.makedirs(os.path.join(self.workdir, "work", d), exist_ok=True)
-            os.makedirs(self.upper, exist_ok=True)
             self._makedirs("/" + d)  # same mode as the host's, whatever our umask
 
     # -- files ---------------------------------------------------------------
@@ -263,9 +278,11 @@ class SysBox:
         if self.pid:
             script = ('umask 022; mkdir -p "$(dirname "$1")"; umask 077; cat > "$1"; '
                       'chown "$2" "$1"; chmod "$3" "$1"')
-            subprocess.run(self._nsenter("sh", "-c", script, "install", path_inside,
-                                         f"{uid}:{gid}", "%o" % mode),
-                           input=data, capture_output=True, env=ENV, check=True, timeout=60)
+            argv = ["sh", "-c", script, "install", path_inside, f"{uid}:{gid}", "%o" % mode]
+            r = subprocess.run(self._nsenter(*argv), input=data, capture_output=True, env=ENV,
+                               timeout=60)
+            if r.returncode != 0:
+                raise CommandFailed(r.returncode, argv, r.stdout, r.stderr)
             return
         if path_inside.split("/")[1] not in OVERLAID:
             raise ValueError(f"before start() only /etc, /var and /usr can be written: {path_inside}")
@@ -308,7 +325,8 @@ class SysBox:
         for base in ("/lib/systemd/system", "/usr/local/lib/systemd/system", "/etc/systemd/system"):
             for d in glob.glob(base + "/*.wants") + glob.glob(base + "/*.requires"):
                 wants.update(os.listdir(d))
-        masks = (wants | set(EXTRA_MASKS)) - KEEP - set(EMPTY_TARGETS)
+        keep = KEEP | ({"dbus.socket", "dbus.service"} if self.dbus else set())
+        masks = (wants | set(EXTRA_MASKS)) - keep - set(EMPTY_TARGETS)
         for name in sorted(masks):
             self._link(f"/etc/systemd/system/{name}")
         for gen in glob.glob("/lib/systemd/system-generators/*") + \
@@ -316,10 +334,14 @@ class SysBox:
             self._link(f"/etc/systemd/system-generators/{os.path.basename(gen)}")
         for name in EMPTY_TARGETS:
             self.install(f"/etc/systemd/system/{name}", f"[Unit]\nDescription=sysbox empty {name}\n")
-        keep = " ".join(sorted(KEEP))
+        units = " ".join(sorted(keep))
         self.install(f"/etc/systemd/system/{TARGET}",
-                     f"[Unit]\nDescription=sysbox test target\nWants=sysinit.target {keep}\n"
-                     f"After=sysinit.target {keep}\n")
+                     f"[Unit]\nDescription=sysbox test target\nWants=sysinit.target {units}\n"
+                     f"After=sysinit.target {units}\n")
+        # Its own machine id: journalctl then reads only the box's journal
+        # (never the host's persistent one, whose boot id would be the same).
+        if not os.path.exists(self.upper + "/etc/machine-id"):
+            self.install("/etc/machine-id", uuid.uuid4().hex + "\n", mode=0o444)
         # No core dumps from crashing services (the host's core_pattern is global).
         self.install("/etc/systemd/system.conf.d/sysbox.conf",
                      "[Manager]\nDefaultLimitCORE=0\nLogColor=no\n")
@@ -350,14 +372,20 @@ class SysBox:
         os.makedirs(self._cgroup, exist_ok=True)
         with open(self.setup_log, "w") as log:
             self._unshare = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--mount-proc",
+                ["unshare", "--pid", "--fork", "--mount", "--mount-proc",
                  "--propagation", "private", "--uts", "--ipc", "--cgroup",
                  "/bin/sh", "-c", SETUP_SH, "sysbox-setup", self.workdir,
                  "1" if self.shared_root else "0", pty_path, *self.systemd_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=ENV,
                 start_new_session=True,
-                preexec_fn=lambda: _join_cgroup_and_die_with_parent(
-                    os.path.join(self._cgroup, "cgroup.procs")))
+                preexec_fn=lambda: _join_cgroup(os.path.join(self._cgroup, "cgroup.procs")))
+        # Lifeline: if this Python process dies without stop(), the reaper reads
+        # EOF and kills the box's PID 1 (PR_SET_PDEATHSIG, hence unshare's
+        # --kill-child, is not honoured on every kernel, e.g. not on this CI's).
+        self._reaper = subprocess.Popen(
+            ["sh", "-c", REAPER_SH, "sysbox-reaper", str(self._unshare.pid), self._cgroup],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=ENV, start_new_session=True)
         try:
             def systemd_pid():
                 self._check_alive()
@@ -382,17 +410,27 @@ class SysBox:
             raise
         return self
 
-    def _check_alive(self):
-        if self._unshare.poll() is not None:
-            raise SysBoxError(f"the box exited with status {self._unshare.returncode}\n{self.logs()}")
+    def wait_for(self, predicate, timeout=10.0, interval=0.1, what=None):
+        """Module wait_for(), but stops at once (SysBoxError) if the box dies."""
+        def alive_and():
+            self._check_alive()
+            return predicate()
+        return wait_for(alive_and, timeout, interval,
+                        what or getattr(predicate, "__name__", predicate))
 
-    def logs(self):
-        """Setup script output and the box's console, for error messages."""
+    def _check_alive(self):
+        if self._unshare is None:
+            raise SysBoxError("SysBox is not running")
+        if self._unshare.poll() is not None:
+            raise SysBoxError(f"the box exited with status {self._unshare.returncode}")
+
+    def logs(self, tail=20000):
+        """The end of the setup script's output and of the box's console."""
         out = []
         for path in (self.setup_log, self.console_log):
             try:
                 with open(path, errors="replace") as f:
-                    out.append(f"--- {os.path.basename(path)} ---\n{f.read()[-400000:]}")
+                    out.append(f"--- {os.path.basename(path)} ---\n{f.read()[-tail:]}")
             except OSError:
                 pass
         return "\n".join(out)
@@ -401,9 +439,15 @@ class SysBox:
         """kill -9 the box's systemd (the kernel then kills every process in its
         PID namespace and the mount namespace with all its mounts goes away),
         remove its cgroup and, unless kept, its work dir.  Idempotent."""
+        if self._reaper is not None:
+            self._reaper.kill()  # we do its job now
+            self._reaper.wait()
+            self._reaper.stdin.close()
+            self._reaper = None
         if self._unshare is not None:
-            if self.pid and self._unshare.poll() is None and self.pid in _children(self._unshare.pid):
-                os.kill(self.pid, signal.SIGKILL)
+            if self._unshare.poll() is None:
+                for pid1 in _children(self._unshare.pid):  # systemd, or the setup script
+                    os.kill(pid1, signal.SIGKILL)
             try:
                 self._unshare.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sysbox import SysBox, skip_reason, wait_for  # noqa: E402
+from sysbox import SysBox, skip_reason  # noqa: E402
 
 SCRIPTS = "/usr/local/libexec/sysbox-test"
 SYSCTLS = ("fs/file-max", "fs/nr_open", "net/unix/max_dgram_qlen", "kernel/printk_devkmsg")
@@ -80,6 +80,9 @@ def box(host_before):
 def test_boot_is_clean_and_isolated(box):
     assert box.boot_state == "running", box.systemctl("--failed", check=False).stdout
     assert box.run("cat", "/proc/1/comm").stdout.strip() == "systemd"
+    assert box.run("systemd-detect-virt", "--container").stdout.strip() == "container-other"
+    box_id = box.run("cat", "/etc/machine-id").stdout.strip()
+    assert len(box_id) == 32 and box_id.encode() not in (_read("/etc/machine-id") or b"")
     assert box.show("systemd-journald.service", "ActiveState")["ActiveState"] == "active"
     for unit in ("systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service",
                  "systemd-sysctl.service", "systemd-sysusers.service",
@@ -164,6 +167,7 @@ DynamicUser=yes
 LoadCredential=api-token:/etc/retired/api-token
 ExecStart=/bin/sh -c 'echo "uid=$(id -u) user=$(id -un)"; \
   echo "token=$(cat "$CREDENTIALS_DIRECTORY/api-token")"; \
+  stat -c "dir=%%U:%%a" "$CREDENTIALS_DIRECTORY"; \
   stat -c "mode=%%a owner=%%U" "$CREDENTIALS_DIRECTORY/api-token"; \
   findmnt -no FSTYPE "$CREDENTIALS_DIRECTORY" | sed "s/^/fstype=/"'
 """
@@ -182,6 +186,7 @@ def test_load_credential_reaches_dynamic_user(box):
     assert 61184 <= int(out["uid"]) <= 65519, out  # systemd's DynamicUser= range
     assert out["user"] == "sysbox-cred"
     assert out["owner"] == "sysbox-cred" and out["mode"] == "400"
+    assert out["dir"] == "sysbox-cred:500"
     assert out["fstype"] in ("ramfs", "tmpfs")  # its own mount, made by systemd
     # The source stays 0600 root in the box and never appears on the host.
     assert box.run("stat", "-c", "%a %U", "/etc/retired/api-token").stdout.split() == ["600", "root"]
@@ -196,8 +201,17 @@ def test_load_credential_is_empty_without_shared_mounts():
         b.install("/etc/retired/api-token", SECRET + "\n", mode=0o600)
         out = _cred_output(b)
         assert out["token"] == ""
-        assert b.run("stat", "-c", "%U %a", "/run/credentials/sysbox-cred.service",
-                     check=False).stdout.split() in ([], ["root", "700"])
+        assert out["dir"] == "root:700"  # the bare mount point systemd made
+        assert "mode" not in out  # the service could not even stat the file
+        assert out["fstype"] == "tmpfs"  # i.e. no mount of its own: this is /run
+
+
+def test_dbus_option_allows_systemd_run():
+    """No D-Bus by default (systemd-run, busctl need it); dbus=True adds it."""
+    with SysBox(dbus=True) as b:
+        assert b.boot_state == "running"
+        r = b.run("systemd-run", "--wait", "--pipe", "-p", "DynamicUser=yes", "id", "-u")
+        assert 61184 <= int(r.stdout) <= 65519
 
 
 WATCHDOG_SH = """#!/bin/sh
@@ -222,8 +236,8 @@ TimeoutStartSec=15s
 ExecStart={SCRIPTS}/watchdog.sh
 """)
     box.systemctl("start", "sysbox-watchdog.service")
-    wait_for(lambda: int(box.show("sysbox-watchdog.service", "NRestarts")["NRestarts"]) >= 2,
-             timeout=20, interval=0.2, what="two watchdog restarts")
+    box.wait_for(lambda: int(box.show("sysbox-watchdog.service", "NRestarts")["NRestarts"]) >= 2,
+                 timeout=20, interval=0.2, what="two watchdog restarts")
     log = box.journalctl("-u", "sysbox-watchdog.service", "-o", "cat")
     assert "Watchdog timeout" in log
     assert "status=6/ABRT" in log  # WatchdogSignal= defaults to SIGABRT
