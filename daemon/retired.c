@@ -374,7 +374,7 @@ static int run(void) {
                 return log_error_errno(r, "Cannot watch signals: %m");
         r = sd_event_set_watchdog(m.event, true);
         if (r < 0)
-                return log_error_errno(r, "Cannot enable the watchdog: %m");
+                log_warning_errno(r, "Cannot enable the watchdog ($WATCHDOG_USEC): %m");
 
         r = engine_new(m.event, m.ledger, &m.engine);
         if (r < 0)
