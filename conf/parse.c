@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
 #include <curl/curl.h>
 
 #include "conf.h"
@@ -53,8 +54,11 @@ static const char *check_absolute(const char *v) {
 }
 
 static bool host_is_loopback(const char *h) {
+        struct in_addr a;
+
+        /* 127.example.com is a name, not 127.0.0.0/8: only literals count. */
         return streq(h, "localhost") || streq(h, "[::1]") || streq(h, "::1") ||
-               strncmp(h, "127.", 4) == 0;
+               (inet_pton(AF_INET, h, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127);
 }
 
 /* libcurl's own URL parser decides what the scheme and host are, so that

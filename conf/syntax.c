@@ -111,6 +111,11 @@ int rfc3339_parse(const char *s, int64_t *ret) {
         const char *p;
         time_t t;
 
+        /* sscanf's %d would take blanks and signs: check the shape first. */
+        for (int i = 0; i < 19; i++)
+                if (!(i == 4 || i == 7 ? s[i] == '-' : i == 10 ? s[i] == 'T' : i == 13 || i == 16 ? s[i] == ':' :
+                      isdigit((unsigned char) s[i])))
+                        return -EINVAL;
         if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
                 return -EINVAL;
         p = s + n;

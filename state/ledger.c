@@ -182,6 +182,15 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         }
 
         if (open_path != path || mode == LEDGER_WRITE) {
+                /* A ledger from a newer retired is refused before anything,
+                 * the switch to WAL included, touches it. */
+                r = user_version(l->db, &v);
+                if (r >= 0 && v > LEDGER_SCHEMA_VERSION) {
+                        if (error)
+                                asprintf(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
+                                         "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
+                        return -EPROTO;
+                }
                 if (mode == LEDGER_WRITE) {
                         r = ledger_exec(l, "PRAGMA journal_mode = WAL");
                         if (r >= 0)

@@ -79,7 +79,9 @@ static int load_decls(Ledger *l, const Config *c) {
          * row was declared or resolved with. */
         r = ledger_exec(l, "UPDATE temp.decl SET phone = coalesce("
                         "  (SELECT max(pk) FROM phones p WHERE decl.id IS NOT NULL AND p.id = decl.id),"
-                        "  (SELECT max(pk) FROM phones p WHERE decl.number IS NOT NULL AND p.number = decl.number))"
+                        "  (SELECT max(pk) FROM phones p WHERE decl.number IS NOT NULL AND p.number = decl.number"
+                        /* a number reused under another id is another phone */
+                        "    AND (decl.id IS NULL OR p.id IS NULL OR p.id = decl.id)))"
                         " WHERE phone IS NULL;"
                         "CREATE INDEX temp.decl_phone ON decl (phone);"
                         "RELEASE decl");
@@ -138,6 +140,29 @@ static void hash_add(uint64_t *h, const char *s) {
         }
 }
 
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* The hash names the set of new releases, whatever order they were
+ * declared in: moving a declaration to another file is not a new plan. */
+static int plan_hash(const Plan *p, uint64_t *h) {
+        _cleanup_free_ char **keys = calloc(p->new_releases + 1, sizeof(char *));
+        size_t n = 0;
+
+        if (!keys)
+                return -ENOMEM;
+        for (size_t i = 0; i < p->n; i++)
+                if (p->changes[i].kind == CHANGE_ADD || p->changes[i].kind == CHANGE_REDECLARE)
+                        keys[n++] = p->changes[i].key;
+        qsort(keys, n, sizeof(char *), cmp_str);
+        for (size_t i = 0; i < n; i++) {
+                hash_add(h, keys[i]);
+                hash_add(h, "\n");
+        }
+        return 0;
+}
+
 int plan_compute(Ledger *l, const Config *c, Plan **ret) {
         _cleanup_(plan_freep) Plan *p = NULL;
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
@@ -172,13 +197,8 @@ int plan_compute(Ledger *l, const Config *c, Plan **ret) {
                         change_done(&ch);
                         return ch.key ? -EBADMSG : -ENOMEM;
                 }
-                if (k == CHANGE_ADD || k == CHANGE_REDECLARE) {
-                        hash_add(&h, change_names[k]);
-                        hash_add(&h, " ");
-                        hash_add(&h, ch.key);
-                        hash_add(&h, "\n");
+                if (k == CHANGE_ADD || k == CHANGE_REDECLARE)
                         p->new_releases++;
-                }
                 r = push(p, &cap, &ch);
                 if (r < 0) {
                         change_done(&ch);
@@ -187,6 +207,9 @@ int plan_compute(Ledger *l, const Config *c, Plan **ret) {
         }
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
+        r = plan_hash(p, &h);
+        if (r < 0)
+                return r;
         snprintf(p->hash, sizeof p->hash, "%012" PRIx64, h >> 16);
         p->needs_approval = p->new_releases > c->max_new_releases;
         *ret = TAKE_PTR(p);
@@ -209,6 +232,8 @@ static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_
         const char *detail;
         int r;
 
+        if (!s)
+                return 0;       /* KEEP: a note, nothing to write */
         sqlite3_clear_bindings(s);
         switch (c->kind) {
         case CHANGE_ADD:
