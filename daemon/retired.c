@@ -150,6 +150,8 @@ static void on_idle(Engine *e, void *userdata) {
         }
 }
 
+static void watch_dropins(Manager *m);
+
 static int reload(Manager *m) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_free_ char *token = NULL;
@@ -175,6 +177,8 @@ static int reload(Manager *m) {
                         explicit_bzero(m->token, strlen(m->token));
                 free(m->token);
                 m->token = TAKE_PTR(token);
+                if (m->watch_dir)
+                        watch_dropins(m);
                 engine_request_pass(m->engine, true);
         }
         sd_notify(false, "READY=1");
@@ -298,9 +302,22 @@ static int on_config_change(sd_event_source *s, const struct inotify_event *ev, 
         return sd_event_source_set_enabled(m->debounce, SD_EVENT_ONESHOT);
 }
 
+#define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE)
+
+/* (Re)watches the drop-in folder: it may appear after start, or move on a
+ * reload. */
+static void watch_dropins(Manager *m) {
+        int r;
+
+        m->watch_dropins = sd_event_source_disable_unref(m->watch_dropins);
+        r = sd_event_add_inotify(m->event, &m->watch_dropins, m->config->releases_dir, WATCH_MASK,
+                                 on_config_change, m);
+        if (r < 0 && r != -ENOENT)
+                log_warning_errno(r, "Cannot watch %s (edits there need a reload): %m", m->config->releases_dir);
+}
+
 static int watch_config(Manager *m) {
         _cleanup_free_ char *copy = strdup(arg_config);
-        const uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE;
         int r;
 
         if (!copy)
@@ -309,13 +326,10 @@ static int watch_config(Manager *m) {
         if (r < 0)
                 return r;
         sd_event_source_set_enabled(m->debounce, SD_EVENT_OFF);
-        r = sd_event_add_inotify(m->event, &m->watch_dir, dirname(copy), mask, on_config_change, m);
+        r = sd_event_add_inotify(m->event, &m->watch_dir, dirname(copy), WATCH_MASK, on_config_change, m);
         if (r < 0)
                 return r;
-        /* The drop-in folder may not exist yet; its creation shows up above. */
-        r = sd_event_add_inotify(m->event, &m->watch_dropins, m->config->releases_dir, mask, on_config_change, m);
-        if (r < 0 && r != -ENOENT)
-                log_warning_errno(r, "Cannot watch %s (edits there need a reload): %m", m->config->releases_dir);
+        watch_dropins(m);
         return 0;
 }
 

@@ -163,7 +163,7 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         } else
                 flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
 
-        rc = sqlite3_open_v2(open_path, &l->db, flags | SQLITE_OPEN_NOFOLLOW, NULL);
+        rc = sqlite3_open_v2(open_path, &l->db, flags, NULL);
         if (rc != SQLITE_OK) {
                 if (error)
                         asprintf(error, "%s: cannot open ledger: %s", path,
