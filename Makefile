@@ -77,7 +77,7 @@ clean:
 UNIT_SRC   := $(wildcard tests/unit/test-*.c)
 UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcore.a $(HEADERS) | $(BUILD)/.dir
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(HEADERS) | $(BUILD)/.dir
 	@mkdir -p $(dir $@)
 	@echo "  CCLD    $<"
 	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka

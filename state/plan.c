@@ -115,7 +115,7 @@ static const char plan_sql[] =
         "SELECT 0, NULL, d.key, d.id, d.number, d.reason, d.not_before, d.declared_at, NULL"
         "  FROM temp.decl d WHERE d.phone IS NULL"
         " UNION ALL "
-        "SELECT 1, p.pk, p.key, p.id, p.number, d.reason, d.not_before, d.declared_at, p.state"
+        "SELECT 1, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state"
         "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
         "  WHERE p.state = 'cancelled'"
         " UNION ALL "
@@ -123,10 +123,14 @@ static const char plan_sql[] =
         "  FROM phones p WHERE p.state IN ('pending','deferred','retrying','unresolved')"
         "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
         " UNION ALL "
-        "SELECT 3, p.pk, p.key, p.id, p.number, d.reason, d.not_before, d.declared_at, p.state"
+        /* A corrected number or an added id must reach the row, or the
+         * daemon would go on acting on what was first declared. */
+        "SELECT 3, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state"
         "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
-        "  WHERE p.state IN ('pending','deferred','retrying','unresolved')"
-        "  AND (p.reason IS NOT d.reason OR p.not_before != d.not_before)"
+        "  WHERE p.state IN ('pending','deferred','retrying','unresolved','failed')"
+        "  AND (p.reason IS NOT d.reason OR p.not_before != d.not_before"
+        "       OR (d.number IS NOT NULL AND p.number IS NOT d.number)"
+        "       OR (d.id IS NOT NULL AND p.id IS NOT d.id))"
         " UNION ALL "
         "SELECT 4, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
         "  FROM phones p WHERE p.state IN ('released','scheduled','failed','in_flight')"
@@ -255,6 +259,10 @@ static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_
                 sqlite3_bind_int64(s, 5, c->not_before);
                 sqlite3_bind_text(s, 6, c->declared_at, -1, SQLITE_STATIC);
         }
+        if (c->kind == CHANGE_REDECLARE || c->kind == CHANGE_UPDATE) {
+                sqlite3_bind_text(s, 8, c->number, -1, SQLITE_STATIC);
+                sqlite3_bind_text(s, 9, c->id, -1, SQLITE_STATIC);
+        }
         sqlite3_bind_int64(s, 7, now);
         r = step_one(db, s);
         if (r < 0)
@@ -268,14 +276,20 @@ static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_
                                   state_to_string(c->to), NULL, NULL, 0, 0, detail);
 }
 
+#define ID_NUMBER_SET \
+        " id = CASE WHEN ?9 IS NOT NULL THEN ?9 WHEN ?8 IS NOT NULL AND number IS NOT ?8 THEN NULL ELSE id END," \
+        " number = coalesce(?8, number)"
+
 int plan_apply(Ledger *l, const Plan *p, bool approved) {
         static const char *const sql[_CHANGE_MAX] = {
                 [CHANGE_ADD] = "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
                                " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+                /* A new number without an id drops the id resolved from the old one. */
                 [CHANGE_REDECLARE] = "UPDATE phones SET state = 'pending', attempts = 0, next_at = 0, reason = ?4,"
-                                     " not_before = ?5, declared_at = ?6, updated_at = ?7 WHERE pk = ?1 AND state = ?2",
-                [CHANGE_UPDATE] = "UPDATE phones SET reason = ?4, not_before = ?5, declared_at = ?6, updated_at = ?7"
-                                  " WHERE pk = ?1 AND state = ?2",
+                                     " not_before = ?5, declared_at = ?6, updated_at = ?7," ID_NUMBER_SET
+                                     " WHERE pk = ?1 AND state = ?2",
+                [CHANGE_UPDATE] = "UPDATE phones SET reason = ?4, not_before = ?5, declared_at = ?6, updated_at = ?7,"
+                                  ID_NUMBER_SET " WHERE pk = ?1 AND state = ?2",
                 [CHANGE_CANCEL] = "UPDATE phones SET state = 'cancelled', updated_at = ?7 WHERE pk = ?1 AND state = ?2",
         };
         sqlite3_stmt *st[_CHANGE_MAX] = {};

@@ -194,9 +194,9 @@ static void test_rfc3339_parse_rejects(void **state) {
         }
 }
 
-/* KNOWN BUG (fails today): rfc3339_parse() reads the fields with sscanf's
- * %2d, which also takes a sign or leading blanks, so strings that are not
- * RFC 3339 at all are accepted as valid release times. */
+/* Regression: the fields were read with sscanf's %2d, which also takes a
+ * sign or leading blanks, so strings that are not RFC 3339 at all were
+ * accepted as release times. */
 static void test_rfc3339_parse_rejects_signs_and_blanks_in_fields(void **state) {
         static const char *const t[] = {
                 "2026-+1-01T00:00:00Z",
