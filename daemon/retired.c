@@ -4,6 +4,7 @@
  * the engine reconcile; SIGHUP reloads, SIGTERM finishes what is in flight. */
 
 #include <getopt.h>
+#include <malloc.h>
 #include <libgen.h>
 #include <sys/inotify.h>
 #include <curl/curl.h>
@@ -94,7 +95,7 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
         _cleanup_(plan_freep) Plan *p = NULL;
         int r;
 
-        r = plan_compute(m->ledger, c, &p);
+        r = plan_compute_changes(m->ledger, c, &p);
         if (r < 0)
                 return log_error_errno(r, "Cannot compute the plan: %m (%s)", ledger_errmsg(m->ledger));
         r = plan_apply(m->ledger, p, false);
@@ -122,6 +123,9 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
                   why, c->path, c->n_decls, p->needs_approval ? 0 : p->count[CHANGE_ADD],
                   p->needs_approval ? 0 : p->count[CHANGE_REDECLARE], p->count[CHANGE_CANCEL],
                   p->count[CHANGE_UPDATE], p->needs_approval ? "; new releases held for approval" : "");
+        /* A large load leaves a large heap behind; an idle daemon should be small. */
+        p = plan_free(p);
+        malloc_trim(0);
         return 0;
 }
 
@@ -222,7 +226,7 @@ static int control_approve(Manager *m, const char *hash, char **text) {
         _cleanup_(plan_freep) Plan *p = NULL;
         int r;
 
-        r = plan_compute(m->ledger, m->config, &p);
+        r = plan_compute_changes(m->ledger, m->config, &p);
         if (r < 0)
                 return r;
         if (!p->needs_approval)

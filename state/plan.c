@@ -133,7 +133,7 @@ static const char plan_sql[] =
         "       OR (d.id IS NOT NULL AND p.id IS NOT d.id))"
         " UNION ALL "
         "SELECT 4, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
-        "  FROM phones p WHERE p.state IN ('released','scheduled','failed','in_flight')"
+        "  FROM phones p WHERE ?1 AND p.state IN ('released','scheduled','failed','in_flight')"
         "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
         " ORDER BY 1, 2";
 
@@ -167,7 +167,7 @@ static int plan_hash(const Plan *p, uint64_t *h) {
         return 0;
 }
 
-int plan_compute(Ledger *l, const Config *c, Plan **ret) {
+static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
         _cleanup_(plan_freep) Plan *p = NULL;
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         uint64_t h = 0xcbf29ce484222325ULL;
@@ -183,6 +183,7 @@ int plan_compute(Ledger *l, const Config *c, Plan **ret) {
         rc = sqlite3_prepare_v2(ledger_db(l), plan_sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
+        sqlite3_bind_int(st, 1, notes);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 ChangeKind k = (ChangeKind) sqlite3_column_int(st, 0);
                 const char *from = (const char *) sqlite3_column_text(st, 8);
@@ -211,6 +212,11 @@ int plan_compute(Ledger *l, const Config *c, Plan **ret) {
         }
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
+        /* The declarations' copy is not needed past this point: give its
+         * memory back, a long-running daemon should not keep it. */
+        sqlite3_finalize(TAKE_PTR(st));
+        (void) ledger_exec(l, "DROP TABLE IF EXISTS temp.decl");
+        sqlite3_db_release_memory(ledger_db(l));
         r = plan_hash(p, &h);
         if (r < 0)
                 return r;
@@ -218,6 +224,16 @@ int plan_compute(Ledger *l, const Config *c, Plan **ret) {
         p->needs_approval = p->new_releases > c->max_new_releases;
         *ret = TAKE_PTR(p);
         return 0;
+}
+
+int plan_compute(Ledger *l, const Config *c, Plan **ret) {
+        return compute(l, c, true, ret);
+}
+
+/* The daemon has no use for the notes, and a ledger of years of releases
+ * would make one per row. */
+int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
+        return compute(l, c, false, ret);
 }
 
 static int step_one(sqlite3 *db, sqlite3_stmt *st) {

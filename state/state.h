@@ -147,6 +147,8 @@ typedef struct Plan {
 
 const char *change_kind_to_string(ChangeKind k);
 int plan_compute(Ledger *l, const Config *c, Plan **ret);
+/* The same without CHANGE_KEEP notes. */
+int plan_compute_changes(Ledger *l, const Config *c, Plan **ret);
 /* Applies the plan in one transaction.  Unless approved, a plan that needs
  * approval applies everything but its new releases. */
 int plan_apply(Ledger *l, const Plan *p, bool approved);
