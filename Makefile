@@ -92,8 +92,9 @@ export RETIRED_BUILD := $(abspath $(BUILD))
 # the target.  Root-only suites skip themselves with a reason elsewhere.
 check: deps all
 	@$(MAKE) --no-print-directory unit; u=$$?; \
-	 $(PYTEST) tests/fake-diga tests/e2e $(wildcard tests/system); p=$$?; \
-	 test $$u = 0 -a $$p = 0
+	 $(PYTEST) tests/fake-diga tests/e2e tests/system; p=$$?; \
+	 $(MAKE) --no-print-directory fuzz-crashes fuzz-smoke; f=$$?; \
+	 test $$u = 0 -a $$p = 0 -a $$f = 0
 
 demo: deps all
 	@BUILD=$(abspath $(BUILD)) tests/demo/demo.sh
@@ -123,3 +124,4 @@ install: all
 $(BUILD)/tests/fill-ledger: tests/bench/fill-ledger.c $(BUILD)/libcore.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libcore.a $(PKG_LIBS)
+include tests/fuzz/fuzz.mk

@@ -270,11 +270,15 @@ static int read_releases(Loader *l, const config_setting_t *s, const char *file)
         return 0;
 }
 
-/* Reads one file into a libconfig tree.  We open it ourselves so the size
- * limit applies to what is actually parsed. */
+/* Reads one file into a libconfig tree.  We read it ourselves so the size
+ * limit applies to what is parsed, and refuse @include: libconfig 1.5 would
+ * follow it past every check here (and exit() on a folder). */
 static int read_tree(Loader *l, const char *path, config_t *cfg) {
         _cleanup_fclose_ FILE *f = NULL;
+        _cleanup_free_ char *buf = NULL;
+        unsigned line = 1;
         struct stat st;
+        size_t n;
 
         f = fopen(path, "re");
         if (!f) {
@@ -292,7 +296,30 @@ static int read_tree(Loader *l, const char *path, config_t *cfg) {
                 conf_diag_add(l->d, path, 0, "larger than %u MiB", CONF_MAX_FILE_SIZE >> 20);
                 return -EFBIG;
         }
-        if (config_read(cfg, f) != CONFIG_TRUE) {
+        buf = malloc((size_t) st.st_size + 1);
+        if (!buf)
+                return -ENOMEM;
+        n = fread(buf, 1, (size_t) st.st_size, f);
+        if (ferror(f))
+                return -EIO;
+        buf[n] = 0;
+        if (strlen(buf) != n) {
+                conf_diag_add(l->d, path, 0, "contains a NUL byte: not a text file");
+                return -EINVAL;
+        }
+        for (const char *p = buf; *p; p++) {
+                const char *q = p + strspn(p, " \t");
+                if (strncmp(q, "@include", 8) == 0) {
+                        conf_diag_add(l->d, path, line, "@include is not supported: put declarations in %s",
+                                      "releases_dir");
+                        return -EINVAL;
+                }
+                p = strchrnul(p, '\n');
+                if (!*p)
+                        break;
+                line++;
+        }
+        if (config_read_string(cfg, buf) != CONFIG_TRUE) {
                 const char *ef = config_error_file(cfg);
                 conf_diag_add(l->d, ef ? ef : path, config_error_line(cfg), "%s", config_error_text(cfg));
                 return -EINVAL;
@@ -581,6 +608,11 @@ int config_load(const char *path, Config **ret, ConfDiag *d) {
                 return r;
         l = (Loader) { .c = c, .d = d, .file = file };
 
+        /* The defaults, before the file may set the keys to "" (= default). */
+        ledger_default = strdup(c->ledger);
+        control_default = strdup(c->control_socket);
+        if (!ledger_default || !control_default)
+                return -ENOMEM;
         r = read_main(&l, path);
         if (r < 0)
                 return r;
@@ -589,8 +621,7 @@ int config_load(const char *path, Config **ret, ConfDiag *d) {
         if (!dir_copy)
                 return -ENOMEM;
         dir = dirname(dir_copy);
-        if (asprintf(&default_dropin, "%s/releases.d", dir) < 0 ||
-            !(ledger_default = strdup(c->ledger)) || !(control_default = strdup(c->control_socket)))
+        if (asprintf(&default_dropin, "%s/releases.d", dir) < 0)
                 return -ENOMEM;
         explicit_dropin = c->releases_dir[0] != 0;
         if (resolve_path(dir, &c->releases_dir, default_dropin) < 0 ||

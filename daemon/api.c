@@ -11,7 +11,7 @@
 
 struct Api {
         sqlite3 *db;
-        sqlite3_stmt *page, *items, *phone, *error;
+        sqlite3_stmt *valid, *page, *items, *phone, *error;
 };
 
 static const char *const status_names[] = {
@@ -38,6 +38,9 @@ int api_new(Api **ret) {
         if (!a)
                 return -ENOMEM;
         rc = sqlite3_open_v2(":memory:", &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+        /* json_type() raises an error on invalid JSON: validity is asked first. */
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v3(a->db, "SELECT json_valid(?1)", -1, SQLITE_PREPARE_PERSISTENT, &a->valid, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db,
                         "SELECT json_valid(?1), json_type(?1, '$'), json_type(?1, '$.data'),"
@@ -68,6 +71,7 @@ int api_new(Api **ret) {
 Api *api_free(Api *a) {
         if (!a)
                 return NULL;
+        sqlite3_finalize(a->valid);
         sqlite3_finalize(a->page);
         sqlite3_finalize(a->items);
         sqlite3_finalize(a->phone);
@@ -101,6 +105,16 @@ static int bad_body(char **why, const char *fmt, ...) {
                 *why = NULL;
         va_end(ap);
         return -EBADMSG;
+}
+
+static bool json_ok(Api *a, const char *body, size_t len) {
+        bool ok;
+
+        sqlite3_bind_text(a->valid, 1, body, (int) len, SQLITE_STATIC);
+        ok = sqlite3_step(a->valid) == SQLITE_ROW && sqlite3_column_int(a->valid, 0);
+        sqlite3_reset(a->valid);
+        sqlite3_clear_bindings(a->valid);
+        return ok;
 }
 
 static const char *text(sqlite3_stmt *st, int i) {
@@ -156,6 +170,8 @@ int api_parse_phone(Api *a, const char *body, size_t len, RemotePhone *ret, char
         sqlite3_stmt *st = a->phone;
         int r;
 
+        if (!json_ok(a, body, len))
+                return bad_body(why, "the body is not valid JSON");
         sqlite3_reset(st);
         sqlite3_bind_text(st, 1, body, (int) len, SQLITE_STATIC);
         if (sqlite3_step(st) != SQLITE_ROW)
@@ -174,6 +190,8 @@ int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **
         size_t cap = 0;
         int r = 0, rc;
 
+        if (!json_ok(a, body, len))
+                return bad_body(why, "the body is not valid JSON");
         sqlite3_reset(a->page);
         sqlite3_bind_text(a->page, 1, body, (int) len, SQLITE_STATIC);
         if (sqlite3_step(a->page) != SQLITE_ROW)
@@ -234,7 +252,7 @@ char *api_error_message(Api *a, const char *body, size_t len) {
         char *m = NULL;
         const char *msg, *code;
 
-        if (!body || len == 0)
+        if (!body || len == 0 || !json_ok(a, body, len))
                 return NULL;
         sqlite3_reset(a->error);
         sqlite3_bind_text(a->error, 1, body, (int) len, SQLITE_STATIC);

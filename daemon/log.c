@@ -91,7 +91,7 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
 }
 
 int log_internal(int level, int error, const char *fmt, ...) {
-        _cleanup_free_ char *msg = NULL, *full = NULL;
+        _cleanup_free_ char *msg = NULL;
         int saved = errno;
         va_list ap;
 
