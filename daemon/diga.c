@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "daemon.h"
 #include "log.h"
@@ -45,14 +46,17 @@ struct Diga {
         Call *head, *tail;
         size_t queued;
         Call *running;
+        sd_event_source *drain_later;
 };
 
 static const char *const methods[] = { [CALL_LIST] = "GET", [CALL_GET] = "GET", [CALL_DELETE] = "DELETE" };
 
+/* The clock now, not the event loop's cached time: the pacer must count a
+ * call when it really leaves, however long the iteration has run. */
 static uint64_t now_mono(Diga *d) {
-        uint64_t t;
-        sd_event_now(d->event, CLOCK_MONOTONIC, &t);
-        return t;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
 }
 
 static void call_free(Call *c) {
@@ -206,6 +210,11 @@ static int on_curl_timeout(CURLM *m, long timeout_ms, void *userp) {
         return arm(d->curl_timer, now_mono(d) + (uint64_t) timeout_ms * 1000) < 0 ? -1 : 0;
 }
 
+static int on_drain_later(sd_event_source *s, void *userdata) {
+        drain(userdata);
+        return 0;
+}
+
 static int on_pace(sd_event_source *s, uint64_t usec, void *userdata) {
         dispatch(userdata);
         return 0;
@@ -246,8 +255,13 @@ static int start(Diga *d, Call *c) {
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
         if (d->ca_file && d->ca_file[0])
                 curl_easy_setopt(e, CURLOPT_CAINFO, d->ca_file);
-        if (c->kind == CALL_DELETE)
+        if (c->kind == CALL_DELETE) {
                 curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
+                /* libcurl silently sends a request again when a reused
+                 * connection turns out to be dead; a DELETE must never go out
+                 * twice unknown to the ledger, so it takes a fresh one. */
+                curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        }
         c->started = now_mono(d);
         log_debug("start %s %s at %.6f tokens %.3f", methods[c->kind], c->path, (double) c->started / 1e6, d->tokens);
         if (curl_multi_add_handle(d->multi, e) != CURLM_OK)
@@ -261,13 +275,12 @@ static int start(Diga *d, Call *c) {
 }
 
 static void dispatch(Diga *d) {
-        uint64_t now = now_mono(d);
-
-        refill(d, now);
         while (d->head && !d->paused && d->in_flight < d->concurrency) {
                 Call *c = d->head;
-                int r;
+                uint64_t now = now_mono(d);
+                int r, running;
 
+                refill(d, now);
                 if (now < d->hold_until) {
                         arm(d->pace_timer, d->hold_until);
                         return;
@@ -292,7 +305,13 @@ static void dispatch(Diga *d) {
                 if (r < 0) {
                         log_error_errno(r, "Cannot start %s %s: %m", methods[c->kind], c->path);
                         not_sent(d, c, "cannot start the call");
+                        continue;
                 }
+                /* Send it now, when it is counted, not when this event loop
+                 * iteration ends (it may be busy recording a page of
+                 * outcomes); what this completes is collected just after. */
+                curl_multi_socket_action(d->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+                sd_event_source_set_enabled(d->drain_later, SD_EVENT_ONESHOT);
         }
 }
 
@@ -427,6 +446,10 @@ int diga_new(sd_event *e, const Config *c, const char *token, Diga **ret) {
         if (r >= 0)
                 r = sd_event_add_time(e, &d->pace_timer, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_pace, d);
         if (r >= 0)
+                r = sd_event_add_defer(e, &d->drain_later, on_drain_later, d);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(d->drain_later, SD_EVENT_OFF);
+        if (r >= 0)
                 r = diga_set_config(d, c, token);
         if (r < 0) {
                 diga_free(d);
@@ -453,6 +476,7 @@ Diga *diga_free(Diga *d) {
                 curl_multi_cleanup(d->multi);
         sd_event_source_disable_unref(d->curl_timer);
         sd_event_source_disable_unref(d->pace_timer);
+        sd_event_source_disable_unref(d->drain_later);
         sd_event_unref(d->event);
         if (d->token)
                 explicit_bzero(d->token, strlen(d->token));

@@ -104,7 +104,6 @@ static int transition(Job *j, PhoneState to, const CallResult *call, const char 
                       const char *scheduled, const char *error, int64_t next_at, const char *fmt, ...) {
         Engine *e = j->e;
         _cleanup_free_ char *detail = NULL;
-        unsigned attempts = j->attempts;
         va_list ap;
         int r;
 
@@ -112,15 +111,12 @@ static int transition(Job *j, PhoneState to, const CallResult *call, const char 
         if (vasprintf(&detail, fmt, ap) < 0)
                 detail = NULL;
         va_end(ap);
-        if (to == STATE_RETRYING || to == STATE_FAILED)
-                attempts = j->attempts + (call && !call->not_sent ? 1 : 0);
-        if (to == STATE_PENDING && j->state == STATE_CANCELLED)
-                attempts = 0;
 
+        /* attempts counts failed calls; callers count them in the job first. */
         LedgerUpdate u = {
                 .pk = j->pk, .from = j->state, .to = to,
-                .id = id, .provider = provider, .scheduled_release_at = scheduled,
-                .attempts = (int) attempts, .next_at = next_at, .error = error, .detail = detail,
+                .id = id, .number = j->number, .provider = provider, .scheduled_release_at = scheduled,
+                .attempts = (int) j->attempts, .next_at = next_at, .error = error, .detail = detail,
         };
         if (call && !call->not_sent) {
                 u.method = call->method;
@@ -142,12 +138,13 @@ static int transition(Job *j, PhoneState to, const CallResult *call, const char 
         }
         if (id && !j->id)
                 j->id = strdup(id);
-        j->attempts = attempts;
         if (to != j->state && message_ids[to]) {
+                /* ATTEMPT: which DELETE this was (failures so far, plus this one if it worked). */
                 LogFields f = {
                         .phone_id = j->id, .phone_number = j->number, .outcome = state_to_string(to),
                         .http_status = call && !call->not_sent ? call->http_status : 0,
-                        .attempt = call && call->kind == CALL_DELETE && !call->not_sent ? attempts + (to == STATE_RETRYING || to == STATE_FAILED ? 0 : 1) : 0,
+                        .attempt = call && call->kind == CALL_DELETE && !call->not_sent ?
+                                   j->attempts + (to == STATE_RETRYING || to == STATE_FAILED ? 0 : 1) : 0,
                 };
                 log_event(to == STATE_FAILED ? LOG_ERR : to == STATE_RETRYING ? LOG_WARNING : LOG_NOTICE,
                           message_ids[to], &f, "%s %s: %s", j->number ? j->number : j->key,
@@ -186,6 +183,9 @@ static void auth_pause(Engine *e, const CallResult *r) {
                      r->http_status == 401 ? "validity" : "the phones.view/phones.delete permission") < 0)
                 e->pause_reason = NULL;
         diga_set_paused(e->diga, true);
+        /* Nothing queued may go out with a refused key; the pass ends once
+         * the calls already out are back, and starts afresh on resume. */
+        diga_drop_queued(e->diga);
         log_event(LOG_CRIT, MESSAGE_AUTH_PAUSED, &(LogFields) { .http_status = r->http_status },
                   "Paused all calls: %s. Fix the key, then reload (or wait %llu minutes).",
                   e->pause_reason ? e->pause_reason : "authentication failed",
@@ -220,11 +220,12 @@ static void retry_later(Job *j, const CallResult *r, const char *why) {
                 job_done(j);
                 return;
         }
-        if (j->attempts + 1 >= e->max_attempts)
+        j->attempts++;
+        if (j->attempts >= e->max_attempts)
                 transition(j, STATE_FAILED, r, NULL, NULL, NULL, why, 0,
-                           "giving up after %u attempts: %s", j->attempts + 1, why);
+                           "giving up after %u attempts: %s", j->attempts, why);
         else {
-                next = now_usec() + backoff_usec(e, j->attempts + 1, r->retry_after);
+                next = now_usec() + backoff_usec(e, j->attempts, r->retry_after);
                 transition(j, STATE_RETRYING, r, NULL, NULL, NULL, why, next,
                            "%s %s failed (%s); next attempt in %.1f s", r->method, r->path, why,
                            (double) (next - now_usec()) / 1e6);
@@ -243,9 +244,9 @@ static const char *describe(const CallResult *r, char *buf, size_t size) {
 static int delete_start(void *userdata) {
         Job *j = userdata;
 
-        if (j->e->stopping)
+        if (j->e->stopping || j->e->paused)
                 return -ECANCELED;
-        return transition(j, STATE_IN_FLIGHT, NULL, NULL, NULL, NULL, NULL, -1, "DELETE sent");
+        return transition(j, STATE_IN_FLIGHT, NULL, j->id, j->provider, NULL, NULL, -1, "DELETE sent");
 }
 
 static void on_delete(Diga *d, const CallResult *r, void *userdata) {
@@ -295,6 +296,7 @@ static void on_delete(Diga *d, const CallResult *r, void *userdata) {
                 if (asprintf(&j->rejected, "DELETE answered HTTP %d%s%s", r->http_status,
                              msg ? ": " : "", msg ? msg : "") < 0)
                         j->rejected = NULL;
+                j->attempts++;
                 transition(j, STATE_IN_FLIGHT, r, NULL, NULL, NULL, NULL, -1, "%s", j->rejected ? j->rejected : "refused");
                 observe(j, true);
                 goto out;
@@ -318,6 +320,11 @@ static void decide(Job *j, const RemotePhone *p, const CallResult *r) {
         }
         free(j->provider);
         j->provider = p->provider ? strdup(p->provider) : NULL;
+        /* A phone declared by id gets its number from the API, for the journal and the ledger. */
+        if (!j->number && p->number)
+                j->number = strdup(p->number);
+        if (!j->id)
+                j->id = strdup(p->id);
         switch (p->status) {
         case REMOTE_RESERVED:
         case REMOTE_PENDING_VERIFICATION:
@@ -341,18 +348,18 @@ static void decide(Job *j, const RemotePhone *p, const CallResult *r) {
                                    "%s; the phone is still assigned: needs an operator", j->rejected);
                 else if (e->dry_run) {
                         /* dry_run: the row keeps its state; only the journal hears of it. */
-                        if (r && (r->kind == CALL_GET || j->id == NULL))
-                                transition(j, j->state, r, p->id, p->provider, NULL, NULL, -1, "observed");
+                        transition(j, j->state, r, p->id, p->provider, NULL, NULL, -1, "observed");
                         log_event(LOG_NOTICE, MESSAGE_DRY_RUN,
                                   &(LogFields) { .phone_id = p->id, .phone_number = j->number ? j->number : p->number,
                                                  .outcome = "dry_run" },
                                   "dry run: would release %s (%s, %s)", j->number ? j->number : p->number, p->id,
                                   p->provider ? p->provider : "unknown provider");
                 } else {
-                        /* Record the resolved id now; in_flight comes right before the DELETE. */
-                        if (!j->id || (r && r->kind == CALL_GET))
-                                if (transition(j, j->state, r, p->id, p->provider, NULL, NULL, -1, "observed assigned") < 0)
-                                        break;
+                        /* A GET is one of this phone's calls: on record.  The id
+                         * and provider go in with in_flight, right before the DELETE. */
+                        if (r && r->kind == CALL_GET &&
+                            transition(j, j->state, r, p->id, p->provider, NULL, NULL, -1, "observed assigned") < 0)
+                                break;
                         q = diga_call(e->diga, CALL_DELETE, p->id, false, delete_start, on_delete, j);
                         if (q < 0)
                                 log_error_errno(q, "Cannot queue the release of %s: %m", j->key);
@@ -387,7 +394,9 @@ static void on_get(Diga *d, const CallResult *r, void *userdata) {
                 log_warning("GET %s: %s", r->path, buf);
                 retry_later(j, r, buf);
         } else if (r->http_status == 404) {
-                if (j->state == STATE_IN_FLIGHT)
+                /* Gone after a DELETE of ours (maybe one whose answer was lost):
+                 * released.  Never asked to go: not in the account. */
+                if (j->state == STATE_IN_FLIGHT || ledger_sent_delete(e->ledger, j->pk) > 0)
                         transition(j, STATE_RELEASED, r, NULL, NULL, NULL, NULL, 0, "gone after the DELETE (HTTP 404)");
                 else
                         transition(j, STATE_UNRESOLVED, r, NULL, NULL, NULL, "not in the account", 0,
@@ -411,7 +420,13 @@ out:
 }
 
 static void observe(Job *j, bool urgent) {
-        int r = diga_call(j->e->diga, CALL_GET, j->id, urgent, NULL, on_get, j);
+        int r;
+
+        if (j->e->stopping || j->e->paused) {
+                job_done(j);
+                return;
+        }
+        r = diga_call(j->e->diga, CALL_GET, j->id, urgent, NULL, on_get, j);
         if (r < 0) {
                 log_error_errno(r, "Cannot look at %s: %m", j->key);
                 job_done(j);
@@ -488,6 +503,18 @@ static void listing_done(Engine *e, const CallResult *r, const char *failure) {
         }
 }
 
+/* The listing stops without a verdict on the phones it did not reach:
+ * they keep their state, and no attempt is counted against them. */
+static void listing_abandon(Engine *e) {
+        e->listing = false;
+        sd_event_source_set_enabled(e->list_retry, SD_EVENT_OFF);
+        for (size_t i = 0; i < e->n_jobs; i++) {
+                Job *j = &e->jobs[i];
+                if (!j->matched && j->state != STATE_IN_FLIGHT)
+                        job_done(j);
+        }
+}
+
 static void on_page(Diga *d, const CallResult *r, void *userdata) {
         Engine *e = userdata;
         _cleanup_free_ char *why = NULL;
@@ -495,7 +522,7 @@ static void on_page(Diga *d, const CallResult *r, void *userdata) {
         char buf[CURL_ERROR_SIZE + 64];
 
         if (r->not_sent) {
-                listing_done(e, r, "listing stopped");
+                listing_abandon(e);
                 goto out;
         }
         e->stats.calls++;
@@ -514,8 +541,7 @@ static void on_page(Diga *d, const CallResult *r, void *userdata) {
         }
         if (r->http_status == 401 || r->http_status == 403) {
                 auth_pause(e, r);
-                /* The page is asked for again once the pause ends. */
-                list_next(e);
+                listing_abandon(e);
                 goto out;
         }
         if (r->http_status == 200)
@@ -538,7 +564,13 @@ out:
 }
 
 static void list_next(Engine *e) {
-        int r = diga_call(e->diga, CALL_LIST, e->cursor[0] ? e->cursor : NULL, true, NULL, on_page, e);
+        int r;
+
+        if (e->stopping || e->paused) {
+                listing_abandon(e);
+                return;
+        }
+        r = diga_call(e->diga, CALL_LIST, e->cursor[0] ? e->cursor : NULL, true, NULL, on_page, e);
         if (r < 0) {
                 log_error_errno(r, "Cannot list phones: %m");
                 listing_done(e, &(CallResult) { .kind = CALL_LIST, .not_sent = true, .retry_after = -1 },
@@ -547,7 +579,13 @@ static void list_next(Engine *e) {
 }
 
 static int on_list_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        list_next(userdata);
+        Engine *e = userdata;
+
+        if (e->paused || e->stopping) {
+                listing_abandon(e);
+                pass_maybe_end(e);
+        } else
+                list_next(e);
         return 0;
 }
 
@@ -800,12 +838,11 @@ bool engine_stop(Engine *e) {
         e->stopping = true;
         sd_event_source_set_enabled(e->wake, SD_EVENT_OFF);
         sd_event_source_set_enabled(e->resync, SD_EVENT_OFF);
-        sd_event_source_set_enabled(e->list_retry, SD_EVENT_OFF);
-        if (e->listing && !diga_in_flight(e->diga))
-                e->listing = false;
         diga_drop_queued(e->diga);
-        for (size_t i = 0; i < e->n_jobs && e->diga && !diga_in_flight(e->diga); i++)
-                job_done(&e->jobs[i]);
+        /* A listing waiting on its retry timer has no call out to end it. */
+        if (e->listing && sd_event_source_get_enabled(e->list_retry, NULL) > 0)
+                listing_abandon(e);
+        sd_event_source_set_enabled(e->list_retry, SD_EVENT_OFF);
         pass_maybe_end(e);
         return !engine_busy(e);
 }

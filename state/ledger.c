@@ -499,7 +499,8 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                                 " scheduled_release_at = coalesce(?6, scheduled_release_at),"
                                 " attempts = CASE WHEN ?7 >= 0 THEN ?7 ELSE attempts END,"
                                 " next_at = CASE WHEN ?8 >= 0 THEN ?8 ELSE next_at END,"
-                                " last_error = coalesce(?9, last_error), updated_at = ?10"
+                                " last_error = coalesce(?9, last_error), updated_at = ?10,"
+                                " number = coalesce(number, ?11)"
                                 " WHERE pk = ?1 AND state = ?2", -1, &st, NULL);
         if (rc != SQLITE_OK) {
                 r = sqlite_to_errno(rc);
@@ -515,6 +516,7 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
         sqlite3_bind_int64(st, 8, u->next_at);
         sqlite3_bind_text(st, 9, u->error, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 10, now);
+        sqlite3_bind_text(st, 11, u->number, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc != SQLITE_DONE) {
                 r = sqlite_to_errno(rc);
@@ -536,6 +538,21 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
 fail:
         ledger_exec(l, "ROLLBACK");
         return r;
+}
+
+int ledger_sent_delete(Ledger *l, int64_t pk) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db, "SELECT EXISTS (SELECT 1 FROM history WHERE phone = ? AND method = 'DELETE')",
+                                -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_int64(st, 1, pk);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        return sqlite3_column_int(st, 0);
 }
 
 int ledger_meta_get(Ledger *l, const char *name, char **ret) {

@@ -81,6 +81,7 @@ typedef struct LedgerUpdate {
         int64_t pk;
         PhoneState from, to;
         const char *id;                   /* NULL: keep */
+        const char *number;               /* NULL: keep */
         const char *provider;             /* NULL: keep */
         const char *scheduled_release_at; /* NULL: keep */
         int attempts;                     /* < 0: keep */
@@ -94,6 +95,8 @@ typedef struct LedgerUpdate {
 } LedgerUpdate;
 
 int ledger_update(Ledger *l, const LedgerUpdate *u);
+/* > 0 when a DELETE for this row is on record, 0 when none. */
+int ledger_sent_delete(Ledger *l, int64_t pk);
 
 /* An operator's retry: a failed row back to pending with its attempts reset.
  * -ENOENT: no such phone; -EBUSY: the phone is not failed (*state says what). */
