@@ -300,6 +300,8 @@ static void dispatch(Diga *d) {
                         not_sent(d, c, "not started");
                         continue;
                 }
+                /* The hook may have waited on the disk: count the call when it leaves. */
+                refill(d, now_mono(d));
                 d->tokens -= 1.0;
                 r = start(d, c);
                 if (r < 0) {
