@@ -27,6 +27,7 @@ typedef struct Job {
         PhoneState state;            /* as committed in the ledger */
         unsigned attempts;
         char *rejected;              /* why the API refused a DELETE, pending a fresh look */
+        int rejected_status;         /* the HTTP status of that DELETE */
         RemotePhone candidate;       /* a released phone with our number, if nothing better turns up */
         bool matched, done;
 } Job;
@@ -125,6 +126,13 @@ static int transition(Job *j, PhoneState to, const CallResult *call, const char 
                 u.latency_ms = call->latency_ms;
         }
         r = ledger_update(e->ledger, &u);
+        /* A reload cancelled the row while its DELETE was out: what the API
+         * did is still the truth, and goes on record over the cancellation. */
+        if (r == -ESTALE && (to == STATE_RELEASED || to == STATE_SCHEDULED) &&
+            ledger_state(e->ledger, j->pk, &u.from) >= 0 && u.from == STATE_CANCELLED) {
+                j->state = STATE_CANCELLED;
+                r = ledger_update(e->ledger, &u);
+        }
         if (r == -ESTALE) {
                 /* A reload moved the row on (say, cancelled it): its plan wins. */
                 log_info("%s changed in the ledger meanwhile; leaving it as it is now.", j->key);
@@ -146,6 +154,11 @@ static int transition(Job *j, PhoneState to, const CallResult *call, const char 
                         .attempt = call && call->kind == CALL_DELETE && !call->not_sent ?
                                    j->attempts + (to == STATE_RETRYING || to == STATE_FAILED ? 0 : 1) : 0,
                 };
+                /* Failed after a last look: the DELETE that failed is the story, not the look. */
+                if (to == STATE_FAILED && j->rejected && j->rejected_status >= 0) {
+                        f.http_status = j->rejected_status;
+                        f.attempt = j->attempts;
+                }
                 log_event(to == STATE_FAILED ? LOG_ERR : to == STATE_RETRYING ? LOG_WARNING : LOG_NOTICE,
                           message_ids[to], &f, "%s %s: %s", j->number ? j->number : j->key,
                           state_to_string(to), detail ? detail : "");
@@ -221,7 +234,19 @@ static void retry_later(Job *j, const CallResult *r, const char *why) {
                 return;
         }
         j->attempts++;
-        if (j->attempts >= e->max_attempts)
+        if (j->attempts >= e->max_attempts && !j->rejected && j->id &&
+            (r->kind == CALL_DELETE || ledger_sent_delete(e->ledger, j->pk) > 0)) {
+                /* The last DELETE may have worked all the same: look once
+                 * more before calling it failed. */
+                if (asprintf(&j->rejected, "giving up after %u attempts: %s", j->attempts, why) < 0)
+                        j->rejected = NULL;
+                j->rejected_status = r->http_status;
+                if (transition(j, j->state, r, NULL, NULL, NULL, why, -1, "%s; looking once more",
+                               j->rejected ? j->rejected : why) >= 0) {
+                        observe(j, true);
+                        return;
+                }
+        } else if (j->attempts >= e->max_attempts)
                 transition(j, STATE_FAILED, r, NULL, NULL, NULL, why, 0,
                            "giving up after %u attempts: %s", j->attempts, why);
         else {
@@ -277,6 +302,7 @@ static void on_delete(Diga *d, const CallResult *r, void *userdata) {
                         /* An unknown provider: see what the release did. */
                         free(j->rejected);
                         j->rejected = strdup("the DELETE succeeded but the phone still looks assigned");
+                        j->rejected_status = r->http_status;
                         observe(j, true);
                         goto out;
                 }
@@ -296,6 +322,7 @@ static void on_delete(Diga *d, const CallResult *r, void *userdata) {
                 if (asprintf(&j->rejected, "DELETE answered HTTP %d%s%s", r->http_status,
                              msg ? ": " : "", msg ? msg : "") < 0)
                         j->rejected = NULL;
+                j->rejected_status = r->http_status;
                 j->attempts++;
                 transition(j, STATE_IN_FLIGHT, r, NULL, NULL, NULL, NULL, -1, "%s", j->rejected ? j->rejected : "refused");
                 observe(j, true);
@@ -312,6 +339,18 @@ static void decide(Job *j, const RemotePhone *p, const CallResult *r) {
         int q;
 
         j->matched = true;
+        if (j->state == STATE_CANCELLED) {
+                /* Cancelled after its DELETE may have gone out: record what it did, never act. */
+                if (p->status == REMOTE_RELEASED || p->status == REMOTE_FINISHED)
+                        transition(j, STATE_RELEASED, r, p->id, p->provider, NULL, NULL, 0,
+                                   "%s at the API after all (cancelled too late)", p->status_name);
+                else if (p->status == REMOTE_ASSIGNED && p->scheduled_release_at)
+                        transition(j, STATE_SCHEDULED, r, p->id, p->provider, p->scheduled_release_at, NULL, 0,
+                                   "release ordered after all (cancelled too late), effective %s",
+                                   p->scheduled_release_at);
+                job_done(j);
+                return;
+        }
         if (j->number && p->number && !streq(j->number, p->number)) {
                 transition(j, STATE_FAILED, r, NULL, NULL, NULL, "declared id and number disagree", 0,
                            "declared id %s, but the API has it as %s: nothing released", p->id, p->number);

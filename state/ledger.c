@@ -349,7 +349,9 @@ int ledger_due(Ledger *l, int64_t now, bool resync, int (*cb)(const Phone *p, vo
 
         if (asprintf(&sql, "SELECT %s FROM phones WHERE state = 'in_flight' OR (not_before <= ?1 / 1000000 AND"
                      " (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)"
-                     " OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved')))) ORDER BY pk",
+                     " OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved'))"
+                     " OR (?2 AND state = 'cancelled' AND EXISTS (SELECT 1 FROM history h WHERE h.phone = pk"
+                     "     AND (h.method = 'DELETE' OR h.new_state = 'in_flight'))))) ORDER BY pk",
                      ledger_phone_columns) < 0)
                 return -ENOMEM;
         rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
@@ -540,12 +542,29 @@ fail:
         return r;
 }
 
+int ledger_state(Ledger *l, int64_t pk, PhoneState *ret) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db, "SELECT state FROM phones WHERE pk = ?", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        sqlite3_bind_int64(st, 1, pk);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        *ret = state_from_string((const char *) sqlite3_column_text(st, 0));
+        return *ret < 0 ? -EBADMSG : 0;
+}
+
 int ledger_sent_delete(Ledger *l, int64_t pk) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc;
 
-        rc = sqlite3_prepare_v2(l->db, "SELECT EXISTS (SELECT 1 FROM history WHERE phone = ? AND method = 'DELETE')",
-                                -1, &st, NULL);
+        rc = sqlite3_prepare_v2(l->db, "SELECT EXISTS (SELECT 1 FROM history WHERE phone = ? AND"
+                                " (method = 'DELETE' OR new_state = 'in_flight'))", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         sqlite3_bind_int64(st, 1, pk);

@@ -119,8 +119,12 @@ static const char plan_sql[] =
         "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
         "  WHERE p.state = 'cancelled'"
         " UNION ALL "
+        /* An in_flight row is cancelled too: whatever its DELETE did, the
+         * daemon must not send another.  A cancelled row whose DELETE may
+         * have gone out is looked at on resync and recorded as released or
+         * scheduled if it was. */
         "SELECT 2, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
-        "  FROM phones p WHERE p.state IN ('pending','deferred','retrying','unresolved')"
+        "  FROM phones p WHERE p.state IN ('pending','deferred','retrying','unresolved','in_flight')"
         "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
         " UNION ALL "
         /* A corrected number or an added id must reach the row, or the
@@ -133,7 +137,7 @@ static const char plan_sql[] =
         "       OR (d.id IS NOT NULL AND p.id IS NOT d.id))"
         " UNION ALL "
         "SELECT 4, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
-        "  FROM phones p WHERE ?1 AND p.state IN ('released','scheduled','failed','in_flight')"
+        "  FROM phones p WHERE ?1 AND p.state IN ('released','scheduled','failed')"
         "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
         " ORDER BY 1, 2";
 

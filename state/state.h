@@ -95,8 +95,10 @@ typedef struct LedgerUpdate {
 } LedgerUpdate;
 
 int ledger_update(Ledger *l, const LedgerUpdate *u);
-/* > 0 when a DELETE for this row is on record, 0 when none. */
+/* > 0 when a DELETE for this row may have gone out (one is on record, or
+ * the row was in_flight once), 0 when none. */
 int ledger_sent_delete(Ledger *l, int64_t pk);
+int ledger_state(Ledger *l, int64_t pk, PhoneState *ret);
 
 /* An operator's retry: a failed row back to pending with its attempts reset.
  * -ENOENT: no such phone; -EBUSY: the phone is not failed (*state says what). */
@@ -125,7 +127,7 @@ int ledger_count_unsettled(Ledger *l, int64_t now, bool due_pending, uint64_t *r
 typedef enum ChangeKind {
         CHANGE_ADD,        /* newly declared: a new pending row */
         CHANGE_REDECLARE,  /* cancelled earlier, declared again: pending */
-        CHANGE_CANCEL,     /* no longer declared, not released: cancelled */
+        CHANGE_CANCEL,     /* no longer declared, not released (in_flight too): cancelled */
         CHANGE_UPDATE,     /* reason or not_before changed */
         CHANGE_KEEP,       /* no longer declared but past undoing: a note only */
         _CHANGE_MAX,

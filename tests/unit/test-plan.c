@@ -300,13 +300,13 @@ static void test_cancelled_then_declared_again_is_redeclared(void **state) {
 static void test_settled_rows_are_kept(void **state) {
         Fixture *f = *state;
         static const struct { const char *key; PhoneState s; } t[] = {
-                { N1, STATE_RELEASED }, { N2, STATE_SCHEDULED }, { N3, STATE_FAILED }, { N4, STATE_IN_FLIGHT },
+                { N1, STATE_RELEASED }, { N2, STATE_SCHEDULED }, { N3, STATE_FAILED },
         };
         size_t history[ELEMENTSOF(t)];
         Plan *p;
 
         sync_to(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; },"
-                   " { number = \"" N3 "\"; }, { number = \"" N4 "\"; } );\n");
+                   " { number = \"" N3 "\"; } );\n");
         for (size_t i = 0; i < ELEMENTSOF(t); i++) {
                 move(f, t[i].key, STATE_PENDING, t[i].s);
                 history[i] = history_of(f, t[i].key);
@@ -314,14 +314,14 @@ static void test_settled_rows_are_kept(void **state) {
 
         /* Still declared: nothing to say. */
         p = plan_for(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; },"
-                        " { number = \"" N3 "\"; }, { number = \"" N4 "\"; } );\n");
+                        " { number = \"" N3 "\"; } );\n");
         assert_int_equal(p->n, 0);
         plan_free(p);
 
         /* No longer declared: too late to undo, so only notes. */
         p = plan_for(f, "releases = ();\n");
-        assert_int_equal(p->n, 4);
-        assert_int_equal(p->count[CHANGE_KEEP], 4);
+        assert_int_equal(p->n, 3);
+        assert_int_equal(p->count[CHANGE_KEEP], 3);
         assert_int_equal(plan_changes(p), 0);
         assert_int_equal(p->new_releases, 0);
         for (size_t i = 0; i < ELEMENTSOF(t); i++) {
@@ -554,6 +554,26 @@ static void test_apply_then_recompute_is_empty(void **state) {
         assert_int_equal(history_of(f, N1), before);
         plan_free(p);
         assert_int_equal(total_rows(f->l), 4);
+}
+
+/* An in_flight row no longer declared is cancelled, so that the daemon never
+ * sends its DELETE again; what the first DELETE did is recorded on resync. */
+static void test_in_flight_undeclared_is_cancelled(void **state) {
+        Fixture *f = *state;
+        const Change *c;
+        Plan *p;
+
+        sync_to(f, ONE_NUMBER(N1));
+        move(f, N1, STATE_PENDING, STATE_IN_FLIGHT);
+        p = plan_for(f, "releases = ();\n");
+        assert_int_equal(p->count[CHANGE_CANCEL], 1);
+        c = change_for(p, N1);
+        assert_non_null(c);
+        assert_int_equal(c->from, STATE_IN_FLIGHT);
+        assert_int_equal(c->to, STATE_CANCELLED);
+        assert_int_equal(plan_apply(f->l, p, false), 0);
+        plan_free(p);
+        assert_int_equal(state_of(f, N1), STATE_CANCELLED);
 }
 
 static void test_stale_plan_is_refused_whole(void **state) {
@@ -793,6 +813,7 @@ int main(void) {
                 T(test_undeclared_rows_not_yet_released_are_cancelled),
                 T(test_cancelled_then_declared_again_is_redeclared),
                 T(test_settled_rows_are_kept),
+                T(test_in_flight_undeclared_is_cancelled),
                 T(test_changed_reason_or_time_is_an_update),
                 T(test_guard_holds_new_releases_until_approved),
                 T(test_guard_limit_is_inclusive_and_counts_redeclares),

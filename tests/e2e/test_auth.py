@@ -1,0 +1,80 @@
+"""401/403 pause all work instead of burning through the queue: --once exits 1,
+nothing is released, no phone is failed and no attempt is counted."""
+
+import pytest
+
+from conftest import MSG, VIEW_ONLY_TOKEN, num, phone, pid
+
+# A key refused: the whole run stops at once, so a short timeout is plenty; a
+# run that does not stop is a hang, not slowness.
+AUTH_TIMEOUT = 2
+
+def check_paused(rig, run, status, keys):
+    assert run.rc == 1, run
+    ev = run.events(MSG["auth_paused"])
+    assert len(ev) == 1 and ev[0]["HTTP_STATUS"] == str(status), run
+    assert rig.deletes() == [] or all(e["status"] == status for e in rig.deletes())
+    rows = rig.list()
+    for k in keys:
+        assert rows[k]["state"] == "pending" and rows[k]["attempts"] == 0, rows[k]
+        assert rows[k]["last_error"] is None
+    assert not run.events(MSG["failed"])
+    assert all(p["scheduled_release_at"] is None and p["status"] == "assigned" for p in rig.fake.phones.values())
+
+
+def test_wrong_token_one_phone(make_rig):
+    rig = make_rig([phone(1)])
+    rig.set_token("not-the-key")
+    rig.write_config([{"id": pid(1)}])
+    run = rig.run(timeout=AUTH_TIMEOUT)
+    check_paused(rig, run, 401, [pid(1)])
+    assert rig.deletes() == []
+    assert [e["status"] for e in rig.fake.log] == [401]
+    assert "not-the-key" not in run.stderr
+
+
+@pytest.mark.parametrize("by", ["number", "id"])
+def test_wrong_token_many_phones(make_rig, by):
+    rig = make_rig([phone(n) for n in range(1, 6)])
+    rig.set_token("not-the-key")
+    rig.write_config([{"number": num(n)} if by == "number" else {"id": pid(n)} for n in range(1, 6)])
+    run = rig.run(timeout=AUTH_TIMEOUT)
+    check_paused(rig, run, 401, [num(n) if by == "number" else pid(n) for n in range(1, 6)])
+    assert rig.deletes() == []
+
+
+def test_view_only_token_one_phone(make_rig):
+    rig = make_rig([phone(1)])
+    rig.set_token(VIEW_ONLY_TOKEN)
+    rig.write_config([{"number": num(1)}])
+    run = rig.run(timeout=AUTH_TIMEOUT)
+    check_paused(rig, run, 403, [num(1)])
+    assert [e["status"] for e in rig.deletes()] == [403]
+    # The refused DELETE is on record, and the row went back to pending.
+    hist = rig.show(num(1))["history"]
+    assert any(e["method"] == "DELETE" and e["http_status"] == 403 for e in hist)
+    assert [(e["from"], e["to"]) for e in hist if e["kind"] == "state"][-2:] == \
+           [("pending", "in_flight"), ("in_flight", "pending")]
+
+
+def test_view_only_token_many_phones(make_rig):
+    rig = make_rig([phone(n) for n in range(1, 9)])
+    rig.set_token(VIEW_ONLY_TOKEN)
+    rig.write_config([{"number": num(n)} for n in range(1, 9)], pace={"concurrency": 2})
+    run = rig.run(timeout=AUTH_TIMEOUT)
+    check_paused(rig, run, 403, [num(n) for n in range(1, 9)])
+    # Paused at the first refusal: not one DELETE per phone.
+    assert len(rig.deletes()) <= 2
+
+
+def test_good_token_after_a_refused_one(make_rig):
+    """The paused run left nothing behind that blocks a run with the right key."""
+    rig = make_rig([phone(1)])
+    rig.set_token(VIEW_ONLY_TOKEN)
+    rig.write_config([{"id": pid(1)}])
+    assert rig.run(timeout=AUTH_TIMEOUT).rc == 1
+    rig.set_token("test-token")
+    run = rig.run()
+    assert run.rc == 0, run
+    assert rig.list()[pid(1)]["state"] == "scheduled"
+    assert [e["status"] for e in rig.deletes()] == [403, 204]

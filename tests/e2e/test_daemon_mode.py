@@ -1,0 +1,101 @@
+"""The daemon left running (no --once): timers, stopping, the ledger lock and the
+control socket.  Reload is not covered here."""
+
+import calendar
+import os
+import time
+
+from conftest import MSG, num, phone, pid, wait_for
+
+
+def stderr_of(proc):
+    with open(proc.stderr_path) as f:
+        return f.read()
+
+
+def test_second_daemon_on_the_same_ledger_is_refused(make_rig):
+    rig = make_rig([phone(1)])
+    rig.write_config([{"number": num(1)}])
+    first = rig.start()
+    wait_for(lambda: rig.db_rows().get(num(1), {}).get("state") == "scheduled", what="the first daemon")
+    second = rig.run()
+    assert second.rc == 1, second
+    assert any(rig.ledger in line and "locked" in line for line in second.lines), second
+    assert first.poll() is None, "the first daemon died"
+    assert len(rig.deletes()) == 1
+    first.terminate()
+    assert first.wait(10) == 0
+
+
+def test_not_before_falls_due_while_running(make_rig):
+    """A release scheduled 2 s ahead goes out when its time comes, not before, with no polling."""
+    rig = make_rig([phone(1), phone(2)])
+    due = int(time.time()) + 2
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due))
+    assert calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) == due
+    rig.write_config([{"number": num(1), "not_before": stamp}, {"number": num(2)}])
+    proc = rig.start()
+    wait_for(lambda: rig.deletes(pid(1)), timeout=10, what="the DELETE at not_before")
+    d = rig.deletes(pid(1))[0]
+    assert d["wall"] >= due, "released %.3f s before not_before" % (due - d["wall"])
+    assert d["wall"] < due + 1.5, "released %.3f s after not_before" % (d["wall"] - due)
+    # Nothing looked at phone 1 between the start and its time (no polling).
+    early = [e for e in rig.fake.log if e["phone_id"] == pid(1) and e["wall"] < due]
+    assert early == []
+    wait_for(lambda: rig.db_rows()[num(1)]["state"] == "scheduled", what="the outcome")
+    proc.terminate()
+    assert proc.wait(10) == 0
+    rig.assert_exactly_once(one_delete=True)
+
+
+def test_sigterm_during_a_slow_listing(make_rig):
+    rig = make_rig([phone(n) for n in range(1, 4)])
+    rig.fake.script("list", "GET", [{"delay": 1}])
+    rig.write_config([{"number": num(n)} for n in range(1, 4)])
+    proc = rig.start()
+    wait_for(lambda: "Pass:" in stderr_of(proc), what="the pass to start")
+    t0 = time.monotonic()
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    assert time.monotonic() - t0 < 5
+    assert rig.deletes() == []
+    rows = rig.db_rows()
+    assert all(r["state"] == "pending" and r["attempts"] == 0 for r in rows.values()), rows
+
+
+def test_sigterm_while_the_listing_waits_to_retry(make_rig):
+    """A list page answered 503 with Retry-After: 30; SIGTERM does not wait for it."""
+    rig = make_rig([phone(n) for n in range(1, 4)])
+    rig.fake.script("list", "GET", [{"status": 503, "retry_after": "30"}])
+    rig.write_config([{"number": num(n)} for n in range(1, 4)])
+    proc = rig.start()
+    wait_for(lambda: [e for e in rig.fake.log if e["status"] == 503], what="the 503")
+    wait_for(lambda: "again in" in stderr_of(proc) or proc.poll() is not None, what="the retry to be armed")
+    t0 = time.monotonic()
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    assert time.monotonic() - t0 < 3
+    assert len(rig.fake.log) == 1 and rig.deletes() == []
+    rows = rig.db_rows()
+    assert all(r["state"] == "pending" and r["attempts"] == 0 for r in rows.values()), rows
+
+
+def test_operator_retry_through_the_control_socket(make_rig):
+    rig = make_rig([phone(1), phone(2)])
+    rig.fake.script(pid(1), "DELETE", [409])
+    rig.write_config([{"number": num(1)}, {"id": pid(2)}])
+    proc = rig.start()
+    wait_for(lambda: rig.db_rows().get(num(1), {}).get("state") == "failed", what="the failure")
+    assert os.path.exists(rig.control_socket)
+    out = rig.ctl("retry", "+34 910 000 001")
+    assert "pending" in out.stdout
+    wait_for(lambda: rig.db_rows()[num(1)]["state"] == "scheduled", what="the retried release")
+    assert [e["status"] for e in rig.deletes(pid(1))] == [409, 204]
+    # A phone that is not failed is refused, with a reason.
+    refused = rig.ctl("retry", pid(2), check=False)
+    assert refused.returncode != 0 and "not failed" in refused.stderr
+    proc.terminate()
+    assert proc.wait(10) == 0
+    err = stderr_of(proc)
+    assert "retry requested by an operator" in err
+    assert [l for l in err.splitlines() if MSG["scheduled"] in l and num(1) in l]

@@ -1,0 +1,120 @@
+"""Declarations changing between runs: cancel, declare again, the blast-radius
+guard, an operator's retry.  (Reload of a running daemon is not covered here.)"""
+
+import re
+
+import pytest
+
+from conftest import MSG, num, phone, pid, wait_for
+
+
+def test_undeclared_before_release_is_cancelled(make_rig):
+    rig = make_rig([phone(1), phone(2)])
+    rig.write_config([{"number": num(1), "not_before": "2099-01-01T00:00:00Z"}, {"number": num(2)}])
+    assert rig.run().rc == 0
+    assert rig.list()[num(1)]["state"] == "pending"
+
+    rig.write_config([{"number": num(2)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    ev = run.outcome("cancelled", number=num(1))
+    assert ev["MESSAGE_ID"] == MSG["cancelled"]
+    rows = rig.list()
+    assert rows[num(1)]["state"] == "cancelled" and rows[num(2)]["state"] == "scheduled"
+    assert [e["phone_id"] for e in rig.deletes()] == [pid(2)]
+
+    # Declared again (now due): pending again, then released.
+    rig.write_config([{"number": num(1)}, {"number": num(2)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert rig.list()[num(1)]["state"] == "scheduled"
+    assert sorted(e["phone_id"] for e in rig.deletes()) == [pid(1), pid(2)]
+    rig.assert_exactly_once(one_delete=True)
+
+
+def test_undeclared_after_release_stays_released(make_rig):
+    rig = make_rig([phone(1), phone(2, provider="custom")])
+    rig.write_config([{"number": num(1)}, {"id": pid(2)}])
+    assert rig.run().rc == 0
+    rig.write_config([])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert not run.events(MSG["cancelled"])
+    rows = rig.list()
+    assert rows[num(1)]["state"] == "scheduled" and rows[pid(2)]["state"] == "released"
+    assert len(rig.deletes()) == 2
+
+
+def test_blast_radius_guard_holds_new_releases(make_rig):
+    rig = make_rig([phone(n) for n in range(1, 6)])
+    rig.write_config([{"number": num(n)} for n in range(1, 6)], safety={"max_new_releases": 3})
+    run = rig.run()
+    assert run.rc == 0, run
+    ev = run.events(MSG["approval_needed"])
+    assert len(ev) == 1 and "5 new releases" in ev[0]["line"], run
+    assert rig.deletes() == []
+    assert all(r["state"] != "scheduled" for r in rig.list().values())
+
+    plan_hash = re.search(r"retirectl approve ([0-9a-f]+)", ev[0]["line"]).group(1)
+    rig.ctl("approve", plan_hash)
+    run = rig.run()
+    assert run.rc == 0, run
+    assert {r["state"] for r in rig.list().values()} == {"scheduled"}
+    assert len(rig.deletes()) == 5
+    rig.assert_exactly_once(one_delete=True)
+
+
+def test_operator_retry_of_a_failed_phone(make_rig):
+    rig = make_rig([phone(1)])
+    rig.fake.script(pid(1), "DELETE", [409])
+    rig.write_config([{"number": num(1)}])
+    assert rig.run().rc == 0
+    assert rig.list()[num(1)]["state"] == "failed"
+    rig.ctl("retry", num(1))
+    row = rig.list()[num(1)]
+    assert row["state"] == "pending" and row["attempts"] == 0
+    run = rig.run()
+    assert run.rc == 0, run
+    assert rig.list()[num(1)]["state"] == "scheduled"
+    assert [e["status"] for e in rig.deletes()] == [409, 204]
+
+
+def test_undeclared_while_in_flight_records_what_the_delete_did(make_rig):
+    """Crash with a DELETE in flight (applied at the API), then the phone is
+    un-declared: its release is cancelled (no second DELETE may go out), and
+    the look that follows records what the first DELETE did."""
+    rig = make_rig([phone(1), phone(2)])
+    rig.fake.script(pid(1), "DELETE", [{"delay": 10, "apply": True}])
+    rig.write_config([{"number": num(1)}, {"number": num(2)}])
+    proc = rig.start("--once")
+    wait_for(lambda: rig.fake.delete_counts.get(pid(1)), what="the DELETE")
+    proc.kill()
+    proc.wait(5)
+    assert rig.db_rows()[num(1)]["state"] == "in_flight"
+    rig.write_config([{"number": num(2)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert run.events(MSG["cancelled"], PHONE_NUMBER=num(1))
+    assert run.events(MSG["scheduled"], PHONE_NUMBER=num(1)), "the truth goes on record after the cancel"
+    assert rig.list()[num(1)]["state"] == "scheduled"
+    # (The first DELETE is still held by the fake's delay: count it where it arrived.)
+    assert rig.fake.delete_counts.get(pid(1)) == 1 and rig.fake.violations == []
+
+
+def test_undeclared_while_retrying_after_an_applied_delete(make_rig):
+    rig = make_rig([phone(1)])
+    rig.fake.script(pid(1), "DELETE", [{"status": 502, "apply": True}])
+    # A long backoff keeps the row 'retrying' while the config changes.
+    rig.write_config([{"number": num(1)}], retry={"base_delay": 30.0, "max_delay": 30.0})
+    proc = rig.start()
+    wait_for(lambda: rig.db_rows().get(num(1), {}).get("state") == "retrying", what="the row to be retrying")
+    proc.terminate()
+    assert proc.wait(10) == 0
+    assert rig.fake.phone(pid(1))["scheduled_release_at"], "the fake applied the release"
+
+    rig.write_config([])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert len(rig.deletes(pid(1))) == 1
+    assert rig.list()[num(1)]["state"] == "scheduled", \
+        "the ledger must not say 'cancelled' for a phone the API released"
