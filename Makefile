@@ -29,7 +29,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps check demo install clean unit e2e system fuzz bench torture
+.PHONY: all deps check test demo install clean unit valgrind fuzz bench torture
 
 all: $(BUILD)/retired $(BUILD)/retirectl
 
@@ -88,13 +88,46 @@ unit: $(UNIT_BIN)
 PYTEST     := $(PYTHON) -m pytest -q -p no:cacheprovider
 export RETIRED_BUILD := $(abspath $(BUILD))
 
-# Every suite runs even when an earlier one fails, and any failure fails
-# the target.  Root-only suites skip themselves with a reason elsewhere.
-check: deps all
+# One run of every suite: the unit tests, then the pytest suites (the fake,
+# end to end, and under a private systemd, which skips itself when not root).
+# Every suite runs even when an earlier one fails; any failure fails the target.
+# Each pytest suite runs alone: each has its own conftest.py, and its
+# tests import helpers from it by that name.
+test: all
 	@$(MAKE) --no-print-directory unit; u=$$?; \
-	 $(PYTEST) tests/fake-diga tests/e2e tests/system; p=$$?; \
+	 $(PYTEST) tests/fake-diga; f=$$?; \
+	 $(PYTEST) tests/e2e; e=$$?; \
+	 $(PYTEST) tests/system; s=$$?; \
+	 test $$u = 0 -a $$f = 0 -a $$e = 0 -a $$s = 0
+
+# make check: the suite plain and with ASan+UBSan, the happy path under
+# valgrind, the fuzzers' saved inputs and a few seconds of each fuzzer.
+# make check SANITIZE=1: the suite with ASan+UBSan only.
+ifeq ($(SANITIZE),1)
+export RETIRED_SANITIZED := 1
+check: deps
+	@$(MAKE) --no-print-directory test SANITIZE=1
+else
+check: deps
+	@$(MAKE) --no-print-directory test; a=$$?; \
+	 $(MAKE) --no-print-directory test SANITIZE=1; b=$$?; \
+	 $(MAKE) --no-print-directory valgrind; v=$$?; \
 	 $(MAKE) --no-print-directory fuzz-crashes fuzz-smoke; f=$$?; \
-	 test $$u = 0 -a $$p = 0 -a $$f = 0
+	 echo "check: plain $$a, sanitizers $$b, valgrind $$v, fuzzers $$f (0 = passed)"; \
+	 test $$a = 0 -a $$b = 0 -a $$v = 0 -a $$f = 0
+endif
+
+# The main job (the demo) with retired under valgrind memcheck: no error, no leak.
+valgrind: all
+	@RETIRED_WRAP="valgrind -q --error-exitcode=3 --leak-check=full --show-leak-kinds=definite,indirect \
+	  --errors-for-leak-kinds=definite,indirect" BUILD=$(abspath $(BUILD)) tests/demo/demo.sh >$(BUILD)/valgrind.log 2>&1 \
+	  && echo "valgrind: the demo ran clean" || { cat $(BUILD)/valgrind.log; echo "valgrind: FAILED"; exit 1; }
+
+torture: all
+	TORTURE_ROUNDS=100 TORTURE_PHONES=1000 $(PYTEST) tests/e2e/test_torture.py
+
+bench: all
+	tests/bench/run
 
 demo: deps all
 	@BUILD=$(abspath $(BUILD)) tests/demo/demo.sh

@@ -43,7 +43,7 @@ echo "== retirectl plan (before)"
 "$build/retirectl" -c "$dir/retired.conf" plan || [ $? = 2 ]
 echo
 echo "== retired --once"
-"$build/retired" -c "$dir/retired.conf" --once 2>&1
+${RETIRED_WRAP:-} "$build/retired" -c "$dir/retired.conf" --once 2>&1
 echo
 echo "== retirectl status"
 "$build/retirectl" -c "$dir/retired.conf" status
