@@ -90,8 +90,15 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
         funlockfile(stderr);
 }
 
-int log_internal(int level, int error, const char *fmt, ...) {
+static void vevent(int level, const char *message_id, const LogFields *f, const char *fmt, va_list ap) {
         _cleanup_free_ char *msg = NULL;
+
+        if (vasprintf(&msg, fmt, ap) < 0)
+                return;
+        emit(level, message_id, f, msg);
+}
+
+int log_internal(int level, int error, const char *fmt, ...) {
         int saved = errno;
         va_list ap;
 
@@ -101,25 +108,18 @@ int log_internal(int level, int error, const char *fmt, ...) {
                 return -error;
         errno = error;  /* so %m works */
         va_start(ap, fmt);
-        if (vasprintf(&msg, fmt, ap) < 0)
-                msg = NULL;
+        vevent(level, NULL, NULL, fmt, ap);
         va_end(ap);
-        if (msg)
-                emit(level, NULL, NULL, msg);
         errno = saved;
         return -error;
 }
 
 void log_event(int level, const char *message_id, const LogFields *f, const char *fmt, ...) {
-        _cleanup_free_ char *msg = NULL;
         va_list ap;
 
         if (level > max_level)
                 return;
         va_start(ap, fmt);
-        if (vasprintf(&msg, fmt, ap) < 0)
-                msg = NULL;
+        vevent(level, message_id, f, fmt, ap);
         va_end(ap);
-        if (msg)
-                emit(level, message_id, f, msg);
 }

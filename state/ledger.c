@@ -4,6 +4,7 @@
  * version in PRAGMA user_version and refuses files from a newer retired. */
 
 #include <sqlite3.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -326,6 +327,29 @@ static int each_phone(sqlite3_stmt *st, int (*cb)(const Phone *p, void *userdata
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
+/* A query with integer parameters and one integer answer; -ENOENT when the
+ * answer is NULL. */
+static int query_int(Ledger *l, const char *sql, int64_t *ret, int n, ...) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        va_list ap;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        va_start(ap, n);
+        for (int i = 1; i <= n; i++)
+                sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
+        va_end(ap);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+                return -ENOENT;
+        *ret = sqlite3_column_int64(st, 0);
+        return 0;
+}
+
 int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata), void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         _cleanup_free_ char *sql = NULL;
@@ -363,42 +387,20 @@ int ledger_due(Ledger *l, int64_t now, bool resync, int (*cb)(const Phone *p, vo
 }
 
 int ledger_next_due(Ledger *l, int64_t now, int64_t *ret) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(l->db,
-                                "SELECT min(t) FROM ("
-                                " SELECT max(next_at, not_before * 1000000) AS t FROM phones WHERE state = 'retrying'"
-                                " UNION ALL SELECT not_before * 1000000 FROM phones WHERE state = 'pending'"
-                                "  AND not_before * 1000000 > ?1)", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        sqlite3_bind_int64(st, 1, now);
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
-        if (sqlite3_column_type(st, 0) == SQLITE_NULL)
-                return -ENOENT;
-        *ret = sqlite3_column_int64(st, 0);
-        return 0;
+        return query_int(l, "SELECT min(t) FROM ("
+                         " SELECT max(next_at, not_before * 1000000) AS t FROM phones WHERE state = 'retrying'"
+                         " UNION ALL SELECT not_before * 1000000 FROM phones WHERE state = 'pending'"
+                         "  AND not_before * 1000000 > ?1)", ret, 1, now);
 }
 
 int ledger_count_unsettled(Ledger *l, int64_t now, bool due_pending, uint64_t *ret) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(l->db,
-                                "SELECT count(*) FROM phones WHERE state IN ('in_flight', 'retrying')"
-                                " OR (?2 AND state = 'pending' AND not_before <= ?1 / 1000000)", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        sqlite3_bind_int64(st, 1, now);
-        sqlite3_bind_int(st, 2, due_pending);
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
-        *ret = (uint64_t) sqlite3_column_int64(st, 0);
-        return 0;
+        int64_t v;
+        int r = query_int(l, "SELECT count(*) FROM phones WHERE state IN ('in_flight', 'retrying')"
+                          " OR (?2 AND state = 'pending' AND not_before <= ?1 / 1000000)",
+                          &v, 2, now, (int64_t) due_pending);
+        if (r >= 0)
+                *ret = (uint64_t) v;
+        return r;
 }
 
 int ledger_find(Ledger *l, const char *what, Phone *ret) {
@@ -560,18 +562,10 @@ int ledger_state(Ledger *l, int64_t pk, PhoneState *ret) {
 }
 
 int ledger_sent_delete(Ledger *l, int64_t pk) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(l->db, "SELECT EXISTS (SELECT 1 FROM history WHERE phone = ? AND"
-                                " (method = 'DELETE' OR new_state = 'in_flight'))", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        sqlite3_bind_int64(st, 1, pk);
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
-        return sqlite3_column_int(st, 0);
+        int64_t v;
+        int r = query_int(l, "SELECT EXISTS (SELECT 1 FROM history WHERE phone = ?1 AND"
+                          " (method = 'DELETE' OR new_state = 'in_flight'))", &v, 1, pk);
+        return r < 0 ? r : (int) v;
 }
 
 int ledger_meta_get(Ledger *l, const char *name, char **ret) {
