@@ -53,6 +53,18 @@ static const char *check_absolute(const char *v) {
         return v[0] && v[0] != '/' ? "must be an absolute path (or empty)" : NULL;
 }
 
+/* A CA bundle that is not there would fail every call, one phone after
+ * another: better refused at load. */
+static const char *check_ca_file(const char *v) {
+        struct stat st;
+
+        if (check_absolute(v))
+                return check_absolute(v);
+        if (v[0] && (stat(v, &st) < 0 || !S_ISREG(st.st_mode) || access(v, R_OK) < 0))
+                return "not a readable file";
+        return NULL;
+}
+
 static bool host_is_loopback(const char *h) {
         struct in_addr a;
 
@@ -89,7 +101,7 @@ static const char *check_url(const char *v) {
 static const Key keys[] = {
         { "api",    "base_url",         K_STR,   C(base_url),   .check = check_url },
         { "api",    "token_file",       K_STR,   C(token_file), .check = check_absolute },
-        { "api",    "ca_file",          K_STR,   C(ca_file),    .check = check_absolute },
+        { "api",    "ca_file",          K_STR,   C(ca_file),    .check = check_ca_file },
         { "api",    "timeout",          K_FLOAT, C(timeout),          1, 600 },
         { "pace",   "rate",             K_FLOAT, C(rate),             0.001, 10000 },
         { "pace",   "burst",            K_UINT,  C(burst),            1, 10000 },
@@ -280,9 +292,12 @@ static int read_tree(Loader *l, const char *path, config_t *cfg) {
         struct stat st;
         size_t n;
 
-        f = fopen(path, "re");
-        if (!f) {
+        /* O_NONBLOCK: a FIFO named like a config file must not hang a reload. */
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0 || !(f = fdopen(fd, "r"))) {
                 int r = negative_errno();
+                if (fd >= 0)
+                        close(fd);
                 conf_diag_add(l->d, path, 0, "cannot open: %s", strerror(-r));
                 return r;
         }

@@ -117,6 +117,15 @@ static bool json_ok(Api *a, const char *body, size_t len) {
         return ok;
 }
 
+/* What the API says ends up in the journal and the ledger: no control
+ * characters, so it cannot forge a line. */
+static bool printable(const char *s) {
+        for (; *s; s++)
+                if ((unsigned char) *s < 0x20 || *s == 0x7f)
+                        return false;
+        return true;
+}
+
 static const char *text(sqlite3_stmt *st, int i) {
         return (const char *) sqlite3_column_text(st, i);
 }
@@ -135,9 +144,10 @@ static int read_phone(sqlite3_stmt *st, int c, RemotePhone *ret, char **why) {
                 return bad_body(why, "a phone is not a JSON object");
         if (!is_type(st, c + 2, "text") || !uuid_is_valid(id))
                 return bad_body(why, "a phone has no valid \"id\"");
-        if (!is_type(st, c + 4, "text") || strlen(number) == 0 || strlen(number) > CONF_MAX_SIP)
+        if (!is_type(st, c + 4, "text") || strlen(number) == 0 || strlen(number) > CONF_MAX_SIP ||
+            !printable(number))
                 return bad_body(why, "phone %s has no valid \"number\"", id);
-        if (!is_type(st, c + 6, "text") || strlen(status) > 64)
+        if (!is_type(st, c + 6, "text") || strlen(status) > 64 || !printable(status))
                 return bad_body(why, "phone %s has no valid \"status\"", id);
         if (!is_type(st, c + 8, "text") && !is_type(st, c + 8, "null") && text(st, c + 8))
                 return bad_body(why, "phone %s has an invalid \"telephony_provider\"", id);

@@ -115,7 +115,8 @@ bool engine_busy(Engine *e);
 void engine_on_idle(Engine *e, EngineIdle cb, void *userdata);
 /* Settled means every phone waits for nothing but time or an operator. */
 bool engine_settled(Engine *e);
-bool engine_auth_paused(Engine *e);
+/* Why calls are paused (a refused key, an unwritable ledger), or NULL. */
+const char *engine_paused(Engine *e);
 int engine_status(Engine *e, char *buf, size_t size);
 
 /* ---- control.c: the operator's socket ---- */

@@ -510,7 +510,8 @@ int token_load(const Config *c, char **ret, char **where) {
         if (!path)
                 return -ENOMEM;
         *where = strdup(path);
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        /* O_NONBLOCK: a FIFO put in its place must not hang the daemon. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
         if (fd < 0)
                 return negative_errno();
         if (fstat(fd, &st) < 0)

@@ -67,6 +67,7 @@ struct Engine {
 
 static void pass_maybe_end(Engine *e);
 static void observe(Job *j, bool urgent);
+static void ledger_pause(Engine *e, int error);
 
 static const char *const message_ids[_STATE_MAX] = {
         [STATE_DEFERRED] = MESSAGE_DEFERRED,   [STATE_RETRYING] = MESSAGE_RETRYING,
@@ -142,6 +143,7 @@ static int transition(Job *j, PhoneState to, const CallResult *call, const char 
         if (r < 0) {
                 log_error_errno(r, "Cannot record %s -> %s for %s in the ledger: %m (%s)",
                                 state_to_string(j->state), state_to_string(to), j->key, ledger_errmsg(e->ledger));
+                ledger_pause(e, r);
                 return r;
         }
         if (id && !j->id)
@@ -183,28 +185,52 @@ static bool transient(const CallResult *r) {
         return r->http_status == 0 || r->http_status == 408 || r->http_status == 429 || r->http_status >= 500;
 }
 
+/* Stops every call: nothing queued goes out, the pass ends once the calls
+ * already out are back, and a new one starts when the pause does (a reload,
+ * or `usec` from now). */
+static void pause_calls(Engine *e, uint64_t usec, char *reason) {
+        if (e->paused) {
+                free(reason);
+                return;
+        }
+        e->paused = true;
+        free(e->pause_reason);
+        e->pause_reason = reason;
+        diga_set_paused(e->diga, true);
+        diga_drop_queued(e->diga);
+        sd_event_source_set_time(e->unpause, mono_now(e) + usec);
+        sd_event_source_set_enabled(e->unpause, SD_EVENT_ONESHOT);
+}
+
 static void auth_pause(Engine *e, const CallResult *r) {
         _cleanup_free_ char *msg = api_error_message(e->api, r->body, r->body_len);
-        uint64_t now = mono_now(e);
+        char *reason = NULL;
 
         if (e->paused)
                 return;
-        e->paused = true;
-        free(e->pause_reason);
-        if (asprintf(&e->pause_reason, "the API answered %d to %s %s%s%s: the key is wrong or lacks %s",
+        if (asprintf(&reason, "the API answered %d to %s %s%s%s: the key is wrong or lacks %s",
                      r->http_status, r->method, r->path, msg ? ": " : "", msg ? msg : "",
                      r->http_status == 401 ? "validity" : "the phones.view/phones.delete permission") < 0)
-                e->pause_reason = NULL;
-        diga_set_paused(e->diga, true);
-        /* Nothing queued may go out with a refused key; the pass ends once
-         * the calls already out are back, and starts afresh on resume. */
-        diga_drop_queued(e->diga);
+                reason = NULL;
         log_event(LOG_CRIT, MESSAGE_AUTH_PAUSED, &(LogFields) { .http_status = r->http_status },
                   "Paused all calls: %s. Fix the key, then reload (or wait %llu minutes).",
-                  e->pause_reason ? e->pause_reason : "authentication failed",
-                  (unsigned long long) (AUTH_PAUSE_USEC / 60000000));
-        sd_event_source_set_time(e->unpause, now + AUTH_PAUSE_USEC);
-        sd_event_source_set_enabled(e->unpause, SD_EVENT_ONESHOT);
+                  reason ? reason : "authentication failed", (unsigned long long) (AUTH_PAUSE_USEC / 60000000));
+        pause_calls(e, AUTH_PAUSE_USEC, reason);
+}
+
+/* A step that cannot be recorded must not be followed by the next one: stop
+ * calling until the ledger takes writes again. */
+static void ledger_pause(Engine *e, int error) {
+        char *reason = NULL;
+
+        if (e->paused)
+                return;
+        if (asprintf(&reason, "the ledger cannot be written: %s (%s)", strerror(-error),
+                     ledger_errmsg(e->ledger)) < 0)
+                reason = NULL;
+        log_crit("Paused all calls: %s. Trying again in %llu s.", reason ? reason : "ledger write failed",
+                 (unsigned long long) (LEDGER_RETRY_USEC / 1000000));
+        pause_calls(e, LEDGER_RETRY_USEC, reason);
 }
 
 static void resume(Engine *e) {
@@ -399,6 +425,8 @@ static void decide(Job *j, const RemotePhone *p, const CallResult *r) {
                         if (r && r->kind == CALL_GET &&
                             transition(j, j->state, r, p->id, p->provider, NULL, NULL, -1, "observed assigned") < 0)
                                 break;
+                        if (e->paused || e->stopping)
+                                break;  /* a page that came back after the pause: act on nothing */
                         q = diga_call(e->diga, CALL_DELETE, p->id, false, delete_start, on_delete, j);
                         if (q < 0)
                                 log_error_errno(q, "Cannot queue the release of %s: %m", j->key);
@@ -570,7 +598,11 @@ static void on_page(Diga *d, const CallResult *r, void *userdata) {
                 for (size_t i = 0; i < page.n; i++)
                         match_listed(e, &page.phones[i], r);
                 e->page_attempts = 0;
-                if (page.has_more) {
+                if (page.has_more && streq(page.last_id, e->cursor)) {
+                        /* A cursor that does not move would be followed forever. */
+                        log_error("Listing phones: the API repeats the cursor %s; stopping the listing.", e->cursor);
+                        listing_done(e, r, "the API's list cursor does not move");
+                } else if (page.has_more) {
                         memcpy(e->cursor, page.last_id, sizeof e->cursor);
                         list_next(e);
                 } else
@@ -895,8 +927,8 @@ void engine_on_idle(Engine *e, EngineIdle cb, void *userdata) {
         e->idle_userdata = userdata;
 }
 
-bool engine_auth_paused(Engine *e) {
-        return e->paused;
+const char *engine_paused(Engine *e) {
+        return e->paused ? (e->pause_reason ? e->pause_reason : "paused") : NULL;
 }
 
 bool engine_settled(Engine *e) {
@@ -915,9 +947,9 @@ int engine_status(Engine *e, char *buf, size_t size) {
 
         if (r < 0)
                 return r;
-        snprintf(buf, size, "%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
+        snprintf(buf, size, "%s%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
                  " scheduled, %" PRIu64 " released, %" PRIu64 " failed, %" PRIu64 " deferred, %" PRIu64 " unresolved",
-                 e->paused ? "PAUSED: " : "", e->paused && e->pause_reason ? "" : "",
+                 e->paused ? "PAUSED (" : "", e->paused ? strna(e->pause_reason) : "", e->paused ? "): " : "",
                  c[STATE_PENDING], c[STATE_IN_FLIGHT], c[STATE_RETRYING], c[STATE_SCHEDULED],
                  c[STATE_RELEASED], c[STATE_FAILED], c[STATE_DEFERRED], c[STATE_UNRESOLVED]);
         return 0;

@@ -33,6 +33,14 @@ void log_set_max_level(int level) {
         max_level = level;
 }
 
+static void put_escaped(const char *s) {
+        for (; *s; s++)
+                if ((unsigned char) *s < 0x20 || *s == 0x7f)
+                        fprintf(stderr, "\\x%02x", (unsigned char) *s);
+                else
+                        fputc(*s, stderr);
+}
+
 static void emit(int level, const char *message_id, const LogFields *f, const char *msg) {
         if (use_journal) {
                 char prio[16], status[32], attempt[32];
@@ -69,12 +77,17 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
                 if (sd_journal_sendv(iov, (int) n) >= 0)
                         return;
         }
-        /* One line per entry, the structured facts after the text. */
+        /* One line per entry, the structured facts after the text; control
+         * characters (say, in an API's error message) are escaped so that
+         * nothing can start a line of its own. */
         flockfile(stderr);
-        fprintf(stderr, "%s: %s", ident, msg);
+        fprintf(stderr, "%s: ", ident);
+        put_escaped(msg);
         if (f) {
-                if (f->phone_number)
-                        fprintf(stderr, " PHONE_NUMBER=%s", f->phone_number);
+                if (f->phone_number) {
+                        fputs(" PHONE_NUMBER=", stderr);
+                        put_escaped(f->phone_number);
+                }
                 if (f->phone_id)
                         fprintf(stderr, " PHONE_ID=%s", f->phone_id);
                 if (f->outcome)

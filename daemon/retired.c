@@ -144,8 +144,8 @@ static void on_idle(Engine *e, void *userdata) {
         Manager *m = userdata;
 
         notify_status(m);
-        if (m->once && engine_auth_paused(e) && !engine_busy(e)) {
-                log_error("Stopping: calls are paused because the API refused the key.");
+        if (m->once && engine_paused(e) && !engine_busy(e)) {
+                log_error("Stopping: calls are paused: %s.", engine_paused(e));
                 m->exit_code = 1;
                 sd_event_exit(m->event, 1);
         } else if (m->once && engine_settled(e)) {
@@ -375,8 +375,11 @@ static int run(void) {
         if (m.lock_fd < 0)
                 return log_error_errno(m.lock_fd, "Cannot lock %s.lock: %m", m.config->ledger);
         r = ledger_open(m.config->ledger, LEDGER_WRITE, &m.ledger, &error);
-        if (r < 0)
-                return log_error_errno(r, "%s", error ? error : "Cannot open the ledger: %m");
+        if (r < 0) {
+                if (error)
+                        return log_error_errno(r, "%s", error);
+                return log_error_errno(r, "Cannot open the ledger %s: %m", m.config->ledger);
+        }
 
         r = sd_event_default(&m.event);
         if (r < 0)

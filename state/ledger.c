@@ -110,8 +110,12 @@ static int migrate(Ledger *l, const char *path, char **error) {
         int v, r;
 
         r = ledger_exec(l, "BEGIN IMMEDIATE");
-        if (r < 0)
+        if (r < 0) {
+                if (error)
+                        asprintf(error, "%s: %s%s", path, sqlite3_errmsg(l->db),
+                                 r == -EBUSY ? " (another program holds the ledger's write lock)" : "");
                 return r;
+        }
         r = user_version(l->db, &v);
         if (r < 0)
                 goto fail;
@@ -191,6 +195,11 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
                                 asprintf(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
                                          "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
                         return -EPROTO;
+                }
+                if (mode == LEDGER_WRITE && sqlite3_db_readonly(l->db, "main") == 1) {
+                        if (error)
+                                asprintf(error, "%s: the ledger is read-only for this user", path);
+                        return -EACCES;
                 }
                 if (mode == LEDGER_WRITE) {
                         r = ledger_exec(l, "PRAGMA journal_mode = WAL");

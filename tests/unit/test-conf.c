@@ -178,7 +178,7 @@ static void test_every_key_is_read(void **state) {
         /* The trailing slash goes, so paths can be appended. */
         assert_string_equal(c->base_url, "https://phones.example.com:8443/diga");
         assert_string_equal(c->token_file, "/etc/retired/api-token");
-        assert_string_equal(c->ca_file, "/etc/retired/ca.pem");
+        assert_string_equal(c->ca_file, "/etc/passwd");
         assert_true(c->timeout == 12.5);
         assert_true(c->rate == 0.5);
         assert_int_equal(c->burst, 9);

@@ -1,0 +1,315 @@
+"""The fault matrix: each of the three calls (a list page, a GET of one phone, the
+DELETE) meets each transport or content fault once, then the API behaves again;
+or meets it every time.  The daemon must end in the right state (released once,
+or failed after retry.max_attempts, never lost, never released twice), say why in
+a log line that names the fault, and exit 0 (never a signal).
+
+test_retries.py and test_bad_answers.py hold the deeper single cases (a 503 on
+DELETE, Retry-After: 1 timing, applied-then-5xx, wrong-shape JSON...); this file
+is the cross product, kept compact with parametrize.  Retry delays come from the
+rig's defaults (base_delay 0.05, max_delay 0.2): only the timeouts (api.timeout
+= 1) and the Retry-After waits cost real seconds.
+"""
+
+import email.utils
+import json
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import MSG, num, phone, pid, wait_for
+
+HTML = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
+CALLS = ("list", "get", "delete")
+TIMEOUT = 1.0   # api.timeout for every case here: the minimum the config accepts
+
+# Method and script key of each call; the declaration that makes the daemon use it:
+# a number is resolved through the list, an id is looked at with one GET.
+METHOD = {"list": "GET", "get": "GET", "delete": "DELETE"}
+
+
+def script_key(call):
+    return "list" if call == "list" else pid(1)
+
+
+def declare(call):
+    return [{"number": num(1)}] if call == "list" else [{"id": pid(1)}]
+
+
+def key_of(call):
+    return num(1) if call == "list" else pid(1)
+
+
+def real_body(rig, call):
+    """What the API would really answer to this call, as JSON text."""
+    if call == "list":
+        return json.dumps({"data": [rig.fake.phone(pid(1))], "has_more": False, "last_id": pid(1)})
+    return json.dumps(rig.fake.phone(pid(1)))
+
+
+def calls_of(rig, call):
+    """The calls of this kind the fake got, in the order they arrived (the fake logs
+    a call when it answers, so a slow one is logged after a quicker later one)."""
+    if call == "list":
+        made = [e for e in rig.fake.log if e["method"] == "GET" and e["phone_id"] is None]
+    else:
+        made = [e for e in rig.fake.log if e["method"] == METHOD[call] and e["phone_id"] == pid(1)]
+    return sorted(made, key=lambda e: e["t"])
+
+
+# name: (answer (a function of rig and call), the reason the log must give, how it ends)
+#   "retried": the call failed, was made again, and the phone was released after it.
+#   "ignored": a DELETE answered 2xx: the release is recorded whatever the body, not re-sent.
+#   "ok":      not a failure at all (a slow answer within api.timeout).
+def _json_as_text(rig, call):
+    return {"status": 200, "body": real_body(rig, call), "content_type": "text/plain"}
+
+
+FAULTS = {
+    # (Just past api.timeout: the fake logs a request once it answers, and the
+    # checks below wait for that.)
+    "timeout":        (lambda rig, call: {"delay": TIMEOUT + 0.3}, r"timed out", "retried"),
+    "dropped":        (lambda rig, call: {"drop": True}, r"Empty reply from server", "retried"),
+    "cut_mid_body":   (lambda rig, call: {"drop_mid_body": True} if call != "delete" else
+                       # A 204 has no body to cut: a 200 with a body, cut halfway.
+                       {"status": 200, "body": real_body(rig, call), "drop_mid_body": True, "apply": True},
+                       r"transfer closed with \d+ bytes remaining", "retried"),
+    "http_503":       (lambda rig, call: 503, r"HTTP 503", "retried"),
+    "html_502":       (lambda rig, call: {"status": 502, "body": HTML, "content_type": "text/html"},
+                       r"HTTP 502", "retried"),
+    "429_seconds":    (lambda rig, call: {"status": 429, "retry_after": "1"}, r"HTTP 429", "retried"),
+    "429_http_date":  (lambda rig, call: {"status": 429, "retry_after":
+                                          email.utils.formatdate(time.time() + 1.5, usegmt=True)},
+                       r"HTTP 429", "retried"),
+    "429_no_header":  (lambda rig, call: {"status": 429}, r"HTTP 429", "retried"),
+    "truncated_json": (lambda rig, call: {"status": 200, "body": real_body(rig, call)[:40]},
+                       r"not valid JSON", "retried"),
+    "malformed_json": (lambda rig, call: {"status": 200, "body": '{"data": [], "id": 1,, "has_more": }'},
+                       r"not valid JSON", "retried"),
+    "html_200":       (lambda rig, call: {"status": 200, "body": HTML.replace("502 Bad Gateway", "Maintenance"),
+                                          "content_type": "text/html"}, r"not JSON", "retried"),
+    "json_as_text":   (_json_as_text, r"not JSON", "retried"),
+    "huge":           (lambda rig, call: {"huge": 5_000_000}, r"larger than 4 MiB", "retried"),
+    "trickle_slow":   (lambda rig, call: {"trickle": 3}, r"timed out", "retried"),
+    "trickle_fast":   (lambda rig, call: {"trickle": 0.3}, None, "ok"),
+}
+
+# A DELETE answered 2xx is a release, whatever its body says: the daemon does not
+# parse it, and must not send the DELETE again.  The fake applies it ("apply").
+DELETE_2XX_BODY = {"truncated_json", "malformed_json", "html_200", "json_as_text"}
+
+# Retry-After the daemon must wait at least (seconds; arrival times at the fake
+# may be a few ms closer than the daemon's send times).
+MIN_GAP = {"429_seconds": 0.95, "429_http_date": 0.95}
+
+
+def retry_lines(run, call):
+    """The lines that tell a call failed and will be made again."""
+    if call == "list":
+        # A failed page is retried by the listing itself, before any phone's verdict.
+        return [l for l in run.lines if l.startswith("retired: Listing phones:") and "failed (" in l]
+    return [e["line"] for e in run.events(MSG["retrying"], PHONE_ID=pid(1), OUTCOME="retrying")]
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("call", CALLS)
+def test_fault_once_then_released(make_rig, call, fault):
+    make_answer, reason, how = FAULTS[fault]
+    if call == "delete" and fault in DELETE_2XX_BODY:
+        how = "ignored"
+    rig = make_rig([phone(1), phone(2, provider="custom")])
+    answer = make_answer(rig, call)
+    if how == "ignored":
+        answer = dict(answer, apply=True)
+    rig.fake.script(script_key(call), METHOD[call], [answer])
+    # Phone 2 is declared the same way: a bystander the fault must not hold back.
+    decl = declare(call) + ([{"number": num(2)}] if call == "list" else [{"id": pid(2)}])
+    rig.write_config(decl, api={"timeout": TIMEOUT})
+    run = rig.run()
+
+    assert run.rc == 0, run
+    rig.assert_exactly_once()
+    rows = rig.list()
+    assert rows[key_of(call)]["state"] == "scheduled", (rows[key_of(call)], run)
+    assert rows[num(2) if call == "list" else pid(2)]["state"] == "released", run
+    assert rig.fake.release_counts == {pid(1): 1, pid(2): 1}
+    assert run.outcome("scheduled", phone_id=pid(1))
+
+    # A DELETE that was applied (its answer lost or slow) is never sent again;
+    # one that was not is sent again, after its row went back from in_flight.
+    applied = call == "delete" and (how == "ignored" or fault in ("timeout", "trickle_slow", "cut_mid_body"))
+    n_deletes = rig.fake.delete_counts.get(pid(1), 0)
+    if call != "delete" or how in ("ok", "ignored") or applied:
+        assert n_deletes == 1, "DELETEs of phone 1: %d" % n_deletes
+    else:
+        assert n_deletes == 2, "DELETEs of phone 1: %d" % n_deletes
+
+    lines = retry_lines(run, call)
+    if how in ("ok", "ignored"):
+        assert lines == [], run
+        # (A fault that is not one is not logged as a warning either.)
+        assert not run.events(MSG["retrying"]), run
+        return
+    assert len(lines) == 1, "expected one line telling the %s failed:\n%s" % (call, run.stderr)
+    assert re.search(reason, lines[0]), "the line does not name the fault (%s): %s" % (reason, lines[0])
+    if call != "list":
+        ev = run.events(MSG["retrying"], PHONE_ID=pid(1))[0]
+        assert ev["MESSAGE_ID"] == MSG["retrying"]
+        assert "%s /v1/phone/%s" % (METHOD[call], pid(1)) in ev["line"], ev["line"]
+        if fault.startswith("429") or fault in ("http_503", "html_502"):
+            assert ev["HTTP_STATUS"] == re.search(r"\d{3}", reason).group(0)
+        if call == "delete":
+            assert ev["ATTEMPT"] == "1"
+        # The ledger keeps the reason too, in the phone's history.
+        hist = rig.show(key_of(call))["history"]
+        steps = [e for e in hist if e["kind"] == "state" and e["to"] == "retrying"]
+        assert steps and re.search(reason, steps[0]["detail"] or ""), hist
+
+    # The faulted call was made again (or, for an applied DELETE, the phone looked at).
+    made = wait_for(lambda: calls_of(rig, call) if len(calls_of(rig, call)) >= (1 if applied else 2) else None,
+                    what="the fake to log the faulted call")
+    if applied:
+        gets = [e for e in rig.fake.log if e["method"] == "GET" and e["phone_id"] == pid(1)]
+        assert len(gets) >= 2, "the DELETE's fate was not looked at: %s" % gets
+    else:
+        assert len(made) >= 2, made
+        assert made[0]["scripted"] == ({"status": answer} if isinstance(answer, int) else answer)
+    if fault in MIN_GAP:
+        gap = made[1]["t"] - made[0]["t"]
+        assert gap >= MIN_GAP[fault], "made again %.3f s after a 429 asking for about 1-2 s" % gap
+
+
+# ---------------------------------------------------------------- every time
+
+PERSISTENT = {
+    "http_503": (503, r"HTTP 503"),
+    "dropped": ({"drop": True}, r"Empty reply from server"),
+    "truncated_json": ({"status": 200, "body": '{"data": [{"id": "'}, r"not valid JSON"),
+    "huge": ({"huge": 5_000_000}, r"larger than 4 MiB"),
+}
+
+
+# (Not the DELETE answered 200 with a bad body: a 2xx DELETE is a release, whatever its body.)
+@pytest.mark.parametrize("call,fault", [(c, f) for c in CALLS for f in PERSISTENT
+                                        if not (c == "delete" and f == "truncated_json")])
+def test_fault_every_time_ends_failed(make_rig, call, fault):
+    answer, reason = PERSISTENT[fault]
+    rig = make_rig([phone(1)])
+    rig.fake.script(script_key(call), METHOD[call], [answer] * 50)
+    rig.write_config(declare(call), api={"timeout": TIMEOUT}, retry={"max_attempts": 3})
+    run = rig.run()
+
+    assert run.rc == 0, run
+    row = rig.list()[key_of(call)]
+    assert row["state"] == "failed", row
+    assert row["attempts"] == 3, row
+    assert re.search(reason, row["last_error"]), row["last_error"]
+    ev = run.events(MSG["failed"], OUTCOME="failed")
+    assert len(ev) == 1, run
+    assert re.search(reason, ev[0]["line"]), ev[0]["line"]
+    assert "giving up after 3 attempts" in ev[0]["line"] or "still assigned" in ev[0]["line"], ev[0]["line"]
+    # Nothing was released: the fake applied nothing (these answers never apply).
+    assert rig.fake.release_counts == {} and rig.fake.violations == []
+    # Attempt 1 made the phone retrying (one line naming the fault); attempt 3 failed it.
+    # (Attempt 2 of a GET or a listing is retrying -> retrying: no new outcome, no line.)
+    retrying = run.events(MSG["retrying"], OUTCOME="retrying")
+    assert retrying and re.search(reason, retrying[0]["line"]), run
+    assert len(retrying) == (2 if call == "delete" else 1), run
+    if call == "list":
+        # Each pass tries the page max_attempts times before counting one attempt
+        # against the phones it could not resolve.
+        assert len(calls_of(rig, call)) == 3 * 3
+        assert rig.deletes() == []
+    elif call == "get":
+        assert len(calls_of(rig, call)) == 3
+        assert rig.deletes() == []
+    else:
+        assert len(calls_of(rig, call)) == 3
+        # After the last failed DELETE the phone is looked at once more.
+        last = calls_of(rig, call)[-1]["t"]
+        assert [e for e in rig.fake.log if e["method"] == "GET" and e["t"] > last]
+
+
+# ---------------------------------------------------------------- connection refused
+
+@pytest.fixture
+def closed_port():
+    """A loopback port bound but not listening: every connect is refused, and no
+    other process can take the port while the test runs."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+    s.close()
+
+
+def stderr_of(proc):
+    with open(proc.stderr_path) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("by", ["number", "id"])
+def test_connection_refused_fails_then_recovers(make_rig, closed_port, by):
+    """Nothing answers: each phone ends failed after max_attempts (exit 0, settled),
+    with the reason, and nothing is lost: once the API is back, `retirectl retry`
+    releases each of them exactly once."""
+    rig = make_rig([phone(n, provider="custom" if n == 2 else "netelip") for n in (1, 2)])
+    decl = [{"number": num(n)} if by == "number" else {"id": pid(n)} for n in (1, 2)]
+    keys = [num(n) if by == "number" else pid(n) for n in (1, 2)]
+    rig.write_config(decl, api={"base_url": "http://127.0.0.1:%d" % closed_port, "timeout": TIMEOUT})
+    run = rig.run()
+    assert run.rc == 0, run
+    rows = rig.list()
+    for k in keys:
+        assert rows[k]["state"] == "failed" and rows[k]["attempts"] == 3, rows[k]
+        assert re.search(r"[Cc]ouldn't connect|[Cc]onnection refused", rows[k]["last_error"]), rows[k]
+    ev = run.events(MSG["failed"], OUTCOME="failed")
+    assert len(ev) == 2, run
+    assert all("127.0.0.1" in e["line"] and str(closed_port) in e["line"] for e in ev), ev
+    assert len(run.events(MSG["retrying"], OUTCOME="retrying")) == 2, run
+    assert rig.fake.log == []
+
+    # The API is back: an operator retries the failed phones.
+    rig.write_config(decl)
+    proc = rig.start()
+    wait_for(lambda: os.path.exists(rig.control_socket), what="the control socket")
+    for k in keys:
+        assert "pending again" in rig.ctl("retry", k).stdout
+    wait_for(lambda: {r["state"] for r in rig.db_rows().values()} == {"scheduled", "released"},
+             what="the retried phones to be released")
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    rig.assert_exactly_once(one_delete=True)
+    rows = rig.list()
+    assert rows[keys[0]]["state"] == "scheduled" and rows[keys[1]]["state"] == "released"
+
+
+def test_connection_refused_for_the_delete(make_rig, closed_port):
+    """The API goes away between the GET and the DELETE (a reload moves base_url
+    to a closed port while the GET is out): the DELETE is refused, never reached
+    the API, and the phone ends failed after its attempts, not released and not lost."""
+    rig = make_rig([phone(1)])
+    rig.fake.script(pid(1), "GET", [{"delay": 1.0}])
+    rig.write_config([{"id": pid(1)}], api={"timeout": 2.0})
+    proc = rig.start()
+    # The GET has arrived (the fake holds it 1 s) once its scripted answer is used up.
+    wait_for(lambda: (pid(1), "GET") not in rig.fake._scripts, what="the slow GET to arrive")
+    rig.write_config([{"id": pid(1)}], api={"base_url": "http://127.0.0.1:%d" % closed_port, "timeout": 2.0})
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: rig.db_rows().get(pid(1), {}).get("state") == "failed", what="the phone to fail",
+             timeout=15)
+    proc.terminate()
+    assert proc.wait(10) == 0
+    err = stderr_of(proc)
+    assert rig.fake.delete_counts == {} and rig.fake.release_counts == {}, err
+    hist = rig.show(pid(1))["history"]
+    deletes = [e for e in hist if e["kind"] == "call" and e["method"] == "DELETE"]
+    assert deletes and all(e["http_status"] in (None, 0) for e in deletes), hist
+    lines = [l for l in err.splitlines() if "DELETE /v1/phone/%s failed" % pid(1) in l]
+    assert lines and re.search(r"[Cc]ouldn't connect|[Cc]onnection refused", lines[0]), err
+    assert MSG["retrying"] in lines[0]
+    row = rig.list()[pid(1)]
+    assert row["state"] == "failed" and "connect" in row["last_error"].lower(), row
