@@ -29,6 +29,8 @@ typedef struct Job {
         char *rejected;              /* why the API refused a DELETE, pending a fresh look */
         int rejected_status;         /* the HTTP status of that DELETE */
         RemotePhone candidate;       /* a released phone with our number, if nothing better turns up */
+        RemotePhone live;            /* a SIP identifier's live phone, held until the listing ends */
+        unsigned n_live;             /* how many live phones carry that identifier */
         bool matched, done;
 } Job;
 
@@ -96,6 +98,7 @@ static void job_free(Job *j) {
         free(j->provider);
         free(j->rejected);
         remote_phone_done(&j->candidate);
+        remote_phone_done(&j->live);
 }
 
 /* Commits one step of a phone's life and tells the journal about it. */
@@ -515,6 +518,14 @@ static Job *find(Job **v, size_t n, const char *s, bool by_id) {
         return f ? *f : NULL;
 }
 
+static void remote_phone_copy(RemotePhone *to, const RemotePhone *p) {
+        *to = *p;
+        to->number = strdup(p->number);
+        to->status_name = strdup(p->status_name);
+        to->provider = p->provider ? strdup(p->provider) : NULL;
+        to->scheduled_release_at = p->scheduled_release_at ? strdup(p->scheduled_release_at) : NULL;
+}
+
 static void match_listed(Engine *e, const RemotePhone *p, const CallResult *r) {
         Job *j = find(e->by_id, e->n_by_id, p->id, true);
 
@@ -529,13 +540,17 @@ static void match_listed(Engine *e, const RemotePhone *p, const CallResult *r) {
         /* A number can come back after release under a new id: the live phone
          * counts, a released one only if nothing live has that number. */
         if (p->status == REMOTE_RELEASED || p->status == REMOTE_FINISHED) {
-                if (!j->candidate.number) {
-                        j->candidate = *p;
-                        j->candidate.number = strdup(p->number);
-                        j->candidate.status_name = strdup(p->status_name);
-                        j->candidate.provider = p->provider ? strdup(p->provider) : NULL;
-                        j->candidate.scheduled_release_at = p->scheduled_release_at ? strdup(p->scheduled_release_at) : NULL;
-                }
+                if (!j->candidate.number)
+                        remote_phone_copy(&j->candidate, p);
+                return;
+        }
+        /* A phone number is live on one phone at a time, so it is acted on
+         * as soon as it is seen.  A SIP identifier is any text an import
+         * gave, and two imports may share one: it waits for the whole list,
+         * and two live phones with it are a question for an operator. */
+        if (strchr(j->number, '@')) {
+                if (j->n_live++ == 0)
+                        remote_phone_copy(&j->live, p);
                 return;
         }
         decide(j, p, r);
@@ -558,6 +573,13 @@ static void listing_done(Engine *e, const CallResult *r, const char *failure) {
                         continue;
                 if (failure)
                         retry_later(j, r, failure);
+                else if (j->n_live > 1) {
+                        transition(j, STATE_FAILED, r, NULL, NULL, NULL, "ambiguous SIP identifier", 0,
+                                   "%u live phones carry this identifier: nothing released; declare the "
+                                   "one meant by id", j->n_live);
+                        job_done(j);
+                } else if (j->n_live == 1)
+                        decide(j, &j->live, r);
                 else if (j->candidate.number)
                         decide(j, &j->candidate, r);
                 else if (j->id)
