@@ -282,15 +282,16 @@ static int read_releases(Loader *l, const config_setting_t *s, const char *file)
         return 0;
 }
 
-/* Reads one file into a libconfig tree.  We read it ourselves so the size
- * limit applies to what is parsed, and refuse @include: libconfig 1.5 would
- * follow it past every check here (and exit() on a folder). */
+/* Reads one file into a libconfig tree.  We open it ourselves so that its
+ * type and size are checked on what we read, and refuse @include: libconfig
+ * 1.5 would follow it past every check here (and exit() on a folder). */
 static int read_tree(Loader *l, const char *path, config_t *cfg) {
         _cleanup_fclose_ FILE *f = NULL;
         _cleanup_free_ char *buf = NULL;
         unsigned line = 1;
         struct stat st;
-        size_t n;
+        size_t cap = 0;
+        ssize_t n;
 
         /* O_NONBLOCK: a FIFO named like a config file must not hang a reload. */
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
@@ -311,30 +312,25 @@ static int read_tree(Loader *l, const char *path, config_t *cfg) {
                 conf_diag_add(l->d, path, 0, "larger than %u MiB", CONF_MAX_FILE_SIZE >> 20);
                 return -EFBIG;
         }
-        buf = malloc((size_t) st.st_size + 1);
-        if (!buf)
-                return -ENOMEM;
-        n = fread(buf, 1, (size_t) st.st_size, f);
-        if (ferror(f))
-                return -EIO;
-        buf[n] = 0;
-        if (strlen(buf) != n) {
-                conf_diag_add(l->d, path, 0, "contains a NUL byte: not a text file");
-                return -EINVAL;
-        }
-        for (const char *p = buf; *p; p++) {
-                const char *q = p + strspn(p, " \t");
+        /* A first pass line by line, so the file is never held whole
+         * beside the tree libconfig builds from it. */
+        while ((n = getline(&buf, &cap, f)) >= 0) {
+                const char *q = buf + strspn(buf, " \t");
+                if (strlen(buf) != (size_t) n) {
+                        conf_diag_add(l->d, path, line, "contains a NUL byte: not a text file");
+                        return -EINVAL;
+                }
                 if (strncmp(q, "@include", 8) == 0) {
                         conf_diag_add(l->d, path, line, "@include is not supported: put declarations in %s",
                                       "releases_dir");
                         return -EINVAL;
                 }
-                p = strchrnul(p, '\n');
-                if (!*p)
-                        break;
                 line++;
         }
-        if (config_read_string(cfg, buf) != CONFIG_TRUE) {
+        if (ferror(f))
+                return -EIO;
+        rewind(f);
+        if (config_read(cfg, f) != CONFIG_TRUE) {
                 const char *ef = config_error_file(cfg);
                 conf_diag_add(l->d, ef ? ef : path, config_error_line(cfg), "%s", config_error_text(cfg));
                 return -EINVAL;
