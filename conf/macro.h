@@ -19,6 +19,16 @@ static inline void freep(void *p) { free(*(void **) p); }
 static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
 static inline void closep(int *fd) { if (*fd >= 0) close(*fd); }
 
+/* For secrets: overwritten before the memory goes back to the allocator. */
+static inline void *erase_and_free(char *s) {
+        if (s)
+                explicit_bzero(s, strlen(s));
+        free(s);
+        return NULL;
+}
+
+static inline void erase_and_freep(char **s) { erase_and_free(*s); }
+
 #define _cleanup_free_ _cleanup_(freep)
 #define _cleanup_fclose_ _cleanup_(fclosep)
 #define _cleanup_close_ _cleanup_(closep)

@@ -43,22 +43,22 @@ int api_new(Api **ret) {
                 rc = sqlite3_prepare_v3(a->db, "SELECT json_valid(?1)", -1, SQLITE_PREPARE_PERSISTENT, &a->valid, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db,
-                        "SELECT json_valid(?1), json_type(?1, '$'), json_type(?1, '$.data'),"
+                        "SELECT json_type(?1, '$'), json_type(?1, '$.data'),"
                         " json_type(?1, '$.has_more'), json_type(?1, '$.last_id'), json_extract(?1, '$.last_id')",
                         -1, SQLITE_PREPARE_PERSISTENT, &a->page, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("value") " FROM json_each(?1, '$.data')",
                                         -1, SQLITE_PREPARE_PERSISTENT, &a->items, NULL);
         if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v3(a->db, "SELECT json_valid(?1), " PHONE_COLUMNS("?1"),
+                rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("?1"),
                                         -1, SQLITE_PREPARE_PERSISTENT, &a->phone, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db,
-                        "SELECT CASE WHEN json_valid(?1) THEN coalesce("
+                        "SELECT coalesce("
                         " CASE WHEN json_type(?1, '$.message') = 'text' THEN json_extract(?1, '$.message') END,"
                         " CASE WHEN json_type(?1, '$.detail[0].msg') = 'text' THEN json_extract(?1, '$.detail[0].msg') END,"
-                        " CASE WHEN json_type(?1, '$.detail') = 'text' THEN json_extract(?1, '$.detail') END) END,"
-                        " CASE WHEN json_valid(?1) AND json_type(?1, '$.error_code') = 'text' THEN json_extract(?1, '$.error_code') END",
+                        " CASE WHEN json_type(?1, '$.detail') = 'text' THEN json_extract(?1, '$.detail') END),"
+                        " CASE WHEN json_type(?1, '$.error_code') = 'text' THEN json_extract(?1, '$.error_code') END",
                         -1, SQLITE_PREPARE_PERSISTENT, &a->error, NULL);
         if (rc != SQLITE_OK) {
                 api_free(TAKE_PTR(a));
@@ -186,10 +186,8 @@ int api_parse_phone(Api *a, const char *body, size_t len, RemotePhone *ret, char
         sqlite3_bind_text(st, 1, body, (int) len, SQLITE_STATIC);
         if (sqlite3_step(st) != SQLITE_ROW)
                 r = -ENOMEM;
-        else if (!sqlite3_column_int(st, 0))
-                r = bad_body(why, "the body is not valid JSON");
         else
-                r = read_phone(st, 1, ret, why);
+                r = read_phone(st, 0, ret, why);
         sqlite3_reset(st);
         sqlite3_clear_bindings(st);
         return r;
@@ -206,16 +204,14 @@ int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **
         sqlite3_bind_text(a->page, 1, body, (int) len, SQLITE_STATIC);
         if (sqlite3_step(a->page) != SQLITE_ROW)
                 r = -ENOMEM;
-        else if (!sqlite3_column_int(a->page, 0))
-                r = bad_body(why, "the body is not valid JSON");
-        else if (!is_type(a->page, 1, "object") || !is_type(a->page, 2, "array"))
+        else if (!is_type(a->page, 0, "object") || !is_type(a->page, 1, "array"))
                 r = bad_body(why, "the body has no \"data\" array");
-        else if (!is_type(a->page, 3, "true") && !is_type(a->page, 3, "false"))
+        else if (!is_type(a->page, 2, "true") && !is_type(a->page, 2, "false"))
                 r = bad_body(why, "the body has no boolean \"has_more\"");
         else {
-                p.has_more = is_type(a->page, 3, "true");
-                if (is_type(a->page, 4, "text") && uuid_is_valid(text(a->page, 5)))
-                        memcpy(p.last_id, text(a->page, 5), sizeof p.last_id);
+                p.has_more = is_type(a->page, 2, "true");
+                if (is_type(a->page, 3, "text") && uuid_is_valid(text(a->page, 4)))
+                        memcpy(p.last_id, text(a->page, 4), sizeof p.last_id);
         }
         sqlite3_reset(a->page);
         sqlite3_clear_bindings(a->page);

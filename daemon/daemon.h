@@ -90,7 +90,6 @@ void diga_set_paused(Diga *d, bool paused);
 void diga_rate_backoff(Diga *d);
 unsigned diga_in_flight(Diga *d);
 size_t diga_queued(Diga *d);
-double diga_rate(Diga *d);
 int diga_set_config(Diga *d, const Config *c, const char *token);
 
 /* The API key: from api.token_file or $CREDENTIALS_DIRECTORY/api-token. */

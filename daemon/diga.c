@@ -392,17 +392,11 @@ size_t diga_queued(Diga *d) {
         return d->queued;
 }
 
-double diga_rate(Diga *d) {
-        return d->rate * d->factor;
-}
-
 static int set_string(char **p, const char *v) {
         char *n = strdup(v ? v : "");
         if (!n)
                 return -ENOMEM;
-        if (*p)
-                explicit_bzero(*p, strlen(*p));
-        free(*p);
+        erase_and_free(*p);
         *p = n;
         return 0;
 }
@@ -480,9 +474,7 @@ Diga *diga_free(Diga *d) {
         sd_event_source_disable_unref(d->pace_timer);
         sd_event_source_disable_unref(d->drain_later);
         sd_event_unref(d->event);
-        if (d->token)
-                explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
+        erase_and_free(d->token);
         free(d->base_url);
         free(d->ca_file);
         free(d);
@@ -492,7 +484,8 @@ Diga *diga_free(Diga *d) {
 /* The key must be the owner's alone: a key others can read is a leaked key,
  * and we would rather not start than use it. */
 int token_load(const Config *c, char **ret, char **where) {
-        _cleanup_free_ char *path = NULL, *buf = NULL;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_(erase_and_freep) char *buf = NULL;
         _cleanup_close_ int fd = -1;
         const char *dir;
         struct stat st;
@@ -535,10 +528,8 @@ int token_load(const Config *c, char **ret, char **where) {
         if (n == 0)
                 return -ENODATA;
         for (ssize_t i = 0; i < n; i++)
-                if (buf[i] <= ' ' || buf[i] > '~') {
-                        explicit_bzero(buf, (size_t) n);
+                if (buf[i] <= ' ' || buf[i] > '~')
                         return -EBADMSG;
-                }
         *ret = TAKE_PTR(buf);
         return 0;
 }

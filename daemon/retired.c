@@ -177,9 +177,7 @@ static int reload(Manager *m) {
         else {
                 config_free(m->config);
                 m->config = TAKE_PTR(c);
-                if (m->token)
-                        explicit_bzero(m->token, strlen(m->token));
-                free(m->token);
+                erase_and_free(m->token);
                 m->token = TAKE_PTR(token);
                 if (m->watch_dir)
                         watch_dropins(m);
@@ -345,9 +343,7 @@ static void manager_free(Manager *m) {
         engine_free(m->engine);
         ledger_close(m->ledger);
         config_free(m->config);
-        if (m->token)
-                explicit_bzero(m->token, strlen(m->token));
-        free(m->token);
+        erase_and_free(m->token);
         sd_event_source_disable_unref(m->stop_timer);
         sd_event_unref(m->event);
         if (m->lock_fd >= 0)
