@@ -3,7 +3,9 @@
 import email.utils
 import http.client
 import json
+import math
 import os
+import re
 import select
 import signal
 import subprocess
@@ -141,6 +143,83 @@ def test_paging_asc_before_and_page(cli):
     pg = cli.req("GET", "/v1/phone/?limit=10&page=2").json
     assert [p["id"] for p in pg["data"]] == desc[10:20]
     assert (pg["current_page"], pg["total_pages"], pg["has_more"]) == (2, 25, True)
+
+
+def pages(cli, query):
+    """Every offset page (page=1..total_pages) of `query`, and the page-1 answer."""
+    first = cli.req("GET", "/v1/phone/?page=1" + query).json
+    ids, n = [], first["total_pages"]
+    for page in range(1, n + 1):
+        d = cli.req("GET", "/v1/phone/?page=%d%s" % (page, query)).json
+        assert d["current_page"] == page and d["total_pages"] == n
+        assert d["has_more"] == (page < n)
+        assert (d["first_id"], d["last_id"]) == (d["data"][0]["id"], d["data"][-1]["id"])
+        ids += [p["id"] for p in d["data"]]
+    return ids, first
+
+
+@pytest.mark.parametrize("query", ["&limit=7&order=asc", "&limit=7&order=desc", "&limit=7",
+                                   "&limit=100&order=asc", "&limit=50", "&limit=5&status=reserved",
+                                   "&limit=3&status=reserved&order=asc",
+                                   "&limit=2&status=reserved"])
+def test_offset_paging_matches_cursor_order(fake, cli, query):
+    # A client may mix the two kinds of paging: page N must hold exactly the items
+    # that the cursor walk puts at positions (N-1)*limit .. N*limit-1, in both orders.
+    by_page, first = pages(cli, query)
+    cursor = []
+    after = None
+    while True:
+        d = cli.req("GET", "/v1/phone/?" + query[1:] + ("&after=" + after if after else "")).json
+        cursor += [p["id"] for p in d["data"]]
+        if not d["has_more"]:
+            break
+        after = d["last_id"]
+    assert by_page == cursor and len(set(by_page)) == len(by_page)
+    limit = int(re.search(r"limit=(\d+)", query).group(1))
+    st = re.search(r"status=(\w+)", query)
+    n = sum(1 for p in fake.phones.values() if st is None or p["status"] == st.group(1))
+    assert len(by_page) == n and first["total_pages"] == math.ceil(n / limit)
+
+
+def test_offset_paging_edges(fake, cli):
+    n = len(fake.phones)
+    assert cli.req("GET", "/v1/phone/?page=1&limit=100").json["total_pages"] == 3
+    assert cli.req("GET", "/v1/phone/?page=1&limit=50").json["total_pages"] == 5    # exact multiple
+    assert cli.req("GET", "/v1/phone/?page=1&limit=1").json["total_pages"] == n
+    last = cli.req("GET", "/v1/phone/?page=3&limit=100&order=asc").json
+    assert len(last["data"]) == 50 and last["has_more"] is False
+    assert last["data"][-1]["id"] == max(fake.phones)
+    last = cli.req("GET", "/v1/phone/?page=3&limit=100").json         # desc: the smallest ids
+    assert len(last["data"]) == 50 and last["data"][-1]["id"] == min(fake.phones)
+    for order in ("asc", "desc"):                                      # past the end: empty, 200
+        for page in (4, 1000):
+            r = cli.req("GET", "/v1/phone/?page=%d&limit=100&order=%s" % (page, order))
+            assert r.status == 200 and r.json == {"data": [], "first_id": None, "last_id": None,
+                                                  "has_more": False, "current_page": page,
+                                                  "total_pages": 3}
+    # A filter that matches nothing counts as 0 phones, like an empty account.
+    r = cli.req("GET", "/v1/phone/?page=1&inbound_agent_id=00000000-0000-4000-8000-000000000000")
+    assert r.json == {"data": [], "first_id": None, "last_id": None, "has_more": False,
+                      "current_page": 1, "total_pages": 0}
+
+
+def test_offset_paging_empty_account():
+    with FakeDiga([]) as f:
+        c = Client(f)
+        for q in ("page=1", "page=1&order=asc", "page=2&limit=5"):
+            d = c.req("GET", "/v1/phone/?" + q).json
+            assert (d["data"], d["has_more"], d["total_pages"], d["first_id"]) == ([], False, 0, None)
+        assert c.req("GET", "/v1/phone/").json["data"] == []
+        c.close()
+
+
+def test_page_with_cursor_is_422(fake, cli):
+    pid = min(fake.phones)
+    for cur in ("after", "before"):
+        r = cli.req("GET", "/v1/phone/?page=1&%s=%s" % (cur, pid))
+        assert r.status == 422
+        assert r.json == {"status": "error", "error_code": "INVALID_PAGINATION_PARAMETERS",
+                          "message": "Cannot specify both 'page' and cursor parameters"}
 
 
 def test_default_limit_is_20(cli):
