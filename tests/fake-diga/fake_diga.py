@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 STATUSES = ("reserved", "pending_verification", "assigned", "released", "finished")
 PROVIDERS = ("netelip", "custom")
 KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode",
-         "billing_period", "custom_release", "token", "view_only_token", "seed")
+         "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
                "drop_mid_body", "trickle", "huge", "delay", "apply", "error_code", "message"}
 
@@ -47,6 +47,9 @@ _INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
 # Generated accounts are stamped relative to this fixed instant (2024-01-01T00:00:00Z)
 # so that the same seed gives byte-identical phones whatever the wall clock says.
 _BASE_TS = 1704067200
+# date_offset is bounded so that the shifted clock stays inside what an HTTP-date
+# (and datetime) can print: a century either way is more than any test needs.
+_MAX_DATE_OFFSET = 100 * 366 * 86400
 
 _STD_ERRORS = {
     400: ("NOT_VALID_FIELD", "Invalid field value in query parameters"),
@@ -97,13 +100,16 @@ def _phrase(status):
 
 
 class Reply:
-    """An HTTP answer plus the transport faults to apply while sending it."""
-    __slots__ = ("status", "body", "ctype", "headers", "delay", "drop", "drop_mid_body", "trickle")
+    """An HTTP answer plus the transport faults to apply while sending it. `date` is
+    the seconds added to the wall clock for the Date header (the API's date_offset)."""
+    __slots__ = ("status", "body", "ctype", "headers", "delay", "drop", "drop_mid_body", "trickle",
+                 "date")
 
     def __init__(self, status, body=b"", ctype="application/json", headers=()):
         self.status, self.body, self.ctype = status, body, ctype
         self.headers = list(headers)
         self.delay, self.drop, self.drop_mid_body, self.trickle = 0.0, False, False, None
+        self.date = 0.0
 
 
 def _json_reply(status, obj, headers=()):
@@ -320,7 +326,7 @@ class FakeDiga:
     def __init__(self, phones=None, *, n_phones=100, seed=1, latency=0.0, error_rate=0.0,
                  rate_limit=None, rate_burst=None, retry_after_mode="seconds", billing_period=3600.0,
                  custom_release="released", token="test-token", view_only_token="view-only-token",
-                 log_path=None, host="127.0.0.1", port=0):
+                 date_offset=0.0, log_path=None, host="127.0.0.1", port=0):
         self.lock = threading.Lock()
         self.host, self.port, self.url = host, port, None
         self.phones = {}                              # id -> phone dict (the public fields)
@@ -339,7 +345,7 @@ class FakeDiga:
         self.configure(seed=seed, latency=latency, error_rate=error_rate, rate_limit=rate_limit,
                        rate_burst=rate_burst, retry_after_mode=retry_after_mode,
                        billing_period=billing_period, custom_release=custom_release,
-                       token=token, view_only_token=view_only_token)
+                       token=token, view_only_token=view_only_token, date_offset=date_offset)
         self.add_phones(make_account(n_phones, seed) if phones is None else phones)
 
     # ---- public API for in-process tests
@@ -383,6 +389,10 @@ class FakeDiga:
                 v = float(v)
                 if v < 0 or (k == "error_rate" and v > 1):
                     raise ValueError("bad %s %r" % (k, v))
+            elif k == "date_offset":
+                v = float(v)
+                if not (math.isfinite(v) and abs(v) <= _MAX_DATE_OFFSET):
+                    raise ValueError("date_offset must be finite and at most %d seconds" % _MAX_DATE_OFFSET)
             elif k == "rate_limit":
                 v = float(v) if v else None           # 0/None: no rate limit
                 if v is not None and v < 0:
@@ -531,12 +541,21 @@ class FakeDiga:
             return None
         return (1 - self._tokens) / self.rate_limit
 
+    def _api_date(self):
+        """Reply.date for an API answer. date_offset is the API's own wall clock, which
+        is not the fake's clock: advance() moves billing periods, not this."""
+        with self.lock:
+            return self.date_offset
+
     def _too_many(self, wait):
         headers = []
         if self.retry_after_mode == "seconds":
             headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
         elif self.retry_after_mode == "date":   # an HTTP-date has whole seconds: round up
-            headers.append(("Retry-After", email.utils.formatdate(math.ceil(time.time() + wait), usegmt=True)))
+            # On the same clock as the Date header: a server whose clock is off sends
+            # both off by the same amount, and only Retry-After minus Date is reliable.
+            headers.append(("Retry-After", email.utils.formatdate(
+                math.ceil(time.time() + self.date_offset + wait), usegmt=True)))
         return _err(429, "RATE_LIMIT_EXCEEDED", "Rate limit exceeded, retry later", headers)
 
     # ---- the API (self.lock held)
@@ -772,7 +791,7 @@ class FakeDiga:
             h.close_connection = True
             return
         head = ["HTTP/1.1 %d %s" % (r.status, _phrase(r.status)),
-                "Date: " + email.utils.formatdate(usegmt=True), "Server: fake-diga"]
+                "Date: " + email.utils.formatdate(time.time() + r.date, usegmt=True), "Server: fake-diga"]
         body = r.body
         if r.status in (204, 304):       # RFC 9110: no body and no Content-Length
             body = b""
@@ -856,6 +875,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self):
         t0, fake = time.monotonic(), self.server.fake
         url = urlsplit(self.path)
+        admin = url.path.startswith("/_fake/")
         try:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 raise ValueError("chunked request bodies are not supported")
@@ -865,16 +885,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = self.rfile.read(n) if n else b""
         except ValueError as e:
             self.close_connection = True
-            fake._send(self, _err(400, "BAD_REQUEST", str(e)))
-            return
-        try:
-            if url.path.startswith("/_fake/"):
-                reply = fake._admin(self.command, url, body)
-            else:
-                reply = fake._api(self, t0, url)
-        except Exception:                # a bug in the fake: say so loudly
-            traceback.print_exc()
-            reply = _err(500, "FAKE_INTERNAL_ERROR", "fake_diga crashed; see its stderr")
+            reply = _err(400, "BAD_REQUEST", str(e))
+        else:
+            try:
+                reply = fake._admin(self.command, url, body) if admin else fake._api(self, t0, url)
+            except Exception:            # a bug in the fake: say so loudly
+                traceback.print_exc()
+                reply = _err(500, "FAKE_INTERNAL_ERROR", "fake_diga crashed; see its stderr")
+        # Every answer on an API path, even one the API code never saw, carries the
+        # API's Date. Admin answers keep the real one, so a harness is never misled.
+        if not admin:
+            reply.date = fake._api_date()
         fake._send(self, reply)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
@@ -906,6 +927,8 @@ def main(argv=None):
     ap.add_argument("--retry-after-mode", choices=("seconds", "date", "none"), default="seconds")
     ap.add_argument("--billing-period", type=float, default=3600.0, help="netelip release delay, seconds")
     ap.add_argument("--custom-release", choices=("released", "gone"), default="released")
+    ap.add_argument("--date-offset", type=float, default=0.0,
+                    help="seconds added to the wall clock in the API's Date header")
     ap.add_argument("--log", help="append the request log here as JSON lines")
     ap.add_argument("--token", default="test-token")
     ap.add_argument("--view-only-token", default="view-only-token", help="\"\" disables it")
@@ -915,7 +938,7 @@ def main(argv=None):
     fake = FakeDiga(phones, seed=a.seed, latency=a.latency, error_rate=a.error_rate,
                     rate_limit=a.rate_limit, rate_burst=a.rate_burst, retry_after_mode=a.retry_after_mode,
                     billing_period=a.billing_period, custom_release=a.custom_release, token=a.token,
-                    view_only_token=a.view_only_token or None, log_path=a.log,
+                    view_only_token=a.view_only_token or None, date_offset=a.date_offset, log_path=a.log,
                     host=a.host, port=a.port)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

@@ -503,6 +503,76 @@ def test_latency_knob(fake, cli):
     assert cli.req("POST", "/_fake/config", body={"nope": 1}).status == 400
 
 
+MONTH = 31 * 86400
+
+
+def http_date(r):
+    (value,) = r.headers.get_all("Date")                     # exactly one Date header
+    return email.utils.parsedate_to_datetime(value).timestamp()
+
+
+def near(t, expected, slack=5):
+    return abs(t - expected) < slack
+
+
+def test_date_offset_shifts_every_api_date_only(fake, cli):
+    assert near(http_date(cli.req("GET", "/v1/phone/?limit=1")), time.time())   # default: real
+    r = cli.req("POST", "/_fake/config", body={"date_offset": -MONTH})
+    assert r.status == 200 and r.json["date_offset"] == -MONTH
+    pid = pick(fake, "netelip")
+    answers = [cli.req("GET", "/v1/phone/?limit=1"), cli.req("GET", "/v1/phone/" + pid),
+               cli.req("DELETE", "/v1/phone/" + pid), cli.req("GET", "/v1/phone/", token=""),
+               cli.req("GET", "/v1/phone/00000000-0000-4000-8000-000000000000"),
+               cli.req("GET", "/v1/phone/?limit=0"), cli.req("GET", "/v1/phone?limit=1"),
+               cli.req("GET", "/v2/nothing")]
+    assert [r.status for r in answers] == [200, 200, 204, 401, 404, 422, 307, 404]
+    for r in answers:
+        assert near(http_date(r), time.time() - MONTH)
+    for path in ("/_fake/health", "/_fake/state?phones=0", "/_fake/log"):   # admin: the real date
+        assert near(http_date(cli.req("GET", path)), time.time())
+    assert near(http_date(cli.req("POST", "/_fake/config", body={})), time.time())
+    # An API answer that the API code never saw (a chunked body is refused) is shifted too.
+    c = Client(fake)
+    c.conn.request("POST", "/v1/phone/", body=iter([b"{}"]), encode_chunked=True)
+    r = Resp(c.conn.getresponse())
+    assert r.status == 400 and near(http_date(r), time.time() - MONTH)
+    c.close()
+
+
+def test_date_offset_is_not_the_fakes_clock(fake, cli):
+    # date_offset is the API's Date header; advance() is the fake's clock for billing.
+    # Neither moves the other, so a test can set them apart.
+    fake.configure(date_offset=-MONTH)
+    assert near(fake.now(), time.time())
+    pid = pick(fake, "netelip")
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 204
+    assert near(parse_ts(fake.phones[pid]["scheduled_release_at"]), time.time() + 3600)
+    fake.advance(7200)
+    r = cli.req("GET", "/v1/phone/" + pid)
+    assert r.json["status"] == "released" and near(http_date(r), time.time() - MONTH)
+    assert fake.snapshot(phones=False)["clock_offset"] == 7200
+
+
+def test_date_offset_retry_after_date_on_the_same_clock(fake, cli):
+    fake.configure(date_offset=-MONTH, rate_limit=0.5, rate_burst=1, retry_after_mode="date")
+    assert cli.req("GET", "/v1/phone/?limit=1").status == 200
+    r = cli.req("GET", "/v1/phone/?limit=1")
+    when = email.utils.parsedate_to_datetime(r.headers["Retry-After"]).timestamp()
+    assert r.status == 429 and 0.5 <= when - http_date(r) <= 3
+
+
+def test_date_offset_constructor_and_bad_values(cli):
+    with FakeDiga(make_account(3, 1), date_offset=3600.5) as f:
+        c = Client(f)
+        assert near(http_date(c.req("GET", "/v1/phone/")), time.time() + 3600.5)
+        c.close()
+    for bad in ("abc", None, 1e12, -1e12, [1]):
+        assert cli.req("POST", "/_fake/config", body={"date_offset": bad}).status == 400
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            FakeDiga(make_account(1, 1), date_offset=bad)
+
+
 # ---------------------------------------------------------------- log and admin
 
 def test_request_log(fake, cli, tmp_path):
@@ -577,6 +647,29 @@ def test_cli_port_file_and_sigterm(tmp_path):
         assert sorted(x["id"] for x in d["data"]) == sorted(x["id"] for x in make_account(30, 3))
         c.close()
         assert json.loads(log.read_text())["status"] == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0
+
+
+def test_cli_knob_options(tmp_path):
+    # The knobs that have a CLI option reach the fake: /_fake/state shows them, and
+    # the answers behave accordingly.
+    port_file = tmp_path / "port"
+    p = subprocess.Popen([PYTHON, os.path.join(HERE, "fake_diga.py"), "--port-file", str(port_file),
+                          "--phones", "5", "--date-offset", "-2678400"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert select.select([p.stdout], [], [], 10)[0], "fake did not start"
+        p.stdout.readline()
+        c = http.client.HTTPConnection("127.0.0.1", int(port_file.read_text()), timeout=10)
+        c.request("GET", "/_fake/state?phones=0")
+        config = json.loads(c.getresponse().read())["config"]
+        assert config["date_offset"] == -MONTH
+        c.request("GET", "/v1/phone/", headers={"Authorization": "Bearer " + TOKEN})
+        r = Resp(c.getresponse())
+        assert r.status == 200 and near(http_date(r), time.time() - MONTH)
+        c.close()
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=10) == 0
