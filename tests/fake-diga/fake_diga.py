@@ -36,7 +36,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 STATUSES = ("reserved", "pending_verification", "assigned", "released", "finished")
 PROVIDERS = ("netelip", "custom")
 KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode",
-         "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset")
+         "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset",
+         "date_header")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
                "drop_mid_body", "trickle", "huge", "delay", "apply", "error_code", "message"}
 
@@ -101,7 +102,8 @@ def _phrase(status):
 
 class Reply:
     """An HTTP answer plus the transport faults to apply while sending it. `date` is
-    the seconds added to the wall clock for the Date header (the API's date_offset)."""
+    the Date header: seconds added to the wall clock (the API's date_offset), a string
+    sent verbatim, or None for no Date header at all."""
     __slots__ = ("status", "body", "ctype", "headers", "delay", "drop", "drop_mid_body", "trickle",
                  "date")
 
@@ -326,7 +328,7 @@ class FakeDiga:
     def __init__(self, phones=None, *, n_phones=100, seed=1, latency=0.0, error_rate=0.0,
                  rate_limit=None, rate_burst=None, retry_after_mode="seconds", billing_period=3600.0,
                  custom_release="released", token="test-token", view_only_token="view-only-token",
-                 date_offset=0.0, log_path=None, host="127.0.0.1", port=0):
+                 date_offset=0.0, date_header="real", log_path=None, host="127.0.0.1", port=0):
         self.lock = threading.Lock()
         self.host, self.port, self.url = host, port, None
         self.phones = {}                              # id -> phone dict (the public fields)
@@ -345,7 +347,8 @@ class FakeDiga:
         self.configure(seed=seed, latency=latency, error_rate=error_rate, rate_limit=rate_limit,
                        rate_burst=rate_burst, retry_after_mode=retry_after_mode,
                        billing_period=billing_period, custom_release=custom_release,
-                       token=token, view_only_token=view_only_token, date_offset=date_offset)
+                       token=token, view_only_token=view_only_token, date_offset=date_offset,
+                       date_header=date_header)
         self.add_phones(make_account(n_phones, seed) if phones is None else phones)
 
     # ---- public API for in-process tests
@@ -393,6 +396,12 @@ class FakeDiga:
                 v = float(v)
                 if not (math.isfinite(v) and abs(v) <= _MAX_DATE_OFFSET):
                     raise ValueError("date_offset must be finite and at most %d seconds" % _MAX_DATE_OFFSET)
+            elif k == "date_header":
+                # Any other string is sent as the Date value. It must stay one header line
+                # that latin-1 can carry, or the fake would break its own framing.
+                if not isinstance(v, str) or re.search(r"[\r\n\0]", v):
+                    raise ValueError("date_header must be real, none or a one-line string")
+                v.encode("latin-1")                   # UnicodeEncodeError is a ValueError
             elif k == "rate_limit":
                 v = float(v) if v else None           # 0/None: no rate limit
                 if v is not None and v < 0:
@@ -545,7 +554,9 @@ class FakeDiga:
         """Reply.date for an API answer. date_offset is the API's own wall clock, which
         is not the fake's clock: advance() moves billing periods, not this."""
         with self.lock:
-            return self.date_offset
+            if self.date_header == "real":
+                return self.date_offset
+            return None if self.date_header == "none" else self.date_header
 
     def _too_many(self, wait):
         headers = []
@@ -790,8 +801,12 @@ class FakeDiga:
         if r.drop:                       # close without a single byte of answer
             h.close_connection = True
             return
-        head = ["HTTP/1.1 %d %s" % (r.status, _phrase(r.status)),
-                "Date: " + email.utils.formatdate(time.time() + r.date, usegmt=True), "Server: fake-diga"]
+        head = ["HTTP/1.1 %d %s" % (r.status, _phrase(r.status))]
+        if isinstance(r.date, str):
+            head.append("Date: " + r.date)
+        elif r.date is not None:
+            head.append("Date: " + email.utils.formatdate(time.time() + r.date, usegmt=True))
+        head.append("Server: fake-diga")
         body = r.body
         if r.status in (204, 304):       # RFC 9110: no body and no Content-Length
             body = b""
@@ -929,6 +944,8 @@ def main(argv=None):
     ap.add_argument("--custom-release", choices=("released", "gone"), default="released")
     ap.add_argument("--date-offset", type=float, default=0.0,
                     help="seconds added to the wall clock in the API's Date header")
+    ap.add_argument("--date-header", default="real",
+                    help="real, none (no Date header) or a string sent verbatim as the Date")
     ap.add_argument("--log", help="append the request log here as JSON lines")
     ap.add_argument("--token", default="test-token")
     ap.add_argument("--view-only-token", default="view-only-token", help="\"\" disables it")
@@ -938,7 +955,8 @@ def main(argv=None):
     fake = FakeDiga(phones, seed=a.seed, latency=a.latency, error_rate=a.error_rate,
                     rate_limit=a.rate_limit, rate_burst=a.rate_burst, retry_after_mode=a.retry_after_mode,
                     billing_period=a.billing_period, custom_release=a.custom_release, token=a.token,
-                    view_only_token=a.view_only_token or None, date_offset=a.date_offset, log_path=a.log,
+                    view_only_token=a.view_only_token or None, date_offset=a.date_offset,
+                    date_header=a.date_header, log_path=a.log,
                     host=a.host, port=a.port)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

@@ -573,6 +573,36 @@ def test_date_offset_constructor_and_bad_values(cli):
             FakeDiga(make_account(1, 1), date_offset=bad)
 
 
+def test_date_header_none_and_verbatim(fake, cli):
+    pid = pick(fake, "netelip")
+    r = cli.req("POST", "/_fake/config", body={"date_header": "none"})
+    assert r.status == 200 and r.json["date_header"] == "none"
+    answers = [cli.req("GET", "/v1/phone/?limit=1"), cli.req("DELETE", "/v1/phone/" + pid),
+               cli.req("GET", "/v1/phone/", token=""), cli.req("GET", "/v2/nothing")]
+    assert [r.status for r in answers] == [200, 204, 401, 404]
+    assert all("Date" not in r.headers for r in answers)
+    assert near(http_date(cli.req("GET", "/_fake/health")), time.time())      # admin: real
+    fake.configure(date_header="garbage", date_offset=-3600)
+    for r in (cli.req("GET", "/v1/phone/?limit=1"), cli.req("GET", "/v1/phone/" + pid)):
+        assert r.status == 200 and r.headers.get_all("Date") == ["garbage"]  # offset not applied
+    assert near(http_date(cli.req("GET", "/_fake/health")), time.time())
+    fake.configure(date_header="")
+    assert cli.req("GET", "/v1/phone/?limit=1").headers.get_all("Date") == [""]
+    for bad in ("a\r\nX-Injected: 1", "a\nb", "\u20ac", 5, None):
+        assert cli.req("POST", "/_fake/config", body={"date_header": bad}).status == 400
+    assert fake.config()["date_header"] == ""                 # a refused value changes nothing
+    fake.configure(date_header="real")                        # back to the clock, with its offset
+    assert near(http_date(cli.req("GET", "/v1/phone/?limit=1")), time.time() - 3600)
+
+
+def test_date_header_constructor():
+    with FakeDiga(make_account(3, 1), date_header="Thu, 01 Jan 1970 00:00:00 GMT") as f:
+        c = Client(f)
+        r = c.req("GET", "/v1/phone/")
+        assert r.status == 200 and r.headers.get_all("Date") == ["Thu, 01 Jan 1970 00:00:00 GMT"]
+        c.close()
+
+
 # ---------------------------------------------------------------- log and admin
 
 def test_request_log(fake, cli, tmp_path):
@@ -657,7 +687,7 @@ def test_cli_knob_options(tmp_path):
     # the answers behave accordingly.
     port_file = tmp_path / "port"
     p = subprocess.Popen([PYTHON, os.path.join(HERE, "fake_diga.py"), "--port-file", str(port_file),
-                          "--phones", "5", "--date-offset", "-2678400"],
+                          "--phones", "5", "--date-offset", "-2678400", "--date-header", "none"],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert select.select([p.stdout], [], [], 10)[0], "fake did not start"
@@ -665,7 +695,12 @@ def test_cli_knob_options(tmp_path):
         c = http.client.HTTPConnection("127.0.0.1", int(port_file.read_text()), timeout=10)
         c.request("GET", "/_fake/state?phones=0")
         config = json.loads(c.getresponse().read())["config"]
-        assert config["date_offset"] == -MONTH
+        assert (config["date_offset"], config["date_header"]) == (-MONTH, "none")
+        c.request("GET", "/v1/phone/", headers={"Authorization": "Bearer " + TOKEN})
+        r = Resp(c.getresponse())
+        assert r.status == 200 and "Date" not in r.headers
+        c.request("POST", "/_fake/config", body=b'{"date_header": "real"}')
+        assert json.loads(c.getresponse().read())["date_header"] == "real"
         c.request("GET", "/v1/phone/", headers={"Authorization": "Bearer " + TOKEN})
         r = Resp(c.getresponse())
         assert r.status == 200 and near(http_date(r), time.time() - MONTH)
