@@ -34,10 +34,11 @@ from datetime import datetime, timezone
 from urllib.parse import parse_qs, unquote, urlsplit
 
 STATUSES = ("reserved", "pending_verification", "assigned", "released", "finished")
+GONE_CURSOR = ("value", "400", "empty", "restart")
 PROVIDERS = ("netelip", "custom")
 KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode",
          "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset",
-         "date_header")
+         "date_header", "gone_cursor")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
                "drop_mid_body", "trickle", "huge", "delay", "apply", "error_code", "message"}
 
@@ -328,7 +329,8 @@ class FakeDiga:
     def __init__(self, phones=None, *, n_phones=100, seed=1, latency=0.0, error_rate=0.0,
                  rate_limit=None, rate_burst=None, retry_after_mode="seconds", billing_period=3600.0,
                  custom_release="released", token="test-token", view_only_token="view-only-token",
-                 date_offset=0.0, date_header="real", log_path=None, host="127.0.0.1", port=0):
+                 date_offset=0.0, date_header="real", gone_cursor="value", log_path=None,
+                 host="127.0.0.1", port=0):
         self.lock = threading.Lock()
         self.host, self.port, self.url = host, port, None
         self.phones = {}                              # id -> phone dict (the public fields)
@@ -348,7 +350,7 @@ class FakeDiga:
                        rate_burst=rate_burst, retry_after_mode=retry_after_mode,
                        billing_period=billing_period, custom_release=custom_release,
                        token=token, view_only_token=view_only_token, date_offset=date_offset,
-                       date_header=date_header)
+                       date_header=date_header, gone_cursor=gone_cursor)
         self.add_phones(make_account(n_phones, seed) if phones is None else phones)
 
     # ---- public API for in-process tests
@@ -402,6 +404,11 @@ class FakeDiga:
                 if not isinstance(v, str) or re.search(r"[\r\n\0]", v):
                     raise ValueError("date_header must be real, none or a one-line string")
                 v.encode("latin-1")                   # UnicodeEncodeError is a ValueError
+            elif k == "gone_cursor":
+                if v == 400 and type(v) is int:       # JSON callers may well send the number
+                    v = "400"
+                if v not in GONE_CURSOR:
+                    raise ValueError("gone_cursor must be one of %s" % ", ".join(GONE_CURSOR))
             elif k == "rate_limit":
                 v = float(v) if v else None           # 0/None: no rate limit
                 if v is not None and v < 0:
@@ -680,6 +687,17 @@ class FakeDiga:
         ids = self._by_status[params["status"]] if params["status"] else self._ids
         pred = self._filter(params)
         limit, page, total_pages = params["limit"], params["page"], None
+        after, before = params["after"], params["before"]
+        # The spec does not say what a cursor naming a phone that does not exist (any
+        # more) gets. "value" keeps the pages stable; the others are what a real server
+        # may do instead, so a client can be tested against each. Existence is about the
+        # phones as they are now: a custom phone released "gone" no longer exists.
+        cursor = after or before
+        gone = self.gone_cursor != "value" and cursor is not None and cursor not in self.phones
+        if gone and self.gone_cursor == "400":
+            return _err(400, "NOT_VALID_FIELD", "Invalid field value in query parameters")
+        if gone and self.gone_cursor == "restart":
+            after = before = None
         if page:
             seq = ids if pred is None else [i for i in ids if pred(i)]
             off, n = (page - 1) * limit, len(seq)
@@ -688,8 +706,10 @@ class FakeDiga:
             else:
                 out = seq[max(0, n - off - limit):max(0, n - off)][::-1]
             has_more, total_pages = off + limit < n, math.ceil(n / limit)
+        elif gone and self.gone_cursor == "empty":
+            out, has_more = [], False
         else:
-            out, has_more = _keyset(ids, params["order"], params["after"], params["before"], limit, pred)
+            out, has_more = _keyset(ids, params["order"], after, before, limit, pred)
         tail = json.dumps({"first_id": out[0] if out else None, "last_id": out[-1] if out else None,
                            "has_more": has_more, "current_page": page, "total_pages": total_pages},
                           separators=(",", ":"))
@@ -946,6 +966,8 @@ def main(argv=None):
                     help="seconds added to the wall clock in the API's Date header")
     ap.add_argument("--date-header", default="real",
                     help="real, none (no Date header) or a string sent verbatim as the Date")
+    ap.add_argument("--gone-cursor", choices=GONE_CURSOR, default="value",
+                    help="what a cursor naming a phone that does not exist gets")
     ap.add_argument("--log", help="append the request log here as JSON lines")
     ap.add_argument("--token", default="test-token")
     ap.add_argument("--view-only-token", default="view-only-token", help="\"\" disables it")
@@ -956,7 +978,7 @@ def main(argv=None):
                     rate_limit=a.rate_limit, rate_burst=a.rate_burst, retry_after_mode=a.retry_after_mode,
                     billing_period=a.billing_period, custom_release=a.custom_release, token=a.token,
                     view_only_token=a.view_only_token or None, date_offset=a.date_offset,
-                    date_header=a.date_header, log_path=a.log,
+                    date_header=a.date_header, gone_cursor=a.gone_cursor, log_path=a.log,
                     host=a.host, port=a.port)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

@@ -158,6 +158,95 @@ def pages(cli, query):
     return ids, first
 
 
+NEVER = "80000000-0000-4000-8000-000000000000"      # sorts mid-account, never a phone's id
+
+
+def by_value(ids, order, cur, x, limit=10):
+    """The page the fake gives when cursor `cur` (after|before) is compared by value."""
+    asc = sorted(ids)
+    if order == "asc":
+        seq = [i for i in asc if i > x] if cur == "after" else [i for i in asc if i < x][-limit:]
+        return seq[:limit]
+    desc = asc[::-1]
+    return [i for i in desc if i < x][:limit] if cur == "after" else [i for i in desc if i > x][-limit:]
+
+
+def gone_phone(fake, cli):
+    """The id of a phone that existed, was released with custom_release=gone and is gone."""
+    fake.configure(custom_release="gone")
+    pid = pick(fake, "custom", n=60)[-1]                      # not at either end of the list
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 204
+    assert pid not in fake.phones and cli.req("GET", "/v1/phone/" + pid).status == 404
+    fake.configure(custom_release="released")
+    return pid
+
+
+@pytest.mark.parametrize("cur", ["after", "before"])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("which", ["never", "deleted"])
+def test_gone_cursor_modes(fake, cli, cur, order, which):
+    x = NEVER if which == "never" else gone_phone(fake, cli)
+    assert x not in fake.phones
+    q = "/v1/phone/?limit=10&order=%s&%s=%s" % (order, cur, x)
+    ids = lambda r: [p["id"] for p in r.json["data"]]
+    # value (the default): compared by value, as if the phone were still there.
+    r = cli.req("GET", q)
+    assert r.status == 200 and ids(r) == by_value(fake.phones, order, cur, x) and len(ids(r)) == 10
+    r = cli.req("POST", "/_fake/config", body={"gone_cursor": "400"})
+    assert r.status == 200 and r.json["gone_cursor"] == "400"
+    r = cli.req("GET", q)
+    assert r.status == 400 and r.json == {"status": "error", "error_code": "NOT_VALID_FIELD",
+                                          "message": "Invalid field value in query parameters"}
+    fake.configure(gone_cursor="empty")
+    r = cli.req("GET", q)
+    assert r.status == 200 and r.json == {"data": [], "first_id": None, "last_id": None,
+                                          "has_more": False, "current_page": None, "total_pages": None}
+    fake.configure(gone_cursor="restart")
+    r = cli.req("GET", q)
+    first = cli.req("GET", "/v1/phone/?limit=10&order=" + order)
+    assert r.status == 200 and r.body == first.body and first.json["has_more"] is True
+    assert ids(r) == sorted(fake.phones, reverse=order == "desc")[:10]
+    assert [e["status"] for e in fake.requests(method="GET") if x in e["query"]][-4:] == [200, 400, 200, 200]
+
+
+@pytest.mark.parametrize("mode", ["value", "400", "empty", "restart"])
+def test_gone_cursor_leaves_existing_phones_alone(fake, cli, mode):
+    # A released custom phone stays listed, so it is not gone; nor is a phone that the
+    # status filter leaves out. Both are compared by value whatever the mode.
+    released = pick(fake, "custom", n=60)[-1]
+    assert cli.req("DELETE", "/v1/phone/" + released).status == 204
+    assert fake.phones[released]["status"] == "released"
+    reserved = pick(fake, status="reserved", n=3)[1]
+    fake.configure(gone_cursor=mode)
+    for order in ("asc", "desc"):
+        for cur in ("after", "before"):
+            r = cli.req("GET", "/v1/phone/?limit=10&order=%s&%s=%s" % (order, cur, released))
+            assert r.status == 200
+            assert [p["id"] for p in r.json["data"]] == by_value(fake.phones, order, cur, released)
+            r = cli.req("GET", "/v1/phone/?limit=100&status=assigned&order=%s&%s=%s" % (order, cur, reserved))
+            assigned = [i for i, p in fake.phones.items() if p["status"] == "assigned"]
+            assert [p["id"] for p in r.json["data"]] == by_value(assigned, order, cur, reserved, 100)
+    # Re-adding a gone phone makes it exist again.
+    x = gone_phone(fake, cli)
+    fake.configure(gone_cursor=mode)
+    fake.add_phones([{"id": x}])
+    assert cli.req("GET", "/v1/phone/?limit=10&after=" + x).json["data"][0]["id"] == \
+        by_value(fake.phones, "desc", "after", x)[0]
+
+
+def test_gone_cursor_config_values(fake, cli):
+    assert fake.config()["gone_cursor"] == "value"
+    assert cli.req("POST", "/_fake/config", body={"gone_cursor": 400}).json["gone_cursor"] == "400"
+    for bad in ("404", "", None, True, "Value"):
+        assert cli.req("POST", "/_fake/config", body={"gone_cursor": bad}).status == 400
+    assert fake.config()["gone_cursor"] == "400"
+    with FakeDiga(make_account(5, 1), gone_cursor="empty") as f:
+        c = Client(f)
+        d = c.req("GET", "/v1/phone/?after=" + NEVER).json
+        assert d["data"] == [] and d["has_more"] is False
+        c.close()
+
+
 @pytest.mark.parametrize("query", ["&limit=7&order=asc", "&limit=7&order=desc", "&limit=7",
                                    "&limit=100&order=asc", "&limit=50", "&limit=5&status=reserved",
                                    "&limit=3&status=reserved&order=asc",
@@ -687,7 +776,8 @@ def test_cli_knob_options(tmp_path):
     # the answers behave accordingly.
     port_file = tmp_path / "port"
     p = subprocess.Popen([PYTHON, os.path.join(HERE, "fake_diga.py"), "--port-file", str(port_file),
-                          "--phones", "5", "--date-offset", "-2678400", "--date-header", "none"],
+                          "--phones", "5", "--date-offset", "-2678400", "--date-header", "none",
+                          "--gone-cursor", "400"],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert select.select([p.stdout], [], [], 10)[0], "fake did not start"
@@ -696,6 +786,10 @@ def test_cli_knob_options(tmp_path):
         c.request("GET", "/_fake/state?phones=0")
         config = json.loads(c.getresponse().read())["config"]
         assert (config["date_offset"], config["date_header"]) == (-MONTH, "none")
+        assert config["gone_cursor"] == "400"
+        c.request("GET", "/v1/phone/?after=" + NEVER, headers={"Authorization": "Bearer " + TOKEN})
+        r = Resp(c.getresponse())
+        assert r.status == 400 and r.json["error_code"] == "NOT_VALID_FIELD"
         c.request("GET", "/v1/phone/", headers={"Authorization": "Bearer " + TOKEN})
         r = Resp(c.getresponse())
         assert r.status == 200 and "Date" not in r.headers
