@@ -35,10 +35,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 STATUSES = ("reserved", "pending_verification", "assigned", "released", "finished")
 GONE_CURSOR = ("value", "400", "empty", "restart")
+PAGING = ("both", "cursor")
 PROVIDERS = ("netelip", "custom")
 KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode",
          "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset",
-         "date_header", "gone_cursor")
+         "date_header", "gone_cursor", "paging")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
                "drop_mid_body", "trickle", "huge", "delay", "apply", "error_code", "message"}
 
@@ -175,9 +176,13 @@ def _route(method, path):
     return "404", None
 
 
-def _parse_list_query(query):
+def _parse_list_query(query, paging="both"):
     """Validate GET /v1/phone/ query parameters FastAPI-style: (params, errors)."""
     q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}  # last one wins
+    if paging == "cursor":
+        # An API without offset paging does not know `page`: FastAPI ignores a query
+        # parameter it does not declare, whatever its value, so it is never an error.
+        q.pop("page", None)
     p = {"limit": 20, "order": "desc", "page": None, "status": None, "after": None, "before": None,
          "inbound_agent_id": None, "outbound_agent_id": None,
          "start_assigned_at": None, "end_assigned_at": None}
@@ -329,8 +334,8 @@ class FakeDiga:
     def __init__(self, phones=None, *, n_phones=100, seed=1, latency=0.0, error_rate=0.0,
                  rate_limit=None, rate_burst=None, retry_after_mode="seconds", billing_period=3600.0,
                  custom_release="released", token="test-token", view_only_token="view-only-token",
-                 date_offset=0.0, date_header="real", gone_cursor="value", log_path=None,
-                 host="127.0.0.1", port=0):
+                 date_offset=0.0, date_header="real", gone_cursor="value", paging="both",
+                 log_path=None, host="127.0.0.1", port=0):
         self.lock = threading.Lock()
         self.host, self.port, self.url = host, port, None
         self.phones = {}                              # id -> phone dict (the public fields)
@@ -350,7 +355,7 @@ class FakeDiga:
                        rate_burst=rate_burst, retry_after_mode=retry_after_mode,
                        billing_period=billing_period, custom_release=custom_release,
                        token=token, view_only_token=view_only_token, date_offset=date_offset,
-                       date_header=date_header, gone_cursor=gone_cursor)
+                       date_header=date_header, gone_cursor=gone_cursor, paging=paging)
         self.add_phones(make_account(n_phones, seed) if phones is None else phones)
 
     # ---- public API for in-process tests
@@ -409,6 +414,8 @@ class FakeDiga:
                     v = "400"
                 if v not in GONE_CURSOR:
                     raise ValueError("gone_cursor must be one of %s" % ", ".join(GONE_CURSOR))
+            elif k == "paging" and v not in PAGING:
+                raise ValueError("paging must be both or cursor")
             elif k == "rate_limit":
                 v = float(v) if v else None           # 0/None: no rate limit
                 if v is not None and v < 0:
@@ -606,7 +613,7 @@ class FakeDiga:
             return _err(403, "FORBIDDEN", "Missing required permissions")
         pid = params = None
         if route == "list":
-            params, errors = _parse_list_query(query)
+            params, errors = _parse_list_query(query, self.paging)
             if errors:
                 return _detail(errors)
             if params["after"] and params["before"]:
@@ -968,6 +975,8 @@ def main(argv=None):
                     help="real, none (no Date header) or a string sent verbatim as the Date")
     ap.add_argument("--gone-cursor", choices=GONE_CURSOR, default="value",
                     help="what a cursor naming a phone that does not exist gets")
+    ap.add_argument("--paging", choices=PAGING, default="both",
+                    help="cursor: the API ignores page= and only pages by cursor")
     ap.add_argument("--log", help="append the request log here as JSON lines")
     ap.add_argument("--token", default="test-token")
     ap.add_argument("--view-only-token", default="view-only-token", help="\"\" disables it")
@@ -978,7 +987,8 @@ def main(argv=None):
                     rate_limit=a.rate_limit, rate_burst=a.rate_burst, retry_after_mode=a.retry_after_mode,
                     billing_period=a.billing_period, custom_release=a.custom_release, token=a.token,
                     view_only_token=a.view_only_token or None, date_offset=a.date_offset,
-                    date_header=a.date_header, gone_cursor=a.gone_cursor, log_path=a.log,
+                    date_header=a.date_header, gone_cursor=a.gone_cursor,
+                    paging=a.paging, log_path=a.log,
                     host=a.host, port=a.port)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

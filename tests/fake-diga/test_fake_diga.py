@@ -21,6 +21,7 @@ from fake_diga import FakeDiga, load_account, make_account, parse_ts  # noqa: E4
 
 PYTHON = "/usr/bin/python3"
 TOKEN, VIEW = "test-token", "view-only-token"
+NEVER = "80000000-0000-4000-8000-000000000000"      # sorts mid-account, never a phone's id
 
 
 class Resp:
@@ -156,9 +157,6 @@ def pages(cli, query):
         assert (d["first_id"], d["last_id"]) == (d["data"][0]["id"], d["data"][-1]["id"])
         ids += [p["id"] for p in d["data"]]
     return ids, first
-
-
-NEVER = "80000000-0000-4000-8000-000000000000"      # sorts mid-account, never a phone's id
 
 
 def by_value(ids, order, cur, x, limit=10):
@@ -309,6 +307,46 @@ def test_page_with_cursor_is_422(fake, cli):
         assert r.status == 422
         assert r.json == {"status": "error", "error_code": "INVALID_PAGINATION_PARAMETERS",
                           "message": "Cannot specify both 'page' and cursor parameters"}
+
+
+def test_paging_cursor_ignores_page(fake, cli):
+    r = cli.req("POST", "/_fake/config", body={"paging": "cursor"})
+    assert r.status == 200 and r.json["paging"] == "cursor"
+    mid = sorted(fake.phones)[100]
+    for order in ("asc", "desc"):
+        base = "/v1/phone/?limit=10&order=" + order
+        first = cli.req("GET", base)
+        assert first.json["has_more"] is True
+        assert (first.json["current_page"], first.json["total_pages"]) == (None, None)
+        for page in ("1", "2", "999", "0", "abc", ""):          # accepted, whatever it is
+            r = cli.req("GET", base + "&page=" + page)
+            assert r.status == 200 and r.body == first.body
+        for cur in ("after", "before"):                          # with a cursor: not an error
+            plain = cli.req("GET", "%s&%s=%s" % (base, cur, mid))
+            r = cli.req("GET", "%s&page=3&%s=%s" % (base, cur, mid))
+            assert r.status == 200 and r.body == plain.body and len(r.json["data"]) == 10
+            assert (r.json["current_page"], r.json["total_pages"]) == (None, None)
+    # The cursor is then the only paging, so gone_cursor applies to it.
+    fake.configure(gone_cursor="400")
+    assert cli.req("GET", "/v1/phone/?page=1&after=" + NEVER).status == 400
+    fake.configure(paging="both")                                # back: page works again
+    assert cli.req("GET", "/v1/phone/?page=1&after=" + NEVER).status == 422
+    d = cli.req("GET", "/v1/phone/?limit=10&page=2").json
+    assert (d["current_page"], d["total_pages"]) == (2, 25)
+    assert cli.req("GET", "/v1/phone/?page=abc").status == 422
+
+
+def test_paging_knob_values():
+    with FakeDiga(make_account(30, 1), paging="cursor") as f:
+        c = Client(f)
+        d = c.req("GET", "/v1/phone/?limit=10&page=3").json
+        assert [p["id"] for p in d["data"]] == sorted(f.phones, reverse=True)[:10]
+        assert d["has_more"] is True and d["current_page"] is None
+        assert c.req("POST", "/_fake/config", body={"paging": "offset"}).status == 400
+        assert f.config()["paging"] == "cursor"
+        c.close()
+    with pytest.raises(ValueError):
+        FakeDiga(make_account(1, 1), paging="page")
 
 
 def test_default_limit_is_20(cli):
@@ -777,7 +815,7 @@ def test_cli_knob_options(tmp_path):
     port_file = tmp_path / "port"
     p = subprocess.Popen([PYTHON, os.path.join(HERE, "fake_diga.py"), "--port-file", str(port_file),
                           "--phones", "5", "--date-offset", "-2678400", "--date-header", "none",
-                          "--gone-cursor", "400"],
+                          "--gone-cursor", "400", "--paging", "cursor"],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert select.select([p.stdout], [], [], 10)[0], "fake did not start"
@@ -786,7 +824,10 @@ def test_cli_knob_options(tmp_path):
         c.request("GET", "/_fake/state?phones=0")
         config = json.loads(c.getresponse().read())["config"]
         assert (config["date_offset"], config["date_header"]) == (-MONTH, "none")
-        assert config["gone_cursor"] == "400"
+        assert (config["gone_cursor"], config["paging"]) == ("400", "cursor")
+        c.request("GET", "/v1/phone/?page=2&limit=2", headers={"Authorization": "Bearer " + TOKEN})
+        d = json.loads(c.getresponse().read())
+        assert (len(d["data"]), d["has_more"], d["current_page"], d["total_pages"]) == (2, True, None, None)
         c.request("GET", "/v1/phone/?after=" + NEVER, headers={"Authorization": "Bearer " + TOKEN})
         r = Resp(c.getresponse())
         assert r.status == 400 and r.json["error_code"] == "NOT_VALID_FIELD"
