@@ -41,7 +41,7 @@ KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode"
          "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset",
          "date_header", "gone_cursor", "paging")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
-               "drop_mid_body", "trickle", "huge", "delay", "apply", "error_code", "message"}
+               "drop_mid_body", "trickle", "huge", "delay", "apply", "apply_late", "error_code", "message"}
 
 # Pydantic accepts the hyphenated and the plain 32-hex forms, in any case.
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1"
@@ -107,13 +107,14 @@ class Reply:
     the Date header: seconds added to the wall clock (the API's date_offset), a string
     sent verbatim, or None for no Date header at all."""
     __slots__ = ("status", "body", "ctype", "headers", "delay", "drop", "drop_mid_body", "trickle",
-                 "date")
+                 "date", "after")
 
     def __init__(self, status, body=b"", ctype="application/json", headers=()):
         self.status, self.body, self.ctype = status, body, ctype
         self.headers = list(headers)
         self.delay, self.drop, self.drop_mid_body, self.trickle = 0.0, False, False, None
         self.date = 0.0
+        self.after = None                # the real state change, when it comes after the delay
 
 
 def _json_reply(status, obj, headers=()):
@@ -744,7 +745,8 @@ class FakeDiga:
         # trickle, drop_mid_body...) to the real answer. GET/list have no side effects.
         replaces = any(k in ans for k in ("status", "body", "huge")) or ans.get("drop")
         real = None
-        if route != "delete" or ans.get("apply", not replaces):
+        late = route == "delete" and ans.get("apply_late") and ans.get("apply", not replaces)
+        if (route != "delete" or ans.get("apply", not replaces)) and not late:
             real = self._real(route, pid, params, now)
         if ans.get("drop"):
             r = Reply(None)
@@ -770,6 +772,10 @@ class FakeDiga:
         r.delay = float(ans.get("delay", 0))
         r.drop_mid_body = bool(ans.get("drop_mid_body"))
         r.trickle = ans.get("trickle")
+        if late:
+            # An API still at work: the release happens at the end of the delay,
+            # so a look during the delay sees the phone as it was.
+            r.after = lambda: self._real(route, pid, params, self.now())
         return r
 
     # ---- HTTP plumbing (called by _Handler, no lock held)
@@ -784,6 +790,9 @@ class FakeDiga:
             reply = self._decide(h.command, url.path, url.query, auth, entry)
         if latency + reply.delay > 0:
             time.sleep(latency + reply.delay)    # outside the lock: slow answers overlap
+        if reply.after:
+            with self.lock:
+                reply.after()
         entry["status"] = None if reply.drop else reply.status
         entry["t_reply"] = time.monotonic()
         # Logged before the write, so a client that got its answer always finds it logged.

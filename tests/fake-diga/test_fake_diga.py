@@ -843,3 +843,26 @@ def test_cli_knob_options(tmp_path):
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=10) == 0
+
+
+def test_apply_late_releases_at_the_end_of_the_delay(fake):
+    """apply_late: during the delay the phone is still assigned; after it, released."""
+    import threading
+    pid = pick(fake, provider="custom")
+    fake.script(pid, "DELETE", [{"delay": 0.6, "apply_late": True}])
+    out = {}
+
+    def delete():
+        c = Client(fake)
+        out["r"] = c.req("DELETE", "/v1/phone/" + pid)
+        c.close()
+    t = threading.Thread(target=delete)
+    t.start()
+    deadline = time.monotonic() + 5
+    while (pid, "DELETE") in fake._scripts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.phone(pid)["status"] == "assigned"
+    t.join(5)
+    assert out["r"].status == 204
+    assert fake.phone(pid)["status"] == "released"
+    assert fake.release_counts == {pid: 1}
