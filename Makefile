@@ -77,10 +77,13 @@ clean:
 UNIT_SRC   := $(wildcard tests/unit/test-*.c)
 UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(HEADERS) | $(BUILD)/.dir
+# The decisions, the pacer and the body parsers need no event loop: unit-tested too.
+UNIT_DAEMON_OBJ := $(BUILD)/daemon/reconcile.o $(BUILD)/daemon/pacer.o $(BUILD)/daemon/api.o
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAEMON_OBJ) $(HEADERS) | $(BUILD)/.dir
 	@mkdir -p $(dir $@)
 	@echo "  CCLD    $<"
-	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka
+	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm
 
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail

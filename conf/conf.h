@@ -39,6 +39,7 @@ typedef struct Config {
         char *token_file;        /* "" = $CREDENTIALS_DIRECTORY/api-token */
         char *ca_file;           /* "" = the system's CA store */
         double timeout;          /* seconds per HTTP call */
+        double settle_time;      /* seconds after a DELETE whose answer was lost before a look counts */
         double rate;             /* calls per second */
         unsigned burst;
         unsigned concurrency;

@@ -5,9 +5,12 @@
  * stage so that cleanup and error conventions read the same everywhere. */
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
@@ -16,6 +19,7 @@
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
 static inline void freep(void *p) { free(*(void **) p); }
+static inline void *mfree(void *p) { free(p); return NULL; }
 static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
 static inline void closep(int *fd) { if (*fd >= 0) close(*fd); }
 
@@ -43,5 +47,50 @@ static inline int streq_ptr(const char *a, const char *b) {
 }
 static inline const char *strna(const char *s) { return s ? s : "n/a"; }
 
+/* asprintf() that leaves NULL, not an undefined pointer, when it fails:
+ * 0 or -ENOMEM. */
+static inline int asprintf_or_null(char **ret, const char *fmt, ...) _printf_(2, 3);
+static inline int asprintf_or_null(char **ret, const char *fmt, ...) {
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vasprintf(ret, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+                *ret = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
 /* errno as a negative value, never 0, for callers that return -errno. */
 static inline int negative_errno(void) { return errno > 0 ? -errno : -EIO; }
+
+/* Time, in microseconds everywhere (as systemd's usec_t): the ledger stores
+ * CLOCK_REALTIME, timers and the pacer use CLOCK_MONOTONIC. */
+typedef uint64_t usec_t;
+
+#define USEC_INFINITY   ((usec_t) UINT64_MAX)
+#define NSEC_PER_USEC   ((usec_t) 1000ULL)
+#define USEC_PER_MSEC   ((usec_t) 1000ULL)
+#define MSEC_PER_SEC    ((usec_t) 1000ULL)
+#define USEC_PER_SEC    ((usec_t) 1000000ULL)
+#define USEC_PER_MINUTE (60 * USEC_PER_SEC)
+#define USEC_PER_HOUR   (60 * USEC_PER_MINUTE)
+
+static inline usec_t now(clockid_t clock) {
+        struct timespec ts;
+
+        (void) clock_gettime(clock, &ts);
+        return (usec_t) ts.tv_sec * USEC_PER_SEC + (usec_t) ts.tv_nsec / NSEC_PER_USEC;
+}
+
+/* Settings are seconds as doubles; negative or NaN becomes 0. */
+static inline usec_t sec_to_usec(double s) {
+        return s > 0 ? (usec_t) (s * (double) USEC_PER_SEC) : 0;
+}
+
+static inline double usec_to_sec(int64_t u) {
+        return (double) u / (double) USEC_PER_SEC;
+}

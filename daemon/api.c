@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* The API's JSON, read with SQLite's JSON functions: one well-tested parser
  * we already link, and malformed input becomes an error, never a crash.
- * Unknown fields are ignored; fields we act on are checked strictly. */
+ * Unknown fields are ignored; fields we act on are checked strictly.  A
+ * list page whose frame is right keeps every phone it can read: one odd
+ * phone in the account must not hide all the others. */
 
+#include <ctype.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 
@@ -12,14 +15,6 @@
 struct Api {
         sqlite3 *db;
         sqlite3_stmt *valid, *page, *items, *phone, *error;
-};
-
-static const char *const status_names[] = {
-        [REMOTE_RESERVED] = "reserved",
-        [REMOTE_PENDING_VERIFICATION] = "pending_verification",
-        [REMOTE_ASSIGNED] = "assigned",
-        [REMOTE_RELEASED] = "released",
-        [REMOTE_FINISHED] = "finished",
 };
 
 /* One row per phone object: id, number, status, provider, schedule, and
@@ -44,7 +39,9 @@ int api_new(Api **ret) {
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db,
                         "SELECT json_type(?1, '$'), json_type(?1, '$.data'),"
-                        " json_type(?1, '$.has_more'), json_type(?1, '$.last_id'), json_extract(?1, '$.last_id')",
+                        " json_type(?1, '$.has_more'), json_type(?1, '$.last_id'), json_extract(?1, '$.last_id'),"
+                        " json_type(?1, '$.current_page'), json_extract(?1, '$.current_page'),"
+                        " json_type(?1, '$.total_pages'), json_extract(?1, '$.total_pages')",
                         -1, SQLITE_PREPARE_PERSISTENT, &a->page, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("value") " FROM json_each(?1, '$.data')",
@@ -54,7 +51,10 @@ int api_new(Api **ret) {
                                         -1, SQLITE_PREPARE_PERSISTENT, &a->phone, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db,
-                        "SELECT coalesce("
+                        "SELECT json_type(?1, '$') = 'object' AND ("
+                        "  (json_type(?1, '$.error_code') = 'text' AND json_type(?1, '$.message') = 'text')"
+                        "  OR json_type(?1, '$.detail') IN ('array', 'text')),"
+                        " coalesce("
                         " CASE WHEN json_type(?1, '$.message') = 'text' THEN json_extract(?1, '$.message') END,"
                         " CASE WHEN json_type(?1, '$.detail[0].msg') = 'text' THEN json_extract(?1, '$.detail[0].msg') END,"
                         " CASE WHEN json_type(?1, '$.detail') = 'text' THEN json_extract(?1, '$.detail') END),"
@@ -71,28 +71,23 @@ int api_new(Api **ret) {
 Api *api_free(Api *a) {
         if (!a)
                 return NULL;
-        sqlite3_finalize(a->valid);
-        sqlite3_finalize(a->page);
-        sqlite3_finalize(a->items);
-        sqlite3_finalize(a->phone);
-        sqlite3_finalize(a->error);
-        sqlite3_close_v2(a->db);
+        (void) sqlite3_finalize(a->valid);
+        (void) sqlite3_finalize(a->page);
+        (void) sqlite3_finalize(a->items);
+        (void) sqlite3_finalize(a->phone);
+        (void) sqlite3_finalize(a->error);
+        (void) sqlite3_close_v2(a->db);
         free(a);
         return NULL;
-}
-
-void remote_phone_done(RemotePhone *p) {
-        free(p->number);
-        free(p->status_name);
-        free(p->provider);
-        free(p->scheduled_release_at);
-        *p = (RemotePhone) {};
 }
 
 void phone_page_done(PhonePage *p) {
         for (size_t i = 0; i < p->n; i++)
                 remote_phone_done(&p->phones[i]);
         free(p->phones);
+        for (size_t i = 0; i < p->n_skipped; i++)
+                free(p->skipped[i]);
+        free(p->skipped);
         *p = (PhonePage) {};
 }
 
@@ -110,10 +105,12 @@ static int bad_body(char **why, const char *fmt, ...) {
 static bool json_ok(Api *a, const char *body, size_t len) {
         bool ok;
 
-        sqlite3_bind_text(a->valid, 1, body, (int) len, SQLITE_STATIC);
+        if (!body || len > API_MAX_BODY)
+                return false;
+        (void) sqlite3_bind_text(a->valid, 1, body, (int) len, SQLITE_STATIC);
         ok = sqlite3_step(a->valid) == SQLITE_ROW && sqlite3_column_int(a->valid, 0);
-        sqlite3_reset(a->valid);
-        sqlite3_clear_bindings(a->valid);
+        (void) sqlite3_reset(a->valid);
+        (void) sqlite3_clear_bindings(a->valid);
         return ok;
 }
 
@@ -135,44 +132,56 @@ static bool is_type(sqlite3_stmt *st, int i, const char *type) {
         return t && streq(t, type);
 }
 
+/* A UUID in either case, as the spec's "format: uuid" allows; ours are
+ * lowercase, so that one phone has one spelling. */
+static bool canonical_uuid(const char *s, char ret[static UUID_STRING_LEN + 1]) {
+        if (!s || strlen(s) != UUID_STRING_LEN)
+                return false;
+        for (size_t i = 0; i <= UUID_STRING_LEN; i++)
+                ret[i] = (char) tolower((unsigned char) s[i]);
+        return uuid_is_valid(ret);
+}
+
+static int strdup_to(const char *s, char **ret) {
+        *ret = strdup(s);
+        return *ret ? 0 : -ENOMEM;
+}
+
 /* Columns from `c` on are PHONE_COLUMNS. */
 static int read_phone(sqlite3_stmt *st, int c, RemotePhone *ret, char **why) {
-        RemotePhone p = {};
+        _cleanup_(remote_phone_done) RemotePhone p = {};
         const char *id = text(st, c + 1), *number = text(st, c + 3), *status = text(st, c + 5);
 
         if (!is_type(st, c, "object"))
                 return bad_body(why, "a phone is not a JSON object");
-        if (!is_type(st, c + 2, "text") || !uuid_is_valid(id))
+        if (!is_type(st, c + 2, "text") || !canonical_uuid(id, p.id))
                 return bad_body(why, "a phone has no valid \"id\"");
         if (!is_type(st, c + 4, "text") || strlen(number) == 0 || strlen(number) > CONF_MAX_SIP ||
             !printable(number))
-                return bad_body(why, "phone %s has no valid \"number\"", id);
+                return bad_body(why, "phone %s has no valid \"number\"", p.id);
         if (!is_type(st, c + 6, "text") || strlen(status) > 64 || !printable(status))
-                return bad_body(why, "phone %s has no valid \"status\"", id);
+                return bad_body(why, "phone %s has no valid \"status\"", p.id);
         if (!is_type(st, c + 8, "text") && !is_type(st, c + 8, "null") && text(st, c + 8))
-                return bad_body(why, "phone %s has an invalid \"telephony_provider\"", id);
+                return bad_body(why, "phone %s has an invalid \"telephony_provider\"", p.id);
+        if (is_type(st, c + 8, "text") && (strlen(text(st, c + 7)) > 64 || !printable(text(st, c + 7))))
+                return bad_body(why, "phone %s has an invalid \"telephony_provider\"", p.id);
         if (!is_type(st, c + 10, "text") && !is_type(st, c + 10, "null") && text(st, c + 10))
-                return bad_body(why, "phone %s has an invalid \"scheduled_release_at\"", id);
+                return bad_body(why, "phone %s has an invalid \"scheduled_release_at\"", p.id);
+        if (is_type(st, c + 10, "text") && (strlen(text(st, c + 9)) > 64 || !printable(text(st, c + 9))))
+                return bad_body(why, "phone %s has an invalid \"scheduled_release_at\"", p.id);
 
-        memcpy(p.id, id, sizeof p.id);
         /* Numbers are compared in the form the config normalises them to. */
-        if (number_normalize(number, &p.number) < 0)
-                p.number = strdup(number);
-        p.status_name = strdup(status);
-        p.status = REMOTE_UNKNOWN;
-        for (size_t i = 0; i < ELEMENTSOF(status_names); i++)
-                if (streq(status, status_names[i]))
-                        p.status = (RemoteStatus) i;
-        if (is_type(st, c + 8, "text"))
-                p.provider = strdup(text(st, c + 7));
-        if (is_type(st, c + 10, "text"))
-                p.scheduled_release_at = strdup(text(st, c + 9));
-        if (!p.number || !p.status_name || (is_type(st, c + 8, "text") && !p.provider) ||
-            (is_type(st, c + 10, "text") && !p.scheduled_release_at)) {
-                remote_phone_done(&p);
+        if (number_normalize(number, &p.number) < 0 && strdup_to(number, &p.number) < 0)
                 return -ENOMEM;
-        }
+        if (strdup_to(status, &p.status_name) < 0)
+                return -ENOMEM;
+        p.status = remote_status_from_string(status);
+        if (is_type(st, c + 8, "text") && strdup_to(text(st, c + 7), &p.provider) < 0)
+                return -ENOMEM;
+        if (is_type(st, c + 10, "text") && strdup_to(text(st, c + 9), &p.scheduled_release_at) < 0)
+                return -ENOMEM;
         *ret = p;
+        p = (RemotePhone) {};
         return 0;
 }
 
@@ -182,45 +191,81 @@ int api_parse_phone(Api *a, const char *body, size_t len, RemotePhone *ret, char
 
         if (!json_ok(a, body, len))
                 return bad_body(why, "the body is not valid JSON");
-        sqlite3_reset(st);
-        sqlite3_bind_text(st, 1, body, (int) len, SQLITE_STATIC);
+        (void) sqlite3_reset(st);
+        (void) sqlite3_bind_text(st, 1, body, (int) len, SQLITE_STATIC);
         if (sqlite3_step(st) != SQLITE_ROW)
                 r = -ENOMEM;
         else
                 r = read_phone(st, 0, ret, why);
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
+        (void) sqlite3_reset(st);
+        (void) sqlite3_clear_bindings(st);
         return r;
 }
 
+static int int_or_none(sqlite3_stmt *st, int type_col, int64_t *ret) {
+        *ret = -1;
+        if (!text(st, type_col) || is_type(st, type_col, "null"))
+                return 0;
+        if (!is_type(st, type_col, "integer") || sqlite3_column_int64(st, type_col + 1) < 0)
+                return -EBADMSG;
+        *ret = sqlite3_column_int64(st, type_col + 1);
+        return 0;
+}
+
+static int page_frame(Api *a, PhonePage *p, char **why) {
+        sqlite3_stmt *st = a->page;
+
+        if (sqlite3_step(st) != SQLITE_ROW)
+                return -ENOMEM;
+        if (!is_type(st, 0, "object") || !is_type(st, 1, "array"))
+                return bad_body(why, "the body has no \"data\" array");
+        if (!is_type(st, 2, "true") && !is_type(st, 2, "false"))
+                return bad_body(why, "the body has no boolean \"has_more\"");
+        p->has_more = is_type(st, 2, "true");
+        /* A cursor that is not a UUID is not followed (nor put in a URL):
+         * the last phone's id stands in for it. */
+        if (!is_type(st, 3, "text") || !canonical_uuid(text(st, 4), p->last_id))
+                p->last_id[0] = 0;
+        if (int_or_none(st, 5, &p->current_page) < 0)
+                return bad_body(why, "the body has an invalid \"current_page\"");
+        if (int_or_none(st, 7, &p->total_pages) < 0)
+                return bad_body(why, "the body has an invalid \"total_pages\"");
+        return 0;
+}
+
+static int skip(PhonePage *p, size_t i, const char *why) {
+        char **n, *line;
+
+        n = reallocarray(p->skipped, p->n_skipped + 1, sizeof(char *));
+        if (!n)
+                return -ENOMEM;
+        p->skipped = n;
+        if (asprintf_or_null(&line, "phone #%zu of the page: %s", i + 1, why ? why : "unreadable") < 0)
+                return -ENOMEM;
+        p->skipped[p->n_skipped++] = line;
+        return 0;
+}
+
 int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **why) {
-        PhonePage p = {};
-        size_t cap = 0;
-        int r = 0, rc;
+        _cleanup_(phone_page_done) PhonePage p = {};
+        size_t cap = 0, i = 0;
+        int r, rc;
 
         if (!json_ok(a, body, len))
                 return bad_body(why, "the body is not valid JSON");
-        sqlite3_reset(a->page);
-        sqlite3_bind_text(a->page, 1, body, (int) len, SQLITE_STATIC);
-        if (sqlite3_step(a->page) != SQLITE_ROW)
-                r = -ENOMEM;
-        else if (!is_type(a->page, 0, "object") || !is_type(a->page, 1, "array"))
-                r = bad_body(why, "the body has no \"data\" array");
-        else if (!is_type(a->page, 2, "true") && !is_type(a->page, 2, "false"))
-                r = bad_body(why, "the body has no boolean \"has_more\"");
-        else {
-                p.has_more = is_type(a->page, 2, "true");
-                if (is_type(a->page, 3, "text") && uuid_is_valid(text(a->page, 4)))
-                        memcpy(p.last_id, text(a->page, 4), sizeof p.last_id);
-        }
-        sqlite3_reset(a->page);
-        sqlite3_clear_bindings(a->page);
+        (void) sqlite3_reset(a->page);
+        (void) sqlite3_bind_text(a->page, 1, body, (int) len, SQLITE_STATIC);
+        r = page_frame(a, &p, why);
+        (void) sqlite3_reset(a->page);
+        (void) sqlite3_clear_bindings(a->page);
         if (r < 0)
                 return r;
 
-        sqlite3_bind_text(a->items, 1, body, (int) len, SQLITE_STATIC);
+        (void) sqlite3_bind_text(a->items, 1, body, (int) len, SQLITE_STATIC);
         while (r >= 0 && (rc = sqlite3_step(a->items)) == SQLITE_ROW) {
-                if (p.n >= API_PAGE_LIMIT) {
+                _cleanup_free_ char *bad = NULL;
+
+                if (p.n + p.n_skipped >= API_PAGE_LIMIT) {
                         r = bad_body(why, "more than %u phones in one page", API_PAGE_LIMIT);
                         break;
                 }
@@ -233,45 +278,47 @@ int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **
                         p.phones = n;
                         cap = cap ? cap * 2 : 16;
                 }
-                r = read_phone(a->items, 0, &p.phones[p.n], why);
+                r = read_phone(a->items, 0, &p.phones[p.n], &bad);
                 if (r >= 0)
                         p.n++;
+                else if (r == -EBADMSG)
+                        r = skip(&p, i, bad);
+                i++;
         }
-        sqlite3_reset(a->items);
-        sqlite3_clear_bindings(a->items);
-        /* Paging on needs a cursor: take the last phone's id when last_id is absent. */
-        if (r >= 0 && p.has_more && !p.last_id[0]) {
-                if (p.n == 0)
-                        r = bad_body(why, "\"has_more\" is true but the page is empty");
-                else
-                        memcpy(p.last_id, p.phones[p.n - 1].id, sizeof p.last_id);
-        }
-        if (r < 0) {
-                phone_page_done(&p);
+        (void) sqlite3_reset(a->items);
+        (void) sqlite3_clear_bindings(a->items);
+        if (r < 0)
                 return r;
-        }
+        /* Paging on by cursor takes the last phone's id when last_id is absent. */
+        if (p.has_more && !p.last_id[0] && p.n > 0)
+                memcpy(p.last_id, p.phones[p.n - 1].id, sizeof p.last_id);
         *ret = p;
+        p = (PhonePage) {};
         return 0;
 }
 
-char *api_error_message(Api *a, const char *body, size_t len) {
-        char *m = NULL;
+bool api_error_body(Api *a, const char *body, size_t len, char **message) {
         const char *msg, *code;
+        bool is_api = false;
 
+        if (message)
+                *message = NULL;
         if (!body || len == 0 || !json_ok(a, body, len))
-                return NULL;
-        sqlite3_reset(a->error);
-        sqlite3_bind_text(a->error, 1, body, (int) len, SQLITE_STATIC);
+                return false;
+        (void) sqlite3_reset(a->error);
+        (void) sqlite3_bind_text(a->error, 1, body, (int) len, SQLITE_STATIC);
         if (sqlite3_step(a->error) == SQLITE_ROW) {
-                msg = text(a->error, 0);
-                code = text(a->error, 1);
-                /* The API's words go to the journal and the ledger: keep them short. */
-                if (msg && code)
-                        asprintf(&m, "%.64s: %.400s", code, msg);
-                else if (msg || code)
-                        asprintf(&m, "%.400s", msg ? msg : code);
+                is_api = sqlite3_column_int(a->error, 0) != 0;
+                msg = text(a->error, 1);
+                code = text(a->error, 2);
+                /* The API's words go to the journal and the ledger: keep them
+                 * short and on one line. */
+                if (message && msg && code && printable(msg) && printable(code))
+                        (void) asprintf_or_null(message, "%.64s: %.400s", code, msg);
+                else if (message && (msg || code) && printable(msg ? msg : code))
+                        (void) asprintf_or_null(message, "%.400s", msg ? msg : code);
         }
-        sqlite3_reset(a->error);
-        sqlite3_clear_bindings(a->error);
-        return m;
+        (void) sqlite3_reset(a->error);
+        (void) sqlite3_clear_bindings(a->error);
+        return is_api;
 }

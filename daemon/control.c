@@ -13,7 +13,7 @@
 #include "macro.h"
 
 #define CONTROL_MAX_CLIENTS 16
-#define CONTROL_TIMEOUT_USEC (5 * 1000000ULL)
+#define CONTROL_TIMEOUT_USEC (5 * USEC_PER_SEC)
 
 typedef struct Client {
         Control *c;
@@ -68,10 +68,10 @@ int control_parse(const char *line, size_t len, char verb[static CONTROL_MAX_VER
 static void client_free(Client *cl) {
         if (!cl)
                 return;
-        sd_event_source_disable_unref(cl->io);
-        sd_event_source_disable_unref(cl->timer);
+        (void) sd_event_source_disable_unref(cl->io);
+        (void) sd_event_source_disable_unref(cl->timer);
         if (cl->fd >= 0)
-                close(cl->fd);
+                (void) close(cl->fd);
         cl->c->clients--;
         free(cl);
 }
@@ -129,7 +129,6 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         Control *c = userdata;
         struct ucred cred;
         socklen_t len = sizeof cred;
-        uint64_t now;
         Client *cl;
         int cfd, r;
 
@@ -139,27 +138,26 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
             (cred.uid != 0 && cred.uid != geteuid())) {
                 log_warning("Control socket: refused a client with uid %u.", (unsigned) cred.uid);
-                close(cfd);
+                (void) close(cfd);
                 return 0;
         }
         if (c->clients >= CONTROL_MAX_CLIENTS) {
                 (void) send(cfd, "error busy\n", 11, MSG_NOSIGNAL | MSG_DONTWAIT);
-                close(cfd);
+                (void) close(cfd);
                 return 0;
         }
         cl = calloc(1, sizeof(Client));
         if (!cl) {
-                close(cfd);
+                (void) close(cfd);
                 return 0;
         }
         cl->c = c;
         cl->fd = cfd;
         c->clients++;
-        sd_event_now(c->event, CLOCK_MONOTONIC, &now);
         r = sd_event_add_io(c->event, &cl->io, cfd, EPOLLIN, on_client, cl);
         if (r >= 0)
-                r = sd_event_add_time(c->event, &cl->timer, CLOCK_MONOTONIC, now + CONTROL_TIMEOUT_USEC, 0,
-                                      on_client_timeout, cl);
+                r = sd_event_add_time_relative(c->event, &cl->timer, CLOCK_MONOTONIC, CONTROL_TIMEOUT_USEC, 0,
+                                               on_client_timeout, cl);
         if (r < 0)
                 client_free(cl);
         return 0;
@@ -208,9 +206,9 @@ fail:
 Control *control_free(Control *c) {
         if (!c)
                 return NULL;
-        sd_event_source_disable_unref(c->io);
+        (void) sd_event_source_disable_unref(c->io);
         if (c->fd >= 0) {
-                close(c->fd);
+                (void) close(c->fd);
                 if (c->path)
                         (void) unlink(c->path);
         }

@@ -1,14 +1,18 @@
 /* SPDX-License-Identifier: MIT */
-/* Reconciliation.  A pass takes the rows that are due, observes them with
- * the fewest calls (list pages when numbers must be resolved or many rows
- * are due, one GET each otherwise), and acts on what it sees.  Every step
- * is committed to the ledger before the next one starts; a DELETE goes out
- * only after its row is committed in_flight, and an in_flight row is always
- * observed again, never re-sent blindly. */
+/* Reconciliation: scheduling and I/O; the decisions are reconcile.c's.
+ *
+ * A pass takes the rows that are due and observes them with the fewest
+ * calls: the whole account listed first when numbers must be resolved or
+ * many rows are due, one GET each otherwise.  Rows whose DELETE may have
+ * gone out are always looked at by id, and only once their settle time has
+ * come.  Nothing is released while the pass's listing runs.  Each answer
+ * becomes an Outcome that is committed to the ledger before the next step;
+ * a DELETE goes out only after its in_flight commit, which succeeds only if
+ * the row still has the declaration the DELETE was decided on and is due by
+ * both clocks at that moment. */
 
-#include <curl/curl.h>
 #include <inttypes.h>
-#include <math.h>
+#include <stdlib.h>
 #include <sys/random.h>
 
 #include "daemon.h"
@@ -16,27 +20,30 @@
 #include "macro.h"
 #include "messages.h"
 
-#define AUTH_PAUSE_USEC  (15 * 60 * 1000000ULL)  /* until a reload, or this long */
-#define LEDGER_RETRY_USEC (60 * 1000000ULL)
-#define RETRY_AFTER_MAX  3600                   /* seconds we honour at most */
+#define AUTH_PAUSE_USEC   (15 * USEC_PER_MINUTE)  /* until a reload, or this long */
+#define LEDGER_RETRY_USEC USEC_PER_MINUTE
+#define CARRIER_IDS_MAX   8                       /* ids named in an ambiguity's detail */
 
 typedef struct Job {
         Engine *e;
-        int64_t pk;
-        char *key, *id, *number, *provider;
+        int64_t pk, version;
+        char *key, *id, *number, *provider, *api_number, *last_error;
         PhoneState state;            /* as committed in the ledger */
         unsigned attempts;
-        char *rejected;              /* why the API refused a DELETE, pending a fresh look */
-        int rejected_status;         /* the HTTP status of that DELETE */
-        RemotePhone candidate;       /* a released phone with our number, if nothing better turns up */
-        RemotePhone live;            /* a SIP identifier's live phone, held until the listing ends */
-        unsigned n_live;             /* how many live phones carry that identifier */
-        bool matched, done;
+        int64_t not_before, sent_at, look_after;
+        char *rejected;              /* why the API refused this pass's DELETE, pending a look */
+        int delete_status;           /* the last DELETE's HTTP status in this pass, 0: none */
+        Call *call;                  /* queued or out, or NULL */
+        bool deleting;               /* call is the DELETE */
+        bool held;                   /* a DELETE decided while the listing runs: it waits */
+        bool listed;                 /* observed through the listing */
+        bool stale;                  /* the declaration changed: act on nothing */
+        bool finished;
 } Job;
 
 typedef struct PassStats {
         unsigned calls, outcomes[_STATE_MAX];
-        uint64_t started;
+        usec_t started;
 } PassStats;
 
 struct Engine {
@@ -44,24 +51,28 @@ struct Engine {
         Ledger *ledger;
         Diga *diga;
         Api *api;
+        Listing *listing;
         sd_event_source *wake, *resync, *list_retry, *unpause;
 
         /* From the config, copied so a reload never pulls it from under a pass. */
         unsigned max_attempts;
-        double base_delay, max_delay, resync_interval;
+        usec_t base_delay, max_delay, settle, resync_interval;
         bool dry_run;
 
         bool running, want_pass, want_resync, stopping, paused;
         char *pause_reason;
         Job *jobs;
         size_t n_jobs, n_open;
-        Job **by_id, **by_number;
+        Job **by_id, **by_number;    /* the rows the listing is for */
         size_t n_by_id, n_by_number;
-        bool listing;
-        char cursor[UUID_STRING_LEN + 1];
-        unsigned page_attempts;
-        size_t listed;
         PassStats stats;
+
+        unsigned list_failures;      /* listings failed in a row */
+        char *list_error;
+
+        /* The second clock: the API's Date minus ours, from the last answer. */
+        int64_t api_offset;
+        bool offset_known, skewed;
 
         EngineIdle idle;
         void *idle_userdata;
@@ -69,6 +80,7 @@ struct Engine {
 
 static void pass_maybe_end(Engine *e);
 static void observe(Job *j, bool urgent);
+static void queue_delete(Job *j);
 static void ledger_pause(Engine *e, int error);
 
 static const char *const message_ids[_STATE_MAX] = {
@@ -78,120 +90,103 @@ static const char *const message_ids[_STATE_MAX] = {
         [STATE_UNRESOLVED] = MESSAGE_UNRESOLVED,
 };
 
-static uint64_t mono_now(Engine *e) {
+static usec_t mono_now(Engine *e) {
         uint64_t t;
-        sd_event_now(e->event, CLOCK_MONOTONIC, &t);
+
+        if (sd_event_now(e->event, CLOCK_MONOTONIC, &t) < 0)
+                return now(CLOCK_MONOTONIC);
         return t;
 }
 
-static void job_done(Job *j) {
-        if (j->done)
+static void arm(sd_event_source *s, usec_t when) {
+        if (sd_event_source_set_time(s, when) < 0 || sd_event_source_set_enabled(s, SD_EVENT_ONESHOT) < 0)
+                log_error("Cannot arm a timer; the engine wakes again at the next event.");
+}
+
+static void disarm(sd_event_source *s) {
+        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+}
+
+static World world(Engine *e) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+
+        return (World) {
+                .now = t, .due_now = reconcile_due_now(t, e->api_offset, e->offset_known),
+                .max_attempts = e->max_attempts, .base_delay = e->base_delay, .max_delay = e->max_delay,
+                .settle = e->settle, .jitter = drand48(), .dry_run = e->dry_run,
+        };
+}
+
+static Row row_of(const Job *j) {
+        return (Row) {
+                .state = j->state, .key = j->key, .id = j->id, .number = j->number, .not_before = j->not_before,
+                .attempts = j->attempts, .sent_at = j->sent_at, .look_after = j->look_after,
+                .provider = j->provider, .last_error = j->last_error, .rejected = j->rejected,
+        };
+}
+
+/* Marks a job finished (its row waits for nothing more in this pass). */
+static void job_finish(Job *j) {
+        if (j->finished)
                 return;
-        j->done = true;
+        j->finished = true;
         j->e->n_open--;
 }
 
-static void job_free(Job *j) {
+static void job_done(Job *j) {
         free(j->key);
         free(j->id);
         free(j->number);
         free(j->provider);
+        free(j->api_number);
+        free(j->last_error);
         free(j->rejected);
-        remote_phone_done(&j->candidate);
-        remote_phone_done(&j->live);
 }
 
-/* Commits one step of a phone's life and tells the journal about it. */
-static int transition(Job *j, PhoneState to, const CallResult *call, const char *id, const char *provider,
-                      const char *scheduled, const char *error, int64_t next_at, const char *fmt, ...)
-        _printf_(9, 10);
-static int transition(Job *j, PhoneState to, const CallResult *call, const char *id, const char *provider,
-                      const char *scheduled, const char *error, int64_t next_at, const char *fmt, ...) {
-        Engine *e = j->e;
-        _cleanup_free_ char *detail = NULL;
-        va_list ap;
-        int r;
+static int set_str(char **p, const char *v) {
+        char *n;
 
-        va_start(ap, fmt);
-        if (vasprintf(&detail, fmt, ap) < 0)
-                detail = NULL;
-        va_end(ap);
-
-        /* attempts counts failed calls; callers count them in the job first. */
-        LedgerUpdate u = {
-                .pk = j->pk, .from = j->state, .to = to,
-                .id = id, .number = j->number, .provider = provider, .scheduled_release_at = scheduled,
-                .attempts = (int) j->attempts, .next_at = next_at, .error = error, .detail = detail,
-        };
-        if (call && !call->not_sent) {
-                u.method = call->method;
-                u.path = call->path;
-                u.http_status = call->http_status;
-                u.latency_ms = call->latency_ms;
-        }
-        r = ledger_update(e->ledger, &u);
-        /* A reload cancelled the row while its DELETE was out: what the API
-         * did is still the truth, and goes on record over the cancellation. */
-        if (r == -ESTALE && (to == STATE_RELEASED || to == STATE_SCHEDULED) &&
-            ledger_state(e->ledger, j->pk, &u.from) >= 0 && u.from == STATE_CANCELLED) {
-                j->state = STATE_CANCELLED;
-                r = ledger_update(e->ledger, &u);
-        }
-        if (r == -ESTALE) {
-                /* A reload moved the row on (say, cancelled it): its plan wins. */
-                log_info("%s changed in the ledger meanwhile; leaving it as it is now.", j->key);
-                job_done(j);
-                return r;
-        }
-        if (r < 0) {
-                log_error_errno(r, "Cannot record %s -> %s for %s in the ledger: %m (%s)",
-                                state_to_string(j->state), state_to_string(to), j->key, ledger_errmsg(e->ledger));
-                ledger_pause(e, r);
-                return r;
-        }
-        if (id && !j->id)
-                j->id = strdup(id);
-        if (to != j->state && message_ids[to]) {
-                /* ATTEMPT: which DELETE this was (failures so far, plus this one if it worked). */
-                LogFields f = {
-                        .phone_id = j->id, .phone_number = j->number, .outcome = state_to_string(to),
-                        .http_status = call && !call->not_sent ? call->http_status : 0,
-                        .attempt = call && call->kind == CALL_DELETE && !call->not_sent ?
-                                   j->attempts + (to == STATE_RETRYING || to == STATE_FAILED ? 0 : 1) : 0,
-                };
-                /* Failed after a last look: the DELETE that failed is the story, not the look. */
-                if (to == STATE_FAILED && j->rejected && j->rejected_status >= 0) {
-                        f.http_status = j->rejected_status;
-                        f.attempt = j->attempts;
-                }
-                log_event(to == STATE_FAILED ? LOG_ERR : to == STATE_RETRYING ? LOG_WARNING : LOG_NOTICE,
-                          message_ids[to], &f, "%s %s: %s", j->number ? j->number : j->key,
-                          state_to_string(to), detail ? detail : "");
-        }
-        if (to != j->state)
-                e->stats.outcomes[to]++;
-        j->state = to;
+        if (!v || (*p && streq(*p, v)))
+                return 0;
+        n = strdup(v);
+        if (!n)
+                return -ENOMEM;
+        free(*p);
+        *p = n;
         return 0;
 }
 
-/* Full jitter: uniformly random in [0, min(max, base * 2^attempt)]. */
-static int64_t backoff_usec(Engine *e, unsigned attempt, int64_t retry_after) {
-        double cap = fmin(e->max_delay, e->base_delay * ldexp(1.0, (int) fmin(attempt, 60)));
-        double delay = cap * drand48();
+/* ---- the second clock ---- */
 
-        if (retry_after > 0)
-                delay = fmax(delay, (double) (retry_after < RETRY_AFTER_MAX ? retry_after : RETRY_AFTER_MAX));
-        return (int64_t) (delay * 1e6);
+static void on_answer(Diga *d, const CallResult *r, void *userdata);
+
+static void note_api_clock(Engine *e, const CallResult *r) {
+        int64_t offset;
+        bool skewed;
+
+        if (r->api_date <= 0)
+                return;
+        /* An HTTP date has whole seconds: the API's time is within the second after it. */
+        offset = r->api_date + (int64_t) USEC_PER_SEC / 2 - r->answered_at;
+        e->api_offset = offset;
+        e->offset_known = true;
+        skewed = offset > (int64_t) CLOCK_SKEW_MAX || offset < -(int64_t) CLOCK_SKEW_MAX;
+        if (skewed && !e->skewed)
+                log_event(LOG_WARNING, MESSAGE_CLOCK_SKEW, NULL,
+                          "The API's clock is %.0f s %s ours: a phone with not_before is released only once both "
+                          "clocks say its time has come.", usec_to_sec(offset < 0 ? -offset : offset),
+                          offset < 0 ? "behind" : "ahead of");
+        else if (!skewed && e->skewed)
+                log_notice("The API's clock agrees with ours again (%.0f s apart).", usec_to_sec(offset));
+        e->skewed = skewed;
 }
 
-static bool transient(const CallResult *r) {
-        return r->http_status == 0 || r->http_status == 408 || r->http_status == 429 || r->http_status >= 500;
-}
+/* ---- pauses ---- */
 
 /* Stops every call: nothing queued goes out, the pass ends once the calls
  * already out are back, and a new one starts when the pause does (a reload,
  * or `usec` from now). */
-static void pause_calls(Engine *e, uint64_t usec, char *reason) {
+static void pause_calls(Engine *e, usec_t usec, char *reason) {
         if (e->paused) {
                 free(reason);
                 return;
@@ -200,24 +195,23 @@ static void pause_calls(Engine *e, uint64_t usec, char *reason) {
         free(e->pause_reason);
         e->pause_reason = reason;
         diga_set_paused(e->diga, true);
+        if (e->listing)
+                listing_stop(e->listing, "calls are paused");
         diga_drop_queued(e->diga);
-        sd_event_source_set_time(e->unpause, mono_now(e) + usec);
-        sd_event_source_set_enabled(e->unpause, SD_EVENT_ONESHOT);
+        arm(e->unpause, mono_now(e) + usec);
 }
 
-static void auth_pause(Engine *e, const CallResult *r) {
-        _cleanup_free_ char *msg = api_error_message(e->api, r->body, r->body_len);
+static void auth_pause(Engine *e, int status, const char *method, const char *path, const char *msg) {
         char *reason = NULL;
 
         if (e->paused)
                 return;
-        if (asprintf(&reason, "the API answered %d to %s %s%s%s: the key is wrong or lacks %s",
-                     r->http_status, r->method, r->path, msg ? ": " : "", msg ? msg : "",
-                     r->http_status == 401 ? "validity" : "the phones.view/phones.delete permission") < 0)
-                reason = NULL;
-        log_event(LOG_CRIT, MESSAGE_AUTH_PAUSED, &(LogFields) { .http_status = r->http_status },
+        (void) asprintf_or_null(&reason, "the API answered %d to %s %s%s%s: the key is wrong or lacks %s",
+                                status, method, path, msg ? ": " : "", msg ? msg : "",
+                                status == 401 ? "validity" : "the phones.view/phones.delete permission");
+        log_event(LOG_CRIT, MESSAGE_AUTH_PAUSED, &(LogFields) { .http_status = status },
                   "Paused all calls: %s. Fix the key, then reload (or wait %llu minutes).",
-                  reason ? reason : "authentication failed", (unsigned long long) (AUTH_PAUSE_USEC / 60000000));
+                  reason ? reason : "authentication failed", (unsigned long long) (AUTH_PAUSE_USEC / USEC_PER_MINUTE));
         pause_calls(e, AUTH_PAUSE_USEC, reason);
 }
 
@@ -228,11 +222,10 @@ static void ledger_pause(Engine *e, int error) {
 
         if (e->paused)
                 return;
-        if (asprintf(&reason, "the ledger cannot be written: %s (%s)", strerror(-error),
-                     ledger_errmsg(e->ledger)) < 0)
-                reason = NULL;
+        (void) asprintf_or_null(&reason, "the ledger cannot be written: %s (%s)", strerror(-error),
+                                ledger_errmsg(e->ledger));
         log_crit("Paused all calls: %s. Trying again in %llu s.", reason ? reason : "ledger write failed",
-                 (unsigned long long) (LEDGER_RETRY_USEC / 1000000));
+                 (unsigned long long) (LEDGER_RETRY_USEC / USEC_PER_SEC));
         pause_calls(e, LEDGER_RETRY_USEC, reason);
 }
 
@@ -240,268 +233,325 @@ static void resume(Engine *e) {
         if (!e->paused)
                 return;
         e->paused = false;
-        sd_event_source_set_enabled(e->unpause, SD_EVENT_OFF);
+        disarm(e->unpause);
         log_notice("Resuming calls.");
         diga_set_paused(e->diga, false);
 }
 
-/* A call that may succeed later: count it, wait, or give up. */
-static void retry_later(Job *j, const CallResult *r, const char *why) {
-        Engine *e = j->e;
-        int64_t next;
+/* ---- applying an outcome ---- */
 
-        if (r->http_status == 429)
-                diga_rate_backoff(e->diga);
-        if (r->retry_after > 0)
-                diga_hold(e->diga, mono_now(e) + (uint64_t) (r->retry_after < RETRY_AFTER_MAX ? r->retry_after : RETRY_AFTER_MAX) * 1000000);
+static const char *label(const Job *j) {
+        return j->number ? j->number : j->api_number ? j->api_number : j->key;
+}
 
-        /* Rows only being confirmed (scheduled, deferred, unresolved) wait for
-         * the next resync; a failed look changes nothing about them. */
-        if (j->state != STATE_PENDING && j->state != STATE_RETRYING && j->state != STATE_IN_FLIGHT) {
-                log_warning("Could not confirm %s (%s); will look again at the next resync.", j->key, why);
-                job_done(j);
+static void log_outcome(Job *j, PhoneState from, unsigned attempts_before, const Outcome *o, const CallResult *call) {
+        bool changed = o->to != from;
+        LogFields f = {
+                .phone_id = j->id, .phone_number = j->number ? j->number : j->api_number,
+                .outcome = o->dry_run ? "dry_run" : state_to_string(o->to),
+                .http_status = call && !call->not_sent ? call->http_status : 0,
+        };
+
+        if (o->level <= 0)
                 return;
+        /* ATTEMPT: which DELETE this was (the failures before it, plus this one). */
+        if (call && call->kind == CALL_DELETE && !call->not_sent)
+                f.attempt = attempts_before + 1;
+        /* Failed after a last look: the DELETE that failed is the story, not the look. */
+        if (o->to == STATE_FAILED && call && call->kind != CALL_DELETE) {
+                if (j->delete_status > 0)
+                        f.http_status = j->delete_status;
+                f.attempt = o->attempts;
         }
-        j->attempts++;
-        if (j->attempts >= e->max_attempts && !j->rejected && j->id &&
-            (r->kind == CALL_DELETE || ledger_sent_delete(e->ledger, j->pk) > 0)) {
-                /* The last DELETE may have worked all the same: look once
-                 * more before calling it failed. */
-                if (asprintf(&j->rejected, "giving up after %u attempts: %s", j->attempts, why) < 0)
-                        j->rejected = NULL;
-                j->rejected_status = r->http_status;
-                if (transition(j, j->state, r, NULL, NULL, NULL, why, -1, "%s; looking once more",
-                               j->rejected ? j->rejected : why) >= 0) {
-                        observe(j, true);
+        if (o->dry_run)
+                log_event(o->level, MESSAGE_DRY_RUN, &f, "%s", o->detail);
+        else if (changed && message_ids[o->to])
+                log_event(o->level, message_ids[o->to], &f, "%s %s: %s", label(j), state_to_string(o->to), o->detail);
+        else
+                log_internal(o->level, 0, "%s: %s", label(j), o->detail);
+}
+
+/* Commits an outcome.  check_version: it was decided on the declaration,
+ * which must still be the one in the ledger.  (An answer to a DELETE is
+ * recorded whatever the declaration became: the DELETE happened.) */
+static int commit(Job *j, const Outcome *o, const CallResult *call, bool check_version) {
+        Engine *e = j->e;
+        PhoneState now_state;
+        int64_t now_version;
+        int r;
+
+        LedgerUpdate u = {
+                .pk = j->pk, .from = j->state, .to = o->to,
+                .version = check_version ? j->version : 0,
+                .sent_at = o->sent_at, .clear_sent = o->clear_sent,
+                .id = o->id, .api_number = o->api_number, .provider = o->provider,
+                .scheduled_release_at = o->scheduled,
+                .attempts = (int) o->attempts, .next_at = o->next_at,
+                .error = o->error[0] ? o->error : NULL, .detail = o->detail,
+        };
+        if (call && !call->not_sent) {
+                u.method = call->method;
+                u.path = call->path;
+                u.http_status = call->http_status;
+                u.latency_ms = call->latency_ms;
+        }
+        r = ledger_update(e->ledger, &u);
+        if (r == -ESTALE && (o->to == STATE_RELEASED || o->to == STATE_SCHEDULED) &&
+            ledger_state(e->ledger, j->pk, &now_state, &now_version) >= 0 && now_state != j->state) {
+                /* A reload moved the row (say, cancelled it) while the call was
+                 * out: what the API did is still the truth, and goes on record. */
+                u.from = now_state;
+                u.version = 0;
+                r = ledger_update(e->ledger, &u);
+                if (r >= 0)
+                        j->state = now_state;
+        }
+        if (r == -ESTALE) {
+                log_info("%s changed in the ledger meanwhile; leaving it as it is now (it is looked at again).", j->key);
+                j->stale = true;
+                return r;
+        }
+        if (r == -EPERM) {
+                /* The ledger refused a step the record may not take: a bug here,
+                 * caught there.  Nothing is lost; the row stays as it was, and
+                 * calls pause rather than meet it again at once. */
+                log_error("Refused to record %s -> %s for %s: %s.", state_to_string(j->state), state_to_string(o->to),
+                          j->key, ledger_errmsg(e->ledger));
+                ledger_pause(e, r);
+                return r;
+        }
+        if (r < 0) {
+                log_error_errno(r, "Cannot record %s -> %s for %s in the ledger: %m (%s)",
+                                state_to_string(j->state), state_to_string(o->to), j->key, ledger_errmsg(e->ledger));
+                ledger_pause(e, r);
+                return r;
+        }
+        return 0;
+}
+
+/* Applies one outcome: the ledger first, then the journal, the job, and
+ * what comes next. */
+static void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version) {
+        Engine *e = j->e;
+        PhoneState from = j->state;
+        unsigned attempts_before = j->attempts;
+        int r;
+
+        if (o->rate_backoff)
+                diga_rate_backoff(e->diga);
+        if (o->hold > 0)
+                diga_hold(e->diga, mono_now(e) + (usec_t) o->hold * USEC_PER_SEC);
+        if (o->write) {
+                r = commit(j, o, call, check_version);
+                if (r < 0) {
+                        job_finish(j);
                         return;
                 }
-        } else if (j->attempts >= e->max_attempts)
-                transition(j, STATE_FAILED, r, NULL, NULL, NULL, why, 0,
-                           "giving up after %u attempts: %s", j->attempts, why);
-        else {
-                next = now_usec() + backoff_usec(e, j->attempts, r->retry_after);
-                transition(j, STATE_RETRYING, r, NULL, NULL, NULL, why, next,
-                           "%s %s failed (%s); next attempt in %.1f s", r->method, r->path, why,
-                           (double) (next - now_usec()) / 1e6);
+                from = j->state;
+                j->state = o->to;
+                j->attempts = o->attempts;
+                if (o->sent_at > 0) {
+                        j->sent_at = o->sent_at;
+                        j->look_after = o->sent_at + (int64_t) e->settle;
+                }
+                if (o->clear_sent)
+                        j->sent_at = j->look_after = 0;
         }
-        job_done(j);
-}
-
-static const char *describe(const CallResult *r, char *buf, size_t size) {
-        if (r->http_status == 0)
-                snprintf(buf, size, "%s", r->error ? r->error : "no answer");
-        else
-                snprintf(buf, size, "HTTP %d", r->http_status);
-        return buf;
-}
-
-static int delete_start(void *userdata) {
-        Job *j = userdata;
-
-        if (j->e->stopping || j->e->paused)
-                return -ECANCELED;
-        return transition(j, STATE_IN_FLIGHT, NULL, j->id, j->provider, NULL, NULL, -1, "DELETE sent");
-}
-
-static void on_delete(Diga *d, const CallResult *r, void *userdata) {
-        Job *j = userdata;
-        Engine *e = j->e;
-        char buf[CURL_ERROR_SIZE + 64];
-        _cleanup_free_ char *msg = NULL;
-
-        if (r->not_sent) {
-                /* Never on the wire: the row is where it was (or back to pending). */
-                if (j->state == STATE_IN_FLIGHT)
-                        transition(j, STATE_PENDING, r, NULL, NULL, NULL, NULL, -1, "DELETE not sent (%s)", r->error);
-                job_done(j);
-                goto out;
+        /* What the look found (an id for a number, the provider) goes into
+         * the ledger with the next step: the in_flight commit, at the latest. */
+        if (set_str(&j->id, j->id ? NULL : o->id) < 0 || set_str(&j->api_number, o->api_number) < 0 ||
+            set_str(&j->provider, o->provider) < 0 || set_str(&j->last_error, o->error[0] ? o->error : NULL) < 0) {
+                log_oom();
+                job_finish(j);
+                return;
         }
-        e->stats.calls++;
-        if (j->state != STATE_IN_FLIGHT) {
-                job_done(j);
-                goto out;
-        }
-        if (r->http_status >= 200 && r->http_status < 300) {
-                if (j->provider && streq(j->provider, "netelip"))
-                        transition(j, STATE_SCHEDULED, r, NULL, NULL, NULL, NULL, 0,
-                                   "release ordered (netelip: takes effect at the end of the billing period)");
-                else if (j->provider && streq(j->provider, "custom"))
-                        transition(j, STATE_RELEASED, r, NULL, NULL, NULL, NULL, 0, "released");
-                else {
-                        /* An unknown provider: see what the release did. */
+        log_outcome(j, from, attempts_before, o, call);
+        if (o->to != from)
+                e->stats.outcomes[o->to]++;
+        if (o->auth_pause && call)
+                auth_pause(e, call->http_status, call->method, call->path, NULL);
+
+        switch (o->next) {
+        case NEXT_GET:
+                j->look_after = o->look_after;
+                if (o->rejected) {
                         free(j->rejected);
-                        j->rejected = strdup("the DELETE succeeded but the phone still looks assigned");
-                        j->rejected_status = r->http_status;
-                        observe(j, true);
-                        goto out;
+                        j->rejected = strdup(o->error);
                 }
-        } else if (r->http_status == 404)
-                transition(j, STATE_RELEASED, r, NULL, NULL, NULL, NULL, 0, "already gone (HTTP 404)");
-        else if (r->http_status == 401 || r->http_status == 403) {
-                /* Not done by the API: back to pending, the attempt not counted. */
-                transition(j, STATE_PENDING, r, NULL, NULL, NULL, NULL, -1, "DELETE refused (HTTP %d)", r->http_status);
-                auth_pause(e, r);
-        } else if (transient(r)) {
-                retry_later(j, r, describe(r, buf, sizeof buf));
-                goto out;
-        } else {
-                /* Refused for a reason we do not know: look before deciding. */
-                msg = api_error_message(e->api, r->body, r->body_len);
-                free(j->rejected);
-                if (asprintf(&j->rejected, "DELETE answered HTTP %d%s%s", r->http_status,
-                             msg ? ": " : "", msg ? msg : "") < 0)
-                        j->rejected = NULL;
-                j->rejected_status = r->http_status;
-                j->attempts++;
-                transition(j, STATE_IN_FLIGHT, r, NULL, NULL, NULL, NULL, -1, "%s", j->rejected ? j->rejected : "refused");
                 observe(j, true);
-                goto out;
+                return;
+        case NEXT_DELETE:
+                queue_delete(j);
+                return;
+        case NEXT_NONE:
+                break;
         }
-        job_done(j);
-out:
-        pass_maybe_end(e);
+        job_finish(j);
 }
 
-/* Acts on what the API says about one of our phones. */
-static void decide(Job *j, const RemotePhone *p, const CallResult *r) {
-        Engine *e = j->e;
-        int q;
+/* ---- looks ---- */
 
-        j->matched = true;
-        if (j->state == STATE_CANCELLED) {
-                /* Cancelled after its DELETE may have gone out: record what it did, never act. */
-                if (p->status == REMOTE_RELEASED || p->status == REMOTE_FINISHED)
-                        transition(j, STATE_RELEASED, r, p->id, p->provider, NULL, NULL, 0,
-                                   "%s at the API after all (cancelled too late)", p->status_name);
-                else if (p->status == REMOTE_ASSIGNED && p->scheduled_release_at)
-                        transition(j, STATE_SCHEDULED, r, p->id, p->provider, p->scheduled_release_at, NULL, 0,
-                                   "release ordered after all (cancelled too late), effective %s",
-                                   p->scheduled_release_at);
-                job_done(j);
-                return;
+static Reply reply_of(Engine *e, const CallResult *r, char **msg) {
+        Reply reply = {
+                .kind = r->kind, .status = r->http_status, .retry_after = r->retry_after, .error = r->error,
+                .asked_at = r->asked_at, .unsent = r->unsent,
+        };
+
+        if (r->http_status != 200) {
+                reply.api = r->json && api_error_body(e->api, r->body, r->body_len, msg);
+                reply.message = *msg;
         }
-        if (j->number && p->number && !streq(j->number, p->number)) {
-                transition(j, STATE_FAILED, r, NULL, NULL, NULL, "declared id and number disagree", 0,
-                           "declared id %s, but the API has it as %s: nothing released", p->id, p->number);
-                job_done(j);
-                return;
-        }
-        free(j->provider);
-        j->provider = p->provider ? strdup(p->provider) : NULL;
-        /* A phone declared by id gets its number from the API, for the journal and the ledger. */
-        if (!j->number && p->number)
-                j->number = strdup(p->number);
-        if (!j->id)
-                j->id = strdup(p->id);
-        switch (p->status) {
-        case REMOTE_RESERVED:
-        case REMOTE_PENDING_VERIFICATION:
-                transition(j, STATE_DEFERRED, r, p->id, p->provider, NULL, NULL, 0,
-                           "%s: cannot be released yet; will look again at the next resync", p->status_name);
-                break;
-        case REMOTE_RELEASED:
-        case REMOTE_FINISHED:
-                transition(j, STATE_RELEASED, r, p->id, p->provider, NULL, NULL, 0, "%s at the API", p->status_name);
-                break;
-        case REMOTE_UNKNOWN:
-                transition(j, STATE_DEFERRED, r, p->id, p->provider, NULL, "unknown status", 0,
-                           "status \"%s\" is unknown to this retired: not released", p->status_name);
-                break;
-        case REMOTE_ASSIGNED:
-                if (p->scheduled_release_at)
-                        transition(j, STATE_SCHEDULED, r, p->id, p->provider, p->scheduled_release_at, NULL, 0,
-                                   "release ordered, effective %s", p->scheduled_release_at);
-                else if (j->rejected)
-                        transition(j, STATE_FAILED, r, p->id, p->provider, NULL, j->rejected, 0,
-                                   "%s; the phone is still assigned: needs an operator", j->rejected);
-                else if (e->dry_run) {
-                        /* dry_run: the row keeps its state; only the journal hears of it. */
-                        transition(j, j->state, r, p->id, p->provider, NULL, NULL, -1, "observed");
-                        log_event(LOG_NOTICE, MESSAGE_DRY_RUN,
-                                  &(LogFields) { .phone_id = p->id, .phone_number = j->number ? j->number : p->number,
-                                                 .outcome = "dry_run" },
-                                  "dry run: would release %s (%s, %s)", j->number ? j->number : p->number, p->id,
-                                  p->provider ? p->provider : "unknown provider");
-                } else {
-                        /* A GET is one of this phone's calls: on record.  The id
-                         * and provider go in with in_flight, right before the DELETE. */
-                        if (r && r->kind == CALL_GET &&
-                            transition(j, j->state, r, p->id, p->provider, NULL, NULL, -1, "observed assigned") < 0)
-                                break;
-                        if (e->paused || e->stopping)
-                                break;  /* a page that came back after the pause: act on nothing */
-                        q = diga_call(e->diga, CALL_DELETE, p->id, false, delete_start, on_delete, j);
-                        if (q < 0)
-                                log_error_errno(q, "Cannot queue the release of %s: %m", j->key);
-                        else
-                                return;  /* on_delete finishes the job */
-                }
-                break;
-        }
-        job_done(j);
+        return reply;
 }
 
 static void on_get(Diga *d, const CallResult *r, void *userdata) {
         Job *j = userdata;
         Engine *e = j->e;
+        _cleanup_(remote_phone_done) RemotePhone p = {};
         _cleanup_free_ char *why = NULL, *msg = NULL;
-        RemotePhone p = {};
-        char buf[CURL_ERROR_SIZE + 64];
+        Look look = {};
+        Row row;
+        World w;
+        Outcome o;
 
+        j->call = NULL;
         if (r->not_sent) {
-                job_done(j);
+                job_finish(j);
                 goto out;
         }
         e->stats.calls++;
-        if (r->http_status == 200 && r->json && api_parse_phone(e->api, r->body, r->body_len, &p, &why) >= 0) {
-                if (j->id && !streq(p.id, j->id))
-                        retry_later(j, r, "the API answered with another phone");
-                else
-                        decide(j, &p, r);
-                remote_phone_done(&p);
-        } else if (r->http_status == 200) {
-                snprintf(buf, sizeof buf, "malformed answer: %s", why ? why : r->json ? "bad JSON" : "not JSON");
-                log_warning("GET %s: %s", r->path, buf);
-                retry_later(j, r, buf);
-        } else if (r->http_status == 404) {
-                /* Gone after a DELETE of ours (maybe one whose answer was lost):
-                 * released.  Never asked to go: not in the account. */
-                if (j->state == STATE_IN_FLIGHT || ledger_sent_delete(e->ledger, j->pk) > 0)
-                        transition(j, STATE_RELEASED, r, NULL, NULL, NULL, NULL, 0, "gone after the DELETE (HTTP 404)");
-                else
-                        transition(j, STATE_UNRESOLVED, r, NULL, NULL, NULL, "not in the account", 0,
-                                   "id %s is not in the account (HTTP 404)", j->id);
-                job_done(j);
-        } else if (r->http_status == 401 || r->http_status == 403) {
-                transition(j, j->state, r, NULL, NULL, NULL, NULL, -1, "GET refused");
-                auth_pause(e, r);
-                job_done(j);
-        } else if (transient(r))
-                retry_later(j, r, describe(r, buf, sizeof buf));
-        else {
-                msg = api_error_message(e->api, r->body, r->body_len);
-                snprintf(buf, sizeof buf, "GET answered HTTP %d%s%s", r->http_status, msg ? ": " : "", msg ? msg : "");
-                transition(j, j->state == STATE_IN_FLIGHT || j->state == STATE_PENDING || j->state == STATE_RETRYING ?
-                           STATE_FAILED : j->state, r, NULL, NULL, NULL, buf, 0, "%s", buf);
-                job_done(j);
+        look.reply = reply_of(e, r, &msg);
+        if (r->http_status == 200) {
+                if (!r->json)
+                        look.reply.error = "not JSON";
+                else if (api_parse_phone(e->api, r->body, r->body_len, &p, &why) < 0)
+                        look.reply.error = why ? why : "malformed";
+                else if (j->id && !streq(p.id, j->id))
+                        look.reply.error = "the API answered with another phone";
+                else {
+                        look.reply.api = true;
+                        look.seen = &p;
+                }
+                if (!look.seen)
+                        log_warning("GET %s: malformed answer: %s", r->path, look.reply.error);
         }
+        row = row_of(j);
+        w = world(e);
+        reconcile_look(&row, &look, &w, &o);
+        apply(j, &o, r, true);
 out:
         pass_maybe_end(e);
 }
 
 static void observe(Job *j, bool urgent) {
+        Engine *e = j->e;
         int r;
 
-        if (j->e->stopping || j->e->paused) {
-                job_done(j);
+        if (e->stopping || e->paused || j->stale || !j->id) {
+                job_finish(j);
                 return;
         }
-        r = diga_call(j->e->diga, CALL_GET, j->id, urgent, NULL, on_get, j);
+        j->deleting = false;
+        r = diga_call(e->diga, &(CallSpec) { .kind = CALL_GET, .id = j->id, .urgent = urgent, .done = on_get,
+                                             .userdata = j }, &j->call);
         if (r < 0) {
                 log_error_errno(r, "Cannot look at %s: %m", j->key);
-                job_done(j);
+                job_finish(j);
         }
 }
+
+/* ---- the DELETE ---- */
+
+/* Right before the DELETE leaves: the ledger decides, at this moment, whether
+ * it may.  The row must still be where the decision found it, with the same
+ * declaration, due by both clocks. */
+static int delete_start(void *userdata) {
+        Job *j = userdata;
+        Engine *e = j->e;
+        Row row = row_of(j);
+        World w = world(e);
+        Outcome o;
+        int r;
+
+        if (e->stopping || e->paused || j->stale)
+                return -ECANCELED;
+        if (!reconcile_send(&row, &w, &o)) {
+                log_info("%s: not sent: not_before has not come by the API's clock.", j->key);
+                return -EAGAIN;
+        }
+        r = ledger_update(e->ledger, &(LedgerUpdate) {
+                .pk = j->pk, .from = j->state, .to = STATE_IN_FLIGHT, .version = j->version, .due_by = w.due_now,
+                .sent_at = o.sent_at, .next_at = o.next_at, .attempts = (int) j->attempts,
+                .id = j->id, .provider = j->provider, .api_number = j->api_number, .detail = o.detail,
+        });
+        if (r == -ESTALE) {
+                log_info("%s changed in the ledger since its DELETE was decided (a reload?): not sent.", j->key);
+                j->stale = true;
+                return r;
+        }
+        if (r < 0) {
+                log_error_errno(r, "Cannot record the DELETE of %s: %m (%s); not sent.", j->key,
+                                ledger_errmsg(e->ledger));
+                ledger_pause(e, r);
+                return r;
+        }
+        j->state = STATE_IN_FLIGHT;
+        j->sent_at = o.sent_at;
+        j->look_after = o.sent_at + (int64_t) e->settle;
+        return 0;
+}
+
+static void on_delete(Diga *d, const CallResult *r, void *userdata) {
+        Job *j = userdata;
+        Engine *e = j->e;
+        _cleanup_free_ char *msg = NULL;
+        Reply reply;
+        Row row;
+        World w;
+        Outcome o;
+
+        j->call = NULL;
+        if (r->not_sent) {
+                /* Never on the wire.  If its in_flight commit was made, the row
+                 * stays in_flight and is looked at after the settle time. */
+                job_finish(j);
+                goto out;
+        }
+        e->stats.calls++;
+        j->delete_status = r->http_status;
+        reply = reply_of(e, r, &msg);
+        row = row_of(j);
+        w = world(e);
+        reconcile_delete(&row, &reply, &w, &o);
+        apply(j, &o, r, false);
+out:
+        pass_maybe_end(e);
+}
+
+static void queue_delete(Job *j) {
+        Engine *e = j->e;
+        int r;
+
+        if (e->stopping || e->paused || j->stale) {
+                job_finish(j);
+                return;
+        }
+        /* Nothing leaves while the account is being listed. */
+        if (e->listing && listing_running(e->listing)) {
+                j->held = true;
+                return;
+        }
+        j->held = false;
+        j->deleting = true;
+        r = diga_call(e->diga, &(CallSpec) { .kind = CALL_DELETE, .id = j->id, .start = delete_start,
+                                             .done = on_delete, .userdata = j }, &j->call);
+        if (r < 0) {
+                log_error_errno(r, "Cannot queue the release of %s: %m", j->key);
+                job_finish(j);
+        }
+}
+
+/* ---- the listing ---- */
 
 static int cmp_job_id(const void *a, const void *b) {
         return strcmp((*(Job *const *) a)->id, (*(Job *const *) b)->id);
@@ -511,176 +561,215 @@ static int cmp_job_number(const void *a, const void *b) {
         return strcmp((*(Job *const *) a)->number, (*(Job *const *) b)->number);
 }
 
-static Job *find(Job **v, size_t n, const char *s, bool by_id) {
+static Job *find_job(Job **v, size_t n, const char *s, bool by_id) {
         Job key = { .id = (char *) s, .number = (char *) s }, *kp = &key, **f;
 
+        if (n == 0)
+                return NULL;
         f = bsearch(&kp, v, n, sizeof(Job *), by_id ? cmp_job_id : cmp_job_number);
         return f ? *f : NULL;
 }
 
-static void remote_phone_copy(RemotePhone *to, const RemotePhone *p) {
-        *to = *p;
-        to->number = strdup(p->number);
-        to->status_name = strdup(p->status_name);
-        to->provider = p->provider ? strdup(p->provider) : NULL;
-        to->scheduled_release_at = p->scheduled_release_at ? strdup(p->scheduled_release_at) : NULL;
+/* Only the phones some row may want are kept: the rest are only counted. */
+static bool listing_want(const RemotePhone *p, void *userdata) {
+        Engine *e = userdata;
+
+        return find_job(e->by_id, e->n_by_id, p->id, true) || find_job(e->by_number, e->n_by_number, p->number, false);
 }
 
-static void match_listed(Engine *e, const RemotePhone *p, const CallResult *r) {
-        Job *j = find(e->by_id, e->n_by_id, p->id, true);
-
-        if (j) {
-                if (!j->matched && !j->done)
-                        decide(j, p, r);
-                return;
-        }
-        j = find(e->by_number, e->n_by_number, p->number, false);
-        if (!j || j->matched || j->done)
-                return;
-        /* A number can come back after release under a new id: the live phone
-         * counts, a released one only if nothing live has that number. */
-        if (p->status == REMOTE_RELEASED || p->status == REMOTE_FINISHED) {
-                if (!j->candidate.number)
-                        remote_phone_copy(&j->candidate, p);
-                return;
-        }
-        /* A phone number is live on one phone at a time, so it is acted on
-         * as soon as it is seen.  A SIP identifier is any text an import
-         * gave, and two imports may share one: it waits for the whole list,
-         * and two live phones with it are a question for an operator. */
-        if (strchr(j->number, '@')) {
-                if (j->n_live++ == 0)
-                        remote_phone_copy(&j->live, p);
-                return;
-        }
-        decide(j, p, r);
+static int cmp_phone_ptr_id(const void *a, const void *b) {
+        return strcmp((*(const RemotePhone *const *) a)->id, (*(const RemotePhone *const *) b)->id);
 }
 
-static void list_next(Engine *e);
+static int cmp_phone_ptr_number(const void *a, const void *b) {
+        return strcmp((*(const RemotePhone *const *) a)->number, (*(const RemotePhone *const *) b)->number);
+}
 
-static void listing_done(Engine *e, const CallResult *r, const char *failure) {
+/* The listing's account, by id and by number. */
+typedef struct Seen {
+        const RemotePhone **by_id, **by_number;
+        size_t n;
+} Seen;
+
+static const RemotePhone *seen_by_id(const Seen *s, const char *id) {
+        RemotePhone key = {}, *kp = &key;
+        const RemotePhone **f;
+
+        memcpy(key.id, id, sizeof key.id);
+        f = s->n ? bsearch(&kp, s->by_id, s->n, sizeof(RemotePhone *), cmp_phone_ptr_id) : NULL;
+        return f ? *f : NULL;
+}
+
+/* The phones carrying a number: [*first, *first + count). */
+static size_t seen_by_number(const Seen *s, const char *number, size_t *first) {
+        size_t lo = 0, hi = s->n, n = 0;
+
+        while (lo < hi) {
+                size_t mid = (lo + hi) / 2;
+                if (strcmp(s->by_number[mid]->number, number) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        *first = lo;
+        while (lo + n < s->n && streq(s->by_number[lo + n]->number, number))
+                n++;
+        return n;
+}
+
+/* A number-declared row: which phone it means.  A number can come back
+ * after release under a new id: the live phone counts, a released one only
+ * if nothing live has the number; two live ones are a question for an operator. */
+static void match_number(Engine *e, Job *j, const Seen *s, const ListingStats *st, const CallResult *call) {
+        char ids[CARRIER_IDS_MAX * (UUID_STRING_LEN + 2) + 8] = "";
+        const RemotePhone *live = NULL, *gone = NULL;
+        size_t first, n = seen_by_number(s, j->number, &first);
+        unsigned carriers = 0;
+        Look look = {
+                .reply = { .kind = CALL_LIST, .status = 200, .api = true, .asked_at = (int64_t) now(CLOCK_REALTIME) },
+                .listed = st->listed, .unreadable = st->unreadable,
+        };
+        Row row = row_of(j);
+        World w = world(e);
+        Outcome o;
+
+        for (size_t i = first; i < first + n; i++) {
+                const RemotePhone *p = s->by_number[i];
+                if (!remote_is_live(p)) {
+                        gone = gone ? gone : p;
+                        continue;
+                }
+                live = live ? live : p;
+                if (carriers++ < CARRIER_IDS_MAX) {
+                        if (ids[0])
+                                strcat(ids, ", ");
+                        strcat(ids, p->id);
+                } else if (carriers == CARRIER_IDS_MAX + 1)
+                        strcat(ids, ", ...");
+        }
+        look.seen = live ? live : gone;
+        look.not_listed = !look.seen;
+        look.carriers = carriers;
+        look.carrier_ids = ids;
+        reconcile_look(&row, &look, &w, &o);
+        apply(j, &o, call, true);
+}
+
+/* The listing is complete: each row it was for meets the phone it names. */
+static void match_all(Engine *e, Listing *ls) {
+        const ListingStats *st = listing_stats(ls);
+        _cleanup_free_ const RemotePhone **by_id = NULL, **by_number = NULL;
+        const RemotePhone *phones;
+        CallResult call = { .kind = CALL_LIST, .method = "GET", .path = "/v1/phone/ (the account listed)",
+                            .http_status = 200 };
+        Seen s;
+        size_t n;
+
+        phones = listing_phones(ls, &n);
+        by_id = calloc(n + 1, sizeof(RemotePhone *));
+        by_number = calloc(n + 1, sizeof(RemotePhone *));
+        if (!by_id || !by_number) {
+                log_oom();
+                for (size_t i = 0; i < e->n_jobs; i++)
+                        if (e->jobs[i].listed)
+                                job_finish(&e->jobs[i]);
+                return;
+        }
+        for (size_t i = 0; i < n; i++)
+                by_id[i] = by_number[i] = &phones[i];
+        qsort(by_id, n, sizeof(RemotePhone *), cmp_phone_ptr_id);
+        qsort(by_number, n, sizeof(RemotePhone *), cmp_phone_ptr_number);
+        s = (Seen) { .by_id = by_id, .by_number = by_number, .n = n };
+
+        for (size_t i = 0; i < e->n_jobs; i++) {
+                Job *j = &e->jobs[i];
+                const RemotePhone *p;
+                Look look = { .reply = { .kind = CALL_LIST, .status = 200, .api = true,
+                                         .asked_at = (int64_t) now(CLOCK_REALTIME) } };
+                Row row;
+                World w;
+                Outcome o;
+
+                if (!j->listed || j->finished)
+                        continue;
+                j->listed = false;
+                if (j->stale) {
+                        job_finish(j);
+                        continue;
+                }
+                if (!j->id) {
+                        match_number(e, j, &s, st, &call);
+                        continue;
+                }
+                p = seen_by_id(&s, j->id);
+                if (!p) {
+                        observe(j, false);   /* not listed: ask for it by id to be sure */
+                        continue;
+                }
+                look.seen = p;
+                row = row_of(j);
+                w = world(e);
+                reconcile_look(&row, &look, &w, &o);
+                apply(j, &o, &call, true);
+        }
+}
+
+static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
+        Engine *e = userdata;
+        const ListingStats *st = listing_stats(ls);
         char buf[32];
 
-        e->listing = false;
-        if (!failure) {
-                snprintf(buf, sizeof buf, "%zu", e->listed);
-                ledger_meta_set(e->ledger, "account_size", buf);
-        }
-        for (size_t i = 0; i < e->n_jobs; i++) {
-                Job *j = &e->jobs[i];
+        e->stats.calls += st->calls;
+        if (r >= 0) {
+                e->list_failures = 0;
+                e->list_error = mfree(e->list_error);
+                snprintf(buf, sizeof buf, "%zu", st->listed);
+                if (ledger_meta_set(e->ledger, "account_size", buf) < 0)
+                        log_warning("Cannot note the account's size in the ledger (%s); the next pass may list "
+                                    "needlessly.", ledger_errmsg(e->ledger));
+                match_all(e, ls);
+        } else {
+                /* No verdict, no attempt: every row the listing was for stays as it is. */
+                e->list_failures++;
+                free(e->list_error);
+                e->list_error = why ? strdup(why) : NULL;
+                if (r == -EACCES)
+                        auth_pause(e, 401, "GET", "/v1/phone/", why);
+                /* A row that names its phone by id needs no listing: it is looked at by id. */
+                for (size_t i = 0; i < e->n_jobs; i++) {
+                        Job *j = &e->jobs[i];
 
-                if (j->matched || j->done || j->state == STATE_IN_FLIGHT)
-                        continue;
-                if (failure)
-                        retry_later(j, r, failure);
-                else if (j->n_live > 1) {
-                        transition(j, STATE_FAILED, r, NULL, NULL, NULL, "ambiguous SIP identifier", 0,
-                                   "%u live phones carry this identifier: nothing released; declare the "
-                                   "one meant by id", j->n_live);
-                        job_done(j);
-                } else if (j->n_live == 1)
-                        decide(j, &j->live, r);
-                else if (j->candidate.number)
-                        decide(j, &j->candidate, r);
-                else if (j->id)
-                        observe(j, false);   /* not listed: ask for it by id to be sure */
-                else {
-                        transition(j, STATE_UNRESOLVED, r, NULL, NULL, NULL, "not in the account", 0,
-                                   "number is not in the account (%zu phones listed)", e->listed);
-                        job_done(j);
+                        if (!j->listed || j->finished)
+                                continue;
+                        j->listed = false;
+                        if (j->id && r != -ECANCELED && r != -EACCES)
+                                observe(j, false);
+                        else
+                                job_finish(j);
+                }
+                if (r != -ECANCELED && r != -EACCES && !e->stopping) {
+                        World w = world(e);
+                        usec_t delay = reconcile_backoff(&w, e->list_failures, -1);
+
+                        log_warning("The account could not be listed (%s); %zu phones declared by number wait "
+                                    "without a verdict; listing again in %.1f s.", why ? why : "failed",
+                                    e->n_by_number, usec_to_sec((int64_t) delay));
+                        arm(e->list_retry, mono_now(e) + delay);
                 }
         }
-}
-
-/* The listing stops without a verdict on the phones it did not reach:
- * they keep their state, and no attempt is counted against them. */
-static void listing_abandon(Engine *e) {
-        e->listing = false;
-        sd_event_source_set_enabled(e->list_retry, SD_EVENT_OFF);
-        for (size_t i = 0; i < e->n_jobs; i++) {
-                Job *j = &e->jobs[i];
-                if (!j->matched && j->state != STATE_IN_FLIGHT)
-                        job_done(j);
-        }
-}
-
-static void on_page(Diga *d, const CallResult *r, void *userdata) {
-        Engine *e = userdata;
-        _cleanup_free_ char *why = NULL;
-        PhonePage page = {};
-        char buf[CURL_ERROR_SIZE + 64];
-
-        if (r->not_sent) {
-                listing_abandon(e);
-                goto out;
-        }
-        e->stats.calls++;
-        if (r->http_status == 200 && r->json && api_parse_page(e->api, r->body, r->body_len, &page, &why) >= 0) {
-                e->listed += page.n;
-                for (size_t i = 0; i < page.n; i++)
-                        match_listed(e, &page.phones[i], r);
-                e->page_attempts = 0;
-                if (page.has_more && streq(page.last_id, e->cursor)) {
-                        /* A cursor that does not move would be followed forever. */
-                        log_error("Listing phones: the API repeats the cursor %s; stopping the listing.", e->cursor);
-                        listing_done(e, r, "the API's list cursor does not move");
-                } else if (page.has_more) {
-                        memcpy(e->cursor, page.last_id, sizeof e->cursor);
-                        list_next(e);
-                } else
-                        listing_done(e, r, NULL);
-                phone_page_done(&page);
-                goto out;
-        }
-        if (r->http_status == 401 || r->http_status == 403) {
-                auth_pause(e, r);
-                listing_abandon(e);
-                goto out;
-        }
-        if (r->http_status == 200)
-                snprintf(buf, sizeof buf, "malformed list page: %s", why ? why : r->json ? "bad JSON" : "not JSON");
-        else
-                describe(r, buf, sizeof buf);
-        if (r->http_status == 429)
-                diga_rate_backoff(e->diga);
-        if ((transient(r) || r->http_status == 200) && ++e->page_attempts < e->max_attempts) {
-                uint64_t delay = (uint64_t) backoff_usec(e, e->page_attempts, r->retry_after);
-                log_warning("Listing phones: %s %s failed (%s); again in %.1f s.", r->method, r->path, buf, (double) delay / 1e6);
-                sd_event_source_set_time(e->list_retry, mono_now(e) + delay);
-                sd_event_source_set_enabled(e->list_retry, SD_EVENT_ONESHOT);
-                goto out;
-        }
-        log_error("Listing phones failed: %s %s: %s.", r->method, r->path, buf);
-        listing_done(e, r, buf);
-out:
+        /* What was decided while the account was listed may leave now. */
+        for (size_t i = 0; i < e->n_jobs; i++)
+                if (e->jobs[i].held && !e->jobs[i].finished)
+                        queue_delete(&e->jobs[i]);
         pass_maybe_end(e);
 }
 
-static void list_next(Engine *e) {
-        int r;
-
-        if (e->stopping || e->paused) {
-                listing_abandon(e);
-                return;
-        }
-        r = diga_call(e->diga, CALL_LIST, e->cursor[0] ? e->cursor : NULL, true, NULL, on_page, e);
-        if (r < 0) {
-                log_error_errno(r, "Cannot list phones: %m");
-                listing_done(e, &(CallResult) { .kind = CALL_LIST, .not_sent = true, .retry_after = -1 },
-                             "cannot list phones");
-        }
-}
-
 static int on_list_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        Engine *e = userdata;
-
-        if (e->paused || e->stopping) {
-                listing_abandon(e);
-                pass_maybe_end(e);
-        } else
-                list_next(e);
+        engine_request_pass(userdata, false);
         return 0;
 }
+
+/* ---- passes ---- */
 
 static int add_job(const Phone *p, void *userdata) {
         Engine *e = userdata;
@@ -694,14 +783,14 @@ static int add_job(const Phone *p, void *userdata) {
         }
         j = &e->jobs[e->n_jobs];
         *j = (Job) {
-                .e = e, .pk = p->pk, .state = p->state, .attempts = p->attempts,
-                .key = strdup(p->key),
-                .id = p->id ? strdup(p->id) : NULL,
-                .number = p->number ? strdup(p->number) : NULL,
-                .provider = p->provider ? strdup(p->provider) : NULL,
+                .e = e, .pk = p->pk, .version = p->version, .state = p->state, .attempts = p->attempts,
+                .not_before = p->not_before, .sent_at = p->sent_at,
+                .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0,
         };
-        if (!j->key || (p->id && !j->id) || (p->number && !j->number) || (p->provider && !j->provider)) {
-                job_free(j);
+        if (set_str(&j->key, p->key) < 0 || set_str(&j->id, p->id) < 0 || set_str(&j->number, p->number) < 0 ||
+            set_str(&j->provider, p->provider) < 0 || set_str(&j->api_number, p->api_number) < 0 ||
+            set_str(&j->last_error, p->last_error) < 0) {
+                job_done(j);
                 return -ENOMEM;
         }
         e->n_jobs++;
@@ -710,55 +799,63 @@ static int add_job(const Phone *p, void *userdata) {
 
 static void pass_free(Engine *e) {
         for (size_t i = 0; i < e->n_jobs; i++)
-                job_free(&e->jobs[i]);
-        free(e->jobs);
-        free(e->by_id);
-        free(e->by_number);
-        e->jobs = NULL;
-        e->by_id = e->by_number = NULL;
+                job_done(&e->jobs[i]);
+        e->jobs = mfree(e->jobs);
+        e->by_id = mfree(e->by_id);
+        e->by_number = mfree(e->by_number);
         e->n_jobs = e->n_open = e->n_by_id = e->n_by_number = 0;
+        e->listing = listing_free(e->listing);
+}
+
+/* A row whose DELETE may have gone out is looked at by id, never through a listing. */
+static bool needs_own_look(const Job *j) {
+        return j->sent_at != 0 || j->state == STATE_IN_FLIGHT;
 }
 
 /* Fewer calls wins: a GET per due phone, or the pages of the whole account
  * (whose size the last listing left in the ledger). */
 static bool want_listing(Engine *e) {
         _cleanup_free_ char *v = NULL;
-        size_t to_observe = 0, pages;
+        size_t pages;
 
         if (e->n_by_number > 0)
                 return true;
-        for (size_t i = 0; i < e->n_jobs; i++)
-                to_observe += e->jobs[i].state != STATE_IN_FLIGHT;
         if (ledger_meta_get(e->ledger, "account_size", &v) < 0)
-                return to_observe > 10;
+                return e->n_by_id > 10;
         pages = (size_t) strtoull(v, NULL, 10) / API_PAGE_LIMIT + 1;
-        return to_observe > pages;
+        return e->n_by_id > pages;
+}
+
+static int64_t due_now(Engine *e, int64_t t) {
+        return reconcile_due_now(t, e->api_offset, e->offset_known);
 }
 
 static void arm_wake(Engine *e) {
-        int64_t next;
+        int64_t t = (int64_t) now(CLOCK_REALTIME), next;
 
-        if (ledger_next_due(e->ledger, now_usec(), &next) < 0) {
-                sd_event_source_set_enabled(e->wake, SD_EVENT_OFF);
+        if (ledger_next_due(e->ledger, t, due_now(e, t), &next) < 0) {
+                disarm(e->wake);
                 return;
         }
-        sd_event_source_set_time(e->wake, (uint64_t) (next > 0 ? next : 1));
-        sd_event_source_set_enabled(e->wake, SD_EVENT_ONESHOT);
+        arm(e->wake, (usec_t) (next > 0 ? next : 1));
 }
 
 static void pass_start(Engine *e) {
         bool resync = e->want_resync;
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+        World w;
         int r;
 
         e->want_pass = e->want_resync = false;
         e->stats = (PassStats) { .started = mono_now(e) };
-        r = ledger_due(e->ledger, now_usec(), resync, add_job, e);
+        r = ledger_due(e->ledger, t, due_now(e, t), resync, add_job, e);
         if (r < 0) {
                 log_error_errno(r, "Cannot read the due phones from the ledger: %m (%s)", ledger_errmsg(e->ledger));
                 pass_free(e);
                 return;
         }
         if (e->n_jobs == 0) {
+                pass_free(e);
                 arm_wake(e);
                 return;
         }
@@ -769,13 +866,13 @@ static void pass_start(Engine *e) {
         if (!e->by_id || !e->by_number) {
                 log_oom();
                 for (size_t i = 0; i < e->n_jobs; i++)
-                        job_done(&e->jobs[i]);
+                        job_finish(&e->jobs[i]);
                 pass_maybe_end(e);
                 return;
         }
         for (size_t i = 0; i < e->n_jobs; i++) {
                 Job *j = &e->jobs[i];
-                if (j->state == STATE_IN_FLIGHT)
+                if (needs_own_look(j))
                         continue;
                 if (j->id)
                         e->by_id[e->n_by_id++] = j;
@@ -786,32 +883,42 @@ static void pass_start(Engine *e) {
         qsort(e->by_number, e->n_by_number, sizeof(Job *), cmp_job_number);
         log_info("Pass: %zu phones to look at%s.", e->n_jobs, resync ? " (resync)" : "");
 
+        w = world(e);
+        if (want_listing(e)) {
+                r = listing_new(e->event, e->diga, e->api, &w, listing_want, listing_done, e, &e->listing);
+                if (r < 0) {
+                        log_error_errno(r, "Cannot list the account: %m");
+                        for (size_t i = 0; i < e->n_jobs; i++)
+                                if (!needs_own_look(&e->jobs[i]))
+                                        job_finish(&e->jobs[i]);
+                } else {
+                        for (size_t i = 0; i < e->n_jobs; i++)
+                                e->jobs[i].listed = !needs_own_look(&e->jobs[i]);
+                }
+        }
         /* A DELETE whose answer was lost is looked at first, always by id. */
         for (size_t i = 0; i < e->n_jobs; i++)
-                if (e->jobs[i].state == STATE_IN_FLIGHT)
+                if (needs_own_look(&e->jobs[i]))
                         observe(&e->jobs[i], true);
-        if (want_listing(e)) {
-                e->listing = true;
-                e->listed = 0;
-                e->page_attempts = 0;
-                e->cursor[0] = 0;
-                list_next(e);
-        } else
+        if (e->listing)
+                listing_start(e->listing);
+        else
                 for (size_t i = 0; i < e->n_jobs; i++)
-                        if (e->jobs[i].state != STATE_IN_FLIGHT)
+                        if (!needs_own_look(&e->jobs[i]) && !e->jobs[i].finished)
                                 observe(&e->jobs[i], false);
         pass_maybe_end(e);
 }
 
 static void pass_maybe_end(Engine *e) {
-        uint64_t dt;
+        usec_t dt;
 
-        if (!e->running || e->n_open > 0 || e->listing || diga_in_flight(e->diga) > 0 || diga_queued(e->diga) > 0)
+        if (!e->running || e->n_open > 0 || (e->listing && listing_running(e->listing)) ||
+            diga_in_flight(e->diga) > 0 || diga_queued(e->diga) > 0)
                 return;
         dt = mono_now(e) - e->stats.started;
         log_event(LOG_INFO, MESSAGE_PASS_SUMMARY, NULL,
                   "Pass done in %.1f s: %u calls; %u released, %u scheduled, %u deferred, %u retrying, "
-                  "%u failed, %u unresolved.", (double) dt / 1e6, e->stats.calls,
+                  "%u failed, %u unresolved.", usec_to_sec((int64_t) dt), e->stats.calls,
                   e->stats.outcomes[STATE_RELEASED], e->stats.outcomes[STATE_SCHEDULED],
                   e->stats.outcomes[STATE_DEFERRED], e->stats.outcomes[STATE_RETRYING],
                   e->stats.outcomes[STATE_FAILED], e->stats.outcomes[STATE_UNRESOLVED]);
@@ -837,6 +944,34 @@ void engine_request_pass(Engine *e, bool resync) {
                 e->idle(e, e->idle_userdata);
 }
 
+void engine_declarations_changed(Engine *e) {
+        size_t dropped = 0;
+
+        for (size_t i = 0; i < e->n_jobs; i++) {
+                Job *j = &e->jobs[i];
+                PhoneState state;
+                int64_t version;
+
+                if (j->finished || j->stale)
+                        continue;
+                if (ledger_state(e->ledger, j->pk, &state, &version) >= 0 && state == j->state &&
+                    version == j->version)
+                        continue;
+                /* Decided on a declaration that is no more: nothing of it leaves. */
+                j->stale = true;
+                if (j->held) {
+                        j->held = false;
+                        job_finish(j);
+                        dropped++;
+                } else if (j->call && j->deleting && diga_cancel(e->diga, j->call))
+                        dropped++;      /* (one already out is answered and recorded as usual) */
+        }
+        if (dropped > 0)
+                log_info("Reload: %zu queued releases dropped; their rows are looked at again with the new declarations.",
+                         dropped);
+        pass_maybe_end(e);
+}
+
 static int on_wake(sd_event_source *s, uint64_t usec, void *userdata) {
         engine_request_pass(userdata, false);
         return 0;
@@ -845,7 +980,7 @@ static int on_wake(sd_event_source *s, uint64_t usec, void *userdata) {
 static int on_resync(sd_event_source *s, uint64_t usec, void *userdata) {
         Engine *e = userdata;
 
-        sd_event_source_set_time(s, usec + (uint64_t) (e->resync_interval * 1e6));
+        arm(s, usec + e->resync_interval);
         engine_request_pass(e, true);
         return 0;
 }
@@ -856,6 +991,10 @@ static int on_unpause(sd_event_source *s, uint64_t usec, void *userdata) {
         resume(e);
         engine_request_pass(e, false);
         return 0;
+}
+
+static void on_answer(Diga *d, const CallResult *r, void *userdata) {
+        note_api_clock(userdata, r);
 }
 
 int engine_new(sd_event *ev, Ledger *l, Engine **ret) {
@@ -869,16 +1008,16 @@ int engine_new(sd_event *ev, Ledger *l, Engine **ret) {
         e->event = sd_event_ref(ev);
         e->ledger = l;
         if (getrandom(seed, sizeof seed, 0) == sizeof seed)
-                seed48(seed);
+                (void) seed48(seed);
         r = api_new(&e->api);
         if (r >= 0)
-                r = sd_event_add_time(ev, &e->wake, CLOCK_REALTIME, UINT64_MAX, 1000, on_wake, e);
+                r = sd_event_add_time(ev, &e->wake, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC, on_wake, e);
         if (r >= 0)
-                r = sd_event_add_time(ev, &e->list_retry, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_list_retry, e);
+                r = sd_event_add_time(ev, &e->list_retry, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_list_retry, e);
         if (r >= 0)
-                r = sd_event_add_time(ev, &e->unpause, CLOCK_MONOTONIC, UINT64_MAX, 1000000, on_unpause, e);
+                r = sd_event_add_time(ev, &e->unpause, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_SEC, on_unpause, e);
         if (r >= 0)
-                r = sd_event_add_time(ev, &e->resync, CLOCK_MONOTONIC, UINT64_MAX, 1000000, on_resync, e);
+                r = sd_event_add_time(ev, &e->resync, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_SEC, on_resync, e);
         if (r < 0) {
                 engine_free(e);
                 return r;
@@ -890,52 +1029,62 @@ int engine_new(sd_event *ev, Ledger *l, Engine **ret) {
 Engine *engine_free(Engine *e) {
         if (!e)
                 return NULL;
+        e->stopping = true;
+        e->idle = NULL;
+        if (e->listing)
+                listing_stop(e->listing, "stopping");
         if (e->diga)
                 diga_drop_queued(e->diga);
-        diga_free(e->diga);
         pass_free(e);
+        diga_free(e->diga);
         api_free(e->api);
-        sd_event_source_disable_unref(e->wake);
-        sd_event_source_disable_unref(e->list_retry);
-        sd_event_source_disable_unref(e->unpause);
-        sd_event_source_disable_unref(e->resync);
+        (void) sd_event_source_disable_unref(e->wake);
+        (void) sd_event_source_disable_unref(e->list_retry);
+        (void) sd_event_source_disable_unref(e->unpause);
+        (void) sd_event_source_disable_unref(e->resync);
         sd_event_unref(e->event);
         free(e->pause_reason);
+        free(e->list_error);
         free(e);
         return NULL;
 }
 
 int engine_set_config(Engine *e, const Config *c, const char *token) {
-        uint64_t now = mono_now(e);
         int r;
 
         e->max_attempts = c->max_attempts;
-        e->base_delay = c->base_delay;
-        e->max_delay = c->max_delay;
+        e->base_delay = sec_to_usec(c->base_delay);
+        e->max_delay = sec_to_usec(c->max_delay);
+        e->settle = sec_to_usec(c->settle_time);
         e->dry_run = c->dry_run;
-        e->resync_interval = c->resync_interval;
+        e->resync_interval = sec_to_usec(c->resync_interval);
         if (e->diga)
                 r = diga_set_config(e->diga, c, token);
-        else
+        else {
                 r = diga_new(e->event, c, token, &e->diga);
+                if (r >= 0)
+                        diga_on_answer(e->diga, on_answer, e);
+        }
         if (r < 0)
                 return r;
-        sd_event_source_set_time(e->resync, now + (uint64_t) (c->resync_interval * 1e6));
-        sd_event_source_set_enabled(e->resync, SD_EVENT_ON);
+        arm(e->resync, mono_now(e) + e->resync_interval);
         /* A new config may carry a new key: try again at once. */
+        e->list_failures = 0;
         resume(e);
         return 0;
 }
 
 bool engine_stop(Engine *e) {
         e->stopping = true;
-        sd_event_source_set_enabled(e->wake, SD_EVENT_OFF);
-        sd_event_source_set_enabled(e->resync, SD_EVENT_OFF);
+        disarm(e->wake);
+        disarm(e->resync);
+        disarm(e->list_retry);
+        if (e->listing)
+                listing_stop(e->listing, "stopping");
         diga_drop_queued(e->diga);
-        /* A listing waiting on its retry timer has no call out to end it. */
-        if (e->listing && sd_event_source_get_enabled(e->list_retry, NULL) > 0)
-                listing_abandon(e);
-        sd_event_source_set_enabled(e->list_retry, SD_EVENT_OFF);
+        for (size_t i = 0; i < e->n_jobs; i++)
+                if (e->jobs[i].held)
+                        job_finish(&e->jobs[i]);
         pass_maybe_end(e);
         return !engine_busy(e);
 }
@@ -954,24 +1103,46 @@ const char *engine_paused(Engine *e) {
 }
 
 bool engine_settled(Engine *e) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
         uint64_t n;
 
         if (e->running)
                 return false;
         /* Retries waiting for their time are not settled; not_before waits
          * are, and so is everything a dry run has looked at. */
-        return ledger_count_unsettled(e->ledger, now_usec(), !e->dry_run, &n) >= 0 && n == 0;
+        return ledger_count_unsettled(e->ledger, due_now(e, t), !e->dry_run, e->max_attempts, &n, NULL) >= 0 && n == 0;
+}
+
+const char *engine_stuck(Engine *e) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+        uint64_t n, stuck;
+
+        if (e->running)
+                return NULL;
+        /* Only once nothing else waits for a call (retries, DELETEs out). */
+        if (ledger_count_unsettled(e->ledger, due_now(e, t), false, e->max_attempts, &n, &stuck) < 0 || n > 0)
+                return NULL;
+        if (e->list_failures >= e->max_attempts)
+                return e->list_error ? e->list_error : "the account cannot be listed";
+        if (stuck > 0 && ledger_count_unsettled(e->ledger, due_now(e, t), !e->dry_run, e->max_attempts, &n, NULL) >= 0 &&
+            n == 0)
+                return "phones whose DELETE may have gone out cannot be looked at";
+        return NULL;
 }
 
 int engine_status(Engine *e, char *buf, size_t size) {
         uint64_t c[_STATE_MAX];
+        char skew[96] = "";
         int r = ledger_counts(e->ledger, c);
 
         if (r < 0)
                 return r;
-        snprintf(buf, size, "%s%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
+        if (e->skewed)
+                snprintf(skew, sizeof skew, "API clock %.0f s %s ours; ", usec_to_sec(e->api_offset < 0 ? -e->api_offset : e->api_offset),
+                         e->api_offset < 0 ? "behind" : "ahead of");
+        snprintf(buf, size, "%s%s%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
                  " scheduled, %" PRIu64 " released, %" PRIu64 " failed, %" PRIu64 " deferred, %" PRIu64 " unresolved",
-                 e->paused ? "PAUSED (" : "", e->paused ? strna(e->pause_reason) : "", e->paused ? "): " : "",
+                 e->paused ? "PAUSED (" : "", e->paused ? strna(e->pause_reason) : "", e->paused ? "): " : "", skew,
                  c[STATE_PENDING], c[STATE_IN_FLIGHT], c[STATE_RETRYING], c[STATE_SCHEDULED],
                  c[STATE_RELEASED], c[STATE_FAILED], c[STATE_DEFERRED], c[STATE_UNRESOLVED]);
         return 0;

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* retirectl: the operator's view of retired.  Reads through state/ only and,
- * for now, only reads: the daemon is the ledger's writer. */
+/* retirectl: the operator's view of retired.  It reads through state/ only,
+ * with a read-only connection.  What it changes (retry, approve, reload) goes
+ * to the daemon over its control socket; with no daemon, retry and approve
+ * write the ledger themselves, as its one writer (state/ takes the lock). */
 
 #include <getopt.h>
 #include <sys/socket.h>
@@ -10,7 +12,7 @@
 #include <time.h>
 
 #include "conf.h"
-#include "daemon.h"
+#include "control.h"
 #include "macro.h"
 #include "state.h"
 
@@ -243,7 +245,7 @@ static void print_phone_json(const Phone *p, bool close) {
         printf(", \"id\": ");
         json_str(p->id);
         printf(", \"number\": ");
-        json_str(p->number);
+        json_str(p->number ? p->number : p->api_number);
         printf(", \"state\": ");
         json_str(state_to_string(p->state));
         printf(", \"attempts\": %u, \"reason\": ", p->attempts);
@@ -251,7 +253,7 @@ static void print_phone_json(const Phone *p, bool close) {
         printf(", \"not_before\": ");
         json_time(p->not_before);
         printf(", \"next_attempt_at\": ");
-        json_time(p->next_at / 1000000);
+        json_time(p->next_at / (int64_t) USEC_PER_SEC);
         printf(", \"provider\": ");
         json_str(p->provider);
         printf(", \"scheduled_release_at\": ");
@@ -261,7 +263,7 @@ static void print_phone_json(const Phone *p, bool close) {
         printf(", \"declared_at\": ");
         json_str(p->declared_at);
         printf(", \"updated_at\": ");
-        json_time(p->updated_at / 1000000);
+        json_time(p->updated_at / (int64_t) USEC_PER_SEC);
         if (close)
                 putchar('}');
 }
@@ -275,7 +277,7 @@ static int list_one(const Phone *p, void *userdata) {
                 print_phone_json(p, true);
         } else
                 printf("%-36s %-10s %3u %-16s %-36s %-20s %s\n", p->key, state_to_string(p->state),
-                       p->attempts, p->number ? p->number : "-", p->id ? p->id : "-",
+                       p->attempts, p->number ? p->number : p->api_number ? p->api_number : "-", p->id ? p->id : "-",
                        time_str(p->not_before, buf), p->reason ? p->reason : "");
         (*n)++;
         return 0;
@@ -310,7 +312,7 @@ static int history_one(const History *h, void *userdata) {
 
         if (arg_json) {
                 printf("%s\n   {\"seq\": %" PRId64 ", \"at\": ", *n ? "," : "", h->seq);
-                json_time(h->at / 1000000);
+                json_time(h->at / (int64_t) USEC_PER_SEC);
                 printf(", \"kind\": ");
                 json_str(h->kind);
                 printf(", \"from\": ");
@@ -329,11 +331,11 @@ static int history_one(const History *h, void *userdata) {
                 json_str(h->detail);
                 putchar('}');
         } else if (streq(h->kind, "call"))
-                printf("  %s  call  %s %s -> %s%.0d (%" PRId64 " ms)%s%s\n", time_str(h->at / 1000000, buf),
+                printf("  %s  call  %s %s -> %s%.0d (%" PRId64 " ms)%s%s\n", time_str(h->at / (int64_t) USEC_PER_SEC, buf),
                        h->method, h->path, h->http_status ? "" : "no answer", h->http_status, h->latency_ms,
                        h->detail ? " " : "", h->detail ? h->detail : "");
         else
-                printf("  %s  state %s -> %s%s%s\n", time_str(h->at / 1000000, buf),
+                printf("  %s  state %s -> %s%s%s\n", time_str(h->at / (int64_t) USEC_PER_SEC, buf),
                        h->old_state ? h->old_state : "(new)", h->new_state,
                        h->detail ? ": " : "", h->detail ? h->detail : "");
         (*n)++;
@@ -367,10 +369,10 @@ static int verb_show(const char *what) {
                        "id:           %s\nprovider:     %s\nreason:       %s\nnot before:   %s\n"
                        "next attempt: %s\nscheduled:    %s\nlast error:   %s\ndeclared at:  %s\n"
                        "updated:      %s\nhistory:\n",
-                       p.key, state_to_string(p.state), p.attempts, strna(p.number), strna(p.id),
+                       p.key, state_to_string(p.state), p.attempts, strna(p.number ? p.number : p.api_number), strna(p.id),
                        strna(p.provider), strna(p.reason), time_str(p.not_before, nb),
-                       time_str(p.next_at / 1000000, buf), strna(p.scheduled_release_at),
-                       strna(p.last_error), strna(p.declared_at), time_str(p.updated_at / 1000000, ub));
+                       time_str(p.next_at / (int64_t) USEC_PER_SEC, buf), strna(p.scheduled_release_at),
+                       strna(p.last_error), strna(p.declared_at), time_str(p.updated_at / (int64_t) USEC_PER_SEC, ub));
         r = ledger_history(l, p.pk, history_one, &n);
         if (arg_json)
                 printf("%s]}\n", n ? "\n " : "");
@@ -397,13 +399,14 @@ static int control_request(const char *path, const char *verb, const char *arg, 
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return negative_errno();
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
+                return negative_errno();
         if (connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
                 return negative_errno();
-        k = asprintf(&line, "%s%s%s\n", verb, arg ? " " : "", arg ? arg : "");
-        if (k < 0)
+        if (asprintf_or_null(&line, "%s%s%s\n", verb, arg ? " " : "", arg ? arg : "") < 0)
                 return -ENOMEM;
+        k = (int) strlen(line);
         if (send(fd, line, (size_t) k, MSG_NOSIGNAL) != k)
                 return negative_errno();
         while (len < size - 1 && (n = recv(fd, reply + len, size - 1 - len, 0)) > 0)
@@ -421,12 +424,9 @@ static int control_request(const char *path, const char *verb, const char *arg, 
 static int verb_control(const char *verb, const char *arg) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(ledger_closep) Ledger *l = NULL;
-        _cleanup_(plan_freep) Plan *p = NULL;
-        _cleanup_free_ char *error = NULL, *norm = NULL;
-        _cleanup_close_ int lock = -1;
+        _cleanup_free_ char *error = NULL, *norm = NULL, *message = NULL;
         char reply[CONTROL_MAX_LINE + 64];
         const char *path;
-        PhoneState was;
         int r;
 
         if (load_config(&c) < 0)
@@ -450,53 +450,26 @@ static int verb_control(const char *verb, const char *arg) {
                 fprintf(stderr, "retirectl: no retired listens on %s: nothing to reload\n", c->control_socket);
                 return EXIT_ERROR;
         }
-        lock = ledger_lock(path);
-        if (lock == -EWOULDBLOCK) {
-                fprintf(stderr, "retirectl: %s is locked by a retired that does not answer on %s\n",
+        r = ledger_open(path, LEDGER_WRITE, &l, &error);
+        if (r == -EWOULDBLOCK) {
+                fprintf(stderr, "retirectl: %s is in use by a retired that does not answer on %s\n",
                         path, c->control_socket);
                 return EXIT_ERROR;
         }
-        if (lock < 0) {
-                fprintf(stderr, "retirectl: cannot lock %s.lock: %s\n", path, strerror(-lock));
-                return EXIT_ERROR;
-        }
-        r = ledger_open(path, LEDGER_WRITE, &l, &error);
         if (r < 0) {
                 fprintf(stderr, "retirectl: %s\n", error ? error : strerror(-r));
                 return EXIT_ERROR;
         }
-        if (streq(verb, "retry")) {
-                r = ledger_retry(l, arg, &was);
-                if (r == -ENOENT)
-                        fprintf(stderr, "retirectl: no phone %s in the ledger\n", arg);
-                else if (r == -EBUSY)
-                        fprintf(stderr, "retirectl: %s is %s, not failed\n", arg, state_to_string(was));
-                else if (r < 0)
-                        fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
-                else
-                        printf("%s is pending again (no daemon running: it is released on its next start)\n", arg);
-                return r < 0 ? EXIT_ERROR : EXIT_OK;
-        }
-        r = plan_compute(l, c, &p);
+        if (streq(verb, "retry"))
+                r = ledger_retry(l, arg, &message);
+        else
+                r = plan_approve(l, c, arg, &message, NULL);
         if (r < 0) {
-                fprintf(stderr, "retirectl: cannot compute the plan: %s\n", ledger_errmsg(l));
+                fprintf(stderr, "retirectl: %s\n", message ? message : strerror(-r));
                 return EXIT_ERROR;
         }
-        if (!p->needs_approval) {
-                fprintf(stderr, "retirectl: no plan waits for approval\n");
-                return EXIT_ERROR;
-        }
-        if (!streq(p->hash, arg)) {
-                fprintf(stderr, "retirectl: the plan waiting is %s, not %s: review it with 'retirectl plan'\n", p->hash, arg);
-                return EXIT_ERROR;
-        }
-        r = plan_apply(l, p, true);
-        if (r < 0) {
-                fprintf(stderr, "retirectl: cannot apply the plan: %s\n", ledger_errmsg(l));
-                return EXIT_ERROR;
-        }
-        printf("approved plan %s: %zu new releases (no daemon running: released on its next start)\n",
-               p->hash, p->new_releases);
+        printf("%s (no daemon running: %s on its next start)\n", strna(message),
+               streq(verb, "retry") ? "it is released" : "they are released");
         return EXIT_OK;
 }
 

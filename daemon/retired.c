@@ -24,7 +24,6 @@ typedef struct Manager {
         Ledger *ledger;
         Engine *engine;
         Control *control;
-        int lock_fd;
         sd_event_source *stop_timer, *debounce;
         sd_event_source *watch_dir, *watch_dropins;
         char held_hash[13];   /* a plan held back for approval, or "" */
@@ -34,7 +33,8 @@ typedef struct Manager {
         char *rejected;       /* why the last reload was refused, for STATUS= */
 } Manager;
 
-#define DEBOUNCE_USEC (500 * 1000ULL)
+#define DEBOUNCE_USEC   (500 * USEC_PER_MSEC)
+#define STOP_GRACE_USEC (5 * USEC_PER_SEC)     /* past api.timeout, before giving up on calls in flight */
 
 static const char *arg_config = "/etc/retired/retired.conf";
 static bool arg_once = false, arg_dry_run = false, arg_check = false;
@@ -62,8 +62,8 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
                         log_error_errno(r, "Config rejected: %s: %m", arg_config);
                 if (d.n > 0)
                         m->rejected = strdup(d.lines[0]);
-                else if (asprintf(&m->rejected, "%s: %s", arg_config, strerror(-r)) < 0)
-                        m->rejected = NULL;
+                else
+                        (void) asprintf_or_null(&m->rejected, "%s: %s", arg_config, strerror(-r));
                 return r;
         }
         if (arg_dry_run)
@@ -80,8 +80,7 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
                 else
                         log_event(LOG_ERR, MESSAGE_CONFIG_REJECTED, NULL, "Cannot read the API key (%s): %s.",
                                   strna(where), strerror(-r));
-                if (asprintf(&m->rejected, "API key %s: %s", strna(where), why ? why : strerror(-r)) < 0)
-                        m->rejected = NULL;
+                (void) asprintf_or_null(&m->rejected, "API key %s: %s", strna(where), why ? why : strerror(-r));
                 return r;
         }
         *ret_config = TAKE_PTR(c);
@@ -136,7 +135,7 @@ static void notify_status(Manager *m) {
                 snprintf(held, sizeof held, "APPROVAL NEEDED for %zu new releases: retirectl plan, then "
                          "retirectl approve %s; ", m->held_count, m->held_hash);
         if (engine_status(m->engine, buf, sizeof buf) >= 0)
-                sd_notifyf(false, "STATUS=%s%s%s%s%s", held, m->rejected ? "CONFIG REJECTED (old one in force): " : "",
+                (void) sd_notifyf(false, "STATUS=%s%s%s%s%s", held, m->rejected ? "CONFIG REJECTED (old one in force): " : "",
                            m->rejected ? m->rejected : "", m->rejected ? "; " : "", buf);
 }
 
@@ -147,10 +146,15 @@ static void on_idle(Engine *e, void *userdata) {
         if (m->once && engine_paused(e) && !engine_busy(e)) {
                 log_error("Stopping: calls are paused: %s.", engine_paused(e));
                 m->exit_code = 1;
-                sd_event_exit(m->event, 1);
+                (void) sd_event_exit(m->event, 1);
+        } else if (m->once && engine_stuck(e) && !engine_busy(e)) {
+                log_error("Stopping: %s; the phones concerned keep their state and are looked at on the next run.",
+                          engine_stuck(e));
+                m->exit_code = 1;
+                (void) sd_event_exit(m->event, 1);
         } else if (m->once && engine_settled(e)) {
                 log_info("Every declared phone is settled.");
-                sd_event_exit(m->event, 0);
+                (void) sd_event_exit(m->event, 0);
         }
 }
 
@@ -162,16 +166,15 @@ static int reload(Manager *m) {
         _cleanup_(conf_diag_done) ConfDiag d = {};
         int r;
 
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu",
-                   (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000);
+        (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long) now(CLOCK_MONOTONIC));
         r = load_config(m, &c, &token);
         if (r >= 0)
                 r = apply_declarations(m, c, "reloaded");
-        if (r >= 0)
+        if (r >= 0) {
+                /* Before READY=1: nothing decided on the old declarations leaves after it. */
+                engine_declarations_changed(m->engine);
                 r = engine_set_config(m->engine, c, token);
+        }
         if (r < 0)
                 log_warning("Reload failed; the previous config stays in force.");
         else {
@@ -183,7 +186,7 @@ static int reload(Manager *m) {
                         watch_dropins(m);
                 engine_request_pass(m->engine, true);
         }
-        sd_notify(false, "READY=1");
+        (void) sd_notify(false, "READY=1");
         notify_status(m);
         return 0;
 }
@@ -196,7 +199,7 @@ static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void
 static void stop_idle(Engine *e, void *userdata) {
         Manager *m = userdata;
         if (!engine_busy(e))
-                sd_event_exit(m->event, m->exit_code);
+                (void) sd_event_exit(m->event, m->exit_code);
 }
 
 static int on_stop_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -207,75 +210,60 @@ static int on_stop_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
-        uint64_t now;
 
         log_info("Stopping (%s): no new calls; waiting for those in flight.", strsignal((int) si->ssi_signo));
-        sd_notify(false, "STOPPING=1");
+        (void) sd_notify(false, "STOPPING=1");
         engine_on_idle(m->engine, stop_idle, m);
         if (engine_stop(m->engine))
                 return sd_event_exit(m->event, m->exit_code);
         /* curl ends each call within api.timeout; this is a last resort. */
-        sd_event_now(m->event, CLOCK_MONOTONIC, &now);
-        return sd_event_add_time(m->event, &m->stop_timer, CLOCK_MONOTONIC,
-                                 now + (uint64_t) ((m->config->timeout + 5) * 1e6), 0, on_stop_timeout, m);
+        return sd_event_add_time_relative(m->event, &m->stop_timer, CLOCK_MONOTONIC,
+                                          sec_to_usec(m->config->timeout) + STOP_GRACE_USEC, 0, on_stop_timeout, m);
 }
 
 static int control_approve(Manager *m, const char *hash, char **text) {
-        _cleanup_(plan_freep) Plan *p = NULL;
+        size_t n = 0;
         int r;
 
-        r = plan_compute_changes(m->ledger, m->config, &p);
+        r = plan_approve(m->ledger, m->config, hash, text, &n);
         if (r < 0)
                 return r;
-        if (!p->needs_approval)
-                return asprintf(text, "no plan waits for approval"), -ENOENT;
-        if (!streq(p->hash, hash))
-                return asprintf(text, "the plan waiting is %s, not %s: review it with 'retirectl plan'",
-                                p->hash, hash), -ESTALE;
-        r = plan_apply(m->ledger, p, true);
-        if (r < 0)
-                return r;
-        log_event(LOG_NOTICE, MESSAGE_CONFIG_LOADED, NULL, "Plan %s approved: %zu new releases applied.",
-                  p->hash, p->new_releases);
+        log_event(LOG_NOTICE, MESSAGE_CONFIG_LOADED, NULL, "Plan %s approved: %zu new releases applied.", hash, n);
         m->held_hash[0] = 0;
         m->held_count = 0;
         engine_request_pass(m->engine, false);
         notify_status(m);
-        return asprintf(text, "approved plan %s: %zu new releases", p->hash, p->new_releases), 0;
+        return 0;
 }
 
 static int on_control(void *userdata, const char *verb, const char *arg, char **text) {
         Manager *m = userdata;
-        PhoneState was;
         int r;
 
         if (streq(verb, "reload") && !*arg) {
                 log_info("Reloading (retirectl reload).");
-                reload(m);
+                (void) reload(m);
                 if (m->rejected)
-                        return asprintf(text, "config rejected, the previous one stays in force: %s", m->rejected), -EINVAL;
-                return asprintf(text, "reloaded"), 0;
+                        return asprintf_or_null(text, "config rejected, the previous one stays in force: %s",
+                                                m->rejected), -EINVAL;
+                return asprintf_or_null(text, "reloaded");
         }
         if (streq(verb, "retry") && *arg) {
-                r = ledger_retry(m->ledger, arg, &was);
-                if (r == -ENOENT)
-                        return asprintf(text, "no phone %s in the ledger", arg), r;
-                if (r == -EBUSY)
-                        return asprintf(text, "%s is %s, not failed", arg, state_to_string(was)), r;
+                r = ledger_retry(m->ledger, arg, text);
                 if (r < 0)
                         return r;
                 log_info("%s: retry requested by an operator; pending again.", arg);
                 engine_request_pass(m->engine, false);
-                return asprintf(text, "%s is pending again", arg), 0;
+                return 0;
         }
         if (streq(verb, "approve") && *arg)
                 return control_approve(m, arg, text);
         if (streq(verb, "status") && !*arg) {
                 char buf[512];
                 r = engine_status(m->engine, buf, sizeof buf);
-                return r < 0 ? r : (asprintf(text, "%s", buf), 0);
+                return r < 0 ? r : asprintf_or_null(text, "%s", buf);
         }
-        return asprintf(text, "unknown request '%s'", verb), -EOPNOTSUPP;
+        return asprintf_or_null(text, "unknown request '%s'", verb), -EOPNOTSUPP;
 }
 
 static int on_debounced(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -289,7 +277,7 @@ static int on_config_change(sd_event_source *s, const struct inotify_event *ev, 
         Manager *m = userdata;
         _cleanup_free_ char *main_copy = strdup(arg_config), *dropin_copy = strdup(m->config->releases_dir);
         size_t n = ev->len > 0 ? strlen(ev->name) : 0;
-        uint64_t now;
+        int r;
 
         if (!main_copy || !dropin_copy)
                 return 0;
@@ -299,9 +287,12 @@ static int on_config_change(sd_event_source *s, const struct inotify_event *ev, 
                                             !streq(ev->name, basename(dropin_copy)))
                               : n < 6 || ev->name[0] == '.' || !streq(ev->name + n - 5, ".conf"))
                 return 0;
-        sd_event_now(m->event, CLOCK_MONOTONIC, &now);
-        sd_event_source_set_time(m->debounce, now + DEBOUNCE_USEC);
-        return sd_event_source_set_enabled(m->debounce, SD_EVENT_ONESHOT);
+        r = sd_event_source_set_time_relative(m->debounce, DEBOUNCE_USEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->debounce, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Cannot wait for the edits to settle (%m); reload with 'retirectl reload'.");
+        return 0;
 }
 
 #define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE)
@@ -324,10 +315,11 @@ static int watch_config(Manager *m) {
 
         if (!copy)
                 return -ENOMEM;
-        r = sd_event_add_time(m->event, &m->debounce, CLOCK_MONOTONIC, UINT64_MAX, 1000, on_debounced, m);
+        r = sd_event_add_time(m->event, &m->debounce, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_debounced, m);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->debounce, SD_EVENT_OFF);
         if (r < 0)
                 return r;
-        sd_event_source_set_enabled(m->debounce, SD_EVENT_OFF);
         r = sd_event_add_inotify(m->event, &m->watch_dir, dirname(copy), WATCH_MASK, on_config_change, m);
         if (r < 0)
                 return r;
@@ -337,22 +329,20 @@ static int watch_config(Manager *m) {
 
 static void manager_free(Manager *m) {
         control_free(m->control);
-        sd_event_source_disable_unref(m->debounce);
-        sd_event_source_disable_unref(m->watch_dir);
-        sd_event_source_disable_unref(m->watch_dropins);
+        (void) sd_event_source_disable_unref(m->debounce);
+        (void) sd_event_source_disable_unref(m->watch_dir);
+        (void) sd_event_source_disable_unref(m->watch_dropins);
         engine_free(m->engine);
         ledger_close(m->ledger);
         config_free(m->config);
         erase_and_free(m->token);
-        sd_event_source_disable_unref(m->stop_timer);
+        (void) sd_event_source_disable_unref(m->stop_timer);
         sd_event_unref(m->event);
-        if (m->lock_fd >= 0)
-                close(m->lock_fd);
         free(m->rejected);
 }
 
 static int run(void) {
-        _cleanup_(manager_free) Manager m = { .once = arg_once, .lock_fd = -1 };
+        _cleanup_(manager_free) Manager m = { .once = arg_once };
         _cleanup_free_ char *error = NULL;
         sigset_t mask;
         int r;
@@ -364,12 +354,6 @@ static int run(void) {
                 printf("%s: OK, %zu releases declared\n", arg_config, m.config->n_decls);
                 return 0;
         }
-        m.lock_fd = ledger_lock(m.config->ledger);
-        if (m.lock_fd == -EWOULDBLOCK)
-                return log_error_errno(m.lock_fd, "%s is locked: another retired (or retirectl writing it) is running.",
-                                       m.config->ledger);
-        if (m.lock_fd < 0)
-                return log_error_errno(m.lock_fd, "Cannot lock %s.lock: %m", m.config->ledger);
         r = ledger_open(m.config->ledger, LEDGER_WRITE, &m.ledger, &error);
         if (r < 0) {
                 if (error)
@@ -384,7 +368,8 @@ static int run(void) {
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
         sigaddset(&mask, SIGHUP);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return log_error_errno(negative_errno(), "Cannot block signals: %m");
         if ((r = sd_event_add_signal(m.event, NULL, SIGTERM, on_sigterm, &m)) < 0 ||
             (r = sd_event_add_signal(m.event, NULL, SIGINT, on_sigterm, &m)) < 0 ||
             (r = sd_event_add_signal(m.event, NULL, SIGHUP, on_sighup, &m)) < 0)
@@ -414,7 +399,7 @@ static int run(void) {
         if (m.config->dry_run)
                 log_notice("Dry run: observing and logging only; nothing will be released.");
 
-        sd_notify(false, "READY=1");
+        (void) sd_notify(false, "READY=1");
         notify_status(&m);
         engine_request_pass(m.engine, true);
         r = sd_event_loop(m.event);

@@ -8,7 +8,7 @@
 #include "macro.h"
 #include "state.h"
 
-static inline void finalizep(sqlite3_stmt **st) { sqlite3_finalize(*st); }
+static inline void finalizep(sqlite3_stmt **st) { (void) sqlite3_finalize(*st); }
 #define _cleanup_stmt_ _cleanup_(finalizep)
 
 int sqlite_to_errno(int rc);

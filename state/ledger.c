@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The ledger: one SQLite file in WAL mode with synchronous=FULL, so that a
  * committed row survives a crash or power loss.  The schema carries its
- * version in PRAGMA user_version and refuses files from a newer retired. */
+ * version in PRAGMA user_version and refuses files from a newer retired.
+ * The rules that keep the record honest live in the schema as triggers, so
+ * that every writer (the daemon, retirectl, the sqlite3 shell) obeys them. */
 
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 struct Ledger {
         sqlite3 *db;
         LedgerMode mode;
+        int lock_fd;        /* a writer's flock on the file; -1 for readers */
 };
 
 static const char *const state_names[_STATE_MAX] = {
@@ -36,10 +39,17 @@ PhoneState state_from_string(const char *s) {
         return _STATE_INVALID;
 }
 
-int64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+/* An error sentence for the operator; NULL when even that cannot be had. */
+static void set_error(char **error, const char *fmt, ...) _printf_(2, 3);
+static void set_error(char **error, const char *fmt, ...) {
+        va_list ap;
+
+        if (!error || *error)
+                return;
+        va_start(ap, fmt);
+        if (vasprintf(error, fmt, ap) < 0)
+                *error = NULL;
+        va_end(ap);
 }
 
 /* migrations[i] takes a ledger from version i to i + 1. */
@@ -74,6 +84,36 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "  BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;"
         "CREATE TRIGGER phones_no_delete BEFORE DELETE ON phones"
         "  BEGIN SELECT RAISE(ABORT, 'ledger rows are never deleted'); END;",
+
+        /* 2: the declaration's version (a DELETE leaves only for the
+         * declaration it was decided on), when the last DELETE left while no
+         * look has settled what it did, the API's number apart from the
+         * declared one, and the record of irreversible acts moving only
+         * forward.  A row caught in flight, or with a DELETE on record that
+         * no look followed, may have been released. */
+        "ALTER TABLE phones ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"
+        "ALTER TABLE phones ADD COLUMN sent_at INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE phones ADD COLUMN api_number TEXT;"
+        "UPDATE phones SET sent_at = coalesce((SELECT max(h.at) FROM history h WHERE h.phone = pk"
+        "    AND (h.method = 'DELETE' OR h.new_state = 'in_flight')), updated_at)"
+        "  WHERE state = 'in_flight' OR (state IN ('cancelled', 'retrying') AND EXISTS (SELECT 1 FROM history h"
+        "    WHERE h.phone = pk AND (h.method = 'DELETE' OR h.new_state = 'in_flight')));"
+        "CREATE TRIGGER phones_forward BEFORE UPDATE ON phones BEGIN"
+        "  SELECT RAISE(ABORT, 'a released phone stays released')"
+        "    WHERE OLD.state = 'released' AND NEW.state != 'released';"
+        "  SELECT RAISE(ABORT, 'a scheduled release can only become released')"
+        "    WHERE OLD.state = 'scheduled' AND NEW.state NOT IN ('scheduled', 'released');"
+        "  SELECT RAISE(ABORT, 'an in_flight row needs the time its DELETE left')"
+        "    WHERE NEW.state = 'in_flight' AND NEW.sent_at = 0;"
+        "  SELECT RAISE(ABORT, 'the time a DELETE left only moves forward')"
+        "    WHERE NEW.sent_at != 0 AND NEW.sent_at < OLD.sent_at;"
+        "  SELECT RAISE(ABORT, 'a DELETE of this phone may have gone out: it is failed, unresolved or pending"
+        " only after a look at the phone')"
+        "    WHERE OLD.sent_at != 0 AND NEW.sent_at != 0 AND NEW.state IN ('failed', 'unresolved', 'pending');"
+        "  SELECT RAISE(ABORT, 'only a look at the phone (GET) settles what its DELETE did')"
+        "    WHERE OLD.sent_at != 0 AND NEW.sent_at = 0 AND NOT EXISTS (SELECT 1 FROM history h"
+        "      WHERE h.phone = NEW.pk AND h.kind = 'call' AND h.method = 'GET' AND h.at > OLD.sent_at);"
+        "END;",
 };
 
 int sqlite_to_errno(int rc) {
@@ -85,7 +125,8 @@ int sqlite_to_errno(int rc) {
         case SQLITE_FULL: return -ENOSPC;
         case SQLITE_CANTOPEN: return -ENOENT;
         case SQLITE_CORRUPT: case SQLITE_NOTADB: return -EBADMSG;
-        case SQLITE_CONSTRAINT: return -EEXIST;
+        /* A trigger's RAISE: a step the record may not take. */
+        case SQLITE_CONSTRAINT: return rc == SQLITE_CONSTRAINT_TRIGGER ? -EPERM : -EEXIST;
         default: return -EIO;
         }
 }
@@ -102,7 +143,7 @@ static int user_version(sqlite3 *db, int *ret) {
         rc = sqlite3_step(st);
         if (rc == SQLITE_ROW)
                 *ret = sqlite3_column_int(st, 0);
-        sqlite3_finalize(st);
+        (void) sqlite3_finalize(st);
         return rc == SQLITE_ROW ? 0 : sqlite_to_errno(rc);
 }
 
@@ -111,18 +152,16 @@ static int migrate(Ledger *l, const char *path, char **error) {
 
         r = ledger_exec(l, "BEGIN IMMEDIATE");
         if (r < 0) {
-                if (error)
-                        asprintf(error, "%s: %s%s", path, sqlite3_errmsg(l->db),
-                                 r == -EBUSY ? " (another program holds the ledger's write lock)" : "");
+                set_error(error, "%s: %s%s", path, sqlite3_errmsg(l->db),
+                          r == -EBUSY ? " (another program holds the ledger's write lock)" : "");
                 return r;
         }
         r = user_version(l->db, &v);
         if (r < 0)
                 goto fail;
         if (v > LEDGER_SCHEMA_VERSION) {
-                if (error)
-                        asprintf(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
-                                 "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
+                set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
+                          "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
                 r = -EPROTO;
                 goto fail;
         }
@@ -141,10 +180,36 @@ static int migrate(Ledger *l, const char *path, char **error) {
         if (r >= 0)
                 return 0;
 fail:
-        if (error && !*error)
-                asprintf(error, "%s: %s", path, sqlite3_errmsg(l->db));
-        ledger_exec(l, "ROLLBACK");
+        set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
+        (void) ledger_exec(l, "ROLLBACK");
         return r;
+}
+
+/* One writer per file, however it is named: flock() locks the inode, so a
+ * second writer through a hard link or a symlink meets the same lock.  (It is
+ * not the POSIX lock SQLite uses, so the two never interfere; the fd stays
+ * open until after SQLite's own are closed, see ledger_close().) */
+static int lock_file(Ledger *l, const char *path, char **error) {
+        int fd;
+
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+        if (fd < 0) {
+                set_error(error, "%s: cannot open the ledger: %m", path);
+                return negative_errno();
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                int r = negative_errno();
+
+                (void) close(fd);
+                if (r == -EWOULDBLOCK)
+                        set_error(error, "%s is in use by another writer (a running retired, or retirectl "
+                                  "writing it); a ledger has one writer at a time", path);
+                else
+                        set_error(error, "%s: cannot lock the ledger: %s", path, strerror(-r));
+                return r;
+        }
+        l->lock_fd = fd;
+        return 0;
 }
 
 int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
@@ -157,6 +222,12 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         if (!l)
                 return -ENOMEM;
         l->mode = mode;
+        l->lock_fd = -1;
+        if (mode == LEDGER_WRITE) {
+                r = lock_file(l, path, error);
+                if (r < 0)
+                        return r;
+        }
         if (mode == LEDGER_READ) {
                 /* A read must never create the file: an absent ledger is an
                  * empty one, so show it as such from memory. */
@@ -170,19 +241,17 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
 
         rc = sqlite3_open_v2(open_path, &l->db, flags, NULL);
         if (rc != SQLITE_OK) {
-                if (error)
-                        asprintf(error, "%s: cannot open ledger: %s", path,
-                                 l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));
+                set_error(error, "%s: cannot open ledger: %s", path,
+                          l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));
                 return sqlite_to_errno(rc);
         }
-        sqlite3_extended_result_codes(l->db, 1);
+        (void) sqlite3_extended_result_codes(l->db, 1);
         /* Set before switching to WAL: the switch itself may need to wait. */
-        sqlite3_busy_timeout(l->db, 5000);
+        (void) sqlite3_busy_timeout(l->db, 5000);
         /* The plan's TEMP table lives in memory, never in a file in /var/tmp. */
         r = ledger_exec(l, "PRAGMA temp_store = MEMORY");
         if (r < 0) {
-                if (error)
-                        asprintf(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                 return r;
         }
 
@@ -191,14 +260,12 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
                  * the switch to WAL included, touches it. */
                 r = user_version(l->db, &v);
                 if (r >= 0 && v > LEDGER_SCHEMA_VERSION) {
-                        if (error)
-                                asprintf(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
-                                         "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
+                        set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
+                                  "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
                         return -EPROTO;
                 }
                 if (mode == LEDGER_WRITE && sqlite3_db_readonly(l->db, "main") == 1) {
-                        if (error)
-                                asprintf(error, "%s: the ledger is read-only for this user", path);
+                        set_error(error, "%s: the ledger is read-only for this user", path);
                         return -EACCES;
                 }
                 if (mode == LEDGER_WRITE) {
@@ -208,8 +275,7 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
                         if (r >= 0)
                                 r = ledger_exec(l, "PRAGMA foreign_keys = ON");
                         if (r < 0) {
-                                if (error)
-                                        asprintf(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                                set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                                 return r;
                         }
                 }
@@ -219,16 +285,17 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         } else {
                 r = user_version(l->db, &v);
                 if (r < 0) {
-                        if (error)
-                                asprintf(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                        set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
                         return r;
                 }
+                if (v > LEDGER_SCHEMA_VERSION) {
+                        set_error(error, "%s: ledger schema version %d is newer than this retirectl understands (%d)",
+                                  path, v, LEDGER_SCHEMA_VERSION);
+                        return -EPROTO;
+                }
                 if (v != LEDGER_SCHEMA_VERSION) {
-                        if (error)
-                                asprintf(error, v > LEDGER_SCHEMA_VERSION ?
-                                         "%s: ledger schema version %d is newer than this retirectl understands (%d)" :
-                                         "%s: ledger schema version %d needs migrating to %d; start retired once",
-                                         path, v, LEDGER_SCHEMA_VERSION);
+                        set_error(error, "%s: ledger schema version %d needs migrating to %d; start retired once",
+                                  path, v, LEDGER_SCHEMA_VERSION);
                         return -EPROTO;
                 }
         }
@@ -239,7 +306,11 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
 Ledger *ledger_close(Ledger *l) {
         if (!l)
                 return NULL;
-        sqlite3_close_v2(l->db);
+        (void) sqlite3_close_v2(l->db);
+        /* Only now: closing any fd of the file drops this process's POSIX
+         * locks on it, SQLite's included. */
+        if (l->lock_fd >= 0)
+                (void) close(l->lock_fd);
         free(l);
         return NULL;
 }
@@ -261,6 +332,7 @@ void phone_done(Phone *p) {
         free(p->key);
         free(p->id);
         free(p->number);
+        free(p->api_number);
         free(p->reason);
         free(p->provider);
         free(p->scheduled_release_at);
@@ -269,9 +341,9 @@ void phone_done(Phone *p) {
         *p = (Phone) {};
 }
 
-static const char ledger_phone_columns[] =
-        "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, "
-        "scheduled_release_at, last_error, declared_at, updated_at";
+#define PHONE_COLUMNS \
+        "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, " \
+        "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number"
 
 static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
         Phone p = {
@@ -289,8 +361,18 @@ static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .last_error = col_strdup(st, 11),
                 .declared_at = col_strdup(st, 12),
                 .updated_at = sqlite3_column_int64(st, 13),
+                .version = sqlite3_column_int64(st, 14),
+                .sent_at = sqlite3_column_int64(st, 15),
+                .api_number = col_strdup(st, 16),
         };
-        if (!p.key) {
+        if (!p.key || (sqlite3_column_type(st, 2) != SQLITE_NULL && !p.id) ||
+            (sqlite3_column_type(st, 3) != SQLITE_NULL && !p.number) ||
+            (sqlite3_column_type(st, 4) != SQLITE_NULL && !p.reason) ||
+            (sqlite3_column_type(st, 9) != SQLITE_NULL && !p.provider) ||
+            (sqlite3_column_type(st, 10) != SQLITE_NULL && !p.scheduled_release_at) ||
+            (sqlite3_column_type(st, 11) != SQLITE_NULL && !p.last_error) ||
+            (sqlite3_column_type(st, 12) != SQLITE_NULL && !p.declared_at) ||
+            (sqlite3_column_type(st, 16) != SQLITE_NULL && !p.api_number)) {
                 phone_done(&p);
                 return -ENOMEM;
         }
@@ -348,7 +430,7 @@ static int query_int(Ledger *l, const char *sql, int64_t *ret, int n, ...) {
                 return sqlite_to_errno(rc);
         va_start(ap, n);
         for (int i = 1; i <= n; i++)
-                sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
+                (void) sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
         va_end(ap);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
@@ -361,73 +443,83 @@ static int query_int(Ledger *l, const char *sql, int64_t *ret, int n, ...) {
 
 int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata), void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        _cleanup_free_ char *sql = NULL;
         int rc;
 
-        if (asprintf(&sql, "SELECT %s FROM phones WHERE ?1 IS NULL OR state = ?1 ORDER BY pk",
-                     ledger_phone_columns) < 0)
-                return -ENOMEM;
-        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        rc = sqlite3_prepare_v2(l->db, "SELECT " PHONE_COLUMNS " FROM phones WHERE ?1 IS NULL OR state = ?1 ORDER BY pk",
+                                -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         if (state >= 0)
-                sqlite3_bind_text(st, 1, state_to_string(state), -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(st, 1, state_to_string(state), -1, SQLITE_STATIC);
         return each_phone(st, cb, userdata);
 }
 
-int ledger_due(Ledger *l, int64_t now, bool resync, int (*cb)(const Phone *p, void *userdata), void *userdata) {
+int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync,
+               int (*cb)(const Phone *p, void *userdata), void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        _cleanup_free_ char *sql = NULL;
         int rc;
 
-        if (asprintf(&sql, "SELECT %s FROM phones WHERE state = 'in_flight' OR (not_before <= ?1 / 1000000 AND"
-                     " (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)"
-                     " OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved'))"
-                     " OR (?2 AND state = 'cancelled' AND EXISTS (SELECT 1 FROM history h WHERE h.phone = pk"
-                     "     AND (h.method = 'DELETE' OR h.new_state = 'in_flight'))))) ORDER BY pk",
-                     ledger_phone_columns) < 0)
-                return -ENOMEM;
-        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        rc = sqlite3_prepare_v2(l->db,
+                                "SELECT " PHONE_COLUMNS " FROM phones WHERE"
+                                " (sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1)"
+                                " OR (not_before <= ?3 / 1000000 AND"
+                                "  (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)"
+                                "   OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved'))))"
+                                " ORDER BY pk", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_int64(st, 1, now);
-        sqlite3_bind_int(st, 2, resync);
+        (void) sqlite3_bind_int64(st, 1, now);
+        (void) sqlite3_bind_int(st, 2, resync);
+        (void) sqlite3_bind_int64(st, 3, due_now);
         return each_phone(st, cb, userdata);
 }
 
-int ledger_next_due(Ledger *l, int64_t now, int64_t *ret) {
+int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, int64_t *ret) {
+        /* not_before is on the due clock; ?2 turns it into ours. */
         return query_int(l, "SELECT min(t) FROM ("
-                         " SELECT max(next_at, not_before * 1000000) AS t FROM phones WHERE state = 'retrying'"
-                         " UNION ALL SELECT not_before * 1000000 FROM phones WHERE state = 'pending'"
-                         "  AND not_before * 1000000 > ?1)", ret, 1, now);
+                         " SELECT max(next_at, not_before * 1000000 + ?2) AS t FROM phones WHERE state = 'retrying'"
+                         " UNION ALL SELECT next_at FROM phones WHERE sent_at != 0 AND state IN ('in_flight', 'cancelled')"
+                         " UNION ALL SELECT not_before * 1000000 + ?2 FROM phones WHERE state = 'pending'"
+                         "  AND not_before * 1000000 > ?1 - ?2)", ret, 2, now, now - due_now);
 }
 
-int ledger_count_unsettled(Ledger *l, int64_t now, bool due_pending, uint64_t *ret) {
-        int64_t v;
-        int r = query_int(l, "SELECT count(*) FROM phones WHERE state IN ('in_flight', 'retrying')"
-                          " OR (?2 AND state = 'pending' AND not_before <= ?1 / 1000000)",
-                          &v, 2, now, (int64_t) due_pending);
-        if (r >= 0)
-                *ret = (uint64_t) v;
-        return r;
+int ledger_count_unsettled(Ledger *l, int64_t due_now, bool due_pending, unsigned max_attempts,
+                           uint64_t *ret, uint64_t *ret_stuck) {
+        int64_t v, stuck;
+        int r;
+
+        r = query_int(l, "SELECT count(*) FROM phones WHERE (state = 'in_flight')"
+                      " OR (state IN ('retrying', 'cancelled') AND sent_at != 0 AND attempts <= ?3)"
+                      " OR (state = 'retrying' AND sent_at = 0)"
+                      " OR (?2 AND state = 'pending' AND not_before <= ?1 / 1000000)",
+                      &v, 3, due_now, (int64_t) due_pending, (int64_t) max_attempts);
+        if (r < 0)
+                return r;
+        r = query_int(l, "SELECT count(*) FROM phones WHERE state IN ('retrying', 'cancelled') AND sent_at != 0"
+                      " AND attempts > ?1", &stuck, 1, (int64_t) max_attempts);
+        if (r < 0)
+                return r;
+        *ret = (uint64_t) v;
+        if (ret_stuck)
+                *ret_stuck = (uint64_t) stuck;
+        return 0;
 }
 
 int ledger_find(Ledger *l, const char *what, Phone *ret) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        _cleanup_free_ char *sql = NULL, *norm = NULL;
+        _cleanup_free_ char *norm = NULL;
         int rc;
 
         /* "+34 910 123 456" finds the row of "+34910123456". */
         if (number_normalize(what, &norm) < 0)
                 norm = NULL;
-        if (asprintf(&sql, "SELECT %s FROM phones WHERE key = ?1 OR id = ?1 OR number = ?1 OR number = ?2 "
-                     "ORDER BY key = ?1 DESC, pk DESC LIMIT 1", ledger_phone_columns) < 0)
-                return -ENOMEM;
-        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        rc = sqlite3_prepare_v2(l->db, "SELECT " PHONE_COLUMNS " FROM phones WHERE key = ?1 OR id = ?1"
+                                " OR coalesce(number, api_number) IN (?1, ?2)"
+                                " ORDER BY key = ?1 DESC, pk DESC LIMIT 1", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_text(st, 1, what, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, norm, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 1, what, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 2, norm, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
                 return -ENOENT;
@@ -445,7 +537,7 @@ int ledger_history(Ledger *l, int64_t pk, int (*cb)(const History *h, void *user
                                 "latency_ms, detail FROM history WHERE phone = ? ORDER BY seq", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_int64(st, 1, pk);
+        (void) sqlite3_bind_int64(st, 1, pk);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 History h = {
                         .seq = sqlite3_column_int64(st, 0),
@@ -477,32 +569,32 @@ int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, cons
                                 "http_status, latency_ms, detail) VALUES (?,?,?,?,?,?,?,?,?,?)", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_int64(st, 1, pk);
-        sqlite3_bind_int64(st, 2, at);
-        sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, old_state, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 5, new_state, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 6, method, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 7, path, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(st, 1, pk);
+        (void) sqlite3_bind_int64(st, 2, at);
+        (void) sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 4, old_state, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 5, new_state, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 6, method, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 7, path, -1, SQLITE_STATIC);
         if (http_status > 0)
-                sqlite3_bind_int(st, 8, http_status);
+                (void) sqlite3_bind_int(st, 8, http_status);
         if (method)
-                sqlite3_bind_int64(st, 9, latency_ms);
-        sqlite3_bind_text(st, 10, detail, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int64(st, 9, latency_ms);
+        (void) sqlite3_bind_text(st, 10, detail, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
 int ledger_update(Ledger *l, const LedgerUpdate *u) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int64_t now = now_usec();
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
         int rc, r;
 
         r = ledger_exec(l, "BEGIN IMMEDIATE");
         if (r < 0)
                 return r;
         if (u->method) {
-                r = ledger_history_add(l, u->pk, now, "call", NULL, NULL, u->method, u->path,
+                r = ledger_history_add(l, u->pk, t, "call", NULL, NULL, u->method, u->path,
                                        u->http_status, u->latency_ms, u->to == u->from ? u->detail : NULL);
                 if (r < 0)
                         goto fail;
@@ -513,23 +605,29 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                                 " attempts = CASE WHEN ?7 >= 0 THEN ?7 ELSE attempts END,"
                                 " next_at = CASE WHEN ?8 >= 0 THEN ?8 ELSE next_at END,"
                                 " last_error = coalesce(?9, last_error), updated_at = ?10,"
-                                " number = coalesce(number, ?11)"
-                                " WHERE pk = ?1 AND state = ?2", -1, &st, NULL);
+                                " api_number = coalesce(?11, api_number),"
+                                " sent_at = CASE WHEN ?14 > 0 THEN ?14 WHEN ?15 THEN 0 ELSE sent_at END"
+                                " WHERE pk = ?1 AND state = ?2 AND (?12 <= 0 OR version = ?12)"
+                                " AND (?13 <= 0 OR not_before * 1000000 <= ?13)", -1, &st, NULL);
         if (rc != SQLITE_OK) {
                 r = sqlite_to_errno(rc);
                 goto fail;
         }
-        sqlite3_bind_int64(st, 1, u->pk);
-        sqlite3_bind_text(st, 2, state_to_string(u->from), -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, state_to_string(u->to), -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, u->id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 5, u->provider, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 6, u->scheduled_release_at, -1, SQLITE_STATIC);
-        sqlite3_bind_int(st, 7, u->attempts);
-        sqlite3_bind_int64(st, 8, u->next_at);
-        sqlite3_bind_text(st, 9, u->error, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 10, now);
-        sqlite3_bind_text(st, 11, u->number, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(st, 1, u->pk);
+        (void) sqlite3_bind_text(st, 2, state_to_string(u->from), -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 3, state_to_string(u->to), -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 4, u->id, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 5, u->provider, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 6, u->scheduled_release_at, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int(st, 7, u->attempts);
+        (void) sqlite3_bind_int64(st, 8, u->next_at);
+        (void) sqlite3_bind_text(st, 9, u->error, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(st, 10, t);
+        (void) sqlite3_bind_text(st, 11, u->api_number, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(st, 12, u->version);
+        (void) sqlite3_bind_int64(st, 13, u->due_by);
+        (void) sqlite3_bind_int64(st, 14, u->sent_at);
+        (void) sqlite3_bind_int(st, 15, u->clear_sent);
         rc = sqlite3_step(st);
         if (rc != SQLITE_DONE) {
                 r = sqlite_to_errno(rc);
@@ -540,7 +638,7 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                 goto fail;
         }
         if (u->to != u->from) {
-                r = ledger_history_add(l, u->pk, now, "state", state_to_string(u->from),
+                r = ledger_history_add(l, u->pk, t, "state", state_to_string(u->from),
                                        state_to_string(u->to), NULL, NULL, 0, 0, u->detail);
                 if (r < 0)
                         goto fail;
@@ -549,25 +647,32 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
         if (r >= 0)
                 return 0;
 fail:
-        ledger_exec(l, "ROLLBACK");
+        (void) ledger_exec(l, "ROLLBACK");
         return r;
 }
 
-int ledger_state(Ledger *l, int64_t pk, PhoneState *ret) {
+int ledger_state(Ledger *l, int64_t pk, PhoneState *ret_state, int64_t *ret_version) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        PhoneState s;
         int rc;
 
-        rc = sqlite3_prepare_v2(l->db, "SELECT state FROM phones WHERE pk = ?", -1, &st, NULL);
+        rc = sqlite3_prepare_v2(l->db, "SELECT state, version FROM phones WHERE pk = ?", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_int64(st, 1, pk);
+        (void) sqlite3_bind_int64(st, 1, pk);
         rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
                 return -ENOENT;
         if (rc != SQLITE_ROW)
                 return sqlite_to_errno(rc);
-        *ret = state_from_string((const char *) sqlite3_column_text(st, 0));
-        return *ret < 0 ? -EBADMSG : 0;
+        s = state_from_string((const char *) sqlite3_column_text(st, 0));
+        if (s < 0)
+                return -EBADMSG;
+        if (ret_state)
+                *ret_state = s;
+        if (ret_version)
+                *ret_version = sqlite3_column_int64(st, 1);
+        return 0;
 }
 
 int ledger_sent_delete(Ledger *l, int64_t pk) {
@@ -584,7 +689,7 @@ int ledger_meta_get(Ledger *l, const char *name, char **ret) {
         rc = sqlite3_prepare_v2(l->db, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
                 return -ENOENT;
@@ -602,41 +707,39 @@ int ledger_meta_set(Ledger *l, const char *name, const char *value) {
                                 "ON CONFLICT (name) DO UPDATE SET value = ?2", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
-int ledger_retry(Ledger *l, const char *what, PhoneState *state) {
+int ledger_retry(Ledger *l, const char *what, char **message) {
         _cleanup_(phone_done) Phone p = {};
         int r;
 
+        *message = NULL;
         r = ledger_find(l, what, &p);
-        if (r < 0)
+        if (r == -ENOENT) {
+                set_error(message, "no phone %s in the ledger", what);
                 return r;
-        *state = p.state;
-        if (p.state != STATE_FAILED)
+        }
+        if (r < 0) {
+                set_error(message, "cannot read the ledger: %s", ledger_errmsg(l));
+                return r;
+        }
+        if (p.state != STATE_FAILED) {
+                set_error(message, "%s is %s, not failed", what, state_to_string(p.state));
                 return -EBUSY;
-        return ledger_update(l, &(LedgerUpdate) {
+        }
+        r = ledger_update(l, &(LedgerUpdate) {
                 .pk = p.pk, .from = STATE_FAILED, .to = STATE_PENDING, .attempts = 0, .next_at = 0,
                 .detail = "retry requested by an operator",
         });
-}
-
-int ledger_lock(const char *path) {
-        _cleanup_free_ char *p = NULL;
-        int fd;
-
-        if (asprintf(&p, "%s.lock", path) < 0)
-                return -ENOMEM;
-        fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return negative_errno();
-        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-                int r = negative_errno();
-                close(fd);
-                return r;
-        }
-        return fd;
+        if (r == -ESTALE)
+                set_error(message, "%s changed meanwhile; look again with 'retirectl show'", what);
+        else if (r < 0)
+                set_error(message, "cannot write the ledger: %s", ledger_errmsg(l));
+        else
+                set_error(message, "%s is pending again", what);
+        return r;
 }

@@ -61,17 +61,17 @@ static int load_decls(Ledger *l, const Config *c) {
         for (size_t i = 0; i < c->n_decls; i++) {
                 const Decl *d = &c->decls[i];
 
-                sqlite3_bind_text(st, 1, d->key, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 2, d->id, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 3, d->number, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 4, d->reason, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(st, 5, d->not_before);
-                sqlite3_bind_text(st, 6, d->file, -1, SQLITE_STATIC);
-                sqlite3_bind_int(st, 7, (int) d->line);
+                (void) sqlite3_bind_text(st, 1, d->key, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(st, 2, d->id, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(st, 3, d->number, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(st, 4, d->reason, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int64(st, 5, d->not_before);
+                (void) sqlite3_bind_text(st, 6, d->file, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int(st, 7, (int) d->line);
                 rc = sqlite3_step(st);
-                sqlite3_reset(st);
+                (void) sqlite3_reset(st);
                 if (rc != SQLITE_DONE) {
-                        ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
+                        (void) ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
                         return sqlite_to_errno(rc);
                 }
         }
@@ -86,7 +86,7 @@ static int load_decls(Ledger *l, const Config *c) {
                         "CREATE INDEX temp.decl_phone ON decl (phone);"
                         "RELEASE decl");
         if (r < 0)
-                ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
+                (void) ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
         return r;
 }
 
@@ -112,10 +112,10 @@ static char *col(sqlite3_stmt *st, int i) {
 /* One query yields every change, in a stable order: kind, then declaration
  * order for new rows and ledger order for existing ones. */
 static const char plan_sql[] =
-        "SELECT 0, NULL, d.key, d.id, d.number, d.reason, d.not_before, d.declared_at, NULL"
+        "SELECT 0, NULL, d.key, d.id, d.number, d.reason, d.not_before, d.declared_at, NULL, 0, 0"
         "  FROM temp.decl d WHERE d.phone IS NULL"
         " UNION ALL "
-        "SELECT 1, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state"
+        "SELECT 1, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state, p.sent_at, 0"
         "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
         "  WHERE p.state = 'cancelled'"
         " UNION ALL "
@@ -123,20 +123,24 @@ static const char plan_sql[] =
          * daemon must not send another.  A cancelled row whose DELETE may
          * have gone out is looked at on resync and recorded as released or
          * scheduled if it was. */
-        "SELECT 2, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
+        "SELECT 2, p.pk, p.key, p.id, coalesce(p.number, p.api_number), p.reason, p.not_before, p.declared_at,"
+        "  p.state, p.sent_at, 0"
         "  FROM phones p WHERE p.state IN ('pending','deferred','retrying','unresolved','in_flight')"
         "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
         " UNION ALL "
-        /* A corrected number or an added id must reach the row, or the
-         * daemon would go on acting on what was first declared. */
-        "SELECT 3, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state"
+        /* A corrected, added or dropped number, or an added id, must reach
+         * the row, or the daemon would go on acting on what was first
+         * declared.  (A number-declared row's resolved id is not declared.) */
+        "SELECT 3, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state, p.sent_at,"
+        "  p.number IS NOT d.number OR (d.id IS NOT NULL AND p.id IS NOT d.id)"
         "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
         "  WHERE p.state IN ('pending','deferred','retrying','unresolved','failed')"
         "  AND (p.reason IS NOT d.reason OR p.not_before != d.not_before"
-        "       OR (d.number IS NOT NULL AND p.number IS NOT d.number)"
+        "       OR p.number IS NOT d.number"
         "       OR (d.id IS NOT NULL AND p.id IS NOT d.id))"
         " UNION ALL "
-        "SELECT 4, p.pk, p.key, p.id, p.number, p.reason, p.not_before, p.declared_at, p.state"
+        "SELECT 4, p.pk, p.key, p.id, coalesce(p.number, p.api_number), p.reason, p.not_before, p.declared_at,"
+        "  p.state, p.sent_at, 0"
         "  FROM phones p WHERE ?1 AND p.state IN ('released','scheduled','failed')"
         "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
         " ORDER BY 1, 2";
@@ -187,7 +191,7 @@ static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
         rc = sqlite3_prepare_v2(ledger_db(l), plan_sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        sqlite3_bind_int(st, 1, notes);
+        (void) sqlite3_bind_int(st, 1, notes);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 ChangeKind k = (ChangeKind) sqlite3_column_int(st, 0);
                 const char *from = (const char *) sqlite3_column_text(st, 8);
@@ -200,8 +204,14 @@ static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
                         .from = from ? state_from_string(from) : _STATE_INVALID,
                 };
 
-                ch.to = k == CHANGE_ADD || k == CHANGE_REDECLARE ? STATE_PENDING :
-                        k == CHANGE_CANCEL ? STATE_CANCELLED : ch.from;
+                /* Declared again while a DELETE of it may be out: what that
+                 * DELETE did is found out first, as for any row in flight. */
+                ch.to = k == CHANGE_REDECLARE && sqlite3_column_int64(st, 9) != 0 ? STATE_IN_FLIGHT :
+                        k == CHANGE_ADD || k == CHANGE_REDECLARE ? STATE_PENDING :
+                        k == CHANGE_CANCEL ? STATE_CANCELLED :
+                        /* A failed phone declared anew (another id or number): decided afresh. */
+                        k == CHANGE_UPDATE && ch.from == STATE_FAILED && sqlite3_column_int(st, 10) ? STATE_PENDING :
+                        ch.from;
                 if (!ch.key || (from && ch.from < 0)) {
                         change_done(&ch);
                         return ch.key ? -EBADMSG : -ENOMEM;
@@ -218,9 +228,9 @@ static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
                 return sqlite_to_errno(rc);
         /* The declarations' copy is not needed past this point: give its
          * memory back, a long-running daemon should not keep it. */
-        sqlite3_finalize(TAKE_PTR(st));
+        (void) sqlite3_finalize(TAKE_PTR(st));
         (void) ledger_exec(l, "DROP TABLE IF EXISTS temp.decl");
-        sqlite3_db_release_memory(ledger_db(l));
+        (void) sqlite3_db_release_memory(ledger_db(l));
         r = plan_hash(p, &h);
         if (r < 0)
                 return r;
@@ -242,14 +252,14 @@ int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
 
 static int step_one(sqlite3 *db, sqlite3_stmt *st) {
         int rc = sqlite3_step(st);
-        sqlite3_reset(st);
+        (void) sqlite3_reset(st);
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
         /* The row moved on since the plan was made: the plan is stale. */
         return sqlite3_changes(db) == 1 ? 0 : -ESTALE;
 }
 
-static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_t now) {
+static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_t t) {
         sqlite3 *db = ledger_db(l);
         sqlite3_stmt *s = st[c->kind];
         int64_t pk = c->pk;
@@ -258,32 +268,34 @@ static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_
 
         if (!s)
                 return 0;       /* KEEP: a note, nothing to write */
-        sqlite3_clear_bindings(s);
+        (void) sqlite3_clear_bindings(s);
         switch (c->kind) {
         case CHANGE_ADD:
-                sqlite3_bind_text(s, 1, c->key, -1, SQLITE_STATIC);
-                sqlite3_bind_text(s, 2, c->id, -1, SQLITE_STATIC);
-                sqlite3_bind_text(s, 3, c->number, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(s, 1, c->key, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(s, 2, c->id, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(s, 3, c->number, -1, SQLITE_STATIC);
                 break;
         case CHANGE_REDECLARE:
         case CHANGE_UPDATE:
         case CHANGE_CANCEL:
-                sqlite3_bind_int64(s, 1, c->pk);
-                sqlite3_bind_text(s, 2, state_to_string(c->from), -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int64(s, 1, c->pk);
+                (void) sqlite3_bind_text(s, 2, state_to_string(c->from), -1, SQLITE_STATIC);
+                if (c->kind != CHANGE_CANCEL)
+                        (void) sqlite3_bind_text(s, 3, state_to_string(c->to), -1, SQLITE_STATIC);
                 break;
         default:
                 return 0;
         }
         if (c->kind != CHANGE_CANCEL) {
-                sqlite3_bind_text(s, 4, c->reason, -1, SQLITE_STATIC);
-                sqlite3_bind_int64(s, 5, c->not_before);
-                sqlite3_bind_text(s, 6, c->declared_at, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(s, 4, c->reason, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int64(s, 5, c->not_before);
+                (void) sqlite3_bind_text(s, 6, c->declared_at, -1, SQLITE_STATIC);
         }
         if (c->kind == CHANGE_REDECLARE || c->kind == CHANGE_UPDATE) {
-                sqlite3_bind_text(s, 8, c->number, -1, SQLITE_STATIC);
-                sqlite3_bind_text(s, 9, c->id, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(s, 8, c->number, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(s, 9, c->id, -1, SQLITE_STATIC);
         }
-        sqlite3_bind_int64(s, 7, now);
+        (void) sqlite3_bind_int64(s, 7, t);
         r = step_one(db, s);
         if (r < 0)
                 return r;
@@ -291,30 +303,37 @@ static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_
                 pk = sqlite3_last_insert_rowid(db);
         detail = c->kind == CHANGE_CANCEL ? "no longer declared" :
                  c->kind == CHANGE_UPDATE ? "declaration changed" : c->declared_at;
-        return ledger_history_add(l, pk, now, "state",
+        return ledger_history_add(l, pk, t, "state",
                                   c->kind == CHANGE_ADD ? NULL : state_to_string(c->from),
                                   state_to_string(c->to), NULL, NULL, 0, 0, detail);
 }
 
+/* A new number without an id drops the id resolved from the old one,
+ * unless a DELETE of that id may be out: that is settled by id first. */
 #define ID_NUMBER_SET \
-        " id = CASE WHEN ?9 IS NOT NULL THEN ?9 WHEN ?8 IS NOT NULL AND number IS NOT ?8 THEN NULL ELSE id END," \
-        " number = coalesce(?8, number)"
+        " id = CASE WHEN ?9 IS NOT NULL THEN ?9 WHEN ?8 IS NOT NULL AND number IS NOT ?8 AND sent_at = 0" \
+        "  THEN NULL ELSE id END," \
+        " number = ?8, version = version + 1"
 
 int plan_apply(Ledger *l, const Plan *p, bool approved) {
         static const char *const sql[_CHANGE_MAX] = {
                 [CHANGE_ADD] = "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
                                " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
-                /* A new number without an id drops the id resolved from the old one. */
-                [CHANGE_REDECLARE] = "UPDATE phones SET state = 'pending', attempts = 0, next_at = 0, reason = ?4,"
+                [CHANGE_REDECLARE] = "UPDATE phones SET state = ?3, attempts = 0, next_at = 0, reason = ?4,"
                                      " not_before = ?5, declared_at = ?6, updated_at = ?7," ID_NUMBER_SET
                                      " WHERE pk = ?1 AND state = ?2",
                 [CHANGE_UPDATE] = "UPDATE phones SET reason = ?4, not_before = ?5, declared_at = ?6, updated_at = ?7,"
+                                  " state = ?3, attempts = CASE WHEN ?3 = state THEN attempts ELSE 0 END,"
+                                  " next_at = CASE WHEN ?3 = state THEN next_at ELSE 0 END,"
                                   ID_NUMBER_SET " WHERE pk = ?1 AND state = ?2",
-                [CHANGE_CANCEL] = "UPDATE phones SET state = 'cancelled', updated_at = ?7 WHERE pk = ?1 AND state = ?2",
+                /* A DELETE of it may be out: what it did is looked at now. */
+                [CHANGE_CANCEL] = "UPDATE phones SET state = 'cancelled', updated_at = ?7, version = version + 1,"
+                                  " next_at = CASE WHEN sent_at != 0 THEN 0 ELSE next_at END"
+                                  " WHERE pk = ?1 AND state = ?2",
         };
         sqlite3_stmt *st[_CHANGE_MAX] = {};
         bool hold = p->needs_approval && !approved;
-        int64_t now = now_usec();
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
         int r, rc;
 
         if (plan_changes(p) == 0)
@@ -335,14 +354,45 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                 const Change *c = &p->changes[i];
                 if (hold && (c->kind == CHANGE_ADD || c->kind == CHANGE_REDECLARE))
                         continue;
-                r = apply_one(l, st, c, now);
+                r = apply_one(l, st, c, t);
         }
 finish:
         for (size_t k = 0; k < _CHANGE_MAX; k++)
-                sqlite3_finalize(st[k]);
+                (void) sqlite3_finalize(st[k]);
         if (r >= 0)
                 r = ledger_exec(l, "COMMIT");
         if (r < 0)
-                ledger_exec(l, "ROLLBACK");
+                (void) ledger_exec(l, "ROLLBACK");
         return r;
+}
+
+int plan_approve(Ledger *l, const Config *c, const char *hash, char **message, size_t *ret_count) {
+        _cleanup_(plan_freep) Plan *p = NULL;
+        int r;
+
+        *message = NULL;
+        r = plan_compute_changes(l, c, &p);
+        if (r < 0) {
+                (void) asprintf_or_null(message, "cannot compute the plan: %s", ledger_errmsg(l));
+                return r;
+        }
+        if (!p->needs_approval) {
+                (void) asprintf_or_null(message, "no plan waits for approval");
+                return -ENOENT;
+        }
+        /* What was reviewed is what is applied, or nothing. */
+        if (!streq(p->hash, hash)) {
+                (void) asprintf_or_null(message, "the plan waiting is %s, not %s: review it with 'retirectl plan'",
+                                        p->hash, hash);
+                return -ESTALE;
+        }
+        r = plan_apply(l, p, true);
+        if (r < 0) {
+                (void) asprintf_or_null(message, "cannot apply the plan: %s", ledger_errmsg(l));
+                return r;
+        }
+        if (ret_count)
+                *ret_count = p->new_releases;
+        (void) asprintf_or_null(message, "approved plan %s: %zu new releases", p->hash, p->new_releases);
+        return 0;
 }

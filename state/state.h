@@ -2,8 +2,9 @@
 #pragma once
 
 /* state/: the SQLite ledger, the only record of what was done, and the plan
- * that turns declarations into ledger rows.  Rows are never deleted and the
- * history is append-only; both are enforced by triggers in the schema. */
+ * that turns declarations into ledger rows.  Rows are never deleted, the
+ * history is append-only, and the record of an irreversible act only moves
+ * forward; triggers in the schema enforce all three for every writer. */
 
 #include <errno.h>
 #include <stdbool.h>
@@ -11,7 +12,7 @@
 
 #include "conf.h"
 
-#define LEDGER_SCHEMA_VERSION 1
+#define LEDGER_SCHEMA_VERSION 2
 
 typedef enum PhoneState {
         STATE_PENDING,
@@ -37,7 +38,10 @@ typedef enum LedgerMode {
         LEDGER_WRITE,   /* creates and migrates the file */
 } LedgerMode;
 
-/* On failure *error (if given) gets a sentence for the operator. */
+/* On failure *error (if given) gets a sentence for the operator.  A writer
+ * holds an exclusive lock on the file itself (flock, so every name of it,
+ * hard links and symlinks included, is the same ledger) until it closes it:
+ * -EWOULDBLOCK when another writer has it. */
 int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error);
 Ledger *ledger_close(Ledger *l);
 static inline void ledger_closep(Ledger **l) { if (*l) ledger_close(*l); }
@@ -45,11 +49,14 @@ const char *ledger_errmsg(Ledger *l);
 
 typedef struct Phone {
         int64_t pk;
-        char *key, *id, *number, *reason;
+        char *key, *id, *number, *reason;   /* number: as declared, or NULL */
         int64_t not_before;        /* seconds since the epoch, 0 = none */
         PhoneState state;
         unsigned attempts;
         int64_t next_at;           /* usec since the epoch, 0 = none */
+        int64_t version;           /* of the declaration; every plan change bumps it */
+        int64_t sent_at;           /* usec: when a DELETE left whose effect no look has settled; 0 = none */
+        char *api_number;          /* the number as the API gave it */
         char *provider;
         char *scheduled_release_at;
         char *last_error;
@@ -75,13 +82,21 @@ int ledger_history(Ledger *l, int64_t pk, int (*cb)(const History *h, void *user
 
 /* One step of a phone's life: the API call that happened (if any) and the
  * state it led to, written together in one transaction.  The update only
- * applies if the row is still in `from`; otherwise -ESTALE and nothing is
- * written. */
+ * applies if the row is still in `from` (and, with `version`, still has the
+ * declaration the step was decided on); otherwise -ESTALE and nothing is
+ * written.  A step the record may not take (a released phone back to
+ * anything, a scheduled one to anything but released, a phone whose DELETE
+ * may have gone out to failed, unresolved or pending without a look) is
+ * refused with -EPERM and ledger_errmsg() says why. */
 typedef struct LedgerUpdate {
         int64_t pk;
         PhoneState from, to;
+        int64_t version;                  /* > 0: only if the declaration is still this one */
+        int64_t due_by;                   /* > 0: only if not_before has come by this time (usec) */
+        int64_t sent_at;                  /* > 0: a DELETE leaves now, at this time (usec) */
+        bool clear_sent;                  /* this step's look (a GET) settled the last DELETE */
         const char *id;                   /* NULL: keep */
-        const char *number;               /* NULL: keep */
+        const char *api_number;           /* NULL: keep */
         const char *provider;             /* NULL: keep */
         const char *scheduled_release_at; /* NULL: keep */
         int attempts;                     /* < 0: keep */
@@ -95,38 +110,44 @@ typedef struct LedgerUpdate {
 } LedgerUpdate;
 
 int ledger_update(Ledger *l, const LedgerUpdate *u);
-/* > 0 when a DELETE for this row may have gone out (one is on record, or
- * the row was in_flight once), 0 when none. */
+/* > 0 when a DELETE for this row is on record (one was answered, or the row
+ * was in_flight once), 0 when none. */
 int ledger_sent_delete(Ledger *l, int64_t pk);
-int ledger_state(Ledger *l, int64_t pk, PhoneState *ret);
+/* The row's state and declaration version as the ledger has them now. */
+int ledger_state(Ledger *l, int64_t pk, PhoneState *ret_state, int64_t *ret_version);
 
 /* An operator's retry: a failed row back to pending with its attempts reset.
- * -ENOENT: no such phone; -EBUSY: the phone is not failed (*state says what). */
-int ledger_retry(Ledger *l, const char *what, PhoneState *state);
-
-/* The ledger's writer holds this lock (a file beside the ledger) for as long
- * as it writes, so the daemon and an offline retirectl never write at once.
- * Returns an fd to close, -EWOULDBLOCK when someone else holds it. */
-int ledger_lock(const char *path);
+ * 0, or -ENOENT (no such phone), -EBUSY (not failed), another -errno; *message
+ * gets a sentence for the operator either way. */
+int ledger_retry(Ledger *l, const char *what, char **message);
 
 int ledger_meta_get(Ledger *l, const char *name, char **ret);
 int ledger_meta_set(Ledger *l, const char *name, const char *value);
 
-/* The rows a pass must look at: every in_flight row (its DELETE's fate is
- * unknown), pending and due retrying rows whose not_before has come, and on a
- * resync the deferred, scheduled and unresolved ones too. */
-int ledger_due(Ledger *l, int64_t now, bool resync, int (*cb)(const Phone *p, void *userdata), void *userdata);
-/* When the next retry or not_before falls due (usec since the epoch), or
- * -ENOENT when nothing waits for time. */
-int ledger_next_due(Ledger *l, int64_t now, int64_t *ret);
-/* Rows still waiting for a call: in_flight, retrying, and (with
- * due_pending) pending rows whose not_before has come. */
-int ledger_count_unsettled(Ledger *l, int64_t now, bool due_pending, uint64_t *ret);
+/* The rows a pass must look at: in_flight rows and cancelled ones whose
+ * DELETE may have gone out, once their next_at has come (the settle time
+ * after the DELETE left); pending and due retrying rows whose not_before has
+ * come; and on a resync the deferred, scheduled and unresolved ones too.
+ * `now` is our clock (for next_at), `due_now` the one not_before is held
+ * against (both clocks, see reconcile_due_now()); both usec since the epoch. */
+int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync,
+               int (*cb)(const Phone *p, void *userdata), void *userdata);
+/* When, on our clock, the next retry, look or not_before falls due (usec
+ * since the epoch), or -ENOENT when nothing waits for time. */
+int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, int64_t *ret);
+/* Rows still waiting for a call: in_flight, retrying, cancelled ones whose
+ * DELETE may have gone out, and (with due_pending) pending rows whose
+ * not_before has come.  Rows whose DELETE may have gone out and whose looks
+ * kept failing past max_attempts are counted apart, in *ret_stuck: only a
+ * working API (or an operator) ends them. */
+int ledger_count_unsettled(Ledger *l, int64_t due_now, bool due_pending, unsigned max_attempts,
+                           uint64_t *ret, uint64_t *ret_stuck);
 
 /* The plan: what the declarations change in the ledger. */
 typedef enum ChangeKind {
         CHANGE_ADD,        /* newly declared: a new pending row */
-        CHANGE_REDECLARE,  /* cancelled earlier, declared again: pending */
+        CHANGE_REDECLARE,  /* cancelled earlier, declared again: pending (in_flight
+                            * when a DELETE of it may have gone out: looked at first) */
         CHANGE_CANCEL,     /* no longer declared, not released (in_flight too): cancelled */
         CHANGE_UPDATE,     /* reason or not_before changed */
         CHANGE_KEEP,       /* no longer declared but past undoing: a note only */
@@ -155,11 +176,15 @@ int plan_compute(Ledger *l, const Config *c, Plan **ret);
 /* The same without CHANGE_KEEP notes. */
 int plan_compute_changes(Ledger *l, const Config *c, Plan **ret);
 /* Applies the plan in one transaction.  Unless approved, a plan that needs
- * approval applies everything but its new releases. */
+ * approval applies everything but its new releases.  Every change bumps the
+ * row's declaration version, so a DELETE decided on the old one never leaves. */
 int plan_apply(Ledger *l, const Plan *p, bool approved);
+/* An operator's approval of the plan the guard holds, if it is still the
+ * one with this hash: 0 once applied; -ENOENT (none waits), -ESTALE (another
+ * plan waits), another -errno.  *message gets a sentence for the operator;
+ * *ret_count (if given) the new releases applied. */
+int plan_approve(Ledger *l, const Config *c, const char *hash, char **message, size_t *ret_count);
 /* Changes that alter the ledger (KEEP notes do not). */
 size_t plan_changes(const Plan *p);
 Plan *plan_free(Plan *p);
 static inline void plan_freep(Plan **p) { if (*p) plan_free(*p); }
-
-int64_t now_usec(void);

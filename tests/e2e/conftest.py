@@ -185,7 +185,8 @@ class Rig:
     def write_config(self, releases, *, api=None, pace=None, retry=None, safety=None, extra="", path=None):
         """Writes the config; each group is the test defaults updated by the dict given."""
         groups = {
-            "api": {"base_url": self.fake.url, "token_file": self.token_file, "timeout": 5.0},
+            # A short settle time: a test that loses a DELETE's answer looks at it soon.
+            "api": {"base_url": self.fake.url, "token_file": self.token_file, "timeout": 5.0, "settle_time": 0.5},
             "pace": {"rate": 50.0, "burst": 10, "concurrency": 4},
             "retry": {"max_attempts": 3, "base_delay": 0.05, "max_delay": 0.2},
             "safety": {"dry_run": False, "max_new_releases": 1000},

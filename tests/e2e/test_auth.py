@@ -16,7 +16,9 @@ def check_paused(rig, run, status, keys):
     assert rig.deletes() == [] or all(e["status"] == status for e in rig.deletes())
     rows = rig.list()
     for k in keys:
-        assert rows[k]["state"] == "pending" and rows[k]["attempts"] == 0, rows[k]
+        # A refused DELETE leaves its row in_flight: a look decides once calls resume.
+        refused = any(e["status"] == status for e in rig.deletes(rows[k]["id"])) if rows[k]["id"] else False
+        assert rows[k]["state"] == ("in_flight" if refused else "pending") and rows[k]["attempts"] == 0, rows[k]
         assert rows[k]["last_error"] is None
     assert not run.events(MSG["failed"])
     assert all(p["scheduled_release_at"] is None and p["status"] == "assigned" for p in rig.fake.phones.values())
@@ -50,11 +52,11 @@ def test_view_only_token_one_phone(make_rig):
     run = rig.run(timeout=AUTH_TIMEOUT)
     check_paused(rig, run, 403, [num(1)])
     assert [e["status"] for e in rig.deletes()] == [403]
-    # The refused DELETE is on record, and the row went back to pending.
+    # The refused DELETE is on record, and the row stays in_flight: it is
+    # looked at (GET) before anything is sent again.
     hist = rig.show(num(1))["history"]
     assert any(e["method"] == "DELETE" and e["http_status"] == 403 for e in hist)
-    assert [(e["from"], e["to"]) for e in hist if e["kind"] == "state"][-2:] == \
-           [("pending", "in_flight"), ("in_flight", "pending")]
+    assert [(e["from"], e["to"]) for e in hist if e["kind"] == "state"][-1:] == [("pending", "in_flight")]
 
 
 def test_view_only_token_many_phones(make_rig):
@@ -78,3 +80,6 @@ def test_good_token_after_a_refused_one(make_rig):
     assert run.rc == 0, run
     assert rig.list()[pid(1)]["state"] == "scheduled"
     assert [e["status"] for e in rig.deletes()] == [403, 204]
+    # Between the two DELETEs, a look.
+    log = [(e["method"], e["status"]) for e in rig.fake.log if e["phone_id"] == pid(1)]
+    assert log[log.index(("DELETE", 403)) + 1] == ("GET", 200), log

@@ -20,7 +20,7 @@ def test_second_daemon_on_the_same_ledger_is_refused(make_rig):
     wait_for(lambda: rig.db_rows().get(num(1), {}).get("state") == "scheduled", what="the first daemon")
     second = rig.run()
     assert second.rc == 1, second
-    assert any(rig.ledger in line and "locked" in line for line in second.lines), second
+    assert any(rig.ledger in line and "in use by another writer" in line for line in second.lines), second
     assert first.poll() is None, "the first daemon died"
     assert len(rig.deletes()) == 1
     first.terminate()

@@ -226,15 +226,18 @@ def test_sip_identifier_on_one_live_phone_is_released_after_the_listing(make_rig
     assert rig.list()[sip]["state"] == "released"
 
 
-@pytest.mark.xfail(reason="KNOWN LIMIT: a phone number (E.164) is acted on as soon as its list page shows "
-                          "it live, so that releases overlap the listing (the 1.05x pacing target); a number "
-                          "is live on one phone at a time, so two live phones with one number are not "
-                          "expected from the API, and are not detected before the first is released. "
-                          "SIP identifiers, which may repeat, wait for the whole list (tests above)", strict=True)
 def test_number_on_two_live_phones_is_not_guessed(make_rig):
-    rig = make_rig([phone(30), dict(phone(31), number=num(30))])
-    rig.write_config([{"number": num(30)}])
+    """Two live phones with one E.164 number: nothing was clearly declared, so
+    nothing is released; the row names both ids, for the operator to pick one."""
+    rig = make_rig([phone(30), dict(phone(31), number=num(30)), phone(32)])
+    rig.write_config([{"number": num(30)}, {"number": num(32)}])
     run = rig.run()
     assert run.rc == 0, run
-    assert rig.deletes() == [], "released %s, one of two phones with that number" % rig.deletes()[0]["phone_id"]
-    assert rig.list()[num(30)]["state"] == "failed"
+    assert [e["phone_id"] for e in rig.deletes()] == [pid(32)], "released one of two phones with that number"
+    row = rig.show(num(30))
+    assert row["state"] == "failed" and row["id"] is None, row
+    assert "ambiguous" in row["last_error"], row
+    detail = [h["detail"] for h in row["history"] if h["to"] == "failed"][0]
+    assert pid(30) in detail and pid(31) in detail, detail
+    line = run.outcome("failed", number=num(30))["line"]
+    assert pid(30) in line and pid(31) in line and "declare the one meant by id" in line

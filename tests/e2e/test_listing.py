@@ -1,48 +1,286 @@
-"""Listing the account: paging, and a page that fails for a while."""
+"""Listing the account: the whole account first, then acting.
 
-from conftest import MSG, num, phone, pid
+Every test here runs against both kinds of API the published description allows:
+"pages" (the answer to page=1 gives total_pages, so the other pages are asked
+at once) and "cursor" (an API that ignores `page` and pages by cursor only).
+"""
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import MSG, num, phone, pid, wait_for
+
+MODES = ["pages", "cursor"]
 
 
-def test_list_page_503_is_retried(make_rig):
-    rig = make_rig([phone(n) for n in range(1, 4)])
+@pytest.fixture(params=MODES)
+def mode(request):
+    return request.param
+
+
+def make(make_rig, mode, phones, **knobs):
+    return make_rig(phones, paging="both" if mode == "pages" else "cursor", **knobs)
+
+
+def list_calls(rig):
+    return sorted((e for e in rig.fake.log if e["method"] == "GET" and e["phone_id"] is None), key=lambda e: e["t"])
+
+
+def assert_no_delete_while_listing(rig):
+    """No DELETE left while a list call of the same pass was out: the account is
+    seen whole before anything is acted on."""
+    lists = list_calls(rig)
+    for d in rig.deletes():
+        assert not [l for l in lists if l["t"] < d["t"] < l["t_reply"]], "a DELETE left while the account was listed"
+
+
+def test_list_page_503_is_retried(make_rig, mode):
+    rig = make(make_rig, mode, [phone(n) for n in range(1, 4)])
     rig.fake.script("list", "GET", [503])
     rig.write_config([{"number": num(n)} for n in range(1, 4)])
     run = rig.run()
     assert run.rc == 0, run
-    lists = [e for e in rig.fake.log if e["method"] == "GET" and e["phone_id"] is None]
-    assert [e["status"] for e in lists] == [503, 200]
+    assert [e["status"] for e in list_calls(rig)][:2] == [503, 200]
     assert {r["state"] for r in rig.list().values()} == {"scheduled"}
     assert len(rig.deletes()) == 3
-    assert not run.events(MSG["failed"])
+    assert not run.events(MSG["failed"]) and not run.events(MSG["retrying"])
 
 
-def test_list_failing_for_a_whole_pass_is_retried_later(make_rig):
-    """max_attempts pages fail: the pass gives up on the listing, the phones wait
-    (retrying), and a later pass lists again and releases them."""
-    rig = make_rig([phone(n) for n in range(1, 4)])
+def test_list_failing_for_a_whole_pass_is_retried_later(make_rig, mode):
+    """max_attempts pages fail: the pass gives the listing up with no verdict and
+    no attempt counted; a later listing releases them."""
+    rig = make(make_rig, mode, [phone(n) for n in range(1, 4)])
     rig.fake.script("list", "GET", [503, 502, 500])
     rig.write_config([{"number": num(n)} for n in range(1, 4)], retry={"max_attempts": 3})
     run = rig.run()
     assert run.rc == 0, run
-    lists = [e["status"] for e in rig.fake.log if e["method"] == "GET" and e["phone_id"] is None]
-    assert lists[:3] == [503, 502, 500] and lists[-1] == 200
-    assert {r["state"] for r in rig.list().values()} == {"scheduled"}
-    assert len(rig.deletes()) == 3
+    statuses = [e["status"] for e in list_calls(rig)]
+    assert statuses[:3] == [503, 502, 500] and statuses[-1] == 200
+    rows = rig.list()
+    assert {r["state"] for r in rows.values()} == {"scheduled"}
+    assert all(r["attempts"] == 0 for r in rows.values()), rows
     rig.assert_exactly_once(one_delete=True)
 
 
-def test_paging_through_a_larger_account(make_rig):
-    """250 phones: three pages of 100; numbers on every page are found."""
-    phones = [phone(n) for n in range(1, 251)]
-    rig = make_rig(phones)
+def test_paging_through_a_larger_account(make_rig, mode):
+    """250 phones: three pages of 100; numbers on every page are found, and
+    one on none is not in the account."""
+    rig = make(make_rig, mode, [phone(n) for n in range(1, 251)])
     picks = [3, 120, 249]
     rig.write_config([{"number": num(n)} for n in picks] + [{"number": num(999)}])
     run = rig.run()
     assert run.rc == 0, run
-    lists = [e for e in rig.fake.log if e["method"] == "GET" and e["phone_id"] is None]
-    assert len(lists) == 3 and all(e["status"] == 200 for e in lists)
-    assert lists[1]["query"].startswith("limit=100&after=")
+    lists = list_calls(rig)
+    assert all(e["status"] == 200 for e in lists)
+    if mode == "pages":
+        # Page 1, then 2 and 3 at once, then the last page once more (nothing moved).
+        assert [e["query"] for e in lists[:1]] == ["page=1&limit=100&order=asc"]
+        assert sorted(e["query"] for e in lists[1:3]) == ["page=2&limit=100&order=asc", "page=3&limit=100&order=asc"]
+        assert lists[3]["query"] == "page=3&limit=100&order=asc" and len(lists) == 4
+    else:
+        assert len(lists) == 3 and lists[1]["query"].startswith("limit=100&order=asc&after=")
     rows = rig.list()
     assert all(rows[num(n)]["state"] == "scheduled" and rows[num(n)]["id"] == pid(n) for n in picks)
     assert rows[num(999)]["state"] == "unresolved"
     assert "250 phones" in run.outcome("unresolved", number=num(999))["line"]
+    assert_no_delete_while_listing(rig)
+
+
+def test_pages_are_asked_concurrently(make_rig):
+    """With total_pages, the pages after the first are out at once (the pacer
+    spaces them); by cursor, one at a time."""
+    rig = make_rig([phone(n) for n in range(1, 601)], latency=0.1)
+    rig.write_config([{"number": num(600)}], pace={"rate": 100.0, "burst": 10, "concurrency": 8})
+    run = rig.run()
+    assert run.rc == 0, run
+    lists = list_calls(rig)
+    overlap = max(sum(1 for o in lists if o["t"] <= l["t"] < o["t_reply"]) for l in lists)
+    assert overlap >= 4, "list pages were not asked concurrently (at most %d at once)" % overlap
+    assert rig.list()[num(600)]["state"] == "scheduled"
+
+
+# ---------------------------------------------------------------- our own DELETEs and the cursor
+
+@pytest.mark.parametrize("gone", ["value", "400", "empty", "restart"])
+def test_releases_never_remove_the_cursor_under_the_listing(make_rig, mode, gone):
+    """Custom phones are deleted at once.  The account is listed whole before the
+    first DELETE, so a DELETE never removes a cursor the listing still needs,
+    whatever the API does with a gone cursor: every declared number is released."""
+    phones = [phone(n, provider="custom") for n in range(1, 205)]
+    rig = make(make_rig, mode, phones, custom_release="gone", gone_cursor=gone)
+    rig.write_config([{"number": num(n)} for n in range(1, 205)], pace={"rate": 500.0, "burst": 50, "concurrency": 8})
+    run = rig.run(timeout=60)
+    assert run.rc == 0, run
+    rows = rig.list()
+    assert {r["state"] for r in rows.values()} == {"released"}, \
+        {k: r["state"] for k, r in rows.items() if r["state"] != "released"}
+    assert not run.events(MSG["unresolved"])
+    rig.assert_exactly_once(one_delete=True)
+    assert_no_delete_while_listing(rig)
+
+
+@pytest.mark.parametrize("gone", ["400", "empty", "restart"])
+def test_a_cursor_removed_by_someone_else_is_noticed(make_rig, gone):
+    """By cursor: the phone the next page starts after is removed (by someone
+    else) between two pages.  The listing notices (a 400 to its cursor, an empty
+    end right after has_more, or a phone listed twice), lists again once, and
+    misses no phone that was there all along."""
+    rig = make_rig([phone(n) for n in range(1, 251)], paging="cursor", gone_cursor=gone, latency=0.05)
+    rig.write_config([{"number": num(n)} for n in (5, 150, 240)])
+    # Page 1 is held 0.5 s after the fake read it: its last phone goes meanwhile.
+    started = threading.Event()
+
+    def remove_cursor():
+        wait_for(lambda: ("list", "GET") not in rig.fake._scripts, what="the first page to arrive")
+        cursor = sorted(rig.fake.phones)[99]
+        with rig.fake.lock:
+            rig.fake._drop(cursor)
+        started.set()
+    rig.fake.script("list", "GET", [{"delay": 0.5}])
+    t = threading.Thread(target=remove_cursor)
+    t.start()
+    run = rig.run()
+    t.join(5)
+    assert started.is_set()
+    assert run.rc == 0, run
+    assert any("the account changed while it was listed" in l for l in run.lines), run
+    rows = rig.list()
+    assert {r["state"] for r in rows.values()} == {"scheduled"}, rows
+    rig.assert_exactly_once(one_delete=True)
+
+
+def test_a_phone_added_during_a_listing_by_pages_is_noticed(make_rig):
+    """By page: a phone added (by someone else) while the pages are read shifts
+    them; the listing notices, lists again once, and finds every phone."""
+    rig = make_rig([phone(n) for n in range(1, 301)], latency=0.05)
+    rig.write_config([{"number": num(n)} for n in (1, 150, 300)], pace={"concurrency": 1})
+
+    def add_one():
+        wait_for(lambda: ("list", "GET") not in rig.fake._scripts, what="the first page to arrive")
+        # An id that sorts first: every later page shifts by one.
+        rig.fake.add_phones([dict(phone(999), id="00000000-0000-4000-8000-000000000000")])
+    t = threading.Thread(target=add_one)
+    rig.fake.script("list", "GET", [{"delay": 0.3}])
+    t.start()
+    run = rig.run()
+    t.join(5)
+    assert run.rc == 0, run
+    assert any("the account changed while it was listed" in l for l in run.lines), run
+    assert {r["state"] for r in rig.list().values()} == {"scheduled"}
+    rig.assert_exactly_once(one_delete=True)
+
+
+# ---------------------------------------------------------------- listings that cannot be believed
+
+def test_a_listing_that_never_ends_is_stopped(make_rig, mode):
+    """has_more with an empty page and a new cursor, forever (finding 5): the
+    listing stops at the first such page, with a clear error and no verdict on
+    the phones; --once gives up after max_attempts listings."""
+    rig = make(make_rig, mode, [phone(1)])
+    endless = [{"status": 200, "body": json.dumps({"data": [], "has_more": True, "last_id": str(uuid.uuid4())})}
+               for _ in range(1000)]
+    rig.fake.script("list", "GET", endless)
+    rig.write_config([{"number": num(1)}], retry={"max_attempts": 3})
+    run = rig.run()
+    assert run.rc == 1, run
+    assert len(list_calls(rig)) == 3, "asked %d pages of an endless listing" % len(list_calls(rig))
+    row = rig.list()[num(1)]
+    assert row["state"] == "pending" and row["attempts"] == 0, row
+    assert [l for l in run.lines if "has_more" in l and "empty page" in l], run
+    assert rig.deletes() == []
+
+
+def test_an_api_that_starts_over_every_time_is_not_believed(make_rig, mode):
+    """Page 2 repeats page 1's phones, every time: a phone listed twice is the
+    account changing; after one fresh listing the listing gives up, no verdict."""
+    rig = make(make_rig, mode, [phone(n) for n in range(1, 4)])
+    first = {"data": [rig.fake.phone(pid(1))], "has_more": True, "last_id": pid(1)}
+    rig.fake.script("list", "GET", [{"status": 200, "body": json.dumps(first)}] * 100)
+    rig.write_config([{"number": num(3)}], retry={"max_attempts": 2})
+    run = rig.run()
+    assert run.rc == 1, run
+    assert [l for l in run.lines if "listed twice" in l], run
+    assert rig.list()[num(3)]["state"] == "pending" and rig.deletes() == []
+
+
+def test_more_pages_than_retired_lists_is_not_believed(make_rig):
+    rig = make_rig([phone(1)])
+    huge = {"data": [rig.fake.phone(pid(1))], "has_more": True, "current_page": 1, "total_pages": 10_001}
+    rig.fake.script("list", "GET", [{"status": 200, "body": json.dumps(huge)}] * 10)
+    rig.write_config([{"number": num(1)}], retry={"max_attempts": 2})
+    run = rig.run()
+    assert run.rc == 1, run
+    assert len(list_calls(rig)) == 2
+    assert [l for l in run.lines if "more pages than retired lists" in l], run
+    assert rig.deletes() == []
+
+
+# ---------------------------------------------------------------- odd phones, flaky pages
+
+@pytest.mark.parametrize("odd", ["number_null", "id_in_capitals"])
+def test_one_odd_phone_does_not_hide_the_others(make_rig, mode, odd):
+    """One phone of the account with "number": null, or its id in capitals
+    (finding 6): the other phones count.  A null number is skipped with one
+    warning naming the phone; an id in capitals is a UUID all the same."""
+    rig = make(make_rig, mode, [phone(n) for n in range(1, 22)])
+    with rig.fake.lock:
+        p = rig.fake.phones[pid(21)]
+        rig.fake.phones[pid(21)] = dict(p, number=None) if odd == "number_null" else dict(p, id=pid(21).upper())
+        rig.fake._enc.pop(pid(21), None)
+    rig.write_config([{"number": num(n)} for n in range(1, 21)])
+    run = rig.run()
+    assert run.rc == 0, run
+    rows = rig.list()
+    assert {rows[num(n)]["state"] for n in range(1, 21)} == {"scheduled"}, rows
+    warn = [l for l in run.lines if "cannot be read" in l]
+    if odd == "number_null":
+        assert len(warn) == 1 and pid(21) in warn[0], run
+    else:
+        assert warn == [], run
+    rig.assert_exactly_once(one_delete=True)
+
+
+def test_list_failures_are_never_charged_to_the_phones(make_rig, mode):
+    """1,000 numbers over 10 pages, and a flaky listing (finding 9): failed
+    pages are retried on the listing's own budget, a 400 gives the listing up
+    for the pass; no phone is failed or charged an attempt for it."""
+    rig = make(make_rig, mode, [phone(n) for n in range(1, 1001)])
+    rig.fake.script("list", "GET", [503, 200, 502, 400, 503, 200, 500])
+    rig.write_config([{"number": num(n)} for n in range(1, 1001)], pace={"rate": 2000.0, "burst": 100, "concurrency": 8},
+                     retry={"max_attempts": 4}, safety={"max_new_releases": 1000})
+    run = rig.run(timeout=60)
+    assert run.rc == 0, run
+    rows = rig.list()
+    assert {r["state"] for r in rows.values()} == {"scheduled"}
+    assert all(r["attempts"] == 0 for r in rows.values()), [r for r in rows.values() if r["attempts"]][:3]
+    assert not run.events(MSG["failed"]) and not run.events(MSG["retrying"])
+    rig.assert_exactly_once(one_delete=True)
+    assert_no_delete_while_listing(rig)
+
+
+# ---------------------------------------------------------------- two live phones, one number
+
+@pytest.mark.parametrize("number", [num(30), "trunk30@sip.example.com"], ids=["e164", "sip"])
+def test_a_number_on_two_live_phones_is_never_released(make_rig, mode, number):
+    """Two live phones carry the number (E.164 and SIP alike), on different pages:
+    nothing was clearly declared; the row fails with both ids, for the operator
+    to declare the one meant by id.  Declared by id, it is released."""
+    phones = [dict(phone(30), number=number)] + [phone(n) for n in range(100, 250)] + [dict(phone(31), number=number)]
+    rig = make(make_rig, mode, phones)
+    rig.write_config([{"number": number}])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert rig.deletes() == []
+    row = rig.show(number)
+    assert row["state"] == "failed" and row["id"] is None, row
+    failed = [h for h in row["history"] if h["to"] == "failed"][0]["detail"]
+    assert pid(30) in failed and pid(31) in failed, failed
+
+    rig.write_config([{"number": number, "id": pid(31)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert [e["phone_id"] for e in rig.deletes()] == [pid(31)]

@@ -4,7 +4,7 @@
  * The first input byte picks the parser (modulo 3):
  *   0  api_parse_page     a GET /v1/phone/ list page
  *   1  api_parse_phone    a GET /v1/phone/{id} answer
- *   2  api_error_message  an error body (FastAPI 422 detail or Diga error)
+ *   2  api_error_body     an error body (FastAPI 422 detail or Diga error)
  * and the rest of the input is the body, passed with its length and NOT
  * NUL-terminated (a copy in a buffer of exactly that size, so ASan sees any
  * read past the end).  One Api (one private SQLite connection and its
@@ -12,7 +12,7 @@
  * daemon does.
  *
  * Checked: a parser returns 0 or -EBADMSG with a reason, as daemon.h says
- * (-DFUZZ_IGNORE_KNOWN also lets the -ENOMEM of known bug 3 through); on
+ * on
  * success a page has n <= API_PAGE_LIMIT (100), every id passes
  * uuid_is_valid(), every phone has a number (<= CONF_MAX_SIP) and a status
  * name, has_more implies a valid last_id; an error message is short. */
@@ -55,10 +55,6 @@ static void check_phone(const RemotePhone *p) {
 static void check_result(int r, const char *why) {
         /* daemon.h: "0, or -EBADMSG with *why saying what is wrong with the
          * body".  Nothing runs out of memory here, so -ENOMEM would be wrong. */
-#ifdef FUZZ_IGNORE_KNOWN        /* known bug 3, see README.md */
-        if (r == -ENOMEM && !why)
-                return;
-#endif
         CHECK(r == 0 || r == -EBADMSG);
         if (r == -EBADMSG)
                 CHECK(why && why[0]);
@@ -87,17 +83,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 r = api_parse_page(api, body, len, &p, &why);
                 check_result(r, why);
                 if (r == 0) {
-                        CHECK(p.n <= API_PAGE_LIMIT);
+                        CHECK(p.n + p.n_skipped <= API_PAGE_LIMIT);
                         CHECK(p.n == 0 || p.phones);
                         for (size_t i = 0; i < p.n; i++)
                                 check_phone(&p.phones[i]);
-                        if (p.has_more)
+                        for (size_t i = 0; i < p.n_skipped; i++)
+                                CHECK(p.skipped[i] && p.skipped[i][0]);
+                        /* A cursor to go on with, unless nothing in the page could give one. */
+                        if (p.has_more && p.n > 0)
                                 CHECK(uuid_is_valid(p.last_id));
-                        else
-                                CHECK(p.last_id[0] == 0 || uuid_is_valid(p.last_id));
+                        CHECK(p.last_id[0] == 0 || uuid_is_valid(p.last_id));
+                        CHECK(p.total_pages >= -1 && p.current_page >= -1);
                         phone_page_done(&p);
                 } else
-                        CHECK(p.n == 0 && !p.phones);
+                        CHECK(p.n == 0 && !p.phones && !p.skipped);
                 break;
         }
         case 1: {
@@ -113,11 +112,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 break;
         }
         default: {
-                _cleanup_free_ char *m = api_error_message(api, body, len);
+                _cleanup_free_ char *m = NULL;
+                bool is_api = api_error_body(api, body, len, &m);
 
                 if (m)
-                        /* "%.64s: %.400s" at most. */
-                        CHECK(strlen(m) <= 64 + 2 + 400);
+                        /* "%.64s: %.400s" at most, on one line. */
+                        CHECK(strlen(m) <= 64 + 2 + 400 && !strchr(m, '\n'));
+                /* Only an object can be the API's error body. */
+                if (is_api)
+                        CHECK(len > 0 && memchr(body, '{', len));
                 break;
         }
         }

@@ -16,11 +16,7 @@
  *   failure: -EINVAL (or another negative errno) with at least one
  *            diagnostic, each of the form "FILE: ..." with FILE a real path
  *            (ours, or a file the input pulled in).
- * Everything is freed, so LeakSanitizer checks the error paths too.
- *
- * Built with -DFUZZ_IGNORE_KNOWN (make FUZZ_DEFS=-DFUZZ_IGNORE_KNOWN), the
- * harness steps around the bugs listed in README.md, to keep fuzzing the
- * rest while they are open. */
+ * Everything is freed, so LeakSanitizer checks the error paths too. */
 
 #include <dirent.h>
 #include <ftw.h>
@@ -100,9 +96,7 @@ static void check_success(const Config *c, const ConfDiag *d) {
         /* Paths are resolved against the folder of the main file, and an
          * empty one means the documented default (retired.conf(5)). */
         CHECK(c->releases_dir[0] == '/');
-#ifndef FUZZ_IGNORE_KNOWN       /* known bug 1, see README.md */
         CHECK(c->ledger[0] == '/' && c->control_socket[0] == '/');
-#endif
         CHECK(c->token_file[0] == 0 || c->token_file[0] == '/');
         CHECK(c->ca_file[0] == 0 || c->ca_file[0] == '/');
         CHECK(strlen(c->base_url) == 0 || c->base_url[strlen(c->base_url) - 1] != '/');
@@ -174,10 +168,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         Config *c = NULL;
         int r;
 
-#ifdef FUZZ_IGNORE_KNOWN        /* known bug 2, see README.md: exit(2) */
-        if (memmem(data, size, "@include", 8))
-                return 0;
-#endif
         write_file(main_path, data, main_len);
         if (nul)
                 write_file(dropin_path, nul + 1, size - main_len - 1);

@@ -1,12 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* libFuzzer harness for the Retry-After path: from the header on the wire,
  * through libcurl (CURLINFO_RETRY_AFTER) and daemon/diga.c's finish() into
- * CallResult.retry_after, to daemon/engine.c's backoff_usec() and its
- * RETRY_AFTER_MAX clamp.  See tests/fuzz/README.md for why this shape.
- *
- * engine.c is included here so its static backoff_usec() and the Engine
- * struct are reachable without touching the daemon's code; everything else
- * (diga.c, api.c, log.c, conf/, state/) is linked as it is.
+ * CallResult.retry_after, to daemon/reconcile.c's reconcile_backoff() and
+ * its RETRY_AFTER_MAX clamp.  See tests/fuzz/README.md for why this shape.
+ * The client (diga.c, pacer.c), the decisions (reconcile.c) and log.c are
+ * linked as they are.
  *
  * A responder thread listens on 127.0.0.1 (an ephemeral port bound once in
  * LLVMFuzzerInitialize) and answers each connection with the response the
@@ -15,8 +13,8 @@
  *
  * Input:
  *   byte 0  the status: 429, 503, 500 or 200 (the first three are the
- *           transient answers engine.c retries; 200 with a bad body is too)
- *   byte 1  the attempt number given to backoff_usec (1..100, the range of
+ *           transient answers the decisions retry; 200 with a bad body is too)
+ *   byte 1  the attempt number given to reconcile_backoff (1..100, the range of
  *           retry.max_attempts)
  *   byte 2  retry.base_delay / retry.max_delay, from a table of the extremes
  *           conf/parse.c accepts, and the drand48() seed
@@ -31,12 +29,20 @@
  *     for HTTP-dates in the past (for which curl reports a negative delay);
  *   - when the last header is plain decimal seconds, the value is exactly
  *     that number;
- *   - backoff_usec() is >= 0, honours the delay (>= min(retry_after, 3600) s)
- *     and is bounded by max(retry.max_delay, 3600) s whatever the header.
- * (retry_later()'s diga_hold() uses the same clamp inline; it needs a Job
- * and a ledger, so it is not called here.) */
+ *   - reconcile_backoff() is >= 0, honours the delay (>= min(retry_after,
+ *     3600) s) and is bounded by max(retry.max_delay, 3600) s whatever the
+ *     header. */
 
-#include "../../daemon/engine.c"
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "macro.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -145,13 +151,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         return 0;
 }
 
-typedef struct Outcome {
+typedef struct Answer {
         bool done;
         CallResult r;           /* copied out; body and error not kept */
-} Outcome;
+} Answer;
 
 static void on_done(Diga *d, const CallResult *r, void *userdata) {
-        Outcome *o = userdata;
+        Answer *o = userdata;
 
         o->r = *r;
         o->r.body = NULL;
@@ -190,7 +196,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         _cleanup_free_ char *resp = NULL;
         size_t resp_size = 0, n_headers = 0;
         FILE *f;
-        Outcome o = {};
+        Answer o = {};
         int status;
         unsigned attempt;
         double base, max;
@@ -233,7 +239,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         response = resp;
         response_len = resp_size;
 
-        if (diga_call(diga, CALL_GET, FUZZ_ID, false, NULL, on_done, &o) < 0)
+        if (diga_call(diga, &(CallSpec) { .kind = CALL_GET, .id = FUZZ_ID, .done = on_done, .userdata = &o }, NULL) < 0)
                 abort();
         while (!o.done)
                 if (sd_event_run(event, UINT64_MAX) < 0)
@@ -258,12 +264,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         CHECK(r->retry_after == (s > 0 ? s : -1));
         }
 
-        /* What engine.c does with it. */
-        Engine fake = { .base_delay = base, .max_delay = max };
+        /* What the decisions make of it. */
+        World w = { .base_delay = sec_to_usec(base), .max_delay = sec_to_usec(max) };
         double honoured = r->retry_after > 0 ? (double) (r->retry_after < RETRY_AFTER_MAX ? r->retry_after : RETRY_AFTER_MAX) : 0;
         srand48(data[2]);
         for (unsigned a = 1; a <= 2; a++) {
-                int64_t u = backoff_usec(&fake, a == 1 ? 1 : attempt, r->retry_after);
+                int64_t u;
+
+                w.jitter = drand48();
+                u = (int64_t) reconcile_backoff(&w, a == 1 ? 1 : attempt, r->retry_after);
                 CHECK(u >= 0);
                 CHECK((double) u <= fmax(max, (double) RETRY_AFTER_MAX) * 1e6 + 1);
                 CHECK((double) u <= fmax(max, honoured) * 1e6 + 1);

@@ -6,7 +6,7 @@
 #   make fuzz-smoke              run each for 5 s; fails if any of them fails
 #   make fuzz-crashes            replay tests/fuzz/crashes/NAME/*; fails while any still fails
 #   make fuzz FUZZ_NAMES=api     only some of them
-#   make fuzz FUZZ_DEFS=-DFUZZ_IGNORE_KNOWN   step around the open bugs (README.md)
+#   make fuzz FUZZ_DEFS=-DFUZZ_TRACE          extra defines for the harnesses
 #
 # The project's sources are compiled again with clang into build/fuzz/obj/
 # (never mixed with the gcc objects in $(BUILD)/).
@@ -19,7 +19,6 @@ FUZZ_OUT     := build/fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_NAMES   ?= config api retry-after control
 FUZZ_FLAGS   ?= -rss_limit_mb=2048 -timeout=10
-# -DFUZZ_IGNORE_KNOWN: step around the open bugs listed in README.md.
 FUZZ_DEFS    ?=
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 # Recursive (=): VERSION, PKG_CFLAGS and PKG_LIBS may be defined after the include.
@@ -30,11 +29,9 @@ FUZZ_HEADERS := $(wildcard conf/*.h state/*.h daemon/*.h)
 
 # Which project sources each harness links.
 fuzz_src_config      := conf/syntax.c conf/parse.c
-fuzz_src_api         := conf/syntax.c daemon/api.c
+fuzz_src_api         := conf/syntax.c daemon/api.c daemon/reconcile.c
 fuzz_src_control     := daemon/control.c daemon/log.c
-# engine.c itself is #included by the harness (its backoff_usec is static).
-fuzz_src_retry-after := conf/syntax.c conf/parse.c state/ledger.c state/plan.c \
-                        daemon/api.c daemon/diga.c daemon/log.c
+fuzz_src_retry-after := conf/syntax.c daemon/diga.c daemon/pacer.c daemon/reconcile.c daemon/log.c
 
 fuzz_all_src := $(sort $(foreach n,config api control retry-after,$(fuzz_src_$(n))))
 fuzz_all_obj := $(patsubst %.c,$(FUZZ_OUT)/obj/%.o,$(fuzz_all_src))
@@ -60,7 +57,7 @@ $(fuzz_all_obj): $(FUZZ_OUT)/obj/%.o: %.c $(FUZZ_HEADERS) $(FUZZ_OUT)/.flags
 # One link rule per harness: $(1) = NAME.
 define fuzz_link
 $(FUZZ_OUT)/fuzz-$(1): tests/fuzz/fuzz-$(1).c $(patsubst %.c,$(FUZZ_OUT)/obj/%.o,$(fuzz_src_$(1))) \
-                       $(FUZZ_HEADERS) $(FUZZ_OUT)/.flags $(if $(filter retry-after,$(1)),daemon/engine.c daemon/messages.h)
+                       $(FUZZ_HEADERS) $(FUZZ_OUT)/.flags
 	@mkdir -p $$(dir $$@)
 	@echo "  CCLD    $$@"
 	@$$(FUZZ_CC) $$(FUZZ_CFLAGS) -fsanitize=fuzzer -o $$@ $$< \
@@ -100,12 +97,7 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	$(call fuzz_run,5)
 
-# Known bugs are kept as inputs; once fixed, each must run clean.
-ifneq ($(filter fuzz-crashes,$(MAKECMDGOALS)),)
-ifneq ($(findstring FUZZ_IGNORE_KNOWN,$(FUZZ_DEFS)),)
-$(error fuzz-crashes: not with FUZZ_DEFS=$(FUZZ_DEFS): the harnesses would step around the bugs)
-endif
-endif
+# Every input that once crashed a harness must run clean.
 fuzz-crashes: fuzz-build
 	@mkdir -p $(FUZZ_OUT)/tmp; fail=; for n in $(FUZZ_NAMES); do \
 	  for f in tests/fuzz/crashes/$$n/*; do \

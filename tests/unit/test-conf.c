@@ -180,6 +180,7 @@ static void test_every_key_is_read(void **state) {
         assert_string_equal(c->token_file, "/etc/retired/api-token");
         assert_string_equal(c->ca_file, "/etc/passwd");
         assert_true(c->timeout == 12.5);
+        assert_true(c->settle_time == 45.0);
         assert_true(c->rate == 0.5);
         assert_int_equal(c->burst, 9);
         assert_int_equal(c->concurrency, 64);

@@ -277,8 +277,11 @@ static void test_refused_file_is_left_untouched(void **state) {
         int r;
 
         assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-        assert_int_equal(sqlite3_exec(db, "CREATE TABLE phones (x); PRAGMA user_version = 2", NULL, NULL, NULL),
-                         SQLITE_OK);
+        {
+                char sql[96];
+                snprintf(sql, sizeof sql, "CREATE TABLE phones (x); PRAGMA user_version = %d", LEDGER_SCHEMA_VERSION + 1);
+                assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        }
         sqlite3_close(db);
         before = read_all(path, &n_before);
 
@@ -334,7 +337,7 @@ static void test_history_and_rows_cannot_be_removed(void **state) {
         sqlite3 *db;
 
         assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
-                .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = -1,
+                .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = -1, .sent_at = 10,
                 .method = "DELETE", .path = "/v1/phone/" UUID_A, .http_status = 204 }), 0);
         assert_int_equal(history_count(f->l, pk), 2);
 
@@ -393,7 +396,7 @@ static void test_update_from_wrong_state_is_stale_and_writes_nothing(void **stat
 static void test_update_records_call_and_state_together(void **state) {
         Fixture *f = *state;
         int64_t pk = add_phone(f->l, "+34910000001", NULL, "+34910000001", STATE_PENDING);
-        int64_t before = now_usec();
+        int64_t before = (int64_t) now(CLOCK_REALTIME);
         Hist hs = {};
         Phone p;
 
@@ -557,6 +560,262 @@ static void test_meta(void **state) {
         free(v);
 }
 
+/* ---- the record only moves forward -------------------------------------- */
+
+/* A step refused by the schema: -EPERM, the reason in ledger_errmsg(), and
+ * nothing written (the row and its history as they were). */
+static void assert_refused(Ledger *l, const LedgerUpdate *u, const char *why) {
+        size_t before = history_count(l, u->pk);
+
+        assert_int_equal(ledger_update(l, u), -EPERM);
+        assert_non_null(strstr(ledger_errmsg(l), why));
+        assert_int_equal(history_count(l, u->pk), before);
+}
+
+static void test_released_stays_released(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "k", UUID_A, NULL, STATE_RELEASED);
+
+        for (PhoneState to = 0; to < _STATE_MAX; to++)
+                if (to != STATE_RELEASED)
+                        assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_RELEASED, .to = to,
+                                       .attempts = -1, .next_at = -1, .sent_at = 5 }, "released phone stays released");
+        assert_int_equal(state_of(f->l, "k"), STATE_RELEASED);
+        /* Calls may still go on record. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_RELEASED, .to = STATE_RELEASED,
+                         .attempts = -1, .next_at = -1, .method = "GET", .path = "/v1/phone/" UUID_A,
+                         .http_status = 200 }), 0);
+}
+
+static void test_scheduled_only_becomes_released(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "k", UUID_A, NULL, STATE_SCHEDULED);
+
+        for (PhoneState to = 0; to < _STATE_MAX; to++)
+                if (to != STATE_SCHEDULED && to != STATE_RELEASED)
+                        assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_SCHEDULED, .to = to,
+                                       .attempts = -1, .next_at = -1, .sent_at = 5 },
+                                       "scheduled release can only become released");
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_SCHEDULED,
+                         .to = STATE_RELEASED, .attempts = -1, .next_at = -1 }), 0);
+}
+
+static void test_in_flight_needs_the_time_its_delete_left(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "k", UUID_A, NULL, STATE_PENDING);
+        Phone p;
+
+        assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT,
+                       .attempts = -1, .next_at = -1 }, "needs the time its DELETE left");
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING,
+                         .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = 99, .sent_at = 50 }), 0);
+        assert_int_equal(ledger_find(f->l, "k", &p), 0);
+        assert_int_equal(p.sent_at, 50);
+        assert_int_equal(p.next_at, 99);
+        phone_done(&p);
+        /* A later DELETE moves it on, never back. */
+        assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_IN_FLIGHT, .to = STATE_IN_FLIGHT,
+                       .attempts = -1, .next_at = -1, .sent_at = 40 }, "only moves forward");
+}
+
+/* A row whose DELETE may have gone out is failed, unresolved or pending
+ * only after a look (a GET recorded in the same step, after the DELETE left)
+ * settled it; a look alone does not clear it unless the step says so. */
+static void test_delete_out_needs_a_look_before_failed_unresolved_or_pending(void **state) {
+        Fixture *f = *state;
+        static const PhoneState targets[] = { STATE_FAILED, STATE_UNRESOLVED, STATE_PENDING };
+        int64_t pk = add_phone(f->l, "k", UUID_A, NULL, STATE_PENDING);
+        int64_t sent = (int64_t) now(CLOCK_REALTIME);
+        Phone p;
+
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING,
+                         .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = -1, .sent_at = sent }), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_IN_FLIGHT,
+                         .to = STATE_RETRYING, .attempts = 1, .next_at = -1, .method = "DELETE",
+                         .path = "/v1/phone/" UUID_A, .http_status = 503 }), 0);
+        for (size_t i = 0; i < ELEMENTSOF(targets); i++) {
+                /* Neither straight... */
+                assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_RETRYING, .to = targets[i],
+                               .attempts = -1, .next_at = -1 }, "may have gone out");
+                /* ...nor by clearing it without a look... */
+                assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_RETRYING, .to = targets[i],
+                               .attempts = -1, .next_at = -1, .clear_sent = true }, "only a look at the phone");
+                /* ...nor with a look that is only a call of another kind. */
+                assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_RETRYING, .to = targets[i],
+                               .attempts = -1, .next_at = -1, .clear_sent = true, .method = "DELETE",
+                               .path = "/v1/phone/" UUID_A, .http_status = 409 }, "only a look at the phone");
+                /* A look that does not settle it keeps it where it is. */
+                assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_RETRYING, .to = targets[i],
+                               .attempts = -1, .next_at = -1, .method = "GET", .path = "/v1/phone/" UUID_A,
+                               .http_status = 200 }, "may have gone out");
+        }
+        /* Cancelled and back to pending through a reload: refused the same. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_RETRYING,
+                         .to = STATE_CANCELLED, .attempts = -1, .next_at = -1 }), 0);
+        assert_refused(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_CANCELLED, .to = STATE_PENDING,
+                       .attempts = -1, .next_at = -1 }, "may have gone out");
+        /* A look that settles it. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_CANCELLED,
+                         .to = STATE_CANCELLED, .attempts = -1, .next_at = -1, .clear_sent = true,
+                         .method = "GET", .path = "/v1/phone/" UUID_A, .http_status = 200 }), 0);
+        assert_int_equal(ledger_find(f->l, "k", &p), 0);
+        assert_int_equal(p.sent_at, 0);
+        phone_done(&p);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_CANCELLED,
+                         .to = STATE_PENDING, .attempts = -1, .next_at = -1 }), 0);
+}
+
+/* The rules hold for any writer of the file, not only for ledger_update(). */
+static void test_forward_rules_hold_for_any_writer(void **state) {
+        Fixture *f = *state;
+        char *msg = NULL;
+        sqlite3 *db;
+
+        add_phone(f->l, "r", UUID_A, NULL, STATE_RELEASED);
+        add_phone(f->l, "s", UUID_B, NULL, STATE_SCHEDULED);
+        assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+        assert_int_not_equal(sqlite3_exec(db, "UPDATE phones SET state = 'pending' WHERE key = 'r'", NULL, NULL, &msg),
+                             SQLITE_OK);
+        assert_non_null(strstr(msg, "released phone stays released"));
+        sqlite3_free(msg);
+        assert_int_not_equal(sqlite3_exec(db, "UPDATE phones SET state = 'failed' WHERE key = 's'", NULL, NULL, &msg),
+                             SQLITE_OK);
+        assert_non_null(strstr(msg, "scheduled release can only become released"));
+        sqlite3_free(msg);
+        sqlite3_close(db);
+        assert_int_equal(state_of(f->l, "r"), STATE_RELEASED);
+        assert_int_equal(state_of(f->l, "s"), STATE_SCHEDULED);
+}
+
+/* The in_flight commit checks the declaration and the time at that moment. */
+static void test_update_checks_version_and_due_time(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "k", UUID_A, NULL, STATE_PENDING);
+        sqlite3 *db = ledger_db(f->l);
+        PhoneState s;
+        int64_t v;
+
+        assert_int_equal(sqlite3_exec(db, "UPDATE phones SET version = 3, not_before = 2000 WHERE key = 'k'",
+                                      NULL, NULL, NULL), SQLITE_OK);
+        assert_int_equal(ledger_state(f->l, pk, &s, &v), 0);
+        assert_int_equal(v, 3);
+        /* Decided on version 2: stale. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT,
+                         .version = 2, .attempts = -1, .next_at = -1, .sent_at = 1 }), -ESTALE);
+        /* Not due yet by the time given (not_before is 2000 s). */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT,
+                         .version = 3, .due_by = 1999 * (int64_t) USEC_PER_SEC, .attempts = -1, .next_at = -1,
+                         .sent_at = 1 }), -ESTALE);
+        assert_int_equal(state_of(f->l, "k"), STATE_PENDING);
+        assert_int_equal(history_count(f->l, pk), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT,
+                         .version = 3, .due_by = 2000 * (int64_t) USEC_PER_SEC, .attempts = -1, .next_at = -1,
+                         .sent_at = 1 }), 0);
+}
+
+/* ---- one writer per file ------------------------------------------------ */
+
+static void test_one_writer_per_file_by_any_name(void **state) {
+        Fixture *f = *state;
+        char *hard = path_join(f->dir, "hard.db"), *sym = path_join(f->dir, "sym.db"), *error = NULL;
+        Ledger *l = NULL;
+
+        assert_int_equal(link(f->path, hard), 0);
+        assert_int_equal(symlink(f->path, sym), 0);
+        /* The same path, a hard link, a symlink: all the one ledger the fixture holds. */
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &l, &error), -EWOULDBLOCK);
+        assert_non_null(strstr(error, "in use by another writer"));
+        free(error), error = NULL;
+        assert_int_equal(ledger_open(hard, LEDGER_WRITE, &l, &error), -EWOULDBLOCK);
+        free(error), error = NULL;
+        assert_int_equal(ledger_open(sym, LEDGER_WRITE, &l, &error), -EWOULDBLOCK);
+        free(error), error = NULL;
+        /* Readers are not writers.  (Through a symlink: SQLite finds the WAL
+         * beside the real file; a hard link has none beside it.) */
+        assert_int_equal(ledger_open(sym, LEDGER_READ, &l, &error), 0);
+        ledger_close(l);
+        /* Once the writer is gone, another may come, by any name. */
+        f->l = ledger_close(f->l);
+        assert_int_equal(ledger_open(sym, LEDGER_WRITE, &f->l, &error), 0);
+        assert_null(error);
+        free(hard);
+        free(sym);
+}
+
+/* ---- migration ---------------------------------------------------------- */
+
+/* A version 1 file, as retired 0.1 left it: an in_flight row, a cancelled one
+ * whose DELETE went out, a retrying one after a failed DELETE, a pending one. */
+static void test_migration_from_version_1_marks_deletes_that_may_be_out(void **state) {
+        char *dir = tmpdir_new(), *path = path_join(dir, "ledger.db"), *error = NULL;
+        Ledger *l = NULL;
+        sqlite3 *db;
+        Phone p;
+
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db,
+                "CREATE TABLE phones (pk INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, id TEXT, number TEXT,"
+                " reason TEXT, not_before INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL,"
+                " attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0, provider TEXT,"
+                " scheduled_release_at TEXT, last_error TEXT, declared_at TEXT, created_at INTEGER NOT NULL,"
+                " updated_at INTEGER NOT NULL);"
+                "CREATE TABLE history (seq INTEGER PRIMARY KEY AUTOINCREMENT, phone INTEGER NOT NULL, at INTEGER NOT NULL,"
+                " kind TEXT NOT NULL, old_state TEXT, new_state TEXT, method TEXT, path TEXT, http_status INTEGER,"
+                " latency_ms INTEGER, detail TEXT);"
+                "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                "INSERT INTO phones (pk, key, id, state, created_at, updated_at) VALUES"
+                " (1, 'f', '" UUID_A "', 'in_flight', 1, 100), (2, 'c', '" UUID_B "', 'cancelled', 1, 200),"
+                " (3, 'r', '" UUID_C "', 'retrying', 1, 300), (4, 'p', NULL, 'pending', 1, 400);"
+                "INSERT INTO history (phone, at, kind, old_state, new_state) VALUES (1, 90, 'state', 'pending', 'in_flight'),"
+                " (2, 150, 'state', 'pending', 'in_flight'), (2, 200, 'state', 'in_flight', 'cancelled');"
+                "INSERT INTO history (phone, at, kind, method, path, http_status) VALUES"
+                " (3, 250, 'call', 'DELETE', '/v1/phone/" UUID_C "', 503);"
+                "PRAGMA user_version = 1;", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+
+        assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, &error), 0);
+        assert_int_equal(query_int(path, "PRAGMA user_version"), LEDGER_SCHEMA_VERSION);
+        assert_int_equal(ledger_find(l, "f", &p), 0);
+        assert_int_equal(p.sent_at, 90);
+        assert_int_equal(p.version, 1);
+        phone_done(&p);
+        assert_int_equal(ledger_find(l, "c", &p), 0);
+        assert_int_equal(p.sent_at, 150);
+        phone_done(&p);
+        assert_int_equal(ledger_find(l, "r", &p), 0);
+        assert_int_equal(p.sent_at, 250);
+        phone_done(&p);
+        assert_int_equal(ledger_find(l, "p", &p), 0);
+        assert_int_equal(p.sent_at, 0);
+        phone_done(&p);
+        /* And the new rules apply to the old rows. */
+        assert_refused(l, &(LedgerUpdate) { .pk = 3, .from = STATE_RETRYING, .to = STATE_FAILED, .attempts = -1,
+                       .next_at = -1 }, "may have gone out");
+        ledger_close(l);
+        free(path);
+        tmpdir_remove(dir);
+}
+
+/* ---- retry -------------------------------------------------------------- */
+
+static void test_retry_says_what_it_did(void **state) {
+        Fixture *f = *state;
+        char *msg = NULL;
+
+        add_phone(f->l, "+34910000001", NULL, "+34910000001", STATE_FAILED);
+        add_phone(f->l, "+34910000002", NULL, "+34910000002", STATE_RELEASED);
+        assert_int_equal(ledger_retry(f->l, "+34 910 000 001", &msg), 0);
+        assert_string_equal(msg, "+34 910 000 001 is pending again");
+        free(msg);
+        assert_int_equal(state_of(f->l, "+34910000001"), STATE_PENDING);
+        assert_int_equal(ledger_retry(f->l, "+34910000002", &msg), -EBUSY);
+        assert_string_equal(msg, "+34910000002 is released, not failed");
+        free(msg);
+        assert_int_equal(ledger_retry(f->l, "nope", &msg), -ENOENT);
+        assert_string_equal(msg, "no phone nope in the ledger");
+        free(msg);
+}
+
 static void test_state_names(void **state) {
         static const char *const names[_STATE_MAX] = {
                 "pending", "deferred", "in_flight", "retrying", "scheduled",
@@ -589,6 +848,15 @@ int main(void) {
                 T(test_find_by_key_id_and_written_number),
                 T(test_counts_and_list),
                 T(test_meta),
+                T(test_released_stays_released),
+                T(test_scheduled_only_becomes_released),
+                T(test_in_flight_needs_the_time_its_delete_left),
+                T(test_delete_out_needs_a_look_before_failed_unresolved_or_pending),
+                T(test_forward_rules_hold_for_any_writer),
+                T(test_update_checks_version_and_due_time),
+                T(test_one_writer_per_file_by_any_name),
+                cmocka_unit_test(test_migration_from_version_1_marks_deletes_that_may_be_out),
+                T(test_retry_says_what_it_did),
                 cmocka_unit_test(test_state_names),
         };
 

@@ -120,10 +120,11 @@ static bool exists(Fixture *f, const char *what) {
         return r == 0;
 }
 
-/* What the daemon does between passes. */
+/* What the daemon does between passes (a DELETE leaves when a row goes in_flight). */
 static void move(Fixture *f, const char *key, PhoneState from, PhoneState to) {
         assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
-                .pk = pk_of(f, key), .from = from, .to = to, .attempts = -1, .next_at = -1 }), 0);
+                .pk = pk_of(f, key), .from = from, .to = to, .attempts = -1, .next_at = -1,
+                .sent_at = to == STATE_IN_FLIGHT ? (int64_t) now(CLOCK_REALTIME) : 0 }), 0);
 }
 
 static uint64_t total_rows(Ledger *l) {
@@ -629,9 +630,13 @@ static void test_declaration_by_id_matches_row_resolved_from_number(void **state
         assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
                 .pk = pk, .from = STATE_PENDING, .to = STATE_PENDING, .id = UUID_X, .attempts = -1, .next_at = -1 }), 0);
 
-        /* The operator now names the same phone by its id: the same row. */
+        /* The operator now names the same phone by its id: the same row, whose
+         * number is no longer declared (nor checked against the API's). */
         p = plan_for(f, "releases = ( { id = \"" UUID_X "\"; } );\n");
-        assert_int_equal(p->n, 0);
+        assert_int_equal(p->n, 1);
+        assert_int_equal(p->changes[0].kind, CHANGE_UPDATE);
+        assert_int_equal(p->changes[0].pk, pk);
+        assert_null(p->changes[0].number);
         plan_free(p);
         p = plan_for(f, "releases = ( { id = \"" UUID_X "\"; reason = \"by id now\"; } );\n");
         assert_int_equal(p->n, 1);
@@ -805,6 +810,121 @@ static void test_plan_on_existing_read_ledger_writes_nothing(void **state) {
         free(after);
 }
 
+/* ---- what a plan changes, the daemon sees ------------------------------- */
+
+static int64_t version_of(Fixture *f, const char *key) {
+        Phone p = find(f, key);
+        int64_t v = p.version;
+
+        phone_done(&p);
+        return v;
+}
+
+/* A DELETE decided on a declaration must not leave once it changed: every
+ * change of a row's declaration bumps its version. */
+static void test_every_change_bumps_the_version(void **state) {
+        Fixture *f = *state;
+
+        sync_to(f, ONE_NUMBER(N1));
+        assert_int_equal(version_of(f, N1), 1);
+        sync_to(f, "releases = ( { number = \"" N1 "\"; not_before = \"2030-01-01T00:00:00Z\"; } );\n");
+        assert_int_equal(version_of(f, N1), 2);
+        sync_to(f, "releases = ( { number = \"" N1 "\"; reason = \"OPS-1\"; } );\n");
+        assert_int_equal(version_of(f, N1), 3);
+        sync_to(f, "releases = ();\n");
+        assert_int_equal(state_of(f, N1), STATE_CANCELLED);
+        assert_int_equal(version_of(f, N1), 4);
+        sync_to(f, ONE_NUMBER(N1));
+        assert_int_equal(state_of(f, N1), STATE_PENDING);
+        assert_int_equal(version_of(f, N1), 5);
+        /* The same declarations again: nothing changes, not even the version. */
+        sync_to(f, ONE_NUMBER(N1));
+        assert_int_equal(version_of(f, N1), 5);
+}
+
+/* Cancelled while its DELETE was out, then declared again: what that DELETE
+ * did is found out first, so the row is in_flight (looked at), not pending. */
+static void test_redeclared_after_a_delete_went_out_is_looked_at_first(void **state) {
+        Fixture *f = *state;
+        const Change *c;
+        Plan *p;
+        Phone ph;
+
+        sync_to(f, "releases = ( { id = \"" UUID_X "\"; } );\n");
+        move(f, UUID_X, STATE_PENDING, STATE_IN_FLIGHT);
+        sync_to(f, "releases = ();\n");
+        assert_int_equal(state_of(f, UUID_X), STATE_CANCELLED);
+        p = plan_for(f, "releases = ( { id = \"" UUID_X "\"; } );\n");
+        c = change_for(p, UUID_X);
+        assert_non_null(c);
+        assert_int_equal(c->kind, CHANGE_REDECLARE);
+        assert_int_equal(c->to, STATE_IN_FLIGHT);
+        assert_int_equal(plan_apply(f->l, p, true), 0);
+        plan_free(p);
+        ph = find(f, UUID_X);
+        assert_int_equal(ph.state, STATE_IN_FLIGHT);
+        assert_true(ph.sent_at > 0);
+        assert_string_equal(ph.id, UUID_X);
+        phone_done(&ph);
+}
+
+static void test_approve_applies_exactly_the_plan_reviewed(void **state) {
+        Fixture *f = *state;
+        const char *text = "safety: { max_new_releases = 1; };\n"
+                           "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; } );\n";
+        Config *c = config(f, "releases = ();\n");
+        char *msg = NULL, hash[13];
+        size_t n = 0;
+        Plan *p;
+
+        assert_int_equal(plan_approve(f->l, c, "000000000000", &msg, &n), -ENOENT);
+        assert_string_equal(msg, "no plan waits for approval");
+        free(msg);
+        config_free(c);
+
+        p = plan_for(f, text);
+        assert_true(p->needs_approval);
+        memcpy(hash, p->hash, sizeof hash);
+        plan_free(p);
+        c = config(f, text);
+        assert_int_equal(plan_approve(f->l, c, "000000000000", &msg, &n), -ESTALE);
+        assert_non_null(strstr(msg, "the plan waiting is"));
+        assert_non_null(strstr(msg, hash));
+        free(msg);
+        assert_false(exists(f, N1));
+        assert_int_equal(plan_approve(f->l, c, hash, &msg, &n), 0);
+        assert_int_equal(n, 2);
+        assert_non_null(strstr(msg, "approved plan"));
+        free(msg);
+        config_free(c);
+        assert_int_equal(state_of(f, N1), STATE_PENDING);
+        assert_int_equal(state_of(f, N2), STATE_PENDING);
+}
+
+/* A failed row declared anew (say, by the id of the one phone meant, after an
+ * ambiguity) is decided afresh; only its reason changed, it stays failed. */
+static void test_failed_row_declared_anew_is_pending_again(void **state) {
+        Fixture *f = *state;
+        const Change *c;
+        Plan *p;
+
+        sync_to(f, ONE_NUMBER(N1));
+        move(f, N1, STATE_PENDING, STATE_FAILED);
+        p = plan_for(f, "releases = ( { number = \"" N1 "\"; reason = \"still\"; } );\n");
+        c = change_for(p, N1);
+        assert_non_null(c);
+        assert_int_equal(c->kind, CHANGE_UPDATE);
+        assert_int_equal(c->to, STATE_FAILED);
+        plan_free(p);
+        sync_to(f, "releases = ( { number = \"" N1 "\"; id = \"" UUID_X "\"; } );\n");
+        {
+                Phone ph = find(f, N1);
+                assert_int_equal(ph.state, STATE_PENDING);
+                assert_string_equal(ph.id, UUID_X);
+                phone_done(&ph);
+        }
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
@@ -829,6 +949,10 @@ int main(void) {
                 T(test_added_id_reaches_the_row),
                 T(test_plan_on_missing_read_ledger_writes_nothing),
                 T(test_plan_on_existing_read_ledger_writes_nothing),
+                T(test_every_change_bumps_the_version),
+                T(test_redeclared_after_a_delete_went_out_is_looked_at_first),
+                T(test_approve_applies_exactly_the_plan_reviewed),
+                T(test_failed_row_declared_anew_is_pending_again),
         };
 
         return cmocka_run_group_tests_name("test-plan", tests, NULL, NULL);

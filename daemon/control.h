@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The control protocol between retirectl and retired, over a unix stream
+ * socket: one request line "VERB [ARG]\n", one reply line "ok [TEXT]\n" or
+ * "error [TEXT]\n", then the connection closes.  Only root and the daemon's
+ * own user are answered (SO_PEERCRED). */
+
+#include <stddef.h>
+
+#define CONTROL_MAX_LINE 512     /* bytes of a request, newline included */
+#define CONTROL_MAX_VERB 15
+#define CONTROL_MAX_ARG  256
+
+/* Splits "verb [arg]\n"; -EBADMSG or -E2BIG for anything else. */
+int control_parse(const char *line, size_t len, char verb[static CONTROL_MAX_VERB + 1],
+                  char arg[static CONTROL_MAX_ARG + 1]);

@@ -1,0 +1,526 @@
+/* SPDX-License-Identifier: MIT */
+/* The listing: every phone of the account, before anything is acted on.
+ *
+ * Page 1 is asked with page=1&limit=100&order=asc.  When its answer gives
+ * total_pages, the other pages are asked at once (the pacer spaces them),
+ * and the last page is asked once more at the end.  When it does not, the
+ * API pages by cursor only, and the listing follows after=<last id>.
+ *
+ * Offset pages shift when the account changes under them, so a change must
+ * be noticed: an id seen twice (a phone added before a page already read),
+ * a total_pages that moved, a page before the last that is not full, or a
+ * last page that is not the same at the end as when it was first read (a
+ * phone added or removed anywhere shifts it).  A cursor listing notices an
+ * id seen twice (an API that starts over) and a 400 to its cursor (the
+ * phone it names is gone).  On any of these the listing starts again, once;
+ * a second change fails it.  A failed listing is never a verdict: the rows
+ * it concerns stay as they are and are looked at in a later pass.
+ *
+ * What it cannot notice: two changes that undo each other's shift (a phone
+ * removed and another added) between the reads of two pages.  Both must
+ * happen within one listing (seconds), and a cursor listing has no such gap. */
+
+#include <math.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "macro.h"
+
+#define LIST_MAX_PAGES  10000u      /* 1,000,000 phones: past this a listing is not believed */
+#define LIST_RESTARTS   1u          /* times a listing starts again after the account changed */
+
+/* The ids seen in this listing, 16 bytes each, open addressing. */
+typedef struct IdSet {
+        uint8_t (*slots)[16];
+        size_t n, cap;
+} IdSet;
+
+typedef struct PageReq {
+        Listing *ls;
+        unsigned page;              /* 0 in cursor mode */
+        unsigned attempts;
+        Call *call;
+        sd_event_source *retry;
+        bool done;
+} PageReq;
+
+struct Listing {
+        sd_event *event;
+        Diga *diga;
+        Api *api;
+        World world;
+        ListingWant want;
+        ListingDone done;
+        void *userdata;
+
+        bool running, pages;
+        unsigned total_pages, pages_left;
+        PageReq *reqs;              /* page mode: one per page, [0] is page 1; cursor mode: one */
+        size_t n_reqs;
+        PageReq last;               /* page mode: the last page, asked again at the end */
+        uint64_t last_print;        /* the last page's ids as first read */
+        char cursor[UUID_STRING_LEN + 1];
+        IdSet seen;
+        RemotePhone *kept;
+        size_t n_kept, cap_kept;
+        ListingStats stats;
+};
+
+static void request(Listing *ls, PageReq *q);
+
+/* ---- the id set ---- */
+
+static bool id_bytes(const char *id, uint8_t ret[static 16]) {
+        size_t j = 0;
+
+        for (size_t i = 0; id[i] && j < 32; i++) {
+                int v;
+                if (id[i] == '-')
+                        continue;
+                v = id[i] >= 'a' ? id[i] - 'a' + 10 : id[i] - '0';
+                if (j % 2 == 0)
+                        ret[j / 2] = (uint8_t) (v << 4);
+                else
+                        ret[j / 2] |= (uint8_t) v;
+                j++;
+        }
+        return j == 32;
+}
+
+static size_t id_hash(const uint8_t b[static 16], size_t cap) {
+        uint64_t h;
+
+        /* Version-4 ids are random: their bytes are a hash already. */
+        memcpy(&h, b, sizeof h);
+        return (size_t) (h ^ (h >> 29)) & (cap - 1);
+}
+
+static bool slot_empty(const uint8_t s[static 16]) {
+        static const uint8_t zero[16];
+        return memcmp(s, zero, 16) == 0;
+}
+
+/* 1: added, 0: seen before, -ENOMEM.  (The all-zero id never comes from
+ * uuid_is_valid()'s version-4 API; it is the empty slot.) */
+static int idset_add(IdSet *s, const char *id) {
+        uint8_t b[16];
+        size_t i;
+
+        if (!id_bytes(id, b))
+                return -EINVAL;
+        if (slot_empty(b))
+                b[15] = 1;      /* never equal to an empty slot; a clash with 0...01 only makes a false repeat */
+        if ((s->n + 1) * 2 > s->cap) {
+                size_t cap = s->cap ? s->cap * 2 : 1024;
+                uint8_t (*n)[16] = calloc(cap, 16);
+
+                if (!n)
+                        return -ENOMEM;
+                for (size_t k = 0; k < s->cap; k++)
+                        if (!slot_empty(s->slots[k])) {
+                                for (i = id_hash(s->slots[k], cap); !slot_empty(n[i]); i = (i + 1) & (cap - 1))
+                                        ;
+                                memcpy(n[i], s->slots[k], 16);
+                        }
+                free(s->slots);
+                s->slots = n;
+                s->cap = cap;
+        }
+        for (i = id_hash(b, s->cap); !slot_empty(s->slots[i]); i = (i + 1) & (s->cap - 1))
+                if (memcmp(s->slots[i], b, 16) == 0)
+                        return 0;
+        memcpy(s->slots[i], b, 16);
+        s->n++;
+        return 1;
+}
+
+static void idset_done(IdSet *s) {
+        free(s->slots);
+        *s = (IdSet) {};
+}
+
+/* ---- the listing ---- */
+
+static void kept_clear(Listing *ls) {
+        for (size_t i = 0; i < ls->n_kept; i++)
+                remote_phone_done(&ls->kept[i]);
+        ls->n_kept = 0;
+}
+
+static void req_drop(Listing *ls, PageReq *q) {
+        if (q->call)
+                diga_forget(ls->diga, TAKE_PTR(q->call));
+        q->retry = sd_event_source_disable_unref(q->retry);
+}
+
+static void reqs_drop(Listing *ls) {
+        for (size_t i = 0; i < ls->n_reqs; i++)
+                req_drop(ls, &ls->reqs[i]);
+        req_drop(ls, &ls->last);
+        free(ls->reqs);
+        ls->reqs = NULL;
+        ls->n_reqs = 0;
+        ls->last = (PageReq) { .ls = ls };
+}
+
+static void end(Listing *ls, int r, const char *why) {
+        if (!ls->running)
+                return;
+        ls->running = false;
+        reqs_drop(ls);
+        idset_done(&ls->seen);
+        if (r < 0)
+                kept_clear(ls);
+        ls->done(ls, r, why, ls->userdata);
+}
+
+static void reset(Listing *ls) {
+        reqs_drop(ls);
+        idset_done(&ls->seen);
+        kept_clear(ls);
+        ls->pages = false;
+        ls->total_pages = ls->pages_left = 0;
+        ls->cursor[0] = 0;
+        ls->last_print = 0;
+        ls->stats.listed = ls->stats.unreadable = 0;
+}
+
+static int begin(Listing *ls) {
+        ls->reqs = calloc(1, sizeof(PageReq));
+        if (!ls->reqs)
+                return -ENOMEM;
+        ls->n_reqs = 1;
+        ls->reqs[0] = (PageReq) { .ls = ls, .page = 1 };
+        ls->last = (PageReq) { .ls = ls };
+        request(ls, &ls->reqs[0]);
+        return 0;
+}
+
+/* The account moved under the listing: start again, once. */
+static void changed(Listing *ls, const char *what) {
+        int r;
+
+        if (ls->stats.restarts >= LIST_RESTARTS) {
+                log_error("Listing phones: the account changed again while it was listed (%s); stopping the listing.",
+                          what);
+                end(ls, -EAGAIN, "the account kept changing while it was listed");
+                return;
+        }
+        ls->stats.restarts++;
+        log_notice("Listing phones: the account changed while it was listed (%s); listing it again.", what);
+        reset(ls);
+        r = begin(ls);
+        if (r < 0)
+                end(ls, r, "out of memory");
+}
+
+/* An order-dependent fingerprint of a page's ids. */
+static uint64_t page_print(const PhonePage *p) {
+        uint64_t h = 0xcbf29ce484222325ULL;
+
+        for (size_t i = 0; i < p->n; i++)
+                for (const char *c = p->phones[i].id; *c; c++) {
+                        h ^= (unsigned char) *c;
+                        h *= 0x100000001b3ULL;
+                }
+        return h ^ (p->n + p->n_skipped);
+}
+
+/* 0, or 1 when an id repeats (the account changed), or -errno. */
+static int take(Listing *ls, PhonePage *p) {
+        for (size_t i = 0; i < p->n_skipped; i++)
+                log_warning("Listing phones: skipped a phone that cannot be read (%s); the rest of the page counts.",
+                            p->skipped[i]);
+        ls->stats.unreadable += p->n_skipped;
+        for (size_t i = 0; i < p->n; i++) {
+                RemotePhone *ph = &p->phones[i];
+                int r = idset_add(&ls->seen, ph->id);
+
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return 1;
+                ls->stats.listed++;
+                if (!ls->want(ph, ls->userdata))
+                        continue;
+                if (ls->n_kept == ls->cap_kept) {
+                        size_t cap = ls->cap_kept ? ls->cap_kept * 2 : 64;
+                        RemotePhone *n = reallocarray(ls->kept, cap, sizeof(RemotePhone));
+                        if (!n)
+                                return -ENOMEM;
+                        ls->kept = n;
+                        ls->cap_kept = cap;
+                }
+                /* Moved, not copied: the page is freed right after. */
+                ls->kept[ls->n_kept++] = *ph;
+                *ph = (RemotePhone) {};
+        }
+        return 0;
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        PageReq *q = userdata;
+
+        q->retry = sd_event_source_disable_unref(q->retry);
+        request(q->ls, q);
+        return 0;
+}
+
+/* A page that failed: again on the listing's own budget, or the listing stops. */
+static void page_failed(Listing *ls, PageReq *q, const Reply *reply) {
+        World w = ls->world;
+        PageOutcome o;
+        int r;
+
+        w.jitter = drand48();
+        reconcile_page(reply, q->attempts, &w, &o);
+        if (o.rate_backoff)
+                diga_rate_backoff(ls->diga);
+        if (o.hold > 0)
+                diga_hold(ls->diga, now(CLOCK_MONOTONIC) + (usec_t) o.hold * USEC_PER_SEC);
+        switch (o.verdict) {
+        case PAGE_AUTH:
+                end(ls, -EACCES, o.detail);
+                return;
+        case PAGE_RETRY:
+                q->attempts++;
+                log_warning("Listing phones: page %s failed (%s); again in %.1f s.", q->page ? "by number" : "by cursor",
+                            o.detail, usec_to_sec((int64_t) o.delay));
+                r = sd_event_add_time_relative(ls->event, &q->retry, CLOCK_MONOTONIC, o.delay, USEC_PER_MSEC,
+                                               on_retry, q);
+                if (r < 0)
+                        end(ls, r, "cannot arm a timer");
+                return;
+        case PAGE_OK:
+        case PAGE_GIVE_UP:
+                break;
+        }
+        log_error("Listing phones failed: %s.", o.detail);
+        end(ls, -EIO, o.detail);
+}
+
+static void all_pages_in(Listing *ls) {
+        /* Asked again at the end: a change anywhere in the account shifts it. */
+        ls->last = (PageReq) { .ls = ls, .page = ls->total_pages };
+        request(ls, &ls->last);
+}
+
+static void on_page(Diga *d, const CallResult *r, void *userdata) {
+        PageReq *q = userdata;
+        Listing *ls = q->ls;
+        _cleanup_(phone_page_done) PhonePage page = {};
+        _cleanup_free_ char *why = NULL, *msg = NULL;
+        Reply reply;
+        int k;
+
+        q->call = NULL;
+        if (!ls->running)
+                return;
+        if (r->not_sent) {
+                end(ls, -ECANCELED, "a list call was not sent");
+                return;
+        }
+        ls->stats.calls++;
+        reply = (Reply) {
+                .kind = CALL_LIST, .status = r->http_status, .retry_after = r->retry_after,
+                .error = r->error, .asked_at = r->asked_at,
+        };
+        if (r->http_status == 200) {
+                if (!r->json)
+                        reply.error = "not JSON";
+                else if (api_parse_page(ls->api, r->body, r->body_len, &page, &why) < 0)
+                        reply.error = why ? why : "malformed";
+                else
+                        reply.api = true;
+        } else {
+                reply.api = r->json && api_error_body(ls->api, r->body, r->body_len, &msg);
+                reply.message = msg;
+        }
+        if (!reply.api || r->http_status != 200) {
+                /* A cursor the API no longer knows: the phone it names was
+                 * removed meanwhile. */
+                if (!ls->pages && ls->cursor[0] && r->http_status == 400 && reply.api) {
+                        changed(ls, "the API no longer takes the cursor");
+                        return;
+                }
+                page_failed(ls, q, &reply);
+                return;
+        }
+
+        /* Page 1 tells the mode. */
+        if (q == &ls->reqs[0] && q->page == 1 && !ls->pages && !ls->cursor[0]) {
+                if (page.total_pages >= 0) {
+                        if (page.current_page != 1 || page.total_pages > LIST_MAX_PAGES) {
+                                end(ls, -EBADMSG, page.total_pages > LIST_MAX_PAGES ?
+                                    "the account has more pages than retired lists" : "the API answered another page");
+                                return;
+                        }
+                        ls->pages = ls->stats.pages = true;
+                        ls->total_pages = (unsigned) page.total_pages;
+                }
+        }
+        q->done = true;
+        if (ls->pages && q == &ls->last) {
+                /* Read again only to see whether it moved: its phones are in already. */
+                if (page.total_pages != (int64_t) ls->total_pages) {
+                        changed(ls, "the number of pages moved");
+                        return;
+                }
+                if (page_print(&page) != ls->last_print) {
+                        changed(ls, "the last page is not what it was");
+                        return;
+                }
+                end(ls, 0, NULL);
+                return;
+        }
+        /* (Before take(), which moves the phones out of the page.) */
+        if (ls->pages && q->page == ls->total_pages)
+                ls->last_print = page_print(&page);
+        k = take(ls, &page);
+        if (k < 0) {
+                end(ls, k, "out of memory");
+                return;
+        }
+        if (k > 0) {
+                changed(ls, "a phone was listed twice");
+                return;
+        }
+
+        if (ls->pages) {
+                if (page.total_pages != (int64_t) ls->total_pages) {
+                        changed(ls, "the number of pages moved");
+                        return;
+                }
+                if (q->page < ls->total_pages && page.n + page.n_skipped != API_PAGE_LIMIT) {
+                        changed(ls, "a page before the last is not full");
+                        return;
+                }
+                if (q->page == 1) {
+                        if (ls->total_pages <= 1) {
+                                /* One read of one page: nothing can have moved under it. */
+                                end(ls, 0, NULL);
+                                return;
+                        }
+                        PageReq *n = reallocarray(ls->reqs, ls->total_pages, sizeof(PageReq));
+                        if (!n) {
+                                end(ls, -ENOMEM, "out of memory");
+                                return;
+                        }
+                        ls->reqs = n;
+                        ls->n_reqs = ls->total_pages;
+                        ls->pages_left = ls->total_pages - 1;
+                        for (unsigned i = 1; i < ls->total_pages; i++)
+                                ls->reqs[i] = (PageReq) { .ls = ls, .page = i + 1 };
+                        for (unsigned i = 1; i < ls->total_pages && ls->running; i++)
+                                request(ls, &ls->reqs[i]);
+                        return;
+                }
+                if (--ls->pages_left == 0)
+                        all_pages_in(ls);
+                return;
+        }
+
+        /* By cursor. */
+        if (ls->stats.calls > LIST_MAX_PAGES * (LIST_RESTARTS + 1)) {
+                end(ls, -E2BIG, "the account has more pages than retired lists");
+                return;
+        }
+        if (page.has_more && page.n == 0) {
+                log_error("Listing phones: the API says there is more after an empty page; stopping the listing.");
+                end(ls, -EBADMSG, "the API's listing does not end (an empty page says has_more)");
+                return;
+        }
+        if (page.has_more && !page.last_id[0]) {
+                end(ls, -EBADMSG, "the API's page has no cursor to go on with");
+                return;
+        }
+        if (page.has_more && streq(page.last_id, ls->cursor)) {
+                log_error("Listing phones: the API repeats the cursor %s; stopping the listing.", ls->cursor);
+                end(ls, -EBADMSG, "the API's list cursor does not move");
+                return;
+        }
+        if (!page.has_more) {
+                /* An empty end right after "has_more": maybe the end, maybe a
+                 * cursor whose phone went away.  Listing again tells. */
+                if (page.n == 0 && ls->cursor[0] && ls->stats.restarts < LIST_RESTARTS) {
+                        changed(ls, "the last page after has_more was empty");
+                        return;
+                }
+                end(ls, 0, NULL);
+                return;
+        }
+        memcpy(ls->cursor, page.last_id, sizeof ls->cursor);
+        *q = (PageReq) { .ls = ls };
+        request(ls, q);
+}
+
+static void request(Listing *ls, PageReq *q) {
+        int r;
+
+        if (!ls->running)
+                return;
+        r = diga_call(ls->diga, &(CallSpec) {
+                .kind = CALL_LIST, .page = q->page, .id = !q->page && ls->cursor[0] ? ls->cursor : NULL,
+                .urgent = q == &ls->last, .done = on_page, .userdata = q,
+        }, &q->call);
+        if (r < 0) {
+                log_error_errno(r, "Cannot list phones: %m");
+                end(ls, r, "cannot list phones");
+        }
+}
+
+int listing_new(sd_event *e, Diga *d, Api *api, const World *w, ListingWant want, ListingDone done,
+                void *userdata, Listing **ret) {
+        Listing *ls = calloc(1, sizeof(Listing));
+
+        if (!ls)
+                return -ENOMEM;
+        *ls = (Listing) { .event = sd_event_ref(e), .diga = d, .api = api, .world = *w, .want = want,
+                          .done = done, .userdata = userdata };
+        ls->last.ls = ls;
+        *ret = ls;
+        return 0;
+}
+
+void listing_start(Listing *ls) {
+        int r;
+
+        if (ls->running)
+                return;
+        reset(ls);
+        ls->stats = (ListingStats) {};
+        ls->running = true;
+        r = begin(ls);
+        if (r < 0)
+                end(ls, r, "out of memory");
+}
+
+void listing_stop(Listing *ls, const char *why) {
+        end(ls, -ECANCELED, why);
+}
+
+bool listing_running(Listing *ls) {
+        return ls->running;
+}
+
+const RemotePhone *listing_phones(Listing *ls, size_t *n) {
+        *n = ls->n_kept;
+        return ls->kept;
+}
+
+const ListingStats *listing_stats(Listing *ls) {
+        return &ls->stats;
+}
+
+Listing *listing_free(Listing *ls) {
+        if (!ls)
+                return NULL;
+        ls->running = false;
+        reqs_drop(ls);
+        idset_done(&ls->seen);
+        kept_clear(ls);
+        free(ls->kept);
+        sd_event_unref(ls->event);
+        free(ls);
+        return NULL;
+}

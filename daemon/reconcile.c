@@ -1,0 +1,587 @@
+/* SPDX-License-Identifier: MIT */
+/* The decisions, one function per kind of event, and nothing but decisions:
+ * see reconcile.h.  The rules, in short:
+ *
+ * - Released stays released; scheduled only becomes released.  What the API
+ *   shows later never rewrites the record of an ordered release.
+ * - An answer that is not clearly the API's (no answer, a 5xx, a body that
+ *   is not its JSON, a 404 from a proxy) leaves a DELETE's effect unknown:
+ *   the phone is looked at no sooner than api.settle_time after the DELETE
+ *   left, and only a look from then on may find it still releasable.
+ * - A look or an answer that cannot be trusted is never a verdict: it is
+ *   tried again, and counted as an attempt only for phones waiting to act.
+ * - A phone is released only when its row, its declaration and both clocks
+ *   agree at the moment the DELETE leaves (reconcile_send). */
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <syslog.h>
+
+#include "reconcile.h"
+
+static const char *const status_names[_REMOTE_STATUS_MAX] = {
+        [REMOTE_RESERVED] = "reserved",
+        [REMOTE_PENDING_VERIFICATION] = "pending_verification",
+        [REMOTE_ASSIGNED] = "assigned",
+        [REMOTE_RELEASED] = "released",
+        [REMOTE_FINISHED] = "finished",
+};
+
+RemoteStatus remote_status_from_string(const char *s) {
+        for (size_t i = 0; s && i < ELEMENTSOF(status_names); i++)
+                if (status_names[i] && streq(s, status_names[i]))
+                        return (RemoteStatus) i;
+        return REMOTE_UNKNOWN;
+}
+
+bool remote_is_live(const RemotePhone *p) {
+        return p->status != REMOTE_RELEASED && p->status != REMOTE_FINISHED;
+}
+
+void remote_phone_done(RemotePhone *p) {
+        free(p->number);
+        free(p->status_name);
+        free(p->provider);
+        free(p->scheduled_release_at);
+        *p = (RemotePhone) {};
+}
+
+static int dup_or_null(const char *s, char **ret) {
+        *ret = NULL;
+        if (!s)
+                return 0;
+        *ret = strdup(s);
+        return *ret ? 0 : -ENOMEM;
+}
+
+int remote_phone_copy(RemotePhone *to, const RemotePhone *p) {
+        RemotePhone c = { .status = p->status };
+
+        memcpy(c.id, p->id, sizeof c.id);
+        if (dup_or_null(p->number, &c.number) < 0 || dup_or_null(p->status_name, &c.status_name) < 0 ||
+            dup_or_null(p->provider, &c.provider) < 0 ||
+            dup_or_null(p->scheduled_release_at, &c.scheduled_release_at) < 0) {
+                remote_phone_done(&c);
+                return -ENOMEM;
+        }
+        *to = c;
+        return 0;
+}
+
+const char *call_kind_to_string(CallKind k) {
+        return k == CALL_DELETE ? "DELETE" : "GET";
+}
+
+static void say(char buf[static OUTCOME_TEXT], const char *fmt, ...) _printf_(2, 3);
+static void say(char buf[static OUTCOME_TEXT], const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(buf, OUTCOME_TEXT, fmt, ap);
+        va_end(ap);
+}
+
+/* "HTTP 409: PHONE_ALREADY_RELEASED: ...", "HTTP 404 (not the API's answer)",
+ * or the transport's own words. */
+static const char *describe(const Reply *r, char buf[static OUTCOME_TEXT]) {
+        if (r->status == 0)
+                say(buf, "%s", r->error ? r->error : "no answer");
+        else if (r->message)
+                say(buf, "HTTP %d: %s", r->status, r->message);
+        else if (r->error)
+                say(buf, "HTTP %d (%s)", r->status, r->error);
+        else if (!r->api && r->status >= 300)
+                say(buf, "HTTP %d (not the API's answer)", r->status);
+        else
+                say(buf, "HTTP %d", r->status);
+        return buf;
+}
+
+/* Worth asking again: nothing was decided on the other side, or we cannot
+ * know that it was. */
+static bool transient(const Reply *r) {
+        return r->status == 0 || r->status == 408 || r->status == 429 || r->status >= 500;
+}
+
+static bool auth_refused(const Reply *r) {
+        return r->status == 401 || r->status == 403;
+}
+
+usec_t reconcile_backoff(const World *w, unsigned attempt, int64_t retry_after) {
+        double cap = fmin((double) w->max_delay, (double) w->base_delay * ldexp(1.0, (int) (attempt < 60 ? attempt : 60)));
+        double delay = cap * fmin(fmax(w->jitter, 0.0), 1.0);
+
+        if (retry_after > 0)
+                delay = fmax(delay, (double) (retry_after < RETRY_AFTER_MAX ? retry_after : RETRY_AFTER_MAX) *
+                                    (double) USEC_PER_SEC);
+        return (usec_t) delay;
+}
+
+int64_t reconcile_due_now(int64_t local, int64_t api_offset, bool offset_known) {
+        if (!offset_known || (api_offset <= (int64_t) CLOCK_SKEW_MAX && api_offset >= -(int64_t) CLOCK_SKEW_MAX))
+                return local;
+        return api_offset < 0 ? local + api_offset : local;
+}
+
+static void start(const Row *row, const World *w, Outcome *o) {
+        *o = (Outcome) { .to = row->state, .attempts = row->attempts, .next_at = -1 };
+}
+
+static void effects_of(const Reply *r, Outcome *o) {
+        if (r->status == 429)
+                o->rate_backoff = true;
+        if (r->retry_after > 0)
+                o->hold = r->retry_after < RETRY_AFTER_MAX ? r->retry_after : RETRY_AFTER_MAX;
+}
+
+/* A phone whose DELETE may have gone out and whose look came too early, or
+ * failed: it is not failed, only looked at again. */
+static bool waits_for_a_look(const Row *row) {
+        return row->sent_at != 0;
+}
+
+static void fields_of(const RemotePhone *p, const Row *row, Outcome *o) {
+        if (!row->id)
+                o->id = p->id;
+        o->api_number = p->number;
+        o->provider = p->provider;
+}
+
+/* ---- looks ---- */
+
+/* A look that told nothing about the phone. */
+static void look_failed(const Row *row, const Look *look, const World *w, Outcome *o) {
+        const Reply *r = &look->reply;
+        char why[OUTCOME_TEXT];
+        usec_t delay;
+
+        (void) describe(r, why);
+        effects_of(r, o);
+        switch (row->state) {
+        case STATE_PENDING:
+        case STATE_RETRYING:
+        case STATE_IN_FLIGHT:
+                break;
+        case STATE_CANCELLED:
+                /* Its DELETE may have gone out: keep looking, the looks counted. */
+                o->write = true;
+                o->attempts = row->attempts + 1;
+                o->next_at = w->now + (int64_t) reconcile_backoff(w, o->attempts, r->retry_after);
+                o->level = LOG_WARNING;
+                say(o->error, "%s", why);
+                say(o->detail, "could not look at %s (%s); its DELETE may have gone out before the cancellation: "
+                    "looking again in %.1f s", row->key, why, usec_to_sec(o->next_at - w->now));
+                return;
+        default:
+                /* Only being confirmed: a failed look changes nothing. */
+                o->level = LOG_WARNING;
+                say(o->detail, "could not confirm %s (%s); will look again at the next resync", row->key, why);
+                return;
+        }
+
+        o->write = true;
+        o->attempts = row->attempts + 1;
+        say(o->error, "%s", why);
+        /* An answer the API gave on purpose (400, 422...) will not change by
+         * asking again: an operator must see it.  Not for a phone whose
+         * DELETE may have gone out: only a look can end that. */
+        if (!transient(r) && r->api && !(r->status == 200) && !waits_for_a_look(row)) {
+                o->to = STATE_FAILED;
+                o->next_at = 0;
+                o->level = LOG_ERR;
+                say(o->detail, "GET answered %s", why);
+                return;
+        }
+        if (waits_for_a_look(row) && o->attempts >= w->max_attempts) {
+                /* Never failed blind: the DELETE may have released it. */
+                o->to = STATE_RETRYING;
+                o->next_at = w->now + (int64_t) w->max_delay;
+                o->level = LOG_ERR;
+                say(o->detail, "cannot tell what its DELETE did: %u looks failed (%s); looking again in %.0f s",
+                    o->attempts, why, usec_to_sec((int64_t) w->max_delay));
+                return;
+        }
+        if (o->attempts >= w->max_attempts) {
+                o->to = STATE_FAILED;
+                o->next_at = 0;
+                o->level = LOG_ERR;
+                say(o->detail, "giving up after %u attempts: %s", o->attempts, why);
+                return;
+        }
+        delay = reconcile_backoff(w, o->attempts, r->retry_after);
+        o->to = STATE_RETRYING;
+        o->next_at = w->now + (int64_t) delay;
+        o->level = LOG_WARNING;
+        say(o->detail, "GET /v1/phone/%s failed (%s); next attempt in %.1f s", row->id ? row->id : "", why,
+            usec_to_sec((int64_t) delay));
+}
+
+/* No such phone, by the API's own word. */
+static void look_gone(const Row *row, const Look *look, const World *w, Outcome *o) {
+        o->write = true;
+        if (row->state == STATE_SCHEDULED || waits_for_a_look(row)) {
+                o->to = STATE_RELEASED;
+                o->next_at = 0;
+                o->level = LOG_NOTICE;
+                say(o->detail, "gone after the DELETE (HTTP 404)");
+                return;
+        }
+        if (row->state == STATE_UNRESOLVED) {
+                o->write = false;
+                return;
+        }
+        o->to = STATE_UNRESOLVED;
+        o->next_at = 0;
+        o->level = LOG_WARNING;
+        say(o->error, "not in the account");
+        say(o->detail, "id %s is not in the account (HTTP 404)", row->id ? row->id : "?");
+}
+
+static void look_not_listed(const Row *row, const Look *look, const World *w, Outcome *o) {
+        if (row->state == STATE_UNRESOLVED)
+                return;
+        o->write = true;
+        o->to = STATE_UNRESOLVED;
+        o->next_at = 0;
+        o->level = LOG_WARNING;
+        say(o->error, "not in the account");
+        if (look->unreadable > 0)
+                say(o->detail, "number is not in the account (%zu phones listed; %zu more could not be read)",
+                    look->listed, look->unreadable);
+        else
+                say(o->detail, "number is not in the account (%zu phones listed)", look->listed);
+}
+
+/* A row whose release was ordered: only its completion is news. */
+static void look_scheduled(const Row *row, const RemotePhone *p, const World *w, Outcome *o) {
+        if (!remote_is_live(p)) {
+                o->write = true;
+                o->to = STATE_RELEASED;
+                o->level = LOG_NOTICE;
+                say(o->detail, "%s at the API: the ordered release took effect", p->status_name);
+                return;
+        }
+        if (p->status == REMOTE_ASSIGNED && p->scheduled_release_at)
+                return;
+        o->write = true;
+        o->level = LOG_WARNING;
+        say(o->error, "the API no longer shows the release ordered");
+        say(o->detail, "the API shows it %s%s%s; a release was ordered (HTTP 204 on record), so the record "
+            "stays scheduled: look at the phone in the Diga console", p->status_name,
+            p->scheduled_release_at ? " with a release at " : " with no release ordered",
+            p->scheduled_release_at ? p->scheduled_release_at : "");
+}
+
+/* Cancelled after its DELETE may have gone out: record what it did, never act. */
+static void look_cancelled(const Row *row, const Look *look, const World *w, Outcome *o) {
+        const RemotePhone *p = look->seen;
+
+        if (!waits_for_a_look(row))
+                return;
+        o->write = true;
+        fields_of(p, row, o);
+        if (!remote_is_live(p)) {
+                o->to = STATE_RELEASED;
+                o->level = LOG_NOTICE;
+                say(o->detail, "%s at the API after all (cancelled too late)", p->status_name);
+        } else if (p->status == REMOTE_ASSIGNED && p->scheduled_release_at) {
+                o->to = STATE_SCHEDULED;
+                o->scheduled = p->scheduled_release_at;
+                o->level = LOG_NOTICE;
+                say(o->detail, "release ordered after all (cancelled too late), effective %s", p->scheduled_release_at);
+        } else if (p->status == REMOTE_UNKNOWN) {
+                o->next_at = w->now + (int64_t) w->max_delay;
+                o->level = LOG_WARNING;
+                say(o->detail, "status \"%s\" is unknown to this retired; looking again later", p->status_name);
+        } else if (look->reply.asked_at < row->look_after) {
+                o->next_at = row->look_after;
+                say(o->detail, "looked at before its DELETE could settle; looking again at the settle time");
+        } else {
+                o->clear_sent = true;
+                o->level = LOG_INFO;
+                say(o->detail, "%s: the DELETE sent before the cancellation released nothing", p->status_name);
+        }
+}
+
+void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o) {
+        const RemotePhone *p = look->seen;
+        const Reply *r = &look->reply;
+
+        start(row, w, o);
+        if (row->state == STATE_RELEASED || row->state == STATE_FAILED)
+                return;         /* past deciding: never looked at, never changed */
+
+        if (look->not_listed) {
+                look_not_listed(row, look, w, o);
+                return;
+        }
+        if (!p) {
+                if (auth_refused(r)) {
+                        o->auth_pause = true;
+                        o->write = true;
+                        say(o->detail, "GET refused (HTTP %d)", r->status);
+                        return;
+                }
+                if (r->status == 404 && r->api) {
+                        look_gone(row, look, w, o);
+                        return;
+                }
+                look_failed(row, look, w, o);
+                return;
+        }
+
+        if (row->state == STATE_SCHEDULED) {
+                look_scheduled(row, p, w, o);
+                return;
+        }
+        if (row->state == STATE_CANCELLED) {
+                look_cancelled(row, look, w, o);
+                return;
+        }
+
+        /* pending, retrying, in_flight, deferred, unresolved: facts first.  A
+         * release the API shows is recorded whoever did it. */
+        fields_of(p, row, o);
+        if (!remote_is_live(p)) {
+                o->write = true;
+                o->to = STATE_RELEASED;
+                o->next_at = 0;
+                o->level = LOG_NOTICE;
+                if (waits_for_a_look(row))
+                        say(o->detail, "%s at the API: the DELETE took effect", p->status_name);
+                else
+                        say(o->detail, "%s at the API", p->status_name);
+                return;
+        }
+        if (p->status == REMOTE_ASSIGNED && p->scheduled_release_at) {
+                o->write = true;
+                o->to = STATE_SCHEDULED;
+                o->scheduled = p->scheduled_release_at;
+                o->next_at = 0;
+                o->level = LOG_NOTICE;
+                say(o->detail, "release ordered, effective %s", p->scheduled_release_at);
+                return;
+        }
+        /* Still live.  Whether a DELETE of ours did nothing is known only
+         * once it had time to: before that, a look proves nothing. */
+        if (waits_for_a_look(row) && r->asked_at < row->look_after) {
+                o->write = true;
+                o->next_at = row->look_after;
+                o->level = LOG_INFO;
+                say(o->detail, "still %s, but its DELETE may not have settled yet: looking again at the settle time",
+                    p->status_name);
+                return;
+        }
+        o->clear_sent = waits_for_a_look(row);
+        if (look->carriers > 1) {
+                /* No phone was meant more than another: none of their fields is the row's. */
+                o->id = o->api_number = o->provider = NULL;
+                o->write = true;
+                o->to = STATE_FAILED;
+                o->next_at = 0;
+                o->level = LOG_ERR;
+                say(o->error, "ambiguous: %u live phones carry this number", look->carriers);
+                say(o->detail, "%u live phones carry this number (%s): nothing released; declare the one meant by id",
+                    look->carriers, look->carrier_ids ? look->carrier_ids : "");
+                return;
+        }
+        if (row->number && p->number && !streq(row->number, p->number)) {
+                o->write = true;
+                o->to = STATE_FAILED;
+                o->next_at = 0;
+                o->level = LOG_ERR;
+                say(o->error, "declared id and number disagree");
+                say(o->detail, "declared id %s, but the API has it as %s: nothing released", p->id, p->number);
+                return;
+        }
+        switch (p->status) {
+        case REMOTE_RESERVED:
+        case REMOTE_PENDING_VERIFICATION:
+                if (row->state == STATE_DEFERRED && !o->clear_sent)
+                        return;
+                o->write = true;
+                o->to = STATE_DEFERRED;
+                o->next_at = 0;
+                o->level = LOG_NOTICE;
+                say(o->detail, "%s: cannot be released yet; will look again at the next resync", p->status_name);
+                return;
+        case REMOTE_UNKNOWN:
+                o->clear_sent = false;   /* an unknown status proves nothing */
+                if (row->state == STATE_DEFERRED)
+                        return;
+                o->write = true;
+                o->to = STATE_DEFERRED;
+                o->next_at = 0;
+                o->level = LOG_NOTICE;
+                say(o->error, "unknown status");
+                say(o->detail, "status \"%s\" is unknown to this retired: not released", p->status_name);
+                return;
+        default:
+                break;
+        }
+
+        /* Assigned, nothing ordered. */
+        if (row->rejected) {
+                o->write = true;
+                o->to = STATE_FAILED;
+                o->next_at = 0;
+                o->level = LOG_ERR;
+                say(o->error, "%s", row->rejected);
+                say(o->detail, "%s; the phone is still assigned: needs an operator", row->rejected);
+                return;
+        }
+        if (o->clear_sent && row->attempts >= w->max_attempts) {
+                o->write = true;
+                o->to = STATE_FAILED;
+                o->next_at = 0;
+                o->level = LOG_ERR;
+                say(o->detail, "giving up after %u attempts%s%s; the phone is still assigned", row->attempts,
+                    row->last_error ? ": " : "", row->last_error ? row->last_error : "");
+                return;
+        }
+        if (row->not_before > 0 && row->not_before * (int64_t) USEC_PER_SEC > w->due_now) {
+                /* Due by our clock, not by the API's: wait for both. */
+                o->write = r->kind == CALL_GET || o->clear_sent;
+                say(o->detail, "assigned; not_before has not come by the API's clock");
+                return;
+        }
+        if (w->dry_run) {
+                o->write = true;
+                o->dry_run = true;
+                o->level = LOG_NOTICE;
+                say(o->detail, "dry run: would release %s (%s, %s)", row->number ? row->number : p->number, p->id,
+                    p->provider ? p->provider : "unknown provider");
+                return;
+        }
+        /* A GET is one of this phone's calls: on record.  (A list page is
+         * not; the id and provider go in with the in_flight commit, which
+         * also moves sent_at on: nothing to clear until then.) */
+        o->write = r->kind == CALL_GET;
+        o->clear_sent = false;
+        o->next = NEXT_DELETE;
+        say(o->detail, "observed assigned");
+}
+
+/* ---- the DELETE ---- */
+
+bool reconcile_send(const Row *row, const World *w, Outcome *o) {
+        start(row, w, o);
+        if (row->not_before > 0 && row->not_before * (int64_t) USEC_PER_SEC > w->due_now)
+                return false;
+        o->write = true;
+        o->to = STATE_IN_FLIGHT;
+        o->sent_at = w->now;
+        /* Looked at no sooner than the settle time if its answer is lost. */
+        o->next_at = w->now + (int64_t) w->settle;
+        say(o->detail, "DELETE sent");
+        return true;
+}
+
+void reconcile_delete(const Row *row, const Reply *r, const World *w, Outcome *o) {
+        char why[OUTCOME_TEXT];
+        usec_t delay;
+
+        start(row, w, o);
+        o->write = true;
+        (void) describe(r, why);
+
+        if (r->status == 204) {
+                if (row->provider && streq(row->provider, "netelip")) {
+                        o->to = STATE_SCHEDULED;
+                        o->level = LOG_NOTICE;
+                        say(o->detail, "release ordered (netelip: takes effect at the end of the billing period)");
+                } else if (row->provider && streq(row->provider, "custom")) {
+                        o->to = STATE_RELEASED;
+                        o->level = LOG_NOTICE;
+                        say(o->detail, "released");
+                } else {
+                        /* The API took it; what it did depends on a provider we do not know. */
+                        o->next = NEXT_GET;
+                        o->look_after = w->now;
+                        say(o->detail, "DELETE answered 204 (provider %s): looking at what it did",
+                            row->provider ? row->provider : "unknown");
+                }
+                o->next_at = 0;
+                return;
+        }
+        if (r->status == 404 && r->api) {
+                o->to = STATE_RELEASED;
+                o->next_at = 0;
+                o->level = LOG_NOTICE;
+                say(o->detail, "already gone (HTTP 404)");
+                return;
+        }
+        if (auth_refused(r)) {
+                /* Not done, if the API said so; a look ends it once calls resume. */
+                o->auth_pause = true;
+                o->next_at = r->api ? w->now : row->look_after;
+                say(o->detail, "DELETE refused (%s)", why);
+                return;
+        }
+        effects_of(r, o);
+        if (r->api && r->status >= 400 && r->status < 500 && r->status != 408 && r->status != 429) {
+                /* Refused for a reason we do not know: look before deciding. */
+                o->attempts = row->attempts + 1;
+                o->next = NEXT_GET;
+                o->look_after = w->now;
+                o->rejected = true;
+                o->next_at = w->now;
+                say(o->error, "DELETE answered %s", why);
+                say(o->detail, "DELETE answered %s; looking at the phone", why);
+                return;
+        }
+
+        /* Anything else leaves its effect unknown, unless the API itself said
+         * it did nothing (its 429, 408) or the request never left.  (The row
+         * keeps its sent_at all the same: a look, not this, settles it.) */
+        o->attempts = row->attempts + 1;
+        o->to = STATE_RETRYING;
+        say(o->error, "%s", why);
+        delay = reconcile_backoff(w, o->attempts, r->retry_after);
+        o->next_at = w->now + (int64_t) delay;
+        if (!(r->api && (r->status == 429 || r->status == 408)) && !r->unsent && o->next_at < row->look_after)
+                o->next_at = row->look_after;
+        o->level = LOG_WARNING;
+        if (o->attempts >= w->max_attempts)
+                say(o->detail, "DELETE /v1/phone/%s failed (%s); giving up after %u attempts once a look shows the "
+                    "phone still assigned (in %.1f s)", row->id, why, o->attempts, usec_to_sec(o->next_at - w->now));
+        else if (o->next_at == row->look_after)
+                say(o->detail, "DELETE /v1/phone/%s failed (%s); it may have worked all the same: looking at the "
+                    "phone in %.1f s, and sending again only if it is still assigned", row->id, why,
+                    usec_to_sec(o->next_at - w->now));
+        else
+                say(o->detail, "DELETE /v1/phone/%s failed (%s); next attempt in %.1f s", row->id, why,
+                    usec_to_sec(o->next_at - w->now));
+}
+
+/* ---- the listing ---- */
+
+void reconcile_page(const Reply *r, unsigned attempts, const World *w, PageOutcome *o) {
+        char why[OUTCOME_TEXT];
+
+        *o = (PageOutcome) {};
+        if (r->status == 200 && r->api) {
+                o->verdict = PAGE_OK;
+                return;
+        }
+        (void) describe(r, why);
+        if (auth_refused(r)) {
+                o->verdict = PAGE_AUTH;
+                say(o->detail, "%s", why);
+                return;
+        }
+        o->rate_backoff = r->status == 429;
+        if (r->retry_after > 0)
+                o->hold = r->retry_after < RETRY_AFTER_MAX ? r->retry_after : RETRY_AFTER_MAX;
+        /* A malformed 200 is the API (or what stands in front of it) having
+         * a bad moment, like a 5xx. */
+        if ((transient(r) || r->status == 200 || !r->api) && attempts + 1 < w->max_attempts) {
+                o->verdict = PAGE_RETRY;
+                o->delay = reconcile_backoff(w, attempts + 1, r->retry_after);
+                say(o->detail, "%s", why);
+                return;
+        }
+        o->verdict = PAGE_GIVE_UP;
+        say(o->detail, "%s", why);
+}
