@@ -1,15 +1,18 @@
 #!/usr/bin/python3
-"""Benchmark of the release engine (issue 3).
+"""Benchmark of the release engine (issues 3 and 9).
 
 The fake Diga API with LATENCY per answer and an account of ACCOUNT phones;
 DECLARED of them declared by number; retired --once with rate R, burst B,
 concurrency C.  Reports the pass time against the ideal (calls / rate), the
 largest overshoot of the pacing bound (rate * t + burst calls in any window
 of t seconds), the calls per released phone beyond the list pages, the peak
-RSS, and the same job done by a sequential curl loop, as a ratio.
+RSS, and the same job done by a sequential curl loop, as a ratio.  The
+account is listed whole before the first DELETE: the listing's time is
+reported against its own ideal (pages / rate).  --paging cursor makes the fake
+an API that pages by cursor only (no total_pages): one page after another.
 
 Usage: release.py [--account N] [--declared N] [--rate R] [--burst B]
-                  [--concurrency C] [--latency S] [--skip-curl]
+                  [--concurrency C] [--latency S] [--paging both|cursor] [--skip-curl]
 """
 import argparse, json, os, re, shutil, subprocess, sys, time
 
@@ -24,7 +27,8 @@ def start_fake(d, args):
     log = os.path.join(d, "api.jsonl")
     p = subprocess.Popen([sys.executable, os.path.join(top, "tests/fake-diga/fake_diga.py"),
                           "--port", "0", "--port-file", port_file, "--phones", str(args.account),
-                          "--seed", "7", "--latency", str(args.latency), "--log", log],
+                          "--seed", "7", "--latency", str(args.latency), "--log", log,
+                          "--paging", args.paging],
                          stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not os.path.exists(port_file):
@@ -111,6 +115,7 @@ def main():
     ap.add_argument("--burst", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--paging", choices=("both", "cursor"), default="both")
     ap.add_argument("--skip-curl", action="store_true")
     args = ap.parse_args()
 
@@ -124,12 +129,18 @@ def main():
         lists = sum(1 for e in entries if e["method"] == "GET" and e["path"].rstrip("/") == "/v1/phone")
         calls = len(entries)
         released = sum(1 for e in entries if e["method"] == "DELETE" and e["status"] == 204)
+        pages = [e for e in entries if e["method"] == "GET" and e["path"].rstrip("/") == "/v1/phone"]
+        listing = max(e["t_reply"] for e in pages) - min(e["t"] for e in pages)
+        first_delete = min((e["t"] for e in entries if e["method"] == "DELETE"), default=float("inf"))
         ideal = calls / args.rate
         over = max_overshoot([e["t"] for e in entries], args.rate, args.burst)
         print(f"account {args.account}, declared {args.declared} by number, latency {args.latency*1000:.0f} ms, "
               f"rate {args.rate:g}, burst {args.burst}, concurrency {args.concurrency}")
         print(f"retired --once:   {wall:7.2f} s for {calls} calls ({lists} list pages, {released} releases)")
         print(f"ideal (calls/rate): {ideal:5.2f} s   ratio {wall / ideal:.3f}")
+        print(f"listing ({'by page' if args.paging == 'both' else 'by cursor'}): {listing:6.2f} s for {lists} pages, "
+              f"ideal {lists / args.rate:.2f} s, ratio {listing / (lists / args.rate):.3f}; "
+              f"first DELETE {'after' if first_delete >= max(e['t_reply'] for e in pages) else 'BEFORE'} the last page")
         print(f"calls per released phone beyond the list pages: {(calls - lists) / max(1, released):.3f}")
         print(f"largest overshoot of rate*t+burst: {max_overshoot(sent, args.rate, args.burst):+.2f} calls "
               f"as sent, {over:+.2f} as arrived at the fake (its threads add jitter)")
