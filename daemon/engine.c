@@ -909,6 +909,13 @@ static void pass_start(Engine *e) {
         pass_maybe_end(e);
 }
 
+/* The loop was told to exit (by the idle callback): start nothing more. */
+static bool exiting(Engine *e) {
+        int code;
+
+        return sd_event_get_exit_code(e->event, &code) != -ENODATA;
+}
+
 static void pass_maybe_end(Engine *e) {
         usec_t dt;
 
@@ -925,19 +932,22 @@ static void pass_maybe_end(Engine *e) {
         e->running = false;
         pass_free(e);
         arm_wake(e);
-        if (e->want_pass && !e->stopping && !e->paused) {
-                pass_start(e);
-                if (e->running)
-                        return;
-        }
+        /* Told at every pass end, also when the next pass is already wanted: a
+         * retry timer that fires during a pass must not keep --once from
+         * seeing that it is stuck. */
         if (e->idle)
                 e->idle(e, e->idle_userdata);
+        if (e->want_pass && !e->stopping && !e->paused && !exiting(e)) {
+                pass_start(e);
+                if (!e->running && e->idle)
+                        e->idle(e, e->idle_userdata);
+        }
 }
 
 void engine_request_pass(Engine *e, bool resync) {
         e->want_pass = true;
         e->want_resync = e->want_resync || resync;
-        if (e->running || e->stopping || e->paused)
+        if (e->running || e->stopping || e->paused || exiting(e))
                 return;
         pass_start(e);
         if (!e->running && e->idle)
