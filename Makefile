@@ -8,9 +8,9 @@ BUILD      ?= build
 CC         ?= cc
 PYTHON     := /usr/bin/python3
 
-PKGS       := libcurl libconfig sqlite3 libsystemd
+PKGS       := libcurl libconfig sqlite3 libsystemd libcrypto
 DEB_BUILD  := gcc make pkg-config libcurl4-openssl-dev libconfig-dev \
-              libsqlite3-dev libsystemd-dev libcmocka-dev
+              libsqlite3-dev libsystemd-dev libcmocka-dev libssl-dev
 DEB_TEST   := python3 python3-pytest sqlite3 curl openssl systemd \
               util-linux iproute2 time bc clang libclang-rt-14-dev valgrind
 DEB_ALL    := $(DEB_BUILD) $(DEB_TEST)

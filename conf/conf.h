@@ -47,6 +47,7 @@ typedef struct Config {
         double base_delay, max_delay;
         bool dry_run;
         unsigned max_new_releases;
+        double hold;             /* seconds an added or changed release waits before its DELETE */
         double resync_interval;
         char *ledger;            /* resolved path of the ledger */
         char *releases_dir;      /* resolved path of the drop-in folder */
@@ -73,6 +74,9 @@ void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt
 /* Returns 0, or -EINVAL with d filled when the files are invalid, or another
  * negative errno (also explained in d) when they cannot be read. */
 int config_load(const char *path, Config **ret, ConfDiag *d);
+/* Why the shipped unit, whose user is dynamic, could not read
+ * api.token_file (*ret a sentence), or *ret NULL.  -ENOMEM only. */
+int config_token_file_warning(const Config *c, char **ret);
 Config *config_free(Config *c);
 static inline void config_freep(Config **c) { if (*c) config_free(*c); }
 

@@ -46,6 +46,7 @@ static inline int streq_ptr(const char *a, const char *b) {
         return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 static inline const char *strna(const char *s) { return s ? s : "n/a"; }
+static inline const char *strempty(const char *s) { return s ? s : ""; }
 
 /* asprintf() that leaves NULL, not an undefined pointer, when it fails:
  * 0 or -ENOMEM. */
@@ -93,4 +94,9 @@ static inline usec_t sec_to_usec(double s) {
 
 static inline double usec_to_sec(int64_t u) {
         return (double) u / (double) USEC_PER_SEC;
+}
+
+/* "1 phone", "2 phones": the words of a count for the operator. */
+static inline const char *plural(uint64_t n, const char *one, const char *many) {
+        return n == 1 ? one : many;
 }

@@ -112,6 +112,7 @@ static const Key keys[] = {
         { "retry",  "max_delay",        K_FLOAT, C(max_delay),        0.001, 86400 },
         { "safety", "dry_run",          K_BOOL,  C(dry_run) },
         { "safety", "max_new_releases", K_UINT,  C(max_new_releases), 0, CONF_MAX_RELEASES },
+        { "safety", "hold",             K_FLOAT, C(hold),             0, 2592000 },
         { NULL,     "resync_interval",  K_FLOAT, C(resync_interval),  1, 604800 },
         { NULL,     "ledger",           K_STR,   C(ledger) },
         { NULL,     "releases_dir",     K_STR,   C(releases_dir) },
@@ -578,7 +579,7 @@ static int config_new(const char *path, Config **ret) {
         *c = (Config) {
                 .timeout = 30.0, .settle_time = 300.0, .rate = 2.0, .burst = 5, .concurrency = 4,
                 .max_attempts = 8, .base_delay = 1.0, .max_delay = 300.0,
-                .max_new_releases = 25, .resync_interval = 3600.0,
+                .max_new_releases = 25, .hold = 600.0, .resync_interval = 3600.0,
         };
         /* $STATE_DIRECTORY may list several folders separated by ':'. */
         if (sd && *sd == '/')
@@ -680,3 +681,23 @@ Config *config_free(Config *c) {
         free(c);
         return NULL;
 }
+
+int config_token_file_warning(const Config *c, char **ret) {
+        struct stat st;
+
+        *ret = NULL;
+        if (!c->token_file || !c->token_file[0])
+                return 0;
+        if (stat(c->token_file, &st) < 0)
+                return asprintf_or_null(ret, "api.token_file %s: %s", c->token_file, strerror(errno)) < 0 ? -ENOMEM : 0;
+        /* A key file must be 0600; owned by root, no DynamicUser= reads it. */
+        if (st.st_uid == 0 && geteuid() == 0)
+                return asprintf_or_null(ret, "api.token_file %s is root's own: the shipped unit runs as a dynamic user "
+                                        "that cannot read it; leave token_file empty and let LoadCredential= hand "
+                                        "the unit the key", c->token_file) < 0 ? -ENOMEM : 0;
+        if (access(c->token_file, R_OK) < 0)
+                return asprintf_or_null(ret, "api.token_file %s cannot be read by uid %u", c->token_file,
+                                        (unsigned) geteuid()) < 0 ? -ENOMEM : 0;
+        return 0;
+}
+

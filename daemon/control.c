@@ -21,6 +21,7 @@ typedef struct Client {
         sd_event_source *io, *timer;
         char buf[CONTROL_MAX_LINE + 1];
         size_t len;
+        uid_t uid;                   /* the peer's, for the record of what it asked */
 } Client;
 
 struct Control {
@@ -53,9 +54,14 @@ int control_parse(const char *line, size_t len, char verb[static CONTROL_MAX_VER
                 return 0;
         if (line[i++] != ' ')
                 return -EBADMSG;
+        /* Printable; keys, ids, numbers and hashes have no spaces, a pause's
+         * reason may have them inside. */
+        if (i < len && !isgraph((unsigned char) line[i]))
+                return -EBADMSG;
+        if (!isgraph((unsigned char) line[len - 1]))
+                return -EBADMSG;
         for (; i < len; i++) {
-                /* Keys, ids, numbers and hashes are printable and have no spaces. */
-                if (!isgraph((unsigned char) line[i]))
+                if (!isprint((unsigned char) line[i]))
                         return -EBADMSG;
                 if (n >= CONTROL_MAX_ARG)
                         return -E2BIG;
@@ -113,7 +119,7 @@ static int on_client(sd_event_source *s, int fd, uint32_t revents, void *userdat
         if (r < 0)
                 reply(cl, "error", "malformed request: expected \"VERB [ARG]\"");
         else {
-                r = cl->c->handler(cl->c->userdata, verb, arg, &text);
+                r = cl->c->handler(cl->c->userdata, (uint32_t) cl->uid, verb, arg, &text);
                 reply(cl, r < 0 ? "error" : "ok", text ? text : r < 0 ? strerror(-r) : "");
         }
         client_free(cl);
@@ -153,6 +159,7 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         }
         cl->c = c;
         cl->fd = cfd;
+        cl->uid = cred.uid;
         c->clients++;
         r = sd_event_add_io(c->event, &cl->io, cfd, EPOLLIN, on_client, cl);
         if (r >= 0)

@@ -16,6 +16,12 @@
 #include "reconcile.h"
 #include "state.h"
 
+/* retired's exit codes (retired(8)), for batch jobs that run --once. */
+#define EXIT_SETTLED   0   /* every declared phone released, scheduled or waiting for its time */
+#define EXIT_STOPPED   1   /* stopped before that (API unreachable, paused): run again later */
+#define EXIT_OPERATOR  2   /* some phones need an operator: failed or unresolved */
+#define EXIT_SETUP     3   /* a config, ledger or key error: nothing was done */
+
 #define API_MAX_BODY   (4u << 20)   /* bytes of one answer we accept */
 #define API_PAGE_LIMIT 100          /* phones per list page */
 #define TOKEN_MAX      4096
@@ -122,6 +128,10 @@ int diga_set_config(Diga *d, const Config *c, const char *token);
 
 /* The API key: from api.token_file or $CREDENTIALS_DIRECTORY/api-token. */
 int token_load(const Config *c, char **ret, char **where);
+/* The first bytes of the key's SHA-256, in hex: names the key in the
+ * journal without telling anything of use about it. */
+#define TOKEN_FINGERPRINT_LEN 16
+int token_fingerprint(const char *token, char buf[static TOKEN_FINGERPRINT_LEN + 1]);
 
 /* ---- listing.c: the whole account, before anything is acted on ---- */
 
@@ -176,15 +186,27 @@ bool engine_settled(Engine *e);
 /* Why the engine cannot finish by itself (the account cannot be listed,
  * DELETEs whose effect no look can tell), or NULL.  --once gives up on it. */
 const char *engine_stuck(Engine *e);
+/* An operator's pause: while on, no DELETE leaves (one decided before is
+ * refused at the wire) and a pass looks only at phones whose DELETE may
+ * have gone out. */
+void engine_hold(Engine *e, bool on);
 /* Why calls are paused (a refused key, an unwritable ledger), or NULL. */
 const char *engine_paused(Engine *e);
+typedef struct EngineProgress {
+        size_t done, total;          /* phones of this pass */
+        int64_t started;             /* usec, CLOCK_REALTIME */
+        double rate;                 /* phones per second so far */
+        double eta;                  /* seconds to go at that rate; < 0: unknown */
+} EngineProgress;
+/* false when no pass runs. */
+bool engine_progress(Engine *e, EngineProgress *ret);
 int engine_status(Engine *e, char *buf, size_t size);
 
 /* ---- control.c: the operator's socket ---- */
 
 typedef struct Control Control;
 /* Returns >= 0 (reply "ok TEXT") or < 0 (reply "error TEXT"); *text may be set. */
-typedef int (*ControlHandler)(void *userdata, const char *verb, const char *arg, char **text);
+typedef int (*ControlHandler)(void *userdata, uint32_t uid, const char *verb, const char *arg, char **text);
 
 int control_open(sd_event *e, const char *path, ControlHandler h, void *userdata, Control **ret);
 Control *control_free(Control *c);

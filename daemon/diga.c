@@ -4,6 +4,7 @@
  * goes through (pacer.c).  One multi handle means one connection pool for
  * every call.  What the answers mean is not decided here (reconcile.c). */
 
+#include <openssl/evp.h>
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <strings.h>
@@ -538,6 +539,17 @@ Diga *diga_free(Diga *d) {
         free(d->ca_file);
         free(d);
         return NULL;
+}
+
+int token_fingerprint(const char *token, char buf[static TOKEN_FINGERPRINT_LEN + 1]) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned n = 0;
+
+        if (EVP_Digest(token, strlen(token), md, &n, EVP_sha256(), NULL) != 1 || n < TOKEN_FINGERPRINT_LEN / 2)
+                return -EIO;
+        for (unsigned i = 0; i < TOKEN_FINGERPRINT_LEN / 2; i++)
+                snprintf(buf + 2 * i, 3, "%02x", md[i]);
+        return 0;
 }
 
 /* The key must be the owner's alone: a key others can read is a leaked key,

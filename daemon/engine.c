@@ -61,6 +61,7 @@ struct Engine {
 
         bool running, want_pass, want_resync, stopping, paused;
         char *pause_reason;
+        bool held;                   /* an operator's pause: no DELETE leaves */
         Job *jobs;
         size_t n_jobs, n_open;
         Job **by_id, **by_number;    /* the rows the listing is for */
@@ -473,10 +474,10 @@ static int delete_start(void *userdata) {
         Outcome o;
         int r;
 
-        if (e->stopping || e->paused || j->stale)
+        if (e->stopping || e->paused || e->held || j->stale)
                 return -ECANCELED;
         if (!reconcile_send(&row, &w, &o)) {
-                log_info("%s: not sent: not_before has not come by the API's clock.", j->key);
+                log_info("%s: not sent: not due yet by the API's clock (not_before, safety.hold).", j->key);
                 return -EAGAIN;
         }
         r = ledger_update(e->ledger, &(LedgerUpdate) {
@@ -751,9 +752,10 @@ static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
                         World w = world(e);
                         usec_t delay = reconcile_backoff(&w, e->list_failures, -1);
 
-                        log_warning("The account could not be listed (%s); %zu phones declared by number wait "
+                        log_warning("The account could not be listed (%s); %zu %s declared by number %s "
                                     "without a verdict; listing again in %.1f s.", why ? why : "failed",
-                                    e->n_by_number, usec_to_sec((int64_t) delay));
+                                    e->n_by_number, plural(e->n_by_number, "phone", "phones"),
+                                    plural(e->n_by_number, "waits", "wait"), usec_to_sec((int64_t) delay));
                         arm(e->list_retry, mono_now(e) + delay);
                 }
         }
@@ -784,7 +786,8 @@ static int add_job(const Phone *p, void *userdata) {
         j = &e->jobs[e->n_jobs];
         *j = (Job) {
                 .e = e, .pk = p->pk, .version = p->version, .state = p->state, .attempts = p->attempts,
-                .not_before = p->not_before, .sent_at = p->sent_at,
+                /* Held or not yet declared due: the same wait for the decisions. */
+                .not_before = p->hold_until > p->not_before ? p->hold_until : p->not_before, .sent_at = p->sent_at,
                 .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0,
         };
         if (set_str(&j->key, p->key) < 0 || set_str(&j->id, p->id) < 0 || set_str(&j->number, p->number) < 0 ||
@@ -833,7 +836,7 @@ static int64_t due_now(Engine *e, int64_t t) {
 static void arm_wake(Engine *e) {
         int64_t t = (int64_t) now(CLOCK_REALTIME), next;
 
-        if (ledger_next_due(e->ledger, t, due_now(e, t), &next) < 0) {
+        if (ledger_next_due(e->ledger, t, due_now(e, t), e->held, &next) < 0) {
                 disarm(e->wake);
                 return;
         }
@@ -848,7 +851,7 @@ static void pass_start(Engine *e) {
 
         e->want_pass = e->want_resync = false;
         e->stats = (PassStats) { .started = mono_now(e) };
-        r = ledger_due(e->ledger, t, due_now(e, t), resync, add_job, e);
+        r = ledger_due(e->ledger, t, due_now(e, t), resync, e->held, add_job, e);
         if (r < 0) {
                 log_error_errno(r, "Cannot read the due phones from the ledger: %m (%s)", ledger_errmsg(e->ledger));
                 pass_free(e);
@@ -881,7 +884,8 @@ static void pass_start(Engine *e) {
         }
         qsort(e->by_id, e->n_by_id, sizeof(Job *), cmp_job_id);
         qsort(e->by_number, e->n_by_number, sizeof(Job *), cmp_job_number);
-        log_info("Pass: %zu phones to look at%s.", e->n_jobs, resync ? " (resync)" : "");
+        log_info("Pass: %zu %s to look at%s.", e->n_jobs, plural(e->n_jobs, "phone", "phones"),
+                 resync ? " (resync)" : "");
 
         w = world(e);
         if (want_listing(e)) {
@@ -1108,6 +1112,18 @@ void engine_on_idle(Engine *e, EngineIdle cb, void *userdata) {
         e->idle_userdata = userdata;
 }
 
+void engine_hold(Engine *e, bool on) {
+        if (e->held == on)
+                return;
+        e->held = on;
+        /* Held: queued DELETEs are refused as they reach the wire.  Let go:
+         * what waited goes now. */
+        if (!on)
+                engine_request_pass(e, false);
+        else
+                arm_wake(e);
+}
+
 const char *engine_paused(Engine *e) {
         return e->paused ? (e->pause_reason ? e->pause_reason : "paused") : NULL;
 }
@@ -1140,19 +1156,49 @@ const char *engine_stuck(Engine *e) {
         return NULL;
 }
 
+bool engine_progress(Engine *e, EngineProgress *ret) {
+        usec_t dt;
+
+        if (!e->running)
+                return false;
+        dt = mono_now(e) - e->stats.started;
+        *ret = (EngineProgress) {
+                .done = e->n_jobs - e->n_open, .total = e->n_jobs,
+                .started = (int64_t) now(CLOCK_REALTIME) - (int64_t) dt,
+                .rate = dt > 0 ? (double) (e->n_jobs - e->n_open) * USEC_PER_SEC / (double) dt : 0,
+        };
+        ret->eta = ret->rate > 0 ? (double) e->n_open / ret->rate : -1;
+        return true;
+}
+
 int engine_status(Engine *e, char *buf, size_t size) {
-        uint64_t c[_STATE_MAX];
-        char skew[96] = "";
+        uint64_t c[_STATE_MAX], held = 0;
+        int64_t first = 0, t = (int64_t) now(CLOCK_REALTIME);
+        char skew[96] = "", progress[128] = "", hold[96] = "", at[21] = "?";
+        EngineProgress pr;
         int r = ledger_counts(e->ledger, c);
 
         if (r < 0)
                 return r;
+        if (engine_progress(e, &pr)) {
+                (void) rfc3339_format(pr.started / (int64_t) USEC_PER_SEC, at);
+                if (pr.eta >= 0)
+                        snprintf(progress, sizeof progress, "pass since %s: %zu/%zu at %.1f/s, ETA %.0f s; ", at,
+                                 pr.done, pr.total, pr.rate, pr.eta);
+                else
+                        snprintf(progress, sizeof progress, "pass since %s: %zu/%zu; ", at, pr.done, pr.total);
+        }
+        if (ledger_count_held(e->ledger, due_now(e, t), &held, &first) >= 0 && held > 0) {
+                (void) rfc3339_format(first, at);
+                snprintf(hold, sizeof hold, "%" PRIu64 " held (safety.hold), the first may go from %s; ", held, at);
+        }
         if (e->skewed)
                 snprintf(skew, sizeof skew, "API clock %.0f s %s ours; ", usec_to_sec(e->api_offset < 0 ? -e->api_offset : e->api_offset),
                          e->api_offset < 0 ? "behind" : "ahead of");
-        snprintf(buf, size, "%s%s%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
+        snprintf(buf, size, "%s%s%s%s%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
                  " scheduled, %" PRIu64 " released, %" PRIu64 " failed, %" PRIu64 " deferred, %" PRIu64 " unresolved",
                  e->paused ? "PAUSED (" : "", e->paused ? strna(e->pause_reason) : "", e->paused ? "): " : "", skew,
+                 progress, hold,
                  c[STATE_PENDING], c[STATE_IN_FLIGHT], c[STATE_RETRYING], c[STATE_SCHEDULED],
                  c[STATE_RELEASED], c[STATE_FAILED], c[STATE_DEFERRED], c[STATE_UNRESOLVED]);
         return 0;

@@ -13,6 +13,7 @@
 #include "log.h"
 
 static bool use_journal = false;
+static char progress[160];     /* the bar drawn under the lines on a terminal, or "" */
 static int max_level = LOG_INFO;
 static const char *ident = "retired";
 
@@ -81,6 +82,8 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
          * characters (say, in an API's error message) are escaped so that
          * nothing can start a line of its own. */
         flockfile(stderr);
+        if (progress[0])
+                fputs("\r\033[K", stderr);
         fprintf(stderr, "%s: ", ident);
         put_escaped(msg);
         if (f) {
@@ -100,6 +103,41 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
         if (message_id)
                 fprintf(stderr, " MESSAGE_ID=%s", message_id);
         fputc('\n', stderr);
+        if (progress[0])
+                fputs(progress, stderr);
+        funlockfile(stderr);
+}
+
+bool log_progress_possible(void) {
+        const char *term = getenv("TERM");
+
+        return !use_journal && isatty(STDERR_FILENO) && term && !streq(term, "dumb");
+}
+
+void log_progress(size_t done, size_t total, double rate, double eta) {
+        char bar[31];
+        size_t fill;
+
+        if (!log_progress_possible())
+                return;
+        flockfile(stderr);
+        if (total == 0) {
+                if (progress[0])
+                        fputs("\r\033[K", stderr);
+                progress[0] = 0;
+        } else {
+                fill = done >= total ? 30 : done * 30 / total;
+                memset(bar, '#', fill);
+                memset(bar + fill, '.', 30 - fill);
+                bar[30] = 0;
+                if (eta >= 0)
+                        snprintf(progress, sizeof progress, "\r\033[K[%s] %zu/%zu at %.1f/s, ETA %.0f s", bar, done,
+                                 total, rate, eta);
+                else
+                        snprintf(progress, sizeof progress, "\r\033[K[%s] %zu/%zu", bar, done, total);
+                fputs(progress, stderr);
+        }
+        fflush(stderr);
         funlockfile(stderr);
 }
 

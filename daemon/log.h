@@ -12,6 +12,10 @@
 
 void log_setup(const char *ident);
 void log_set_max_level(int level);
+/* A one-line progress bar under the log lines, only on a terminal (never
+ * into the journal or a file); total 0 takes it away. */
+bool log_progress_possible(void);
+void log_progress(size_t done, size_t total, double rate, double eta);
 
 int log_internal(int level, int error, const char *fmt, ...) _printf_(3, 4);
 

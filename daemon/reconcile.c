@@ -247,10 +247,11 @@ static void look_not_listed(const Row *row, const Look *look, const World *w, Ou
         o->level = LOG_WARNING;
         say(o->error, "not in the account");
         if (look->unreadable > 0)
-                say(o->detail, "number is not in the account (%zu phones listed; %zu more could not be read)",
-                    look->listed, look->unreadable);
+                say(o->detail, "number is not in the account (%zu %s listed; %zu more could not be read)",
+                    look->listed, plural(look->listed, "phone", "phones"), look->unreadable);
         else
-                say(o->detail, "number is not in the account (%zu phones listed)", look->listed);
+                say(o->detail, "number is not in the account (%zu %s listed)", look->listed,
+                    plural(look->listed, "phone", "phones"));
 }
 
 /* A row whose release was ordered: only its completion is news. */
@@ -443,7 +444,7 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
         if (row->not_before > 0 && row->not_before * (int64_t) USEC_PER_SEC > w->due_now) {
                 /* Due by our clock, not by the API's: wait for both. */
                 o->write = r->kind == CALL_GET || o->clear_sent;
-                say(o->detail, "assigned; not_before has not come by the API's clock");
+                say(o->detail, "assigned; not due yet by the API's clock (not_before, safety.hold)");
                 return;
         }
         if (w->dry_run) {

@@ -63,7 +63,8 @@ typedef struct Row {
         PhoneState state;
         const char *key, *id;    /* id: declared or resolved, or NULL */
         const char *number;      /* as declared, or NULL */
-        int64_t not_before;      /* seconds since the epoch, 0: none */
+        int64_t not_before;      /* seconds since the epoch it may go from (not_before, or the
+                                  * end of its safety.hold when later), 0: none */
         unsigned attempts;       /* failed calls so far */
         int64_t sent_at;         /* usec: a DELETE left then and no look settled it; 0: none */
         int64_t look_after;      /* usec: a look asked from then on tells what that DELETE did */

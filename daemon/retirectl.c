@@ -4,6 +4,7 @@
  * to the daemon over its control socket; with no daemon, retry and approve
  * write the ledger themselves, as its one writer (state/ takes the lock). */
 
+#include <ctype.h>
 #include <getopt.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -98,7 +99,7 @@ static int open_ledger(Ledger **ret, Config **cfg) {
 static int verb_check(void) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(ledger_closep) Ledger *l = NULL;
-        _cleanup_free_ char *error = NULL;
+        _cleanup_free_ char *error = NULL, *warning = NULL;
         uint64_t counts[_STATE_MAX], total = 0;
         int r;
 
@@ -115,8 +116,14 @@ static int verb_check(void) {
         }
         for (int s = 0; s < _STATE_MAX; s++)
                 total += counts[s];
-        printf("%s: OK, %zu releases declared in %zu files, ledger %s with %" PRIu64 " rows\n",
-               c->path, c->n_decls, c->n_files, arg_ledger ? arg_ledger : c->ledger, total);
+        r = config_token_file_warning(c, &warning);
+        if (r < 0)
+                return EXIT_ERROR;
+        if (warning)
+                fprintf(stderr, "retirectl: warning: %s\n", warning);
+        printf("%s: OK, %zu %s declared in %zu %s, ledger %s with %" PRIu64 " %s\n", c->path, c->n_decls,
+               plural(c->n_decls, "release", "releases"), c->n_files, plural(c->n_files, "file", "files"),
+               arg_ledger ? arg_ledger : c->ledger, total, plural(total, "row", "rows"));
         return EXIT_OK;
 }
 
@@ -172,6 +179,8 @@ static int verb_plan(void) {
         _cleanup_(ledger_closep) Ledger *l = NULL;
         _cleanup_(plan_freep) Plan *p = NULL;
         _cleanup_free_ char *error = NULL;
+        int64_t go = (int64_t) now(CLOCK_REALTIME) / (int64_t) USEC_PER_SEC;
+        char buf[21];
         int r;
 
         if (load_config(&c) < 0)
@@ -186,13 +195,16 @@ static int verb_plan(void) {
                 fprintf(stderr, "retirectl: cannot compute the plan: %s (%s)\n", strerror(-r), ledger_errmsg(l));
                 return EXIT_ERROR;
         }
+        go += p->hold + 1;
         if (arg_json) {
                 printf("{\"hash\": \"%s\", \"needs_approval\": %s, \"new_releases\": %zu, "
                        "\"max_new_releases\": %u, \"counts\": {",
                        p->hash, p->needs_approval ? "true" : "false", p->new_releases, c->max_new_releases);
                 for (int k = 0; k < _CHANGE_MAX; k++)
                         printf("%s\"%s\": %zu", k ? ", " : "", change_kind_to_string(k), p->count[k]);
-                printf("},\n  \"changes\": [");
+                printf("}, \"hold_seconds\": %" PRId64 ", \"may_go_from\": ", p->hold);
+                json_time(p->hold > 0 && plan_changes(p) > 0 ? go : 0);
+                printf(",\n  \"changes\": [");
                 for (size_t i = 0; i < p->n; i++)
                         print_change_json(&p->changes[i], i == 0);
                 printf("\n  ]\n}\n");
@@ -207,16 +219,24 @@ static int verb_plan(void) {
                         printf("Needs approval: %zu new releases exceed safety.max_new_releases = %u; "
                                "once the daemon holds this plan, run: retirectl approve %s\n",
                                p->new_releases, c->max_new_releases, p->hash);
+                if (p->hold > 0 && plan_changes(p) > 0)
+                        printf("Applied now, what it adds or changes waits safety.hold = %" PRId64 " s: it may go "
+                               "from %s.\n", p->hold, time_str(go, buf));
                 for (size_t i = 0; i < p->n; i++)
                         print_change(&p->changes[i]);
         }
         return plan_changes(p) > 0 ? EXIT_CHANGES : EXIT_OK;
 }
 
+static int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size);
+
 static int verb_status(void) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(ledger_closep) Ledger *l = NULL;
+        _cleanup_(pause_done) Pause pause = {};
         uint64_t counts[_STATE_MAX], total = 0;
+        char at[21] = "?", daemon[CONTROL_MAX_LINE + 64];
+        int r;
 
         if (open_ledger(&l, &c) < 0)
                 return EXIT_ERROR;
@@ -226,13 +246,38 @@ static int verb_status(void) {
         }
         for (int s = 0; s < _STATE_MAX; s++)
                 total += counts[s];
+        r = ledger_pause_get(l, &pause);
+        if (r < 0 && r != -EBADMSG) {
+                fprintf(stderr, "retirectl: cannot read the pause record: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        (void) rfc3339_format(pause.at / (int64_t) USEC_PER_SEC, at);
+        /* The daemon's own line (its pass, progress, pauses), when one runs. */
+        if (control_request(c->control_socket, "status", NULL, daemon, sizeof daemon) < 0 ||
+            strncmp(daemon, "ok ", 3) != 0)
+                daemon[0] = 0;
         if (arg_json) {
                 printf("{\"counts\": {");
                 for (int s = 0; s < _STATE_MAX; s++)
                         printf("%s\"%s\": %" PRIu64, s ? ", " : "", state_to_string(s), counts[s]);
-                printf("}, \"total\": %" PRIu64 "}\n", total);
+                printf("}, \"total\": %" PRIu64 ", \"paused\": ", total);
+                if (pause.on) {
+                        printf("{\"uid\": %" PRIu32 ", \"since\": ", pause.uid);
+                        json_time(pause.at / (int64_t) USEC_PER_SEC);
+                        printf(", \"reason\": ");
+                        json_str(pause.reason);
+                        putchar('}');
+                } else
+                        printf("null");
+                printf(", \"daemon\": ");
+                json_str(daemon[0] ? daemon + 3 : NULL);
+                printf("}\n");
                 return EXIT_OK;
         }
+        if (pause.on)
+                printf("PAUSED by uid %" PRIu32 " since %s%s%s%s: no DELETE leaves until 'retirectl resume'\n",
+                       pause.uid, at, pause.reason ? " (" : "", strempty(pause.reason), pause.reason ? ")" : "");
+        printf("daemon      %s\n", daemon[0] ? daemon + 3 : "not running");
         for (int s = 0; s < _STATE_MAX; s++)
                 printf("%-11s %8" PRIu64 "\n", state_to_string(s), counts[s]);
         printf("%-11s %8" PRIu64 "\n", "total", total);
@@ -386,7 +431,8 @@ static int verb_show(const char *what) {
 /* Sends one request to the daemon.  -ECONNREFUSED/-ENOENT: nobody listens. */
 static int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        struct timeval tv = { .tv_sec = 10 };
+        /* A reload of a million declarations takes seconds; the rest answer at once. */
+        struct timeval tv = { .tv_sec = streq(verb, "reload") ? 300 : 10 };
         _cleanup_close_ int fd = -1;
         _cleanup_free_ char *line = NULL;
         size_t len = 0;
@@ -416,6 +462,39 @@ static int control_request(const char *path, const char *verb, const char *arg, 
                 return -EPROTO;
         reply[strcspn(reply, "\n")] = 0;
         return 0;
+}
+
+/* With no daemon running, the pause goes in the ledger for the next start. */
+static int pause_offline(Ledger *l, const char *path, const char *verb, const char *reason) {
+        _cleanup_(pause_done) Pause p = {};
+        int r;
+
+        r = ledger_pause_get(l, &p);
+        if (r < 0 && r != -EBADMSG) {
+                fprintf(stderr, "retirectl: %s: %s\n", path, ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        if (streq(verb, "pause") && p.on && r >= 0) {
+                printf("already paused (no daemon running)\n");
+                return EXIT_OK;
+        }
+        if (streq(verb, "resume") && !p.on) {
+                printf("not paused (no daemon running)\n");
+                return EXIT_OK;
+        }
+        r = streq(verb, "pause") ? ledger_pause_set(l, (uint32_t) getuid(), (int64_t) now(CLOCK_REALTIME), reason)
+                                 : ledger_pause_clear(l);
+        if (r == -E2BIG) {
+                fprintf(stderr, "retirectl: the reason is longer than %d characters\n", PAUSE_MAX_REASON);
+                return EXIT_ERROR;
+        }
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s: %s\n", path, ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        printf("%s (no daemon running: kept in the ledger for its next start)\n",
+               streq(verb, "pause") ? "paused" : "resumed");
+        return EXIT_OK;
 }
 
 /* retry, approve and reload go to the daemon, the ledger's only writer
@@ -462,6 +541,8 @@ static int verb_control(const char *verb, const char *arg) {
         }
         if (streq(verb, "retry"))
                 r = ledger_retry(l, arg, &message);
+        else if (streq(verb, "pause") || streq(verb, "resume"))
+                return pause_offline(l, path, verb, arg);
         else
                 r = plan_approve(l, c, arg, &message, NULL);
         if (r < 0) {
@@ -483,7 +564,9 @@ static void help(void) {
                "  show KEY       one phone (by key, id or number) and its history\n"
                "  retry KEY      put a failed phone back to pending\n"
                "  approve HASH   apply the plan held by the blast-radius guard (see plan)\n"
-               "  reload         make the daemon re-read its config\n\n"
+               "  reload         make the daemon re-read its config; fails when it rejects it\n"
+               "  pause [REASON] no DELETE leaves until resume (kept in the ledger)\n"
+               "  resume         let releases go again\n\n"
                "Options:\n"
                "  -c, --config FILE   main config (default /etc/retired/retired.conf)\n"
                "      --ledger PATH   read this ledger instead of the config's\n"
@@ -518,7 +601,10 @@ int main(int argc, char **argv) {
                 case ARG_STATE:
                         arg_state = state_from_string(optarg);
                         if (arg_state < 0) {
-                                fprintf(stderr, "retirectl: unknown state '%s'\n", optarg);
+                                fprintf(stderr, "retirectl: unknown state '%s'; the states are:", optarg);
+                                for (int s = 0; s < _STATE_MAX; s++)
+                                        fprintf(stderr, " %s", state_to_string(s));
+                                fprintf(stderr, "\n");
                                 return EXIT_ERROR;
                         }
                         break;
@@ -532,6 +618,7 @@ int main(int argc, char **argv) {
                         printf("retirectl %s\n", VERSION);
                         return EXIT_OK;
                 default:
+                        fprintf(stderr, "Try 'retirectl --help' for more information.\n");
                         return EXIT_ERROR;
                 }
         if (optind >= argc) {
@@ -539,6 +626,32 @@ int main(int argc, char **argv) {
                 return EXIT_ERROR;
         }
         verb = argv[optind++];
+        if (streq(verb, "pause")) {
+                /* The reason is the rest of the line, as typed. */
+                _cleanup_free_ char *reason = NULL;
+                size_t len = 0;
+
+                for (int i = optind; i < argc; i++)
+                        len += strlen(argv[i]) + 1;
+                if (len > PAUSE_MAX_REASON) {
+                        fprintf(stderr, "retirectl: the reason is longer than %d characters\n", PAUSE_MAX_REASON);
+                        return EXIT_ERROR;
+                }
+                reason = calloc(1, len + 1);
+                if (!reason)
+                        return EXIT_ERROR;
+                for (int i = optind; i < argc; i++) {
+                        for (const char *q = argv[i]; *q; q++)
+                                if (!isprint((unsigned char) *q)) {
+                                        fprintf(stderr, "retirectl: the reason must be printable text\n");
+                                        return EXIT_ERROR;
+                                }
+                        if (i > optind)
+                                strcat(reason, " ");
+                        strcat(reason, argv[i]);
+                }
+                return verb_control(verb, reason[0] ? reason : NULL);
+        }
         if (streq(verb, "show") || streq(verb, "retry") || streq(verb, "approve")) {
                 if (optind != argc - 1) {
                         fprintf(stderr, "retirectl: %s takes one argument (see retirectl --help)\n", verb);
@@ -560,7 +673,7 @@ int main(int argc, char **argv) {
                 return verb_status();
         if (streq(verb, "list"))
                 return verb_list();
-        if (streq(verb, "reload"))
+        if (streq(verb, "reload") || streq(verb, "resume"))
                 return verb_control(verb, NULL);
         fprintf(stderr, "retirectl: unknown command '%s' (see retirectl --help)\n", verb);
         return EXIT_ERROR;

@@ -24,12 +24,13 @@ typedef struct Manager {
         Ledger *ledger;
         Engine *engine;
         Control *control;
-        sd_event_source *stop_timer, *debounce;
+        sd_event_source *stop_timer, *debounce, *tick;
         sd_event_source *watch_dir, *watch_dropins;
         char held_hash[13];   /* a plan held back for approval, or "" */
         size_t held_count;
         bool once;
         int exit_code;
+        Pause pause;          /* an operator's, as the ledger has it */
         char *rejected;       /* why the last reload was refused, for STATUS= */
 } Manager;
 
@@ -83,6 +84,12 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
                 (void) asprintf_or_null(&m->rejected, "API key %s: %s", strna(where), why ? why : strerror(-r));
                 return r;
         }
+        if (!m->token || !streq(m->token, token)) {
+                char fp[TOKEN_FINGERPRINT_LEN + 1] = "?";
+
+                (void) token_fingerprint(token, fp);
+                log_info("API key %s from %s%s.", fp, where, m->token ? " (a new one)" : "");
+        }
         *ret_config = TAKE_PTR(c);
         *ret_token = TAKE_PTR(token);
         return 0;
@@ -128,34 +135,120 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
         return 0;
 }
 
+/* "PAUSED by uid 0 since 2026-12-01T10:00:00Z (reason); " or "". */
+static void pause_text(const Pause *p, char *buf, size_t size) {
+        char at[21] = "?";
+
+        buf[0] = 0;
+        if (!p->on)
+                return;
+        (void) rfc3339_format(p->at / (int64_t) USEC_PER_SEC, at);
+        snprintf(buf, size, "PAUSED by uid %" PRIu32 " since %s%s%s%s; ", p->uid, at, p->reason ? " (" : "",
+                 p->reason ? p->reason : "", p->reason ? ")" : "");
+}
+
 static void notify_status(Manager *m) {
-        char buf[512], held[128] = "";
+        char buf[512], held[128] = "", paused[PAUSE_MAX_REASON + 64];
 
         if (m->held_hash[0])
-                snprintf(held, sizeof held, "APPROVAL NEEDED for %zu new releases: retirectl plan, then "
-                         "retirectl approve %s; ", m->held_count, m->held_hash);
+                snprintf(held, sizeof held, "APPROVAL NEEDED for %zu new %s: retirectl plan, then "
+                         "retirectl approve %s; ", m->held_count, plural(m->held_count, "release", "releases"),
+                         m->held_hash);
+        pause_text(&m->pause, paused, sizeof paused);
         if (engine_status(m->engine, buf, sizeof buf) >= 0)
-                (void) sd_notifyf(false, "STATUS=%s%s%s%s%s", held, m->rejected ? "CONFIG REJECTED (old one in force): " : "",
-                           m->rejected ? m->rejected : "", m->rejected ? "; " : "", buf);
+                (void) sd_notifyf(false, "STATUS=%s%s%s%s%s%s%s", paused, m->config->dry_run ? "DRY RUN: " : "", held,
+                                  m->rejected ? "CONFIG REJECTED (old one in force): " : "",
+                                  m->rejected ? m->rejected : "", m->rejected ? "; " : "", buf);
+}
+
+static int cmp_key(const void *a, const void *b) {
+        return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+typedef struct NeedsOperator {
+        const char **keys;           /* the declared keys, sorted */
+        size_t n_keys;
+        uint64_t n;
+} NeedsOperator;
+
+/* A failed row no longer declared was the operator's choice: history, not work. */
+static int count_declared(const Phone *p, void *userdata) {
+        NeedsOperator *no = userdata;
+
+        if (bsearch(&p->key, no->keys, no->n_keys, sizeof(char *), cmp_key))
+                no->n++;
+        return 0;
+}
+
+/* What --once ends with: settled, unless some declared phones need an operator. */
+static int once_done(Manager *m) {
+        _cleanup_free_ const char **keys = NULL;
+        NeedsOperator no = {};
+        uint64_t c[_STATE_MAX];
+        int r = ledger_counts(m->ledger, c);
+
+        keys = calloc(m->config->n_decls + 1, sizeof(char *));
+        if (!keys)
+                return log_oom(), EXIT_STOPPED;
+        for (size_t i = 0; i < m->config->n_decls; i++)
+                keys[i] = m->config->decls[i].key;
+        qsort(keys, m->config->n_decls, sizeof(char *), cmp_key);
+        no = (NeedsOperator) { .keys = keys, .n_keys = m->config->n_decls };
+        if (r >= 0)
+                r = ledger_list(m->ledger, STATE_FAILED, count_declared, &no);
+        if (r >= 0)
+                r = ledger_list(m->ledger, STATE_UNRESOLVED, count_declared, &no);
+        if (r < 0) {
+                log_error("Cannot count the ledger's phones: %s.", ledger_errmsg(m->ledger));
+                return EXIT_SETUP;
+        }
+        log_info("Done: %" PRIu64 " released, %" PRIu64 " scheduled, %" PRIu64 " waiting for their time, %" PRIu64
+                 " failed, %" PRIu64 " unresolved.", c[STATE_RELEASED], c[STATE_SCHEDULED],
+                 c[STATE_PENDING] + c[STATE_DEFERRED] + c[STATE_RETRYING], c[STATE_FAILED], c[STATE_UNRESOLVED]);
+        if (no.n == 0)
+                return EXIT_SETTLED;
+        log_warning("%" PRIu64 " declared %s an operator: retirectl list --state failed, retirectl list --state "
+                    "unresolved.", no.n, plural(no.n, "phone needs", "phones need"));
+        return EXIT_OPERATOR;
 }
 
 static void on_idle(Engine *e, void *userdata) {
         Manager *m = userdata;
 
+        log_progress(0, 0, 0, 0);
         notify_status(m);
-        if (m->once && engine_paused(e) && !engine_busy(e)) {
+        if (!m->once || engine_busy(e))
+                return;
+        if (engine_paused(e)) {
+                /* A refused key or an unwritable ledger: no later run fixes it by itself. */
                 log_error("Stopping: calls are paused: %s.", engine_paused(e));
-                m->exit_code = 1;
-                (void) sd_event_exit(m->event, 1);
-        } else if (m->once && engine_stuck(e) && !engine_busy(e)) {
+                m->exit_code = EXIT_SETUP;
+        } else if (m->pause.on) {
+                log_error("Stopping: releases are paused by an operator (retirectl resume lets them go).");
+                m->exit_code = EXIT_STOPPED;
+        } else if (engine_stuck(e)) {
                 log_error("Stopping: %s; the phones concerned keep their state and are looked at on the next run.",
                           engine_stuck(e));
-                m->exit_code = 1;
-                (void) sd_event_exit(m->event, 1);
-        } else if (m->once && engine_settled(e)) {
-                log_info("Every declared phone is settled.");
-                (void) sd_event_exit(m->event, 0);
-        }
+                m->exit_code = EXIT_STOPPED;
+        } else if (engine_settled(e))
+                m->exit_code = once_done(m);
+        else
+                return;
+        (void) sd_event_exit(m->event, m->exit_code);
+}
+
+/* During a pass, STATUS= (and on a terminal the bar) once a second. */
+static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        EngineProgress p;
+
+        (void) sd_event_source_set_time(s, usec + USEC_PER_SEC);
+        if (!engine_progress(m->engine, &p))
+                return 0;
+        notify_status(m);
+        if (m->once)
+                log_progress(p.done, p.total, p.rate, p.eta);
+        return 0;
 }
 
 static void watch_dropins(Manager *m);
@@ -236,9 +329,54 @@ static int control_approve(Manager *m, const char *hash, char **text) {
         return 0;
 }
 
-static int on_control(void *userdata, const char *verb, const char *arg, char **text) {
+static int control_pause(Manager *m, uint32_t uid, const char *reason, char **text) {
+        _cleanup_(pause_done) Pause p = {};
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+        int r;
+
+        if (m->pause.on)
+                return asprintf_or_null(text, "already paused"), 0;
+        r = ledger_pause_set(m->ledger, uid, t, *reason ? reason : NULL);
+        if (r == -E2BIG)
+                return asprintf_or_null(text, "the reason is longer than %d characters", PAUSE_MAX_REASON), r;
+        if (r < 0)
+                return asprintf_or_null(text, "cannot record the pause: %s", ledger_errmsg(m->ledger)), r;
+        r = ledger_pause_get(m->ledger, &p);
+        if (r < 0)
+                return r;
+        pause_done(&m->pause);
+        m->pause = p;
+        p = (Pause) {};
+        engine_hold(m->engine, true);
+        log_event(LOG_WARNING, MESSAGE_PAUSED, NULL, "Releases paused by uid %" PRIu32 "%s%s: no DELETE leaves until "
+                  "'retirectl resume'.", uid, *reason ? ": " : "", reason);
+        notify_status(m);
+        return asprintf_or_null(text, "paused: no DELETE leaves until 'retirectl resume'");
+}
+
+static int control_resume(Manager *m, uint32_t uid, char **text) {
+        int r;
+
+        if (!m->pause.on)
+                return asprintf_or_null(text, "not paused"), 0;
+        r = ledger_pause_clear(m->ledger);
+        if (r < 0)
+                return asprintf_or_null(text, "cannot record the resume: %s", ledger_errmsg(m->ledger)), r;
+        pause_done(&m->pause);
+        log_event(LOG_NOTICE, MESSAGE_RESUMED, NULL, "Releases resumed by uid %" PRIu32 ".", uid);
+        engine_hold(m->engine, false);
+        notify_status(m);
+        return asprintf_or_null(text, "resumed");
+}
+
+static int on_control(void *userdata, uint32_t uid, const char *verb, const char *arg, char **text) {
         Manager *m = userdata;
         int r;
+
+        if (streq(verb, "pause"))
+                return control_pause(m, uid, arg, text);
+        if (streq(verb, "resume") && !*arg)
+                return control_resume(m, uid, text);
 
         if (streq(verb, "reload") && !*arg) {
                 log_info("Reloading (retirectl reload).");
@@ -330,12 +468,14 @@ static int watch_config(Manager *m) {
 static void manager_free(Manager *m) {
         control_free(m->control);
         (void) sd_event_source_disable_unref(m->debounce);
+        (void) sd_event_source_disable_unref(m->tick);
         (void) sd_event_source_disable_unref(m->watch_dir);
         (void) sd_event_source_disable_unref(m->watch_dropins);
         engine_free(m->engine);
         ledger_close(m->ledger);
         config_free(m->config);
         erase_and_free(m->token);
+        pause_done(&m->pause);
         (void) sd_event_source_disable_unref(m->stop_timer);
         sd_event_unref(m->event);
         free(m->rejected);
@@ -349,16 +489,25 @@ static int run(void) {
 
         r = load_config(&m, &m.config, &m.token);
         if (r < 0)
-                return r;
+                return EXIT_SETUP;
         if (arg_check) {
-                printf("%s: OK, %zu releases declared\n", arg_config, m.config->n_decls);
+                _cleanup_free_ char *warning = NULL;
+
+                if (config_token_file_warning(m.config, &warning) < 0)
+                        return log_oom(), EXIT_SETUP;
+                if (warning)
+                        fprintf(stderr, "retired: warning: %s\n", warning);
+                printf("%s: OK, %zu %s declared\n", arg_config, m.config->n_decls,
+                       plural(m.config->n_decls, "release", "releases"));
                 return 0;
         }
         r = ledger_open(m.config->ledger, LEDGER_WRITE, &m.ledger, &error);
         if (r < 0) {
                 if (error)
-                        return log_error_errno(r, "%s", error);
-                return log_error_errno(r, "Cannot open the ledger %s: %m", m.config->ledger);
+                        (void) log_error_errno(r, "%s", error);
+                else
+                        (void) log_error_errno(r, "Cannot open the ledger %s: %m", m.config->ledger);
+                return EXIT_SETUP;
         }
 
         r = sd_event_default(&m.event);
@@ -378,16 +527,35 @@ static int run(void) {
         if (r < 0)
                 log_warning_errno(r, "Cannot enable the watchdog ($WATCHDOG_USEC): %m");
 
+        r = sd_event_add_time_relative(m.event, &m.tick, CLOCK_MONOTONIC, USEC_PER_SEC, 100 * USEC_PER_MSEC,
+                                       on_tick, &m);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m.tick, SD_EVENT_ON);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up the status timer: %m");
         r = engine_new(m.event, m.ledger, &m.engine);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the engine: %m");
         r = engine_set_config(m.engine, m.config, m.token);
         if (r < 0)
-                return log_error_errno(r, "Cannot set up the API client: %m");
+                return log_error_errno(r, "Cannot set up the API client: %m"), EXIT_SETUP;
         engine_on_idle(m.engine, on_idle, &m);
+        r = ledger_pause_get(m.ledger, &m.pause);
+        if (r == -EBADMSG) {
+                /* Unreadable: the safe reading of a pause is that it is on. */
+                log_warning("The ledger's pause record cannot be read; releases stay paused until 'retirectl resume'.");
+                m.pause.on = true;
+        } else if (r < 0)
+                return log_error_errno(r, "Cannot read the ledger's pause record: %m (%s)", ledger_errmsg(m.ledger)),
+                       EXIT_SETUP;
+        if (m.pause.on) {
+                engine_hold(m.engine, true);
+                log_warning("Releases are paused (since an operator's 'retirectl pause'): no DELETE leaves until "
+                            "'retirectl resume'.");
+        }
         r = apply_declarations(&m, m.config, "loaded");
         if (r < 0)
-                return r;
+                return EXIT_SETUP;
         if (!m.once) {
                 r = control_open(m.event, m.config->control_socket, on_control, &m, &m.control);
                 if (r < 0)
@@ -453,11 +621,13 @@ int main(int argc, char **argv) {
                         printf("retired %s\n", VERSION);
                         return 0;
                 default:
-                        return 1;
+                        fprintf(stderr, "Try 'retired --help' for more information.\n");
+                        return EXIT_SETUP;
                 }
         if (optind < argc) {
-                fprintf(stderr, "retired: unexpected argument '%s'\n", argv[optind]);
-                return 1;
+                fprintf(stderr, "retired: unexpected argument '%s'\nTry 'retired --help' for more information.\n",
+                        argv[optind]);
+                return EXIT_SETUP;
         }
         log_setup("retired");
         r = curl_global_init(CURL_GLOBAL_DEFAULT);

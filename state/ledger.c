@@ -8,6 +8,7 @@
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -114,6 +115,12 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "    WHERE OLD.sent_at != 0 AND NEW.sent_at = 0 AND NOT EXISTS (SELECT 1 FROM history h"
         "      WHERE h.phone = NEW.pk AND h.kind = 'call' AND h.method = 'GET' AND h.at > OLD.sent_at);"
         "END;",
+
+        /* 3: the hold (safety.hold): a release a start or reload adds or
+         * changes may go no sooner than hold_until, seconds on the same
+         * clocks as not_before; due_at is when a row may go at all. */
+        "ALTER TABLE phones ADD COLUMN hold_until INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS (max(not_before, hold_until)) VIRTUAL;",
 };
 
 int sqlite_to_errno(int rc) {
@@ -343,7 +350,7 @@ void phone_done(Phone *p) {
 
 #define PHONE_COLUMNS \
         "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, " \
-        "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number"
+        "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number, hold_until"
 
 static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
         Phone p = {
@@ -364,6 +371,7 @@ static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .version = sqlite3_column_int64(st, 14),
                 .sent_at = sqlite3_column_int64(st, 15),
                 .api_number = col_strdup(st, 16),
+                .hold_until = sqlite3_column_int64(st, 17),
         };
         if (!p.key || (sqlite3_column_type(st, 2) != SQLITE_NULL && !p.id) ||
             (sqlite3_column_type(st, 3) != SQLITE_NULL && !p.number) ||
@@ -454,7 +462,7 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
         return each_phone(st, cb, userdata);
 }
 
-int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync,
+int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync, bool looks_only,
                int (*cb)(const Phone *p, void *userdata), void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc;
@@ -462,25 +470,47 @@ int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync,
         rc = sqlite3_prepare_v2(l->db,
                                 "SELECT " PHONE_COLUMNS " FROM phones WHERE"
                                 " (sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1)"
-                                " OR (not_before <= ?3 / 1000000 AND"
+                                " OR (due_at <= ?3 / 1000000 AND"
                                 "  (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)"
                                 "   OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved'))))"
+                                " AND (NOT ?4 OR sent_at != 0)"
                                 " ORDER BY pk", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         (void) sqlite3_bind_int64(st, 1, now);
         (void) sqlite3_bind_int(st, 2, resync);
         (void) sqlite3_bind_int64(st, 3, due_now);
+        (void) sqlite3_bind_int(st, 4, looks_only);
         return each_phone(st, cb, userdata);
 }
 
-int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, int64_t *ret) {
-        /* not_before is on the due clock; ?2 turns it into ours. */
+int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, bool looks_only, int64_t *ret) {
+        /* due_at is on the due clock; ?2 turns it into ours. */
         return query_int(l, "SELECT min(t) FROM ("
-                         " SELECT max(next_at, not_before * 1000000 + ?2) AS t FROM phones WHERE state = 'retrying'"
+                         " SELECT max(next_at, due_at * 1000000 + ?2) AS t FROM phones WHERE state = 'retrying'"
+                         "  AND (NOT ?3 OR sent_at != 0)"
                          " UNION ALL SELECT next_at FROM phones WHERE sent_at != 0 AND state IN ('in_flight', 'cancelled')"
-                         " UNION ALL SELECT not_before * 1000000 + ?2 FROM phones WHERE state = 'pending'"
-                         "  AND not_before * 1000000 > ?1 - ?2)", ret, 2, now, now - due_now);
+                         " UNION ALL SELECT due_at * 1000000 + ?2 FROM phones WHERE state = 'pending' AND NOT ?3"
+                         "  AND due_at * 1000000 > ?1 - ?2)", ret, 3, now, now - due_now, (int64_t) looks_only);
+}
+
+int ledger_count_held(Ledger *l, int64_t due_now, uint64_t *ret, int64_t *ret_first) {
+        int64_t n, first = 0;
+        int r;
+
+        r = query_int(l, "SELECT count(*) FROM phones WHERE state = 'pending' AND hold_until > ?1 / 1000000"
+                      " AND hold_until >= not_before", &n, 1, due_now);
+        if (r < 0)
+                return r;
+        if (n > 0) {
+                r = query_int(l, "SELECT min(hold_until) FROM phones WHERE state = 'pending' AND hold_until > ?1 / 1000000"
+                              " AND hold_until >= not_before", &first, 1, due_now);
+                if (r < 0)
+                        return r;
+        }
+        *ret = (uint64_t) n;
+        *ret_first = first;
+        return 0;
 }
 
 int ledger_count_unsettled(Ledger *l, int64_t due_now, bool due_pending, unsigned max_attempts,
@@ -491,7 +521,7 @@ int ledger_count_unsettled(Ledger *l, int64_t due_now, bool due_pending, unsigne
         r = query_int(l, "SELECT count(*) FROM phones WHERE (state = 'in_flight')"
                       " OR (state IN ('retrying', 'cancelled') AND sent_at != 0 AND attempts <= ?3)"
                       " OR (state = 'retrying' AND sent_at = 0)"
-                      " OR (?2 AND state = 'pending' AND not_before <= ?1 / 1000000)",
+                      " OR (?2 AND state = 'pending' AND due_at <= ?1 / 1000000)",
                       &v, 3, due_now, (int64_t) due_pending, (int64_t) max_attempts);
         if (r < 0)
                 return r;
@@ -608,7 +638,7 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                                 " api_number = coalesce(?11, api_number),"
                                 " sent_at = CASE WHEN ?14 > 0 THEN ?14 WHEN ?15 THEN 0 ELSE sent_at END"
                                 " WHERE pk = ?1 AND state = ?2 AND (?12 <= 0 OR version = ?12)"
-                                " AND (?13 <= 0 OR not_before * 1000000 <= ?13)", -1, &st, NULL);
+                                " AND (?13 <= 0 OR due_at * 1000000 <= ?13)", -1, &st, NULL);
         if (rc != SQLITE_OK) {
                 r = sqlite_to_errno(rc);
                 goto fail;
@@ -742,4 +772,55 @@ int ledger_retry(Ledger *l, const char *what, char **message) {
         else
                 set_error(message, "%s is pending again", what);
         return r;
+}
+
+void pause_done(Pause *p) {
+        free(p->reason);
+        *p = (Pause) {};
+}
+
+/* One meta row, "UID AT REASON": a pause is one write, whole or not at all. */
+int ledger_pause_get(Ledger *l, Pause *ret) {
+        _cleanup_free_ char *v = NULL;
+        unsigned long long uid, at;
+        int n = 0, r;
+
+        *ret = (Pause) {};
+        r = ledger_meta_get(l, "pause", &v);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        ret->on = true;
+        if (sscanf(v, "%llu %llu %n", &uid, &at, &n) != 2 || n == 0 || uid > UINT32_MAX || at > INT64_MAX)
+                return -EBADMSG;
+        ret->uid = (uint32_t) uid;
+        ret->at = (int64_t) at;
+        if (v[n]) {
+                ret->reason = strdup(v + n);
+                if (!ret->reason)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int ledger_pause_set(Ledger *l, uint32_t uid, int64_t at, const char *reason) {
+        _cleanup_free_ char *v = NULL;
+
+        if (reason && strlen(reason) > PAUSE_MAX_REASON)
+                return -E2BIG;
+        if (asprintf_or_null(&v, "%" PRIu32 " %" PRId64 " %s", uid, at, reason ? reason : "") < 0)
+                return -ENOMEM;
+        return ledger_meta_set(l, "pause", v);
+}
+
+int ledger_pause_clear(Ledger *l) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(l->db, "DELETE FROM meta WHERE name = 'pause'", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        rc = sqlite3_step(st);
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }

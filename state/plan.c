@@ -236,6 +236,7 @@ static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
                 return r;
         snprintf(p->hash, sizeof p->hash, "%012" PRIx64, h >> 16);
         p->needs_approval = p->new_releases > c->max_new_releases;
+        p->hold = (int64_t) c->hold + (c->hold > (double) (int64_t) c->hold);
         *ret = TAKE_PTR(p);
         return 0;
 }
@@ -259,7 +260,7 @@ static int step_one(sqlite3 *db, sqlite3_stmt *st) {
         return sqlite3_changes(db) == 1 ? 0 : -ESTALE;
 }
 
-static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_t t) {
+static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_t t, int64_t hold_until) {
         sqlite3 *db = ledger_db(l);
         sqlite3_stmt *s = st[c->kind];
         int64_t pk = c->pk;
@@ -296,6 +297,8 @@ static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_
                 (void) sqlite3_bind_text(s, 9, c->id, -1, SQLITE_STATIC);
         }
         (void) sqlite3_bind_int64(s, 7, t);
+        if (c->kind != CHANGE_CANCEL)
+                (void) sqlite3_bind_int64(s, 10, hold_until);
         r = step_one(db, s);
         if (r < 0)
                 return r;
@@ -318,13 +321,17 @@ static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_
 int plan_apply(Ledger *l, const Plan *p, bool approved) {
         static const char *const sql[_CHANGE_MAX] = {
                 [CHANGE_ADD] = "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
-                               " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+                               " created_at, updated_at, hold_until)"
+                               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?10)",
                 [CHANGE_REDECLARE] = "UPDATE phones SET state = ?3, attempts = 0, next_at = 0, reason = ?4,"
-                                     " not_before = ?5, declared_at = ?6, updated_at = ?7," ID_NUMBER_SET
-                                     " WHERE pk = ?1 AND state = ?2",
+                                     " not_before = ?5, declared_at = ?6, updated_at = ?7, hold_until = ?10,"
+                                     ID_NUMBER_SET " WHERE pk = ?1 AND state = ?2",
+                /* A new reason alone changes nothing the DELETE acts on: no new hold. */
                 [CHANGE_UPDATE] = "UPDATE phones SET reason = ?4, not_before = ?5, declared_at = ?6, updated_at = ?7,"
                                   " state = ?3, attempts = CASE WHEN ?3 = state THEN attempts ELSE 0 END,"
                                   " next_at = CASE WHEN ?3 = state THEN next_at ELSE 0 END,"
+                                  " hold_until = CASE WHEN not_before != ?5 OR number IS NOT ?8"
+                                  "  OR (?9 IS NOT NULL AND id IS NOT ?9) THEN max(hold_until, ?10) ELSE hold_until END,"
                                   ID_NUMBER_SET " WHERE pk = ?1 AND state = ?2",
                 /* A DELETE of it may be out: what it did is looked at now. */
                 [CHANGE_CANCEL] = "UPDATE phones SET state = 'cancelled', updated_at = ?7, version = version + 1,"
@@ -334,6 +341,8 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
         sqlite3_stmt *st[_CHANGE_MAX] = {};
         bool hold = p->needs_approval && !approved;
         int64_t t = (int64_t) now(CLOCK_REALTIME);
+        /* Whole seconds, rounded up: the hold is never shorter than asked. */
+        int64_t hold_until = p->hold > 0 ? (t + (int64_t) USEC_PER_SEC - 1) / (int64_t) USEC_PER_SEC + p->hold : 0;
         int r, rc;
 
         if (plan_changes(p) == 0)
@@ -354,7 +363,7 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                 const Change *c = &p->changes[i];
                 if (hold && (c->kind == CHANGE_ADD || c->kind == CHANGE_REDECLARE))
                         continue;
-                r = apply_one(l, st, c, t);
+                r = apply_one(l, st, c, t, hold_until);
         }
 finish:
         for (size_t k = 0; k < _CHANGE_MAX; k++)

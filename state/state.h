@@ -12,7 +12,7 @@
 
 #include "conf.h"
 
-#define LEDGER_SCHEMA_VERSION 2
+#define LEDGER_SCHEMA_VERSION 3
 
 typedef enum PhoneState {
         STATE_PENDING,
@@ -57,6 +57,7 @@ typedef struct Phone {
         int64_t version;           /* of the declaration; every plan change bumps it */
         int64_t sent_at;           /* usec: when a DELETE left whose effect no look has settled; 0 = none */
         char *api_number;          /* the number as the API gave it */
+        int64_t hold_until;        /* seconds: held (safety.hold) until then, 0 = none */
         char *provider;
         char *scheduled_release_at;
         char *last_error;
@@ -124,17 +125,39 @@ int ledger_retry(Ledger *l, const char *what, char **message);
 int ledger_meta_get(Ledger *l, const char *name, char **ret);
 int ledger_meta_set(Ledger *l, const char *name, const char *value);
 
+/* An operator's pause (retirectl pause): no DELETE leaves while it is on.
+ * Kept in the ledger, so it outlives restarts and reboots. */
+typedef struct Pause {
+        bool on;
+        uint32_t uid;              /* who paused: the peer's uid */
+        int64_t at;                /* usec since the epoch */
+        char *reason;              /* NULL when none was given */
+} Pause;
+
+#define PAUSE_MAX_REASON 256
+
+void pause_done(Pause *p);
+/* -EBADMSG when the ledger's record of it cannot be read: treated as paused. */
+int ledger_pause_get(Ledger *l, Pause *ret);
+int ledger_pause_set(Ledger *l, uint32_t uid, int64_t at, const char *reason);
+int ledger_pause_clear(Ledger *l);
+
 /* The rows a pass must look at: in_flight rows and cancelled ones whose
  * DELETE may have gone out, once their next_at has come (the settle time
  * after the DELETE left); pending and due retrying rows whose not_before has
  * come; and on a resync the deferred, scheduled and unresolved ones too.
  * `now` is our clock (for next_at), `due_now` the one not_before is held
- * against (both clocks, see reconcile_due_now()); both usec since the epoch. */
-int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync,
+ * against (both clocks, see reconcile_due_now()); both usec since the epoch.
+ * A row may go once not_before and its hold (due_at) have come.  With
+ * looks_only (paused), only rows whose DELETE may have gone out. */
+int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync, bool looks_only,
                int (*cb)(const Phone *p, void *userdata), void *userdata);
-/* When, on our clock, the next retry, look or not_before falls due (usec
- * since the epoch), or -ENOENT when nothing waits for time. */
-int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, int64_t *ret);
+/* When, on our clock, the next retry, look or due_at falls due (usec since
+ * the epoch), or -ENOENT when nothing waits for time. */
+int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, bool looks_only, int64_t *ret);
+/* Pending rows whose hold (safety.hold) has not ended by due_now (usec), and
+ * the end of the first one (seconds). */
+int ledger_count_held(Ledger *l, int64_t due_now, uint64_t *ret, int64_t *ret_first);
 /* Rows still waiting for a call: in_flight, retrying, cancelled ones whose
  * DELETE may have gone out, and (with due_pending) pending rows whose
  * not_before has come.  Rows whose DELETE may have gone out and whose looks
@@ -168,6 +191,7 @@ typedef struct Plan {
         size_t count[_CHANGE_MAX];
         size_t new_releases;     /* ADD + REDECLARE */
         bool needs_approval;     /* new_releases > safety.max_new_releases */
+        int64_t hold;            /* seconds (safety.hold) what is added or changed waits once applied */
         char hash[13];           /* identifies the set of new releases */
 } Plan;
 

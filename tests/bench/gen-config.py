@@ -18,7 +18,7 @@ def entries(lo, hi):
 dropins = os.path.join(os.path.dirname(path), os.path.basename(path) + ".d")
 with open(path, "w") as f:
     f.write(f'ledger = "{ledger}";\nreleases_dir = "{dropins}";\n'
-            'safety: { max_new_releases = 1000000; };\n')
+            'safety: { max_new_releases = 1000000; hold = 0; };\n')
     os.makedirs(dropins, exist_ok=True)
     if not per_file:
         f.write("releases = (\n" + ",\n".join(entries(start, start + n)) + "\n);\n")

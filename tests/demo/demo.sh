@@ -22,6 +22,9 @@ echo test-token > "$dir/api-token"
 cat > "$dir/retired.conf" <<CONF
 api: { base_url = "http://127.0.0.1:$port"; token_file = "$dir/api-token"; };
 pace: { rate = 10.0; burst = 5; concurrency = 4; };
+# The shipped default holds a new release ten minutes before its DELETE;
+# the demo shows the whole job at once.
+safety: { hold = 0; };
 ledger = "$dir/ledger.db";
 releases = (
   { number = "+34 910 000 001"; reason = "OPS-1234 Madrid shop closed"; },
@@ -43,7 +46,13 @@ echo "== retirectl plan (before)"
 "$build/retirectl" -c "$dir/retired.conf" plan || [ $? = 2 ]
 echo
 echo "== retired --once"
-${RETIRED_WRAP:-} "$build/retired" -c "$dir/retired.conf" --once 2>&1
+rc=0
+${RETIRED_WRAP:-} "$build/retired" -c "$dir/retired.conf" --once 2>&1 || rc=$?
+case $rc in
+0) echo "(exit 0: every declared phone is released, scheduled or waiting for its time)" ;;
+2) echo "(exit 2: some phones need an operator; see retirectl list)" ;;
+*) echo "demo: retired --once exited $rc" >&2; exit 1 ;;
+esac
 echo
 echo "== retirectl status"
 "$build/retirectl" -c "$dir/retired.conf" status
@@ -52,3 +61,6 @@ echo "== retirectl list"
 "$build/retirectl" -c "$dir/retired.conf" list
 echo
 echo "== the API saw: $(grep -c '"method": *"DELETE"' "$dir/api.jsonl" || true) DELETE calls, $(wc -l < "$dir/api.jsonl") calls in all"
+echo
+echo "== the demo's files are in $dir: retired.conf, releases.d/, ledger.db, api.jsonl (the API's log)"
+echo "   try: $build/retirectl -c $dir/retired.conf show +34910000001"

@@ -45,6 +45,15 @@ def _message_ids():
 
 MSG = _message_ids()
 
+
+def _exit_codes():
+    """retired's exit codes by lowercase name ("settled", "stopped", "operator", "setup")."""
+    with open(os.path.join(HERE, "..", "..", "daemon", "daemon.h")) as f:
+        return {k.lower(): int(v) for k, v in re.findall(r"#define\s+EXIT_(\w+)\s+(\d+)", f.read())}
+
+
+EXIT = _exit_codes()
+
 SETTLED = {"released", "scheduled", "deferred", "unresolved", "failed", "cancelled"}
 RUN_TIMEOUT = float(os.environ.get("RETIRED_E2E_TIMEOUT", "20"))
 
@@ -189,7 +198,7 @@ class Rig:
             "api": {"base_url": self.fake.url, "token_file": self.token_file, "timeout": 5.0, "settle_time": 0.5},
             "pace": {"rate": 50.0, "burst": 10, "concurrency": 4},
             "retry": {"max_attempts": 3, "base_delay": 0.05, "max_delay": 0.2},
-            "safety": {"dry_run": False, "max_new_releases": 1000},
+            "safety": {"dry_run": False, "max_new_releases": 1000, "hold": 0},
         }
         for name, over in (("api", api), ("pace", pace), ("retry", retry), ("safety", safety)):
             groups[name].update(over or {})
@@ -225,12 +234,12 @@ class Rig:
             pytest.fail("retired did not exit within %.0f s: %s\n%s" % (timeout, argv, err))
         return Run(argv, p.returncode, p.stderr, time.monotonic() - t0)
 
-    def start(self, *args):
+    def start(self, *args, env=None):
         """Starts retired in the background (stderr to a file); returns the Popen."""
         err_path = os.path.join(self.dir, "retired.%d.stderr" % len(self.procs))
         err = open(err_path, "w")
         p = subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=err, env=child_env())
+                             stderr=err, env=dict(child_env(), **(env or {})))
         err.close()
         p.stderr_path = err_path
         self.procs.append(p)

@@ -3,14 +3,14 @@ nothing is released, no phone is failed and no attempt is counted."""
 
 import pytest
 
-from conftest import MSG, VIEW_ONLY_TOKEN, num, phone, pid
+from conftest import EXIT, MSG, VIEW_ONLY_TOKEN, num, phone, pid
 
 # A key refused: the whole run stops at once, so a short timeout is plenty; a
 # run that does not stop is a hang, not slowness.
 AUTH_TIMEOUT = 2
 
 def check_paused(rig, run, status, keys):
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     ev = run.events(MSG["auth_paused"])
     assert len(ev) == 1 and ev[0]["HTTP_STATUS"] == str(status), run
     assert rig.deletes() == [] or all(e["status"] == status for e in rig.deletes())
@@ -74,7 +74,7 @@ def test_good_token_after_a_refused_one(make_rig):
     rig = make_rig([phone(1)])
     rig.set_token(VIEW_ONLY_TOKEN)
     rig.write_config([{"id": pid(1)}])
-    assert rig.run(timeout=AUTH_TIMEOUT).rc == 1
+    assert rig.run(timeout=AUTH_TIMEOUT).rc == EXIT["setup"]
     rig.set_token("test-token")
     run = rig.run()
     assert run.rc == 0, run

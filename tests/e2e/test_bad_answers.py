@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import MSG, num, phone, pid
+from conftest import EXIT, MSG, num, phone, pid
 
 
 def body_of(fake, n, **changes):
@@ -100,7 +100,7 @@ def test_deferred_phone_released_once_it_is_assigned(make_rig):
 def test_unresolved_number_released_once_it_appears(make_rig):
     rig = make_rig([phone(1)])
     rig.write_config([{"number": num(5)}])
-    assert rig.run().rc == 0
+    assert rig.run().rc == EXIT["operator"]
     assert rig.list()[num(5)]["state"] == "unresolved"
     rig.fake.add_phones([phone(5)])
     run = rig.run()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import MSG, num, phone
+from conftest import EXIT, MSG, num, phone
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
@@ -13,7 +13,7 @@ def test_token_file_readable_by_others_is_refused(make_rig, mode):
     rig.set_token("test-token", mode=mode)
     rig.write_config([{"number": num(1)}])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     ev = [e for e in run.events(MSG["config_rejected"]) if rig.token_file in e["line"]]
     assert ev, "no message naming %s:\n%s" % (rig.token_file, run.stderr)
     assert "0600" in ev[0]["line"]
@@ -27,7 +27,7 @@ def test_empty_token_file_is_refused(make_rig):
         f.write("\n")
     rig.write_config([{"number": num(1)}])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert any(rig.token_file in line and "empty" in line for line in run.lines), run
     assert rig.fake.log == []
 
@@ -37,7 +37,7 @@ def test_missing_token_file_is_refused(make_rig):
     os.unlink(rig.token_file)
     rig.write_config([{"number": num(1)}])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert any(rig.token_file in line for line in run.lines), run
     assert rig.fake.log == []
 
@@ -46,7 +46,7 @@ def test_invalid_declaration_is_refused_with_file_and_line(make_rig):
     rig = make_rig([phone(1)])
     path = rig.write_config([{"number": num(1)}, {"id": "not-a-uuid"}])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert any(path + ":" in line and "not-a-uuid" in line for line in run.lines), run
     assert rig.fake.log == []
     assert not os.path.exists(rig.ledger) or rig.list() == {}
@@ -56,5 +56,5 @@ def test_plain_http_to_a_remote_host_is_refused(make_rig):
     rig = make_rig([phone(1)])
     rig.write_config([{"number": num(1)}], api={"base_url": "http://api.diga.io"})
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert any("https://" in line for line in run.lines), run

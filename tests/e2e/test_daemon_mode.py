@@ -5,7 +5,7 @@ import calendar
 import os
 import time
 
-from conftest import MSG, num, phone, pid, wait_for
+from conftest import EXIT, MSG, num, phone, pid, wait_for
 
 
 def stderr_of(proc):
@@ -19,7 +19,7 @@ def test_second_daemon_on_the_same_ledger_is_refused(make_rig):
     first = rig.start()
     wait_for(lambda: rig.db_rows().get(num(1), {}).get("state") == "scheduled", what="the first daemon")
     second = rig.run()
-    assert second.rc == 1, second
+    assert second.rc == EXIT["setup"], second
     assert any(rig.ledger in line and "in use by another writer" in line for line in second.lines), second
     assert first.poll() is None, "the first daemon died"
     assert len(rig.deletes()) == 1

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import MSG, num, phone, pid, wait_for
+from conftest import EXIT, MSG, num, phone, pid, wait_for
 
 
 def test_undeclared_before_release_is_cancelled(make_rig):
@@ -68,7 +68,7 @@ def test_operator_retry_of_a_failed_phone(make_rig):
     rig = make_rig([phone(1)])
     rig.fake.script(pid(1), "DELETE", [409])
     rig.write_config([{"number": num(1)}])
-    assert rig.run().rc == 0
+    assert rig.run().rc == EXIT["operator"]
     assert rig.list()[num(1)]["state"] == "failed"
     rig.ctl("retry", num(1))
     row = rig.list()[num(1)]

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import MSG, num, phone, pid, wait_for
+from conftest import EXIT, MSG, num, phone, pid, wait_for
 
 HTML = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
 CALLS = ("list", "get", "delete")
@@ -205,7 +205,7 @@ def test_fault_every_time_ends_failed(make_rig, call, fault):
     rig.write_config(declare(call), api={"timeout": TIMEOUT}, retry={"max_attempts": 3})
     run = rig.run()
 
-    assert run.rc == 0, run
+    assert run.rc == EXIT["operator"], run
     row = rig.list()[key_of(call)]
     assert row["state"] == "failed", row
     assert row["attempts"] == 3, row
@@ -286,7 +286,7 @@ def test_connection_refused_fails_then_recovers(make_rig, closed_port, by):
     run = rig.run()
     rows = rig.list()
     if by == "id":
-        assert run.rc == 0, run
+        assert run.rc == EXIT["operator"], run
         for k in keys:
             assert rows[k]["state"] == "failed" and rows[k]["attempts"] == 3, rows[k]
             assert re.search(r"[Cc]ouldn't connect|[Cc]onnection refused", rows[k]["last_error"]), rows[k]

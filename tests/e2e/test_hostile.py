@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import MSG, Rig, Run, child_env, num, phone, pid, wait_for
+from conftest import EXIT, MSG, Rig, Run, child_env, num, phone, pid, wait_for
 
 NOBODY = 65534
 UUID_PATH = re.compile(r"^/v1/phone/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$")
@@ -136,7 +136,7 @@ def test_read_only_ledger_is_refused(make_rig, open_dir, folder):
     run = run_as_nobody(rig)
     os.chmod(rig.dir, 0o755)
 
-    must(run.rc == 1, run)
+    must(run.rc == EXIT["setup"], run)
     must(rig.fake.log == [], "calls were made with a ledger that cannot record them")
     must(file_state(rig.ledger) == before, "the ledger changed")
     must(integrity(rig.ledger) == [("ok",)], "integrity")
@@ -155,7 +155,7 @@ def test_ledger_lock_held_by_another_writer(make_rig):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         run = rig.run(timeout=5)
-        assert run.rc == 1, run
+        assert run.rc == EXIT["setup"], run
         assert run.elapsed < 2, "refused only after %.1f s" % run.elapsed
         assert lines_naming(run, rig.ledger, "in use by another writer"), run
         assert rig.fake.log == []
@@ -201,7 +201,7 @@ def test_sqlite_write_lock_at_start(make_rig, sqlite_writer):
     con = sqlite_writer(rig.ledger)
     run = rig.run(timeout=15)
     con.execute("ROLLBACK")
-    must(run.rc == 1, run)
+    must(run.rc == EXIT["setup"], run)
     must(4 < run.elapsed < 10, "gave up after %.1f s (busy_timeout is 5 s)" % run.elapsed)
     must(rig.fake.log == [], "calls made")
     must(rig.db_rows() == rows, "rows changed")
@@ -238,7 +238,7 @@ def test_sqlite_write_lock_during_a_pass(make_rig, sqlite_writer):
     must(rig.db_rows()[pid(1)]["state"] in ("pending", "scheduled", "in_flight"), err)
     must(rig.fake.violations == [], rig.fake.violations)
     assert rc is not None, "retired --once still running 2 s after the lock was released:\n" + err
-    assert rc == 1 or rig.db_rows()[pid(1)]["state"] == "scheduled", err
+    assert rc == EXIT["setup"] or rig.db_rows()[pid(1)]["state"] == "scheduled", err
 
 
 # ---------------------------------------------------------------- a damaged or foreign ledger
@@ -253,7 +253,7 @@ def test_truncated_ledger_is_refused_not_repaired(make_rig):
     before, files = file_state(rig.ledger), sorted(os.listdir(rig.dir))
     rig.fake.clear_log()
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert lines_naming(run, rig.ledger), run
     assert re.search(r"malformed|corrupt|not a database", run.stderr), run
     assert file_state(rig.ledger) == before, "the damaged ledger was rewritten"
@@ -276,7 +276,7 @@ def test_ledger_from_a_newer_schema_is_refused_untouched(make_rig):
     before, files = file_state(rig.ledger), sorted(os.listdir(rig.dir))
     rig.fake.clear_log()
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert lines_naming(run, rig.ledger, "99", "newer"), run
     assert file_state(rig.ledger) == before, "a ledger from a newer retired was written to"
     assert sorted(os.listdir(rig.dir)) == files
@@ -352,7 +352,7 @@ def test_full_disk_at_start(make_rig, small_disk):
     rig, rows = disk_rig(make_rig, small_disk)
     small_disk.fill(leave=150 * 1024)
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert re.search(r"No space left on device|database or disk is full", run.stderr), run
     assert rig.fake.log == []
     small_disk.free_up()
@@ -397,7 +397,7 @@ def test_full_disk_mid_run(make_rig, small_disk):
     must(all(n == 1 for n in rig.fake.release_counts.values()), "released twice")
 
     assert rc is not None, "retired --once still running 3 s after the disk filled up:\n" + err[-3000:]
-    assert rc == 1, rc
+    assert rc == EXIT["setup"], rc
 
 
 # ---------------------------------------------------------------- key and config files
@@ -410,7 +410,7 @@ def test_key_file_writable_by_others_is_refused(make_rig, mode):
     rig.set_token("test-token", mode=mode)
     rig.write_config([{"number": num(1)}])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert [e for e in run.events(MSG["config_rejected"]) if rig.token_file in e["line"]], run
     assert rig.fake.log == []
 
@@ -439,7 +439,7 @@ def test_strange_key_file_is_refused(make_rig, kind):
         rig.set_token(token)
     rig.write_config([{"number": num(1)}])
     run = rig.run(timeout=5)
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert lines_naming(run, rig.token_file), run
     assert rig.fake.log == []
     assert token not in run.stderr and token[:20] not in run.stderr.replace(rig.token_file, "")
@@ -462,7 +462,7 @@ def test_fifo_instead_of_a_file_is_refused(make_rig, which):
         err = None
     must(rig.fake.log == [], "calls made")
     assert err is not None, "retired blocked on the FIFO %s" % path
-    assert p.returncode == 1 and path in err, err
+    assert p.returncode == EXIT["setup"] and path in err, err
 
 
 # ---------------------------------------------------------------- URL smuggling: the config
@@ -476,7 +476,7 @@ def test_id_with_url_characters_in_config_is_rejected(make_rig, bad):
     rig = make_rig([phone(1), phone(2)])
     path = rig.write_config([{"id": pid(2)}, {"id": bad}])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     with open(path) as f:
         line = 1 + [i for i, l in enumerate(f.read().splitlines()) if "id = %s;" % json.dumps(bad) in l][0]
     assert lines_naming(run, "%s:%d: id:" % (path, line)), "no %s:%d: id: message:\n%s" % (path, line, run.stderr)
@@ -490,7 +490,7 @@ def test_number_with_url_characters_in_config_is_rejected(make_rig, bad):
     rig = make_rig([phone(1)])
     path = rig.write_config([{"number": bad}])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert [l for l in run.lines if re.search(re.escape(path) + r":\d+: number:", l)], run
     assert rig.fake.log == []
 
@@ -502,7 +502,7 @@ def test_sip_identifier_with_url_characters_never_reaches_a_url(make_rig):
     rig = make_rig([phone(1), phone(2, provider="custom", number="trunk2@sip.example.com")])
     rig.write_config([{"number": sip}, {"number": "trunk2@sip.example.com"}])
     run = rig.run()
-    assert run.rc == 0, run
+    assert run.rc == EXIT["operator"], run
     rows = rig.list()
     assert rows[sip]["state"] == "unresolved" and rows["trunk2@sip.example.com"]["state"] == "released"
     assert_only_uuid_paths(rig)
@@ -528,7 +528,7 @@ def test_list_page_with_a_smuggled_id_is_refused(make_rig, bad):
     rig.fake.script("list", "GET", [{"status": 200, "body": json.dumps(page)}])
     rig.write_config([{"number": num(1)}, {"number": num(3)}])
     run = rig.run()
-    assert run.rc == 0, run
+    assert run.rc == (EXIT["settled"] if bad == pid(3).upper() else EXIT["operator"]), run
     lists = [e for e in rig.fake.log if e["phone_id"] is None]
     assert len(lists) == 1
     assert_only_uuid_paths(rig)
@@ -623,7 +623,7 @@ def test_absurdly_long_values_in_config_are_rejected(make_rig, field, value, say
     entry = {"number": num(1), field: value} if field == "reason" else {field: value}
     path = rig.write_config([{"id": pid(1)}, entry])
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     lines = [l for l in run.lines if re.search(re.escape(path) + r":\d+: %s:" % field, l)]
     assert lines and says in lines[0], run
     assert max(len(l) for l in run.lines) < 2000, "the whole value was echoed back"
@@ -638,7 +638,7 @@ def test_absurdly_long_number_from_the_api(make_rig):
     rig = make_rig([phone(1, number=long_ok), phone(2, number="+34" + "9" * 100_000), phone(3)])
     rig.write_config([{"id": pid(1)}, {"id": pid(2)}])
     run = rig.run()
-    assert run.rc == 0, run
+    assert run.rc == EXIT["operator"], run
     rows = rig.list()
     assert rows[pid(1)]["state"] == "scheduled" and rows[pid(1)]["number"] == long_ok, rows[pid(1)]
     assert rows[pid(2)]["state"] == "failed" and 'no valid "number"' in rows[pid(2)]["last_error"], rows[pid(2)]
@@ -673,7 +673,7 @@ def test_api_text_cannot_forge_log_lines(make_rig, via):
         rig.fake.script(pid(1), "DELETE", [{"status": 409, "message": "nope\n" + FORGED}])
     rig.write_config([{"id": pid(1)}])
     run = rig.run()
-    must(run.rc == 0, run)
+    must(run.rc == EXIT["operator"], run)
     must(rig.fake.violations == [], rig.fake.violations)
     assert all(l.startswith("retired: ") for l in run.lines)
     assert run.events(MSG["released"], PHONE_NUMBER="+34910000099") == [], run

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import MSG, num, phone, pid
+from conftest import EXIT, MSG, num, phone, pid
 
 NOPE = {"status": 409, "body": json.dumps({"status": "error", "error_code": "X", "message": "nope"}),
         "content_type": "application/json"}
@@ -18,7 +18,7 @@ def test_409_on_assigned_phone_fails_with_the_api_message(make_rig, by):
     rig.write_config([{"number": num(1)}, {"number": num(2)}] if by == "number" else
                      [{"id": pid(1)}, {"id": pid(2)}])
     run = rig.run()
-    assert run.rc == 0, run
+    assert run.rc == EXIT["operator"], run
     key = num(1) if by == "number" else pid(1)
     row = rig.list()[key]
     assert row["state"] == "failed"
@@ -57,7 +57,7 @@ def test_other_4xx_then_still_assigned_fails(make_rig, status):
     rig.fake.script(pid(1), "DELETE", [status])
     rig.write_config([{"number": num(1)}])
     run = rig.run()
-    assert run.rc == 0, run
+    assert run.rc == EXIT["operator"], run
     row = rig.list()[num(1)]
     assert row["state"] == "failed" and str(status) in row["last_error"]
     assert len(rig.deletes(pid(1))) == 1

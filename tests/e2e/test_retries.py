@@ -3,7 +3,7 @@ looked at again before anything is re-sent."""
 
 import pytest
 
-from conftest import MSG, num, phone, pid
+from conftest import EXIT, MSG, num, phone, pid
 
 # Declared by number (the account is listed) or by id (one GET per phone).
 DECL = {"number": lambda n: {"number": num(n)}, "id": lambda n: {"id": pid(n)}}
@@ -59,7 +59,7 @@ def test_max_attempts_exhausted(make_rig, by):
     rig.fake.script(pid(1), "DELETE", [503] * 5)
     rig.write_config([DECL[by](1)], retry={"max_attempts": 3})
     run = rig.run()
-    assert run.rc == 0, run
+    assert run.rc == EXIT["operator"], run
     row = rig.list()[num(1) if by == "number" else pid(1)]
     assert row["state"] == "failed"
     assert row["last_error"] and "503" in row["last_error"]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import MSG, RETIRED, child_env, num, phone, pid, wait_for
+from conftest import EXIT, MSG, RETIRED, child_env, num, phone, pid, wait_for
 
 HTML_404 = {"status": 404, "body": "<html><body><h1>404 Not Found</h1>nginx</body></html>",
             "content_type": "text/html"}
@@ -112,7 +112,7 @@ def test_a_404_from_a_proxy_is_not_a_release(make_rig):
         rig.fake.script(pid(n), "DELETE", [HTML_404] * 5)
     rig.write_config([{"id": pid(n)} for n in range(1, 6)], retry={"max_attempts": 3})
     run = rig.run()
-    assert run.rc == 0, run
+    assert run.rc == EXIT["operator"], run
     assert not run.events(MSG["released"]), run
     rows = rig.list()
     for n in range(1, 6):
@@ -189,7 +189,7 @@ def test_a_second_daemon_through_another_name_is_refused(make_rig, link):
         f.write(text.replace('ledger = "%s";' % rig.ledger, 'ledger = "%s";' % other))
     p = subprocess.run([RETIRED, "-c", second_conf, "--once"], stdin=subprocess.DEVNULL, capture_output=True,
                        text=True, env=child_env(), timeout=10)
-    assert p.returncode == 1, p.stderr
+    assert p.returncode == EXIT["setup"], p.stderr
     assert "in use by another writer" in p.stderr, p.stderr
     assert first.wait(30) == 0, stderr_of(first)
     rig.assert_exactly_once(one_delete=True)

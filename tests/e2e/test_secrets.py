@@ -5,7 +5,7 @@ import glob
 import secrets
 import subprocess
 
-from conftest import num, phone, pid, wait_for
+from conftest import EXIT, num, phone, pid, wait_for
 
 
 def ledger_bytes(rig):
@@ -72,6 +72,6 @@ def test_refused_key_never_leaks(make_rig):
     rig.set_token(token)
     rig.write_config([{"id": pid(1)}])
     run = rig.run(timeout=5)
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert_absent(token, rig, run.stderr)
     assert [e["authorization_header_present"] for e in rig.fake.log] == [True]

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import MSG, Rig, num, phone, pid, wait_for
+from conftest import EXIT, MSG, Rig, num, phone, pid, wait_for
 
 import fake_diga
 
@@ -252,7 +252,7 @@ def test_verification_cannot_be_turned_off(tls_rig, setting):
         f.write(text.replace("api: {\n", "api: {\n  %s;\n" % setting, 1))
     line = 2    # the line after "api: {"
     run = rig.run()
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     name = setting.split(";")[-1].split("=")[0].strip()
     ev = [e for e in run.events(MSG["config_rejected"]) if "%s:%d:" % (path, line) in e["line"]]
     assert ev and "unknown setting 'api.%s'" % name in ev[0]["line"], run
@@ -281,7 +281,7 @@ def test_missing_ca_file_is_refused_at_start(tls_rig, tmp_path):
     run = rig.run()
     if rig.fake.release_counts or rig.fake.log:
         pytest.fail("a request went out with no usable CA: %s" % rig.fake.log)
-    assert run.rc == 1, run
+    assert run.rc == EXIT["setup"], run
     assert [l for l in run.lines if path + ":" in l and missing in l], run
     # Refused before the ledger is even opened: no phone was marked failed.
     rows = rig.db_rows() if os.path.exists(rig.ledger) else {}

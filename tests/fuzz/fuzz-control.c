@@ -52,7 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (size_t i = 0; i < vl; i++)
                 CHECK(verb[i] >= 'a' && verb[i] <= 'z');
         for (size_t i = 0; i < al; i++)
-                CHECK(isgraph((unsigned char) arg[i]) && arg[i] != ' ');
+                CHECK(isprint((unsigned char) arg[i]));
+        CHECK(al == 0 || (isgraph((unsigned char) arg[0]) && isgraph((unsigned char) arg[al - 1])));
 
         /* Nothing was dropped or invented: the line is "verb[ arg][\n]". */
         body = size > 0 && data[size - 1] == '\n' ? size - 1 : size;

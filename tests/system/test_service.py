@@ -131,13 +131,13 @@ class Rig:
         self.box, self.fake = box, fake
 
     # -- files
-    def config_text(self, *decls, max_new_releases=100, ledger=None):
+    def config_text(self, *decls, max_new_releases=100, hold=0, ledger=None):
         return "\n".join([
             "# written by tests/system/test_service.py",
             'api: { base_url = "%s"; token_file = ""; timeout = 10.0; };' % self.fake.url,
             "pace: { rate = 50.0; burst = 10; concurrency = 4; };",
             "retry: { max_attempts = 3; base_delay = 0.2; max_delay = 1.0; };",
-            "safety: { max_new_releases = %d; };" % max_new_releases,
+            "safety: { max_new_releases = %d; hold = %s; };" % (max_new_releases, hold),
             'ledger = "%s";' % ledger if ledger else "# ledger: the default",
             releases_text(*decls)])
 

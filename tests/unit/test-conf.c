@@ -163,6 +163,7 @@ static void test_minimal_gets_every_default(void **state) {
         assert_true(c->max_delay == 300.0);
         assert_false(c->dry_run);
         assert_int_equal(c->max_new_releases, 25);
+        assert_true(c->hold == 600.0);
         assert_true(c->resync_interval == 3600.0);
         assert_string_equal(c->ledger, "/var/lib/retired/ledger.db");
         assert_string_equal(c->releases_dir, CORPUS "/good/releases.d");
@@ -189,6 +190,7 @@ static void test_every_key_is_read(void **state) {
         assert_true(c->max_delay == 600.0);
         assert_true(c->dry_run);
         assert_int_equal(c->max_new_releases, 0);
+        assert_true(c->hold == 30.5);
         assert_true(c->resync_interval == 60.0);
         /* Relative paths are relative to the file, not to the working folder. */
         assert_string_equal(c->ledger, CORPUS "/good/state/ledger.db");
@@ -204,7 +206,7 @@ static void test_every_key_is_read(void **state) {
         assert_string_equal(c->decls[0].reason, "OPS-1 shop closed");
         assert_int_equal(c->decls[0].not_before, 1798758000);   /* 2026-12-31T23:00:00Z */
         assert_string_equal(c->decls[0].file, CORPUS "/good/every-key.conf");
-        assert_int_equal(c->decls[0].line, 32);
+        assert_int_equal(c->decls[0].line, 33);
         assert_string_equal(c->decls[1].key, UUID_A);
         assert_string_equal(c->decls[1].id, UUID_A);
         assert_null(c->decls[1].number);

@@ -831,11 +831,53 @@ static void test_state_names(void **state) {
         assert_int_equal(state_from_string(NULL), _STATE_INVALID);
 }
 
+/* An operator's pause: who, when and why survive a reopen; a record that
+ * cannot be read reads as paused (-EBADMSG, on); resume clears it. */
+static void test_pause_is_kept_and_read_back(void **state) {
+        Fixture *f = *state;
+        Pause p = {};
+        char *long_reason;
+
+        assert_int_equal(ledger_pause_get(f->l, &p), 0);
+        assert_false(p.on);
+        assert_int_equal(ledger_pause_set(f->l, 1000, 1764583200000000, "change freeze, OPS-9"), 0);
+        ledger_close(f->l);
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        assert_int_equal(ledger_pause_get(f->l, &p), 0);
+        assert_true(p.on);
+        assert_int_equal(p.uid, 1000);
+        assert_int_equal(p.at, 1764583200000000);
+        assert_string_equal(p.reason, "change freeze, OPS-9");
+        pause_done(&p);
+
+        assert_int_equal(ledger_pause_set(f->l, 0, 1, NULL), 0);
+        assert_int_equal(ledger_pause_get(f->l, &p), 0);
+        assert_true(p.on);
+        assert_null(p.reason);
+        pause_done(&p);
+
+        long_reason = calloc(1, PAUSE_MAX_REASON + 2);
+        assert_non_null(long_reason);
+        memset(long_reason, 'x', PAUSE_MAX_REASON + 1);
+        assert_int_equal(ledger_pause_set(f->l, 0, 1, long_reason), -E2BIG);
+        free(long_reason);
+
+        assert_int_equal(ledger_meta_set(f->l, "pause", "not a pause"), 0);
+        assert_int_equal(ledger_pause_get(f->l, &p), -EBADMSG);
+        assert_true(p.on);
+        pause_done(&p);
+
+        assert_int_equal(ledger_pause_clear(f->l), 0);
+        assert_int_equal(ledger_pause_get(f->l, &p), 0);
+        assert_false(p.on);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_create_makes_a_wal_file_at_the_current_version),
+                T(test_pause_is_kept_and_read_back),
                 T(test_reopen_keeps_data),
                 cmocka_unit_test(test_read_of_missing_file_is_empty_and_creates_nothing),
                 T(test_newer_schema_is_refused_by_both_modes),

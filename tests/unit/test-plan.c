@@ -927,8 +927,55 @@ static void test_failed_row_declared_anew_is_pending_again(void **state) {
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+/* safety.hold: what a plan adds, or changes in a way the DELETE acts on,
+ * may go no sooner than the hold after the plan was applied; a new reason
+ * alone is no new hold, and a row past its hold is due again. */
+static void test_hold_covers_what_is_added_or_changed(void **state) {
+        Fixture *f = *state;
+        int64_t t0 = (int64_t) now(CLOCK_REALTIME) / (int64_t) USEC_PER_SEC, next = 0;
+        uint64_t held = 0;
+        int64_t first = 0;
+        Phone ph;
+
+        sync_to(f, "safety: { hold = 0.0; };\nreleases = ( { id = \"" UUID_X "\"; number = \"" N1 "\"; } );\n");
+        ph = find(f, UUID_X);
+        assert_int_equal(ph.hold_until, 0);
+        phone_done(&ph);
+
+        sync_to(f, "safety: { hold = 600.0; };\nreleases = ( { id = \"" UUID_X "\"; number = \"" N1 "\"; },\n"
+                   "  { number = \"" N2 "\"; } );\n");
+        ph = find(f, N2);
+        assert_true(ph.hold_until >= t0 + 600 && ph.hold_until <= t0 + 602);
+        phone_done(&ph);
+        ph = find(f, UUID_X);
+        assert_int_equal(ph.hold_until, 0);          /* unchanged: no new hold */
+        phone_done(&ph);
+        /* Held rows are not due, and the next wake is the hold's end. */
+        assert_int_equal(ledger_count_held(f->l, t0 * (int64_t) USEC_PER_SEC, &held, &first), 0);
+        assert_int_equal(held, 1);
+        assert_true(first >= t0 + 600);
+        assert_int_equal(ledger_next_due(f->l, t0 * (int64_t) USEC_PER_SEC, t0 * (int64_t) USEC_PER_SEC, false,
+                                         &next), 0);
+        assert_true(next >= (t0 + 600) * (int64_t) USEC_PER_SEC);
+
+        /* The number corrected: held anew.  Then a new reason only: not. */
+        sync_to(f, "safety: { hold = 600.0; };\nreleases = ( { id = \"" UUID_X "\"; number = \"" N3 "\"; },\n"
+                   "  { number = \"" N2 "\"; } );\n");
+        ph = find(f, UUID_X);
+        assert_true(ph.hold_until >= t0 + 600);
+        first = ph.hold_until;
+        phone_done(&ph);
+        sync_to(f, "safety: { hold = 9000.0; };\nreleases = ( { id = \"" UUID_X "\"; number = \"" N3 "\";"
+                   " reason = \"OPS-1\"; },\n  { number = \"" N2 "\"; } );\n");
+        ph = find(f, UUID_X);
+        assert_int_equal(ph.hold_until, first);
+        assert_string_equal(ph.reason, "OPS-1");
+        phone_done(&ph);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
+                T(test_hold_covers_what_is_added_or_changed),
                 T(test_new_declarations_are_added_as_pending),
                 T(test_undeclared_rows_not_yet_released_are_cancelled),
                 T(test_cancelled_then_declared_again_is_redeclared),

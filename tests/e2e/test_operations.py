@@ -1,0 +1,242 @@
+"""What an operator leans on around the irreversible act: the hold window
+(safety.hold), pause and resume, the exit codes a batch job reads, an honest
+reload, the key named by its fingerprint, and progress while a pass runs."""
+
+import os
+import pty
+import re
+import select
+import socket
+import subprocess
+import time
+
+from conftest import EXIT, MSG, RETIRED, child_env, num, phone, pid, wait_for
+
+
+def stderr_of(proc):
+    with open(proc.stderr_path) as f:
+        return f.read()
+
+
+def daemon(rig, *args, env=None):
+    """Starts the daemon (no --once) and waits until its control socket answers."""
+    p = rig.start(*args, env=env)
+
+    def answers():
+        out = rig.ctl("status", check=False).stdout
+        return p.poll() is not None or ("\ndaemon " in "\n" + out and "not running" not in out)
+    wait_for(answers, what="the daemon's control socket")
+    assert p.poll() is None, stderr_of(p)
+    return p
+
+
+# ---------------------------------------------------------------- the hold window
+
+def test_held_release_waits_and_says_from_when(make_rig):
+    rig = make_rig([phone(1)])
+    rig.write_config([{"id": pid(1)}], safety={"hold": 60})
+    plan = rig.ctl("plan", check=False)
+    assert plan.returncode == 2 and "safety.hold = 60 s: it may go from" in plan.stdout, plan.stdout
+    t0 = time.time()
+    run = rig.run()
+    # Waiting for its time counts as settled: a batch run is not an error.
+    assert run.rc == EXIT["settled"], run
+    assert rig.deletes() == [] and rig.fake.log == [], "a held release was acted upon"
+    row = rig.db_rows()[pid(1)]
+    assert row["state"] == "pending" and t0 + 59 <= row["hold_until"] <= time.time() + 61, row
+
+
+def test_withdrawn_during_the_hold_nothing_is_sent(make_rig):
+    """Saving a drop-in is not releasing: the typo is taken back within the hold."""
+    rig = make_rig([phone(1), phone(2)])
+    rig.write_config([{"id": pid(1)}], safety={"hold": 3})
+    p = daemon(rig)
+    wait_for(lambda: rig.db_rows().get(pid(1), {}).get("state") == "pending", what="the row")
+    rig.write_config([{"id": pid(2)}], safety={"hold": 3})      # pid(1) was the typo
+    assert rig.ctl("reload").stdout.strip() == "reloaded"
+    assert rig.db_rows()[pid(1)]["state"] == "cancelled"
+    t_applied = time.time()
+    wait_for(lambda: rig.db_rows()[pid(2)]["state"] == "scheduled", timeout=15, what="pid(2) after its hold")
+    deletes = rig.deletes()
+    assert [d["phone_id"] for d in deletes] == [pid(2)], deletes
+    assert deletes[0]["wall"] >= t_applied + 2.5, "released before its hold ended"
+    p.terminate()
+    assert p.wait(10) == 0
+
+
+def test_a_changed_number_is_held_again(make_rig):
+    rig = make_rig([phone(1)])
+    rig.write_config([{"id": pid(1), "number": "+34910000099"}], safety={"hold": 0})
+    rig.ctl("pause")
+    assert rig.run().rc == EXIT["stopped"]
+    rig.ctl("resume")
+    # The number corrected: a change the DELETE acts on, so a new hold.
+    rig.write_config([{"id": pid(1), "number": num(1)}], safety={"hold": 60})
+    run = rig.run()
+    assert run.rc == EXIT["settled"], run
+    assert rig.deletes() == [], "the corrected declaration went before its hold"
+    assert rig.db_rows()[pid(1)]["hold_until"] > time.time() + 50
+    # A new reason alone changes nothing the DELETE acts on: no new hold.
+    rig.write_config([{"id": pid(1), "number": num(1), "reason": "OPS-7"}], safety={"hold": 0})
+    before = rig.db_rows()[pid(1)]["hold_until"]
+    rig.run()
+    assert rig.db_rows()[pid(1)]["hold_until"] == before and rig.deletes() == []
+
+
+# ---------------------------------------------------------------- pause and resume
+
+def test_pause_is_kept_in_the_ledger_across_restarts(make_rig):
+    rig = make_rig([phone(1)])
+    rig.write_config([{"id": pid(1)}])
+    out = rig.ctl("pause", "change", "freeze", "OPS-99").stdout
+    assert "kept in the ledger" in out, out
+    status = rig.status()
+    assert status["paused"]["uid"] == os.getuid() and status["paused"]["reason"] == "change freeze OPS-99", status
+    assert "PAUSED by uid %d" % os.getuid() in rig.ctl("status").stdout
+    run = rig.run()
+    assert run.rc == EXIT["stopped"] and "paused by an operator" in run.stderr, run
+    assert rig.deletes() == []
+    run = rig.run()         # and again: nothing changed by restarting
+    assert run.rc == EXIT["stopped"] and rig.deletes() == []
+    rig.ctl("resume")
+    run = rig.run()
+    assert run.rc == EXIT["settled"], run
+    assert [d["phone_id"] for d in rig.deletes()] == [pid(1)]
+
+
+def test_pause_stops_a_running_pass_and_resume_finishes_it(make_rig):
+    phones = [phone(i) for i in range(1, 11)]
+    rig = make_rig(phones)
+    rig.write_config([{"id": pid(i)} for i in range(1, 11)], pace={"rate": 4.0, "burst": 1, "concurrency": 1})
+    p = daemon(rig)
+    wait_for(lambda: len(rig.deletes()) >= 2, what="the first DELETEs")
+    assert rig.ctl("pause", "wrong", "batch").stdout.startswith("paused")
+    t_paused = time.time()
+    n_at_pause = len(rig.deletes())
+    # Nothing more leaves: watch for longer than three DELETEs would take at this pace.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert all(d["wall"] <= t_paused + 0.05 for d in rig.deletes()), "a DELETE left after the pause"
+        time.sleep(0.05)
+    assert len(rig.deletes()) <= n_at_pause + 1      # one may have been on the wire already
+    err = stderr_of(p)
+    assert MSG["paused"] in err and "wrong batch" in err, err
+    assert rig.ctl("resume").stdout.strip() == "resumed"
+    wait_for(lambda: all(r["state"] == "scheduled" for r in rig.db_rows().values()), timeout=15, what="the rest")
+    rig.assert_exactly_once()
+    assert MSG["resumed"] in stderr_of(p)
+    p.terminate()
+    assert p.wait(10) == 0
+
+
+# ---------------------------------------------------------------- exit codes
+
+def test_exit_code_when_a_phone_needs_an_operator(make_rig):
+    rig = make_rig([phone(1)])
+    rig.write_config([{"id": pid(1)}, {"number": "+34999999999"}])
+    run = rig.run()
+    assert run.rc == EXIT["operator"], run
+    assert rig.db_rows()["+34999999999"]["state"] == "unresolved"
+    assert re.search(r"1 declared phone needs an operator", run.stderr), run
+
+
+def test_exit_code_for_a_config_error_and_a_bad_option(make_rig):
+    rig = make_rig([phone(1)])
+    with open(rig.config_path, "w") as f:
+        f.write("releases = ( { id = 7; } );\n")
+    run = rig.run()
+    assert run.rc == EXIT["setup"] and re.search(r"retired\.conf:1: ", run.stderr), run
+    p = subprocess.run([RETIRED, "--no-such-option"], stderr=subprocess.PIPE, text=True, env=child_env())
+    assert p.returncode == EXIT["setup"] and "Try 'retired --help'" in p.stderr, p.stderr
+    assert rig.fake.log == []
+
+
+# ---------------------------------------------------------------- reload
+
+def test_reload_answers_only_once_applied_and_fails_on_a_rejected_config(make_rig):
+    rig = make_rig([phone(1), phone(2)])
+    rig.write_config([{"id": pid(1)}])
+    p = daemon(rig)
+    wait_for(lambda: rig.db_rows().get(pid(1), {}).get("state") == "scheduled", what="pid(1)")
+    good = rig.write_config([{"id": pid(1)}, {"id": pid(2)}])
+    r = rig.ctl("reload")
+    # Applied when the answer comes: the new row is in the ledger already.
+    assert r.stdout.strip() == "reloaded" and pid(2) in rig.db_rows(), r
+    with open(good, "a") as f:
+        f.write("pace: { rate = -1.0; };\n")
+    r = rig.ctl("reload", check=False)
+    assert r.returncode != 0 and re.search(r"retired\.conf:\d+: ", r.stderr), r
+    assert p.poll() is None
+    p.terminate()
+    assert p.wait(10) == 0
+
+
+# ---------------------------------------------------------------- the key
+
+def test_the_key_is_named_by_its_fingerprint_only(make_rig):
+    rig = make_rig([phone(1)])
+    rig.write_config([{"id": pid(1)}])
+    run = rig.run()
+    lines = [l for l in run.lines if l.startswith("retired: API key ")]
+    assert len(lines) == 1 and re.match(r"retired: API key [0-9a-f]{16} from ", lines[0]), run
+    assert "test-token" not in run.stderr
+
+
+def test_check_warns_when_the_unit_could_not_read_token_file(make_rig):
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("needs root: the warning is about a root-owned key file")
+    rig = make_rig([phone(1)])
+    rig.write_config([{"id": pid(1)}])
+    for argv in ([RETIRED, "-c", rig.config_path, "-n"], ):
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+        assert p.returncode == 0 and "dynamic user" in p.stderr, p.stderr
+    r = rig.ctl("check")
+    assert "dynamic user" in r.stderr and "LoadCredential=" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- progress
+
+def test_status_shows_progress_during_a_pass(make_rig, tmp_path):
+    rig = make_rig([phone(i) for i in range(1, 9)])
+    rig.write_config([{"id": pid(i)} for i in range(1, 9)], pace={"rate": 2.0, "burst": 1, "concurrency": 1})
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    p = rig.start("--once", env={"NOTIFY_SOCKET": path})
+    seen = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(re.search(r"\d+/\d+ at [\d.]+/s, ETA \d+ s", s) for s in seen):
+        seen += [l for l in sock.recv(4096).decode().split("\n") if l.startswith("STATUS=")]
+    sock.close()
+    assert any(re.search(r"pass since \S+Z: \d+/\d+ at [\d.]+/s, ETA \d+ s", s) for s in seen), seen
+    assert p.wait(20) == EXIT["settled"], stderr_of(p)
+    # Not a terminal: no progress bar among the lines.
+    assert "\033[K" not in stderr_of(p)
+
+
+def test_a_terminal_gets_a_progress_bar(make_rig):
+    rig = make_rig([phone(i) for i in range(1, 7)])
+    rig.write_config([{"id": pid(i)} for i in range(1, 7)], pace={"rate": 2.0, "burst": 1, "concurrency": 1})
+    master, slave = pty.openpty()
+    p = subprocess.Popen(rig.argv("--once"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                         env=dict(child_env(), TERM="xterm"))
+    os.close(slave)
+    out = b""
+    while True:
+        r, _, _ = select.select([master], [], [], 20)
+        if not r:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait(20) == EXIT["settled"]
+    text = out.decode(errors="replace")
+    assert re.search(r"\[#*\.*\] \d+/6", text), text
+    assert "\r\033[K" in text
