@@ -579,13 +579,13 @@ int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, 
                                 "SELECT s.*, CASE WHEN ?4 THEN json_object('seq', seq, 'time', time, 'key', key,"
                                 "  'id', id, 'number', number, 'kind', kind, 'from', old_state, 'to', new_state,"
                                 "  'method', method, 'path', path, 'http_status', http_status,"
-                                "  'latency_ms', latency_ms, 'attempt', attempt, 'reason', detail) END"
+                                "  'latency_ms', latency_ms, 'attempt', attempt, 'reason', reason, 'detail', detail) END"
                                 " FROM (SELECT h.seq, h.at, h.kind, h.old_state, h.new_state, h.method, h.path,"
                                 "  h.http_status, h.latency_ms, h.detail, p.key, p.id,"
                                 "  coalesce(p.number, p.api_number) AS number,"
                                 "  strftime('%Y-%m-%dT%H:%M:%fZ', h.at / 1000 / 1000.0, 'unixepoch') AS time,"
                                 "  (SELECT count(*) FROM history d WHERE d.phone = h.phone AND d.seq <= h.seq"
-                                "   AND d.method = 'DELETE') AS attempt"
+                                "   AND d.method = 'DELETE') AS attempt, p.reason"
                                 "  FROM history h CROSS JOIN phones p ON p.pk = h.phone"
                                 "  WHERE (?1 <= 0 OR h.at >= ?1) AND (?2 <= 0 OR h.at < ?2)"
                                 "  AND (?3 IS NULL OR h.new_state = ?3)"
@@ -616,7 +616,8 @@ int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, 
                         .number = (const char *) sqlite3_column_text(st, 12),
                         .time = (const char *) sqlite3_column_text(st, 13),
                         .attempt = (unsigned) sqlite3_column_int(st, 14),
-                        .json = (const char *) sqlite3_column_text(st, 15),
+                        .reason = (const char *) sqlite3_column_text(st, 15),
+                        .json = (const char *) sqlite3_column_text(st, 16),
                 };
                 /* NOT NULL columns read as NULL only when SQLite ran out of memory;
                  * a time does when a hand-edited row holds one past year 9999. */

@@ -95,6 +95,7 @@ typedef struct AuditStep {
         History h;
         const char *time;          /* h.at in RFC 3339, UTC, to the millisecond */
         const char *key, *id, *number;   /* number: as declared, else as the API gave it */
+        const char *reason;        /* the phone's declared reason (as declared now), for the audit trail */
         unsigned attempt;          /* DELETEs of this phone on record up to and including this step */
         const char *json;          /* the step as one JSON object, with AuditFilter.json */
 } AuditStep;

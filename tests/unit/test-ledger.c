@@ -909,7 +909,7 @@ static void test_released_at_is_the_step_into_released(void **state) {
 typedef struct Audit {
         struct {
                 int64_t seq, at;
-                char *time, *key, *number, *kind, *new_state, *method, *detail, *json;
+                char *time, *key, *number, *kind, *new_state, *method, *detail, *reason, *json;
                 int http_status;
                 unsigned attempt;
         } row[16];
@@ -929,6 +929,7 @@ static int collect_audit(const AuditStep *a, void *userdata) {
         au->row[au->n].new_state = dup_or_null(a->h.new_state);
         au->row[au->n].method = dup_or_null(a->h.method);
         au->row[au->n].detail = dup_or_null(a->h.detail);
+        au->row[au->n].reason = dup_or_null(a->reason);
         au->row[au->n].json = dup_or_null(a->json);
         au->row[au->n].http_status = a->h.http_status;
         au->row[au->n].attempt = a->attempt;
@@ -940,6 +941,7 @@ static void audit_done(Audit *au) {
         for (size_t i = 0; i < au->n; i++) {
                 free(au->row[i].time), free(au->row[i].key), free(au->row[i].number), free(au->row[i].kind);
                 free(au->row[i].new_state), free(au->row[i].method), free(au->row[i].detail), free(au->row[i].json);
+                free(au->row[i].reason);
         }
         au->n = 0;
 }
@@ -952,6 +954,7 @@ static void test_audit_gives_every_step_with_its_phone_and_attempt(void **state)
         int64_t b = add_phone(f->l, UUID_B, UUID_B, NULL, STATE_PENDING);
         Audit au = {};
 
+        assert_int_equal(ledger_exec(f->l, "UPDATE phones SET reason = 'OPS-1' WHERE key = '+34910000001'"), 0);
         assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
                 .pk = a, .from = STATE_PENDING, .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = -1, .sent_at = 10,
                 .detail = "DELETE leaves" }), 0);
@@ -988,6 +991,7 @@ static void test_audit_gives_every_step_with_its_phone_and_attempt(void **state)
         assert_string_equal(au.row[3].key, UUID_B);
         assert_string_equal(au.row[3].number, "+34910000002");
         assert_string_equal(au.row[3].method, "GET");
+        assert_null(au.row[3].reason);
         assert_int_equal(au.row[3].attempt, 0);
         assert_string_equal(au.row[4].new_state, "deferred");
         /* a again: in_flight, the 204 and released (the second). */
@@ -997,6 +1001,8 @@ static void test_audit_gives_every_step_with_its_phone_and_attempt(void **state)
         assert_int_equal(au.row[6].attempt, 2);
         assert_string_equal(au.row[7].new_state, "released");
         assert_string_equal(au.row[7].number, "+34910000001");
+        assert_string_equal(au.row[7].reason, "OPS-1");
+        assert_string_equal(au.row[7].detail, "say \"bye\"\nnow");
         assert_int_equal(au.row[7].attempt, 2);
         assert_null(au.row[7].json);
         audit_done(&au);
@@ -1008,7 +1014,7 @@ static void test_audit_gives_every_step_with_its_phone_and_attempt(void **state)
         assert_non_null(strstr(au.row[0].json, "\"key\":\"+34910000001\""));
         assert_non_null(strstr(au.row[0].json, "\"from\":\"in_flight\",\"to\":\"released\""));
         assert_non_null(strstr(au.row[0].json, "\"attempt\":2"));
-        assert_non_null(strstr(au.row[0].json, "\"reason\":\"say \\\"bye\\\"\\nnow\""));
+        assert_non_null(strstr(au.row[0].json, "\"reason\":\"OPS-1\",\"detail\":\"say \\\"bye\\\"\\nnow\""));
         assert_non_null(strstr(au.row[0].json, "\"http_status\":null"));
         audit_done(&au);
 }
