@@ -140,6 +140,7 @@ SBINDIR    := $(DESTDIR)$(PREFIX)/sbin
 MANDIR     := $(DESTDIR)$(PREFIX)/share/man
 UNITDIR    := $(DESTDIR)$(PREFIX)/lib/systemd/system
 CATALOGDIR := $(DESTDIR)$(PREFIX)/lib/systemd/catalog
+COMPLETIONDIR := $(DESTDIR)$(PREFIX)/share/bash-completion/completions
 CONFDIR    := $(DESTDIR)/etc/retired
 
 # The example config is installed only where none exists: an operator's
@@ -150,6 +151,8 @@ install: all
 	install -m 0755 $(BUILD)/retirectl $(BINDIR)/retirectl
 	install -m 0644 daemon/retirectl.1 $(MANDIR)/man1/retirectl.1
 	install -m 0644 conf/retired.conf.5 $(MANDIR)/man5/retired.conf.5
+	install -d $(COMPLETIONDIR)
+	install -m 0644 completion/retirectl $(COMPLETIONDIR)/retirectl
 	test ! -f daemon/retired.8 || install -m 0644 daemon/retired.8 $(MANDIR)/man8/retired.8
 	test -e $(CONFDIR)/retired.conf || install -m 0644 conf/retired.conf $(CONFDIR)/retired.conf
 	test ! -f systemd/retired.service || { install -d $(UNITDIR) && \

@@ -21,6 +21,9 @@ static const char *arg_config = "/etc/retired/retired.conf";
 static const char *arg_ledger = NULL;
 static bool arg_json = false;
 static int arg_state = -1;
+static bool arg_csv = false;
+static bool arg_openmetrics = false;
+static int64_t arg_since = 0, arg_until = 0;   /* usec; 0 = open */
 
 /* Exit codes, like `terraform plan -detailed-exitcode` for plan. */
 enum { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_CHANGES = 2 };
@@ -229,6 +232,33 @@ static int verb_plan(void) {
 }
 
 static int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size);
+/* The Prometheus text format, which node_exporter's textfile collector
+ * reads, ended as OpenMetrics wants: "# EOF" is a comment to the former.
+ * Only gauges: a counter's sample is named foo_total in OpenMetrics and
+ * its family foo, which the older format would read as two metrics. */
+static int print_openmetrics(Ledger *l, const uint64_t counts[static _STATE_MAX]) {
+        uint64_t steps;
+        int64_t last;
+        int r;
+
+        r = ledger_history_stats(l, &steps, &last);
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        printf("# HELP retired_phones Phones in the retired ledger, by state.\n"
+               "# TYPE retired_phones gauge\n");
+        for (int s = 0; s < _STATE_MAX; s++)
+                printf("retired_phones{state=\"%s\"} %" PRIu64 "\n", state_to_string(s), counts[s]);
+        printf("# HELP retired_history_steps Steps (state changes and API calls) in the retired ledger's history.\n"
+               "# TYPE retired_history_steps gauge\n"
+               "retired_history_steps %" PRIu64 "\n"
+               "# HELP retired_last_step_timestamp_seconds When the retired ledger recorded its last step (0: never).\n"
+               "# TYPE retired_last_step_timestamp_seconds gauge\n"
+               "retired_last_step_timestamp_seconds %" PRId64 ".%03" PRId64 "\n"
+               "# EOF\n", steps, last / (int64_t) USEC_PER_SEC, last % (int64_t) USEC_PER_SEC / (int64_t) USEC_PER_MSEC);
+        return EXIT_OK;
+}
 
 static int verb_status(void) {
         _cleanup_(config_freep) Config *c = NULL;
@@ -246,6 +276,8 @@ static int verb_status(void) {
         }
         for (int s = 0; s < _STATE_MAX; s++)
                 total += counts[s];
+        if (arg_openmetrics)
+                return print_openmetrics(l, counts);
         r = ledger_pause_get(l, &pause);
         if (r < 0 && r != -EBADMSG) {
                 fprintf(stderr, "retirectl: cannot read the pause record: %s\n", ledger_errmsg(l));
@@ -297,12 +329,16 @@ static void print_phone_json(const Phone *p, bool close) {
         json_str(p->reason);
         printf(", \"not_before\": ");
         json_time(p->not_before);
+        printf(", \"held_until\": ");
+        json_time(p->hold_until);
         printf(", \"next_attempt_at\": ");
         json_time(p->next_at / (int64_t) USEC_PER_SEC);
         printf(", \"provider\": ");
         json_str(p->provider);
         printf(", \"scheduled_release_at\": ");
         json_str(p->scheduled_release_at);
+        printf(", \"released_at\": ");
+        json_time(p->released_at / (int64_t) USEC_PER_SEC);
         printf(", \"last_error\": ");
         json_str(p->last_error);
         printf(", \"declared_at\": ");
@@ -315,15 +351,17 @@ static void print_phone_json(const Phone *p, bool close) {
 
 static int list_one(const Phone *p, void *userdata) {
         size_t *n = userdata;
-        char buf[21];
+        char buf[21], rb[21];
 
         if (arg_json) {
                 fputs(*n ? ",\n " : "\n ", stdout);
                 print_phone_json(p, true);
         } else
-                printf("%-36s %-10s %3u %-16s %-36s %-20s %s\n", p->key, state_to_string(p->state),
+                printf("%-36s %-10s %3u %-16s %-36s %-20s %-20s %s\n", p->key, state_to_string(p->state),
                        p->attempts, p->number ? p->number : p->api_number ? p->api_number : "-", p->id ? p->id : "-",
-                       time_str(p->not_before, buf), p->reason ? p->reason : "");
+                       time_str(p->hold_until > p->not_before ? p->hold_until : p->not_before, buf),
+                       time_str(p->released_at / (int64_t) USEC_PER_SEC, rb),
+                       p->reason ? p->reason : "");
         (*n)++;
         return 0;
 }
@@ -339,8 +377,8 @@ static int verb_list(void) {
         if (arg_json)
                 putchar('[');
         else
-                printf("%-36s %-10s %3s %-16s %-36s %-20s %s\n", "KEY", "STATE", "TRY", "NUMBER", "ID",
-                       "NOT BEFORE", "REASON");
+                printf("%-36s %-10s %3s %-16s %-36s %-20s %-20s %s\n", "KEY", "STATE", "TRY", "NUMBER", "ID",
+                       "MAY GO FROM", "RELEASED AT", "REASON");
         r = ledger_list(l, arg_state, list_one, &n);
         if (arg_json)
                 printf("%s]\n", n ? "\n" : "");
@@ -391,7 +429,7 @@ static int verb_show(const char *what) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(ledger_closep) Ledger *l = NULL;
         _cleanup_(phone_done) Phone p = {};
-        char buf[21], nb[21], ub[21];
+        char buf[21], nb[21], ub[21], rb[21], hb[21];
         size_t n = 0;
         int r;
 
@@ -411,18 +449,109 @@ static int verb_show(const char *what) {
                 printf(",\n \"history\": [");
         } else
                 printf("key:          %s\nstate:        %s\nattempts:     %u\nnumber:       %s\n"
-                       "id:           %s\nprovider:     %s\nreason:       %s\nnot before:   %s\n"
-                       "next attempt: %s\nscheduled:    %s\nlast error:   %s\ndeclared at:  %s\n"
-                       "updated:      %s\nhistory:\n",
+                       "id:           %s\nprovider:     %s\nreason:       %s\nnot before:   %s\nheld until:   %s\n"
+                       "next attempt: %s\nscheduled:    %s\nreleased at:  %s\nlast error:   %s\n"
+                       "declared at:  %s\nupdated:      %s\nhistory:\n",
                        p.key, state_to_string(p.state), p.attempts, strna(p.number ? p.number : p.api_number), strna(p.id),
-                       strna(p.provider), strna(p.reason), time_str(p.not_before, nb),
+                       strna(p.provider), strna(p.reason), time_str(p.not_before, nb), time_str(p.hold_until, hb),
                        time_str(p.next_at / (int64_t) USEC_PER_SEC, buf), strna(p.scheduled_release_at),
-                       strna(p.last_error), strna(p.declared_at), time_str(p.updated_at / (int64_t) USEC_PER_SEC, ub));
+                       time_str(p.released_at / (int64_t) USEC_PER_SEC, rb), strna(p.last_error), strna(p.declared_at),
+                       time_str(p.updated_at / (int64_t) USEC_PER_SEC, ub));
         r = ledger_history(l, p.pk, history_one, &n);
         if (arg_json)
                 printf("%s]}\n", n ? "\n " : "");
         if (r < 0) {
                 fprintf(stderr, "retirectl: %s\n", ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        return EXIT_OK;
+}
+
+/* RFC 4180: a field holding a comma, a quote, CR or LF goes in quotes, its
+ * quotes doubled; NULL is an empty field.  Nothing else is changed: the
+ * export is the record as it stands. */
+static void csv_field(const char *s, bool last) {
+        if (s && s[strcspn(s, ",\"\r\n")]) {
+                putchar('"');
+                for (; *s; s++) {
+                        if (*s == '"')
+                                putchar('"');
+                        putchar(*s);
+                }
+                putchar('"');
+        } else if (s)
+                fputs(s, stdout);
+        fputs(last ? "\r\n" : ",", stdout);
+}
+
+static void csv_int(int64_t v, bool present) {
+        if (present)
+                printf("%" PRId64, v);
+        putchar(',');
+}
+
+static int audit_one(const AuditStep *a, void *userdata) {
+        const History *h = &a->h;
+        bool call = streq(h->kind, "call");
+        size_t *n = userdata;
+
+        if (arg_json)
+                printf("%s%s", *n ? ",\n" : "\n", a->json);
+        else if (arg_csv) {
+                csv_int(h->seq, true);
+                csv_field(a->time, false);
+                csv_field(a->key, false);
+                csv_field(a->id, false);
+                csv_field(a->number, false);
+                csv_field(h->kind, false);
+                csv_field(h->old_state, false);
+                csv_field(h->new_state, false);
+                csv_field(h->method, false);
+                csv_field(h->path, false);
+                csv_int(h->http_status, h->http_status > 0);
+                csv_int(h->latency_ms, call);
+                csv_int(a->attempt, true);
+                csv_field(a->reason, false);
+                csv_field(h->detail, true);
+        } else if (call)
+                printf("%-24s %-36s %3u call  %s %s -> %s%.0d (%" PRId64 " ms)%s%s\n", a->time, a->key, a->attempt,
+                       h->method, h->path, h->http_status ? "" : "no answer", h->http_status, h->latency_ms,
+                       h->detail ? " " : "", h->detail ? h->detail : "");
+        else
+                printf("%-24s %-36s %3u state %s -> %s%s%s\n", a->time, a->key, a->attempt,
+                       h->old_state ? h->old_state : "(new)", h->new_state,
+                       h->detail ? ": " : "", h->detail ? h->detail : "");
+        (*n)++;
+        return 0;
+}
+
+/* The audit export.  Each row is printed as SQLite steps to it: a history
+ * of any length is never held in memory. */
+static int verb_history(void) {
+        _cleanup_(config_freep) Config *c = NULL;
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        AuditFilter f = { .since = arg_since, .until = arg_until, .state = arg_state, .json = arg_json };
+        size_t n = 0;
+        int r;
+
+        if (open_ledger(&l, &c) < 0)
+                return EXIT_ERROR;
+        if (arg_json)
+                putchar('[');
+        else if (arg_csv)
+                fputs("seq,time,key,id,number,kind,from,to,method,path,http_status,latency_ms,attempt,reason,detail\r\n", stdout);
+        else
+                printf("%-24s %-36s %3s %s\n", "TIME", "KEY", "TRY", "STEP");
+        r = ledger_audit(l, &f, audit_one, &n);
+        if (arg_json)
+                printf("%s]\n", n ? "\n" : "");
+        if (r < 0) {
+                fprintf(stderr, "retirectl: cannot read the history: %s (%s)\n", strerror(-r), ledger_errmsg(l));
+                return EXIT_ERROR;
+        }
+        /* An export cut short by a full disk must not pass for a whole one. */
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "retirectl: cannot write the history: %m\n");
                 return EXIT_ERROR;
         }
         return EXIT_OK;
@@ -555,13 +684,14 @@ static int verb_control(const char *verb, const char *arg) {
 }
 
 static void help(void) {
-        printf("Usage: retirectl [-c FILE] [--json] COMMAND\n\n"
+        printf("Usage: retirectl [OPTIONS] COMMAND [ARG]\n\n"
                "Commands:\n"
                "  check          validate the config and the release declarations\n"
                "  plan           show what a reload would change (exit 2 when it would change something)\n"
                "  status         count the ledger's phones per state\n"
                "  list           one line per phone (--state STATE to filter)\n"
                "  show KEY       one phone (by key, id or number) and its history\n"
+               "  history        every recorded step of every phone, oldest first (the audit export)\n"
                "  retry KEY      put a failed phone back to pending\n"
                "  approve HASH   apply the plan held by the blast-radius guard (see plan)\n"
                "  reload         make the daemon re-read its config; fails when it rejects it\n"
@@ -570,23 +700,133 @@ static void help(void) {
                "Options:\n"
                "  -c, --config FILE   main config (default /etc/retired/retired.conf)\n"
                "      --ledger PATH   read this ledger instead of the config's\n"
-               "      --json          machine-readable output\n"
-               "      --state STATE   with list: only this state\n"
+               "      --json          machine-readable output (plan, status, list, show, history)\n"
+               "      --state STATE   with list: only this state; with history: only steps into it\n"
+               "      --since TIME    with history: steps at or after TIME\n"
+               "      --until TIME    with history: steps before TIME\n"
+               "                      (TIME: 2026-12-01T10:00:00Z, 2026-12-01 or @SECONDS, UTC)\n"
+               "      --csv           with history: CSV (RFC 4180)\n"
+               "      --openmetrics   with status: the Prometheus/OpenMetrics text format\n"
                "  -h, --help          this text\n"
                "      --version       the version\n");
 }
 
+/* --since and --until: RFC 3339 in UTC, a day (from its midnight, UTC) or
+ * @SECONDS since the epoch; usec since the epoch, after 1970. */
+static int parse_time_arg(const char *s, int64_t *ret) {
+        char day[sizeof "YYYY-MM-DDT00:00:00Z"];
+        int64_t t;
+        int r;
+
+        if (s[0] == '@') {
+                char *end;
+                unsigned long long v;
+
+                if (!isdigit((unsigned char) s[1]))
+                        return -EINVAL;
+                errno = 0;
+                v = strtoull(s + 1, &end, 10);
+                /* Up to 9999-12-31T23:59:59Z, as RFC 3339 goes. */
+                if (errno != 0 || *end || v > 253402300799ULL)
+                        return -EINVAL;
+                t = (int64_t) v;
+        } else {
+                if (strlen(s) == 10) {
+                        (void) snprintf(day, sizeof day, "%sT00:00:00Z", s);
+                        s = day;
+                }
+                r = rfc3339_parse(s, &t);
+                if (r < 0)
+                        return r;
+        }
+        if (t <= 0)
+                return -ERANGE;
+        *ret = t * (int64_t) USEC_PER_SEC;
+        return 0;
+}
+
+static int parse_state_arg(const char *s) {
+        int state = state_from_string(s);
+
+        if (state < 0) {
+                fprintf(stderr, "retirectl: --state: unknown state '%s'; one of:", s);
+                for (int i = 0; i < _STATE_MAX; i++)
+                        fprintf(stderr, "%s %s", i ? "," : "", state_to_string(i));
+                fputc('\n', stderr);
+        }
+        return state;
+}
+
+/* Each option works with some commands only; given to another, it is a
+ * mistake worth saying rather than ignoring.  Commands not listed here
+ * take no options but -c and --ledger. */
+enum {
+        OPT_JSON = 1 << 0, OPT_STATE = 1 << 1, OPT_SINCE = 1 << 2, OPT_UNTIL = 1 << 3,
+        OPT_CSV = 1 << 4, OPT_OPENMETRICS = 1 << 5,
+};
+
+/* Whether word is one of the words of a list such as "plan, status". */
+static bool word_in(const char *list, const char *word) {
+        size_t n = strlen(word);
+
+        if (n == 0)
+                return false;
+        for (const char *p = list; (p = strstr(p, word)); p += n)
+                if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == 0))
+                        return true;
+        return false;
+}
+
+static int check_options(const char *verb, unsigned given) {
+        static const struct {
+                unsigned option;
+                const char *name, *verbs;
+        } rules[] = {
+                { OPT_JSON,        "--json",        "plan, status, list, show, history" },
+                { OPT_STATE,       "--state",       "list, history" },
+                { OPT_SINCE,       "--since",       "history" },
+                { OPT_UNTIL,       "--until",       "history" },
+                { OPT_CSV,         "--csv",         "history" },
+                { OPT_OPENMETRICS, "--openmetrics", "status" },
+        };
+
+        /* An unknown command is reported as such. */
+        if (!word_in("check, plan, status, list, show, history, retry, approve, reload, pause, resume", verb))
+                return 0;
+        for (size_t i = 0; i < ELEMENTSOF(rules); i++)
+                if ((given & rules[i].option) && !word_in(rules[i].verbs, verb)) {
+                        fprintf(stderr, "retirectl: %s does not work with %s, only with %s (see retirectl --help)\n",
+                                rules[i].name, verb, rules[i].verbs);
+                        return -EINVAL;
+                }
+        if ((given & OPT_JSON) && (given & (OPT_CSV | OPT_OPENMETRICS))) {
+                fprintf(stderr, "retirectl: --json and %s exclude each other (see retirectl --help)\n",
+                        given & OPT_CSV ? "--csv" : "--openmetrics");
+                return -EINVAL;
+        }
+        if (arg_since > 0 && arg_until > 0 && arg_until <= arg_since) {
+                fprintf(stderr, "retirectl: --until must come after --since\n");
+                return -EINVAL;
+        }
+        return 0;
+}
+
 int main(int argc, char **argv) {
-        enum { ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION };
+        enum { ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION, ARG_SINCE, ARG_UNTIL, ARG_CSV, ARG_OPENMETRICS };
         static const struct option options[] = {
-                { "config",  required_argument, NULL, 'c' },
-                { "json",    no_argument,       NULL, ARG_JSON },
-                { "state",   required_argument, NULL, ARG_STATE },
-                { "ledger",  required_argument, NULL, ARG_LEDGER },
-                { "help",    no_argument,       NULL, 'h' },
-                { "version", no_argument,       NULL, ARG_VERSION },
+                { "config",      required_argument, NULL, 'c' },
+                { "json",        no_argument,       NULL, ARG_JSON },
+                { "state",       required_argument, NULL, ARG_STATE },
+                { "ledger",      required_argument, NULL, ARG_LEDGER },
+                { "since",       required_argument, NULL, ARG_SINCE },
+                { "until",       required_argument, NULL, ARG_UNTIL },
+                { "csv",         no_argument,       NULL, ARG_CSV },
+                { "openmetrics", no_argument,       NULL, ARG_OPENMETRICS },
+                { "help",        no_argument,       NULL, 'h' },
+                { "version",     no_argument,       NULL, ARG_VERSION },
                 {}
         };
+        unsigned given = 0;
         const char *verb;
         int c;
 
@@ -597,16 +837,31 @@ int main(int argc, char **argv) {
                         break;
                 case ARG_JSON:
                         arg_json = true;
+                        given |= OPT_JSON;
                         break;
                 case ARG_STATE:
-                        arg_state = state_from_string(optarg);
-                        if (arg_state < 0) {
-                                fprintf(stderr, "retirectl: unknown state '%s'; the states are:", optarg);
-                                for (int s = 0; s < _STATE_MAX; s++)
-                                        fprintf(stderr, " %s", state_to_string(s));
-                                fprintf(stderr, "\n");
+                        arg_state = parse_state_arg(optarg);
+                        if (arg_state < 0)
+                                return EXIT_ERROR;
+                        given |= OPT_STATE;
+                        break;
+                case ARG_SINCE:
+                case ARG_UNTIL:
+                        if (parse_time_arg(optarg, c == ARG_SINCE ? &arg_since : &arg_until) < 0) {
+                                fprintf(stderr, "retirectl: %s: '%s' is not a time in UTC "
+                                        "(2026-12-01T10:00:00Z, 2026-12-01 or @SECONDS)\n",
+                                        c == ARG_SINCE ? "--since" : "--until", optarg);
                                 return EXIT_ERROR;
                         }
+                        given |= c == ARG_SINCE ? OPT_SINCE : OPT_UNTIL;
+                        break;
+                case ARG_CSV:
+                        arg_csv = true;
+                        given |= OPT_CSV;
+                        break;
+                case ARG_OPENMETRICS:
+                        arg_openmetrics = true;
+                        given |= OPT_OPENMETRICS;
                         break;
                 case ARG_LEDGER:
                         arg_ledger = optarg;
@@ -618,6 +873,7 @@ int main(int argc, char **argv) {
                         printf("retirectl %s\n", VERSION);
                         return EXIT_OK;
                 default:
+                        /* getopt said what was wrong. */
                         fprintf(stderr, "Try 'retirectl --help' for more information.\n");
                         return EXIT_ERROR;
                 }
@@ -626,6 +882,8 @@ int main(int argc, char **argv) {
                 return EXIT_ERROR;
         }
         verb = argv[optind++];
+        if (check_options(verb, given) < 0)
+                return EXIT_ERROR;
         if (streq(verb, "pause")) {
                 /* The reason is the rest of the line, as typed. */
                 _cleanup_free_ char *reason = NULL;
@@ -662,7 +920,7 @@ int main(int argc, char **argv) {
                 return verb_control(verb, argv[optind]);
         }
         if (optind != argc) {
-                fprintf(stderr, "retirectl: %s takes no arguments\n", verb);
+                fprintf(stderr, "retirectl: %s takes no arguments (see retirectl --help)\n", verb);
                 return EXIT_ERROR;
         }
         if (streq(verb, "check"))
@@ -673,6 +931,8 @@ int main(int argc, char **argv) {
                 return verb_status();
         if (streq(verb, "list"))
                 return verb_list();
+        if (streq(verb, "history"))
+                return verb_history();
         if (streq(verb, "reload") || streq(verb, "resume"))
                 return verb_control(verb, NULL);
         fprintf(stderr, "retirectl: unknown command '%s' (see retirectl --help)\n", verb);

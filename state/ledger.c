@@ -118,7 +118,15 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
 
         /* 3: the hold (safety.hold): a release a start or reload adds or
          * changes may go no sooner than hold_until, seconds on the same
-         * clocks as not_before; due_at is when a row may go at all. */
+         * clocks as not_before; due_at is when a row may go at all.
+         * And a released phone has no error left to act on; an error from
+         * before its release only misled the reader.  (The history keeps it:
+         * it is append-only.)  The audit export counts each step's DELETEs
+         * and finds each release through two small partial indexes, so that
+         * a phone looked at for years costs no more per step than any other. */
+        "UPDATE phones SET last_error = NULL WHERE state = 'released' AND last_error IS NOT NULL;"
+        "CREATE INDEX history_deletes ON history(phone, seq) WHERE method = 'DELETE';"
+        "CREATE INDEX history_released ON history(phone) WHERE new_state = 'released';"
         "ALTER TABLE phones ADD COLUMN hold_until INTEGER NOT NULL DEFAULT 0;"
         "ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS (max(not_before, hold_until)) VIRTUAL;",
 };
@@ -351,6 +359,10 @@ void phone_done(Phone *p) {
 #define PHONE_COLUMNS \
         "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, " \
         "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number, hold_until"
+/* For the operator's views: when the row became released, from the history
+ * (one step at most leads there: a released row stays released). */
+#define PHONE_COLUMNS_RELEASED_AT \
+        PHONE_COLUMNS ", (SELECT min(h.at) FROM history h WHERE h.phone = phones.pk AND h.new_state = 'released')"
 
 static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
         Phone p = {
@@ -372,6 +384,7 @@ static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .sent_at = sqlite3_column_int64(st, 15),
                 .api_number = col_strdup(st, 16),
                 .hold_until = sqlite3_column_int64(st, 17),
+                .released_at = sqlite3_column_count(st) > 18 ? sqlite3_column_int64(st, 18) : 0,
         };
         if (!p.key || (sqlite3_column_type(st, 2) != SQLITE_NULL && !p.id) ||
             (sqlite3_column_type(st, 3) != SQLITE_NULL && !p.number) ||
@@ -453,7 +466,7 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc;
 
-        rc = sqlite3_prepare_v2(l->db, "SELECT " PHONE_COLUMNS " FROM phones WHERE ?1 IS NULL OR state = ?1 ORDER BY pk",
+        rc = sqlite3_prepare_v2(l->db, "SELECT " PHONE_COLUMNS_RELEASED_AT " FROM phones WHERE ?1 IS NULL OR state = ?1 ORDER BY pk",
                                 -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -543,7 +556,7 @@ int ledger_find(Ledger *l, const char *what, Phone *ret) {
         /* "+34 910 123 456" finds the row of "+34910123456". */
         if (number_normalize(what, &norm) < 0)
                 norm = NULL;
-        rc = sqlite3_prepare_v2(l->db, "SELECT " PHONE_COLUMNS " FROM phones WHERE key = ?1 OR id = ?1"
+        rc = sqlite3_prepare_v2(l->db, "SELECT " PHONE_COLUMNS_RELEASED_AT " FROM phones WHERE key = ?1 OR id = ?1"
                                 " OR coalesce(number, api_number) IN (?1, ?2)"
                                 " ORDER BY key = ?1 DESC, pk DESC LIMIT 1", -1, &st, NULL);
         if (rc != SQLITE_OK)
@@ -588,6 +601,87 @@ int ledger_history(Ledger *l, int64_t pk, int (*cb)(const History *h, void *user
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
+/* CROSS JOIN keeps the history the outer loop: its rows come in seq order
+ * straight from the table, never gathered into a sorter.  The attempt is
+ * counted on the index of a phone's history, per row. */
+int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc, r;
+
+        rc = sqlite3_prepare_v2(l->db,
+                                "SELECT s.*, CASE WHEN ?4 THEN json_object('seq', seq, 'time', time, 'key', key,"
+                                "  'id', id, 'number', number, 'kind', kind, 'from', old_state, 'to', new_state,"
+                                "  'method', method, 'path', path, 'http_status', http_status,"
+                                "  'latency_ms', latency_ms, 'attempt', attempt, 'reason', reason, 'detail', detail) END"
+                                " FROM (SELECT h.seq, h.at, h.kind, h.old_state, h.new_state, h.method, h.path,"
+                                "  h.http_status, h.latency_ms, h.detail, p.key, p.id,"
+                                "  coalesce(p.number, p.api_number) AS number,"
+                                "  strftime('%Y-%m-%dT%H:%M:%fZ', h.at / 1000 / 1000.0, 'unixepoch') AS time,"
+                                "  (SELECT count(*) FROM history d WHERE d.phone = h.phone AND d.seq <= h.seq"
+                                "   AND d.method = 'DELETE') AS attempt, p.reason"
+                                "  FROM history h CROSS JOIN phones p ON p.pk = h.phone"
+                                "  WHERE (?1 <= 0 OR h.at >= ?1) AND (?2 <= 0 OR h.at < ?2)"
+                                "  AND (?3 IS NULL OR h.new_state = ?3)"
+                                "  ORDER BY h.seq) s", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        (void) sqlite3_bind_int64(st, 1, f->since);
+        (void) sqlite3_bind_int64(st, 2, f->until);
+        if (f->state >= 0)
+                (void) sqlite3_bind_text(st, 3, state_to_string(f->state), -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int(st, 4, f->json);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                AuditStep a = {
+                        .h = {
+                                .seq = sqlite3_column_int64(st, 0),
+                                .at = sqlite3_column_int64(st, 1),
+                                .kind = (const char *) sqlite3_column_text(st, 2),
+                                .old_state = (const char *) sqlite3_column_text(st, 3),
+                                .new_state = (const char *) sqlite3_column_text(st, 4),
+                                .method = (const char *) sqlite3_column_text(st, 5),
+                                .path = (const char *) sqlite3_column_text(st, 6),
+                                .http_status = sqlite3_column_int(st, 7),
+                                .latency_ms = sqlite3_column_int64(st, 8),
+                                .detail = (const char *) sqlite3_column_text(st, 9),
+                        },
+                        .key = (const char *) sqlite3_column_text(st, 10),
+                        .id = (const char *) sqlite3_column_text(st, 11),
+                        .number = (const char *) sqlite3_column_text(st, 12),
+                        .time = (const char *) sqlite3_column_text(st, 13),
+                        .attempt = (unsigned) sqlite3_column_int(st, 14),
+                        .reason = (const char *) sqlite3_column_text(st, 15),
+                        .json = (const char *) sqlite3_column_text(st, 16),
+                };
+                /* NOT NULL columns read as NULL only when SQLite ran out of memory;
+                 * a time does when a hand-edited row holds one past year 9999. */
+                if (!a.h.kind || !a.key || (f->json && !a.json))
+                        return -ENOMEM;
+                if (!a.time)
+                        return sqlite3_errcode(l->db) == SQLITE_NOMEM ? -ENOMEM : -EBADMSG;
+                r = cb(&a, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_history_stats(Ledger *l, uint64_t *ret_steps, int64_t *ret_last_at) {
+        int64_t n, at;
+        int r;
+
+        r = query_int(l, "SELECT count(*) FROM history", &n, 0);
+        if (r < 0)
+                return r;
+        r = query_int(l, "SELECT (SELECT at FROM history ORDER BY seq DESC LIMIT 1)", &at, 0);
+        if (r == -ENOENT)
+                at = 0;
+        else if (r < 0)
+                return r;
+        *ret_steps = (uint64_t) n;
+        *ret_last_at = at;
+        return 0;
+}
+
 int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, const char *old_state,
                        const char *new_state, const char *method, const char *path, int http_status,
                        int64_t latency_ms, const char *detail) {
@@ -629,12 +723,15 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                 if (r < 0)
                         goto fail;
         }
+        /* A released row keeps no error: what failed before no longer needs
+         * an operator, and the history still tells it. */
         rc = sqlite3_prepare_v2(l->db,
                                 "UPDATE phones SET state = ?3, id = coalesce(?4, id), provider = coalesce(?5, provider),"
                                 " scheduled_release_at = coalesce(?6, scheduled_release_at),"
                                 " attempts = CASE WHEN ?7 >= 0 THEN ?7 ELSE attempts END,"
                                 " next_at = CASE WHEN ?8 >= 0 THEN ?8 ELSE next_at END,"
-                                " last_error = coalesce(?9, last_error), updated_at = ?10,"
+                                " last_error = CASE WHEN ?3 = 'released' THEN NULL ELSE coalesce(?9, last_error) END,"
+                                " updated_at = ?10,"
                                 " api_number = coalesce(?11, api_number),"
                                 " sent_at = CASE WHEN ?14 > 0 THEN ?14 WHEN ?15 THEN 0 ELSE sent_at END"
                                 " WHERE pk = ?1 AND state = ?2 AND (?12 <= 0 OR version = ?12)"

@@ -63,6 +63,8 @@ typedef struct Phone {
         char *last_error;
         char *declared_at;         /* FILE:LINE of the declaration */
         int64_t updated_at;        /* usec since the epoch */
+        int64_t released_at;       /* usec: its step into released, from the history; 0 = none.
+                                    * Filled by ledger_list() and ledger_find() only. */
 } Phone;
 
 void phone_done(Phone *p);
@@ -80,6 +82,29 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
 /* By key, id or number; -ENOENT when none matches. */
 int ledger_find(Ledger *l, const char *what, Phone *ret);
 int ledger_history(Ledger *l, int64_t pk, int (*cb)(const History *h, void *userdata), void *userdata);
+
+/* The audit export: every step of the history, oldest first, with the phone
+ * it belongs to.  Rows are handed out as SQLite steps through them, so a
+ * history of any length takes no more memory than one row. */
+typedef struct AuditFilter {
+        int64_t since, until;      /* usec: steps at or after since and before until; 0 = open */
+        int state;                 /* >= 0: only steps into this state */
+        bool json;                 /* fill AuditStep.json */
+} AuditFilter;
+
+typedef struct AuditStep {
+        History h;
+        const char *time;          /* h.at in RFC 3339, UTC, to the millisecond */
+        const char *key, *id, *number;   /* number: as declared, else as the API gave it */
+        const char *reason;        /* the phone's declared reason (as declared now), for the audit trail */
+        unsigned attempt;          /* DELETEs of this phone on record up to and including this step */
+        const char *json;          /* the step as one JSON object, with AuditFilter.json */
+} AuditStep;
+
+int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, void *userdata), void *userdata);
+/* How many steps the history holds, and when the last one was recorded
+ * (usec, 0 = none). */
+int ledger_history_stats(Ledger *l, uint64_t *ret_steps, int64_t *ret_last_at);
 
 /* One step of a phone's life: the API call that happened (if any) and the
  * state it led to, written together in one transaction.  The update only
@@ -102,7 +127,7 @@ typedef struct LedgerUpdate {
         const char *scheduled_release_at; /* NULL: keep */
         int attempts;                     /* < 0: keep */
         int64_t next_at;                  /* < 0: keep */
-        const char *error;                /* stored as last_error; NULL: keep */
+        const char *error;                /* stored as last_error; NULL: keep; a step into released clears it */
         const char *detail;               /* for the history */
         /* The call, when method != NULL. */
         const char *method, *path;

@@ -44,6 +44,9 @@ def test_held_release_waits_and_says_from_when(make_rig):
     assert rig.deletes() == [] and rig.fake.log == [], "a held release was acted upon"
     row = rig.db_rows()[pid(1)]
     assert row["state"] == "pending" and t0 + 59 <= row["hold_until"] <= time.time() + 61, row
+    listed = rig.list()[pid(1)]
+    assert listed["held_until"] and listed["held_until"] > listed["updated_at"], listed
+    assert "held until:   20" in rig.ctl("show", pid(1)).stdout
 
 
 def test_withdrawn_during_the_hold_nothing_is_sent(make_rig):

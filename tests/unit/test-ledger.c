@@ -448,7 +448,8 @@ static void test_update_records_call_and_state_together(void **state) {
         assert_string_equal(p.scheduled_release_at, "2026-12-31T23:59:59Z");
         assert_int_equal(p.attempts, 1);
         assert_int_equal(p.next_at, 1234567);
-        assert_string_equal(p.last_error, "none yet");
+        /* All but the error: a released row has none left (see below). */
+        assert_null(p.last_error);
         phone_done(&p);
         /* No call: a single state row. */
         assert_int_equal(history_count(f->l, pk), 3);
@@ -796,6 +797,272 @@ static void test_migration_from_version_1_marks_deletes_that_may_be_out(void **s
         tmpdir_remove(dir);
 }
 
+/* A version 2 file holding a released row with the error of an earlier
+ * failed call: version 3 drops the error and leaves the history as it was. */
+static void test_migration_to_version_3_drops_the_errors_of_released_rows(void **state) {
+        Fixture *f = *state;
+        int64_t released = add_phone(f->l, "+34910000001", UUID_A, "+34910000001", STATE_RELEASED);
+        char *v;
+
+        add_phone(f->l, "+34910000002", UUID_B, "+34910000002", STATE_FAILED);
+        assert_int_equal(ledger_exec(f->l, "UPDATE phones SET last_error = 'HTTP 503'"), 0);
+        assert_int_equal(ledger_history_add(f->l, released, 5, "call", NULL, NULL, "DELETE", "/v1/phone/" UUID_A,
+                                            503, 10, "HTTP 503"), 0);
+        assert_int_equal(ledger_history_add(f->l, released, 6, "state", "retrying", "released", NULL, NULL, 0, 0,
+                                            "gone"), 0);
+        /* What version 3 added, gone: a version 2 file. */
+        assert_int_equal(ledger_exec(f->l, "DROP INDEX history_deletes; DROP INDEX history_released;"
+                                     " ALTER TABLE phones DROP COLUMN due_at; ALTER TABLE phones DROP COLUMN hold_until"), 0);
+        f->l = ledger_close(f->l);
+        set_user_version(f->path, 2);
+
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        assert_int_equal(query_int(f->path, "PRAGMA user_version"), 3);
+        v = query_text(f->path, "SELECT last_error FROM phones WHERE key = '+34910000001'");
+        assert_null(v);
+        v = query_text(f->path, "SELECT last_error FROM phones WHERE key = '+34910000002'");
+        assert_string_equal(v, "HTTP 503");
+        free(v);
+        assert_int_equal(history_count(f->l, released), 2);
+        v = query_text(f->path, "SELECT group_concat(detail, '|') FROM history");
+        assert_string_equal(v, "HTTP 503|gone");
+        free(v);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_master WHERE type = 'index'"
+                                   " AND name IN ('history_deletes', 'history_released')"), 2);
+}
+
+/* ---- what the operator sees --------------------------------------------- */
+
+static void test_released_drops_its_error(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "+34910000001", UUID_A, "+34910000001", STATE_PENDING);
+        Hist hs = {};
+        Phone p;
+
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = pk, .from = STATE_PENDING, .to = STATE_RETRYING, .attempts = 1, .next_at = 5,
+                .error = "HTTP 503 Service Unavailable", .detail = "will retry",
+                .method = "GET", .path = "/v1/phone/" UUID_A, .http_status = 503 }), 0);
+        assert_int_equal(ledger_find(f->l, UUID_A, &p), 0);
+        assert_string_equal(p.last_error, "HTTP 503 Service Unavailable");
+        phone_done(&p);
+
+        /* Even an error given with the step into released is not kept. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = pk, .from = STATE_RETRYING, .to = STATE_RELEASED, .attempts = -1, .next_at = -1,
+                .error = "stale", .detail = "gone",
+                .method = "GET", .path = "/v1/phone/" UUID_A, .http_status = 200 }), 0);
+        assert_int_equal(ledger_find(f->l, UUID_A, &p), 0);
+        assert_int_equal(p.state, STATE_RELEASED);
+        assert_null(p.last_error);
+        phone_done(&p);
+
+        /* The history still tells what failed. */
+        assert_int_equal(ledger_history(f->l, pk, collect_history, &hs), 0);
+        assert_int_equal(hs.n, 4);
+        assert_int_equal(hs.row[0].http_status, 503);
+        assert_string_equal(hs.row[1].new_state, "retrying");
+        assert_string_equal(hs.row[1].detail, "will retry");
+        hist_done(&hs);
+}
+
+typedef struct Phones {
+        int64_t pk[4], released_at[4];
+        size_t n;
+} Phones;
+
+static int collect_released_at(const Phone *p, void *userdata) {
+        Phones *ps = userdata;
+
+        assert_true(ps->n < ELEMENTSOF(ps->pk));
+        ps->pk[ps->n] = p->pk;
+        ps->released_at[ps->n++] = p->released_at;
+        return 0;
+}
+
+static void test_released_at_is_the_step_into_released(void **state) {
+        Fixture *f = *state;
+        int64_t a = add_phone(f->l, "+34910000001", UUID_A, "+34910000001", STATE_PENDING);
+        int64_t b = add_phone(f->l, "+34910000002", UUID_B, "+34910000002", STATE_PENDING);
+        Phones ps = {};
+        Hist hs = {};
+        Phone p;
+
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = a, .from = STATE_PENDING, .to = STATE_RELEASED, .attempts = -1, .next_at = -1,
+                .method = "DELETE", .path = "/v1/phone/" UUID_A, .http_status = 204, .detail = "released" }), 0);
+        assert_int_equal(ledger_history(f->l, a, collect_history, &hs), 0);
+        assert_int_equal(hs.n, 2);
+
+        assert_int_equal(ledger_find(f->l, UUID_A, &p), 0);
+        assert_true(p.released_at > 0);
+        assert_int_equal(p.released_at, hs.row[1].at);
+        phone_done(&p);
+        assert_int_equal(ledger_find(f->l, UUID_B, &p), 0);
+        assert_int_equal(p.released_at, 0);
+        phone_done(&p);
+
+        assert_int_equal(ledger_list(f->l, -1, collect_released_at, &ps), 0);
+        assert_int_equal(ps.n, 2);
+        assert_int_equal(ps.pk[0], a);
+        assert_int_equal(ps.released_at[0], hs.row[1].at);
+        assert_int_equal(ps.pk[1], b);
+        assert_int_equal(ps.released_at[1], 0);
+        hist_done(&hs);
+}
+
+typedef struct Audit {
+        struct {
+                int64_t seq, at;
+                char *time, *key, *number, *kind, *new_state, *method, *detail, *reason, *json;
+                int http_status;
+                unsigned attempt;
+        } row[16];
+        size_t n;
+} Audit;
+
+static int collect_audit(const AuditStep *a, void *userdata) {
+        Audit *au = userdata;
+
+        assert_true(au->n < ELEMENTSOF(au->row));
+        au->row[au->n].seq = a->h.seq;
+        au->row[au->n].at = a->h.at;
+        au->row[au->n].time = dup_or_null(a->time);
+        au->row[au->n].key = dup_or_null(a->key);
+        au->row[au->n].number = dup_or_null(a->number);
+        au->row[au->n].kind = dup_or_null(a->h.kind);
+        au->row[au->n].new_state = dup_or_null(a->h.new_state);
+        au->row[au->n].method = dup_or_null(a->h.method);
+        au->row[au->n].detail = dup_or_null(a->h.detail);
+        au->row[au->n].reason = dup_or_null(a->reason);
+        au->row[au->n].json = dup_or_null(a->json);
+        au->row[au->n].http_status = a->h.http_status;
+        au->row[au->n].attempt = a->attempt;
+        au->n++;
+        return 0;
+}
+
+static void audit_done(Audit *au) {
+        for (size_t i = 0; i < au->n; i++) {
+                free(au->row[i].time), free(au->row[i].key), free(au->row[i].number), free(au->row[i].kind);
+                free(au->row[i].new_state), free(au->row[i].method), free(au->row[i].detail), free(au->row[i].json);
+                free(au->row[i].reason);
+        }
+        au->n = 0;
+}
+
+/* Every step of every phone in order, with the phone it belongs to and the
+ * DELETEs on record up to it. */
+static void test_audit_gives_every_step_with_its_phone_and_attempt(void **state) {
+        Fixture *f = *state;
+        int64_t a = add_phone(f->l, "+34910000001", UUID_A, "+34910000001", STATE_PENDING);
+        int64_t b = add_phone(f->l, UUID_B, UUID_B, NULL, STATE_PENDING);
+        Audit au = {};
+
+        assert_int_equal(ledger_exec(f->l, "UPDATE phones SET reason = 'OPS-1' WHERE key = '+34910000001'"), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = a, .from = STATE_PENDING, .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = -1, .sent_at = 10,
+                .detail = "DELETE leaves" }), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = a, .from = STATE_IN_FLIGHT, .to = STATE_RETRYING, .attempts = 1, .next_at = -1,
+                .error = "HTTP 429", .detail = "throttled",
+                .method = "DELETE", .path = "/v1/phone/" UUID_A, .http_status = 429 }), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = b, .from = STATE_PENDING, .to = STATE_DEFERRED, .attempts = -1, .next_at = -1,
+                .api_number = "+34910000002", .detail = "reserved",
+                .method = "GET", .path = "/v1/phone/" UUID_B, .http_status = 200 }), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = a, .from = STATE_RETRYING, .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = -1, .sent_at = 20,
+                .detail = "DELETE leaves" }), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = a, .from = STATE_IN_FLIGHT, .to = STATE_RELEASED, .attempts = -1, .next_at = -1,
+                .detail = "say \"bye\"\nnow",
+                .method = "DELETE", .path = "/v1/phone/" UUID_A, .http_status = 204 }), 0);
+
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = -1 }, collect_audit, &au), 0);
+        assert_int_equal(au.n, 8);
+        for (size_t i = 1; i < au.n; i++)
+                assert_true(au.row[i - 1].seq < au.row[i].seq);
+        /* a: in_flight (no DELETE yet), the 429 and its retrying (the first), */
+        assert_string_equal(au.row[0].key, "+34910000001");
+        assert_string_equal(au.row[0].new_state, "in_flight");
+        assert_int_equal(au.row[0].attempt, 0);
+        assert_string_equal(au.row[1].method, "DELETE");
+        assert_int_equal(au.row[1].http_status, 429);
+        assert_int_equal(au.row[1].attempt, 1);
+        assert_string_equal(au.row[2].new_state, "retrying");
+        assert_int_equal(au.row[2].attempt, 1);
+        /* b, known by its id, numbered as the API gave it; a look is no attempt, */
+        assert_string_equal(au.row[3].key, UUID_B);
+        assert_string_equal(au.row[3].number, "+34910000002");
+        assert_string_equal(au.row[3].method, "GET");
+        assert_null(au.row[3].reason);
+        assert_int_equal(au.row[3].attempt, 0);
+        assert_string_equal(au.row[4].new_state, "deferred");
+        /* a again: in_flight, the 204 and released (the second). */
+        assert_string_equal(au.row[5].new_state, "in_flight");
+        assert_int_equal(au.row[5].attempt, 1);
+        assert_int_equal(au.row[6].http_status, 204);
+        assert_int_equal(au.row[6].attempt, 2);
+        assert_string_equal(au.row[7].new_state, "released");
+        assert_string_equal(au.row[7].number, "+34910000001");
+        assert_string_equal(au.row[7].reason, "OPS-1");
+        assert_string_equal(au.row[7].detail, "say \"bye\"\nnow");
+        assert_int_equal(au.row[7].attempt, 2);
+        assert_null(au.row[7].json);
+        audit_done(&au);
+
+        /* One state, as JSON that SQLite escaped. */
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = STATE_RELEASED, .json = true },
+                                      collect_audit, &au), 0);
+        assert_int_equal(au.n, 1);
+        assert_non_null(strstr(au.row[0].json, "\"key\":\"+34910000001\""));
+        assert_non_null(strstr(au.row[0].json, "\"from\":\"in_flight\",\"to\":\"released\""));
+        assert_non_null(strstr(au.row[0].json, "\"attempt\":2"));
+        assert_non_null(strstr(au.row[0].json, "\"reason\":\"OPS-1\",\"detail\":\"say \\\"bye\\\"\\nnow\""));
+        assert_non_null(strstr(au.row[0].json, "\"http_status\":null"));
+        audit_done(&au);
+}
+
+static void test_audit_by_time(void **state) {
+        Fixture *f = *state;
+        int64_t a = add_phone(f->l, "+34910000001", NULL, "+34910000001", STATE_PENDING);
+        uint64_t steps;
+        int64_t last;
+        Audit au = {};
+
+        assert_int_equal(ledger_history_stats(f->l, &steps, &last), 0);
+        assert_int_equal(steps, 0);
+        assert_int_equal(last, 0);
+        /* 1 s, 2.5 s and 3 s after the epoch. */
+        for (int64_t t = 1; t <= 3; t++)
+                assert_int_equal(ledger_history_add(f->l, a, t == 2 ? 2500000 : t * 1000000, "state", NULL, "pending",
+                                                    NULL, NULL, 0, 0, NULL), 0);
+
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .since = 2000000, .state = -1 }, collect_audit, &au), 0);
+        assert_int_equal(au.n, 2);
+        assert_string_equal(au.row[0].time, "1970-01-01T00:00:02.500Z");
+        assert_string_equal(au.row[1].time, "1970-01-01T00:00:03.000Z");
+        audit_done(&au);
+        /* until is not included: consecutive exports do not overlap. */
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .until = 3000000, .state = -1 }, collect_audit, &au), 0);
+        assert_int_equal(au.n, 2);
+        assert_int_equal(au.row[0].at, 1000000);
+        assert_int_equal(au.row[1].at, 2500000);
+        audit_done(&au);
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .since = 2000000, .until = 3000000, .state = -1 },
+                                      collect_audit, &au), 0);
+        assert_int_equal(au.n, 1);
+        assert_int_equal(au.row[0].at, 2500000);
+        audit_done(&au);
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = STATE_FAILED }, collect_audit, &au), 0);
+        assert_int_equal(au.n, 0);
+
+        assert_int_equal(ledger_history_stats(f->l, &steps, &last), 0);
+        assert_int_equal(steps, 3);
+        assert_int_equal(last, 3000000);
+}
+
 /* ---- retry -------------------------------------------------------------- */
 
 static void test_retry_says_what_it_did(void **state) {
@@ -898,6 +1165,11 @@ int main(void) {
                 T(test_update_checks_version_and_due_time),
                 T(test_one_writer_per_file_by_any_name),
                 cmocka_unit_test(test_migration_from_version_1_marks_deletes_that_may_be_out),
+                T(test_migration_to_version_3_drops_the_errors_of_released_rows),
+                T(test_released_drops_its_error),
+                T(test_released_at_is_the_step_into_released),
+                T(test_audit_gives_every_step_with_its_phone_and_attempt),
+                T(test_audit_by_time),
                 T(test_retry_says_what_it_did),
                 cmocka_unit_test(test_state_names),
         };
