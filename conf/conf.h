@@ -78,6 +78,9 @@ int config_load(const char *path, Config **ret, ConfDiag *d);
  * api.token_file (*ret a sentence), or *ret NULL.  -ENOMEM only. */
 int config_token_file_warning(const Config *c, char **ret);
 Config *config_free(Config *c);
+/* Every setting at its default, from the environment only: for a client
+ * that must reach the daemon when the files do not load. */
+int config_defaults(const char *path, Config **ret);
 static inline void config_freep(Config **c) { if (*c) config_free(*c); }
 
 

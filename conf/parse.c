@@ -701,3 +701,7 @@ int config_token_file_warning(const Config *c, char **ret) {
         return 0;
 }
 
+int config_defaults(const char *path, Config **ret) {
+        return config_new(path, ret);
+}
+

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 
-from conftest import EXIT, MSG, RETIRED, child_env, num, phone, pid, wait_for
+from conftest import EXIT, MSG, RETIRECTL, RETIRED, child_env, num, phone, pid, wait_for
 
 
 def stderr_of(proc):
@@ -167,8 +167,13 @@ def test_reload_answers_only_once_applied_and_fails_on_a_rejected_config(make_ri
     assert r.stdout.strip() == "reloaded" and pid(2) in rig.db_rows(), r
     with open(good, "a") as f:
         f.write("pace: { rate = -1.0; };\n")
-    r = rig.ctl("reload", check=False)
+    # As under ExecReload=: $RUNTIME_DIRECTORY names where the socket is by
+    # default, which is where retirectl asks when the config does not load.
+    r = subprocess.run([RETIRECTL, "-c", rig.config_path, "reload"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, env=dict(child_env(), RUNTIME_DIRECTORY=rig.run_dir))
     assert r.returncode != 0 and re.search(r"retired\.conf:\d+: ", r.stderr), r
+    # The daemon heard of it too: its journal says the config was rejected.
+    wait_for(lambda: MSG["config_rejected"] in stderr_of(p), what="the daemon's 'config rejected'")
     assert p.poll() is None
     p.terminate()
     assert p.wait(10) == 0
