@@ -13,9 +13,14 @@ DEB_BUILD  := gcc make pkg-config libcurl4-openssl-dev libconfig-dev \
               libsqlite3-dev libsystemd-dev libcmocka-dev libssl-dev
 DEB_TEST   := python3 python3-pytest sqlite3 curl openssl systemd \
               util-linux iproute2 time bc clang libclang-rt-14-dev valgrind
-DEB_ALL    := $(DEB_BUILD) $(DEB_TEST)
+# What `make deb` and `make lintian` need beyond the build.
+DEB_PKG    := build-essential dpkg-dev debhelper lintian
+DEB_ALL    := $(DEB_BUILD) $(DEB_TEST) $(DEB_PKG)
 
-WARN       := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-unused-parameter -Wno-missing-field-initializers
+# The tree builds clean with -Werror under Debian's hardening flags too (the
+# package keeps it); WERROR= drops it for a compiler that warns anew.
+WERROR     ?= -Werror
+WARN       := -Wall -Wextra $(WERROR) -Wshadow -Wformat=2 -Wno-unused-parameter -Wno-missing-field-initializers
 CFLAGS     ?= -O2 -g
 CFLAGS     += -std=c17 $(WARN) -D_GNU_SOURCE -DVERSION='"$(VERSION)"' \
               -Iconf -Istate -Idaemon
@@ -29,7 +34,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps check test demo install clean unit valgrind fuzz bench torture
+.PHONY: all deps check test demo install uninstall deb lintian clean unit valgrind fuzz bench torture
 
 all: $(BUILD)/retired $(BUILD)/retirectl
 
@@ -55,7 +60,7 @@ HEADERS    := $(wildcard conf/*.h state/*.h daemon/*.h)
 $(BUILD)/%.o: %.c $(HEADERS) | $(BUILD)/.dir
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+	@$(CC) $(CPPFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
 $(BUILD)/.dir:
 	@mkdir -p $(BUILD) && touch $@
@@ -112,12 +117,13 @@ check: deps
 	@$(MAKE) --no-print-directory test SANITIZE=1
 else
 check: deps
-	@$(MAKE) --no-print-directory test; a=$$?; \
+	@$(MAKE) --no-print-directory deb lintian; d=$$?; \
+	 $(MAKE) --no-print-directory test; a=$$?; \
 	 $(MAKE) --no-print-directory test SANITIZE=1; b=$$?; \
 	 $(MAKE) --no-print-directory valgrind; v=$$?; \
 	 $(MAKE) --no-print-directory fuzz-crashes fuzz-smoke; f=$$?; \
-	 echo "check: plain $$a, sanitizers $$b, valgrind $$v, fuzzers $$f (0 = passed)"; \
-	 test $$a = 0 -a $$b = 0 -a $$v = 0 -a $$f = 0
+	 echo "check: package $$d, plain $$a, sanitizers $$b, valgrind $$v, fuzzers $$f (0 = passed)"; \
+	 test $$d = 0 -a $$a = 0 -a $$b = 0 -a $$v = 0 -a $$f = 0
 endif
 
 # The main job (the demo) with retired under valgrind memcheck: no error, no leak.
@@ -138,7 +144,10 @@ demo: deps all
 BINDIR     := $(DESTDIR)$(PREFIX)/bin
 SBINDIR    := $(DESTDIR)$(PREFIX)/sbin
 MANDIR     := $(DESTDIR)$(PREFIX)/share/man
-UNITDIR    := $(DESTDIR)$(PREFIX)/lib/systemd/system
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+UNITDIR    := $(DESTDIR)$(SYSTEMDUNITDIR)
+COMPLETIONDIR := $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+UNITS      := retired.service retired-once.service retired-once.timer
 CATALOGDIR := $(DESTDIR)$(PREFIX)/lib/systemd/catalog
 COMPLETIONDIR := $(DESTDIR)$(PREFIX)/share/bash-completion/completions
 CONFDIR    := $(DESTDIR)/etc/retired
@@ -155,10 +164,41 @@ install: all
 	install -m 0644 completion/retirectl $(COMPLETIONDIR)/retirectl
 	test ! -f daemon/retired.8 || install -m 0644 daemon/retired.8 $(MANDIR)/man8/retired.8
 	test -e $(CONFDIR)/retired.conf || install -m 0644 conf/retired.conf $(CONFDIR)/retired.conf
-	test ! -f systemd/retired.service || { install -d $(UNITDIR) && \
-	  sed 's|@SBINDIR@|$(PREFIX)/sbin|g' systemd/retired.service > $(UNITDIR)/retired.service; }
-	test ! -f systemd/retired.catalog || { install -d $(CATALOGDIR) && \
-	  install -m 0644 systemd/retired.catalog $(CATALOGDIR)/retired.catalog; }
+	install -d $(UNITDIR) $(CATALOGDIR) $(COMPLETIONDIR)
+	for u in $(UNITS); do \
+	  sed 's|@SBINDIR@|$(PREFIX)/sbin|g' systemd/$$u > $(UNITDIR)/$$u && chmod 0644 $(UNITDIR)/$$u || exit 1; \
+	done
+	install -m 0644 systemd/retired.catalog $(CATALOGDIR)/retired.catalog
+	install -m 0644 completion/retirectl $(COMPLETIONDIR)/retirectl
+
+# What install put in place, except the config and the ledger: like a
+# package's remove, it keeps /etc/retired and /var/lib/private/retired.
+# Run `systemctl disable --now retired retired-once.timer` first.
+uninstall:
+	rm -f $(SBINDIR)/retired $(BINDIR)/retirectl \
+	  $(MANDIR)/man1/retirectl.1 $(MANDIR)/man5/retired.conf.5 $(MANDIR)/man8/retired.8 \
+	  $(addprefix $(UNITDIR)/,$(UNITS)) $(CATALOGDIR)/retired.catalog $(COMPLETIONDIR)/retirectl
+
+# The Debian package, built by debhelper (debian/) in a copy of the tree so
+# that dpkg-buildpackage leaves the .deb in build/deb, not beside the tree.
+# The outer make's flags (SANITIZE=1, BUILD=...) must not reach that build.
+DEBDIR     := build/deb
+DEB_ARCH    = $(shell dpkg-architecture -qDEB_HOST_ARCH)
+DEB_FILE    = $(DEBDIR)/retired_$(VERSION)_$(DEB_ARCH).deb
+
+deb:
+	rm -rf $(DEBDIR) && mkdir -p $(DEBDIR)/retired-$(VERSION)
+	tar -c --exclude=./build --exclude=./build-san --exclude-vcs --exclude-vcs-ignores . \
+	  | tar -x -C $(DEBDIR)/retired-$(VERSION)
+	cd $(DEBDIR)/retired-$(VERSION) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	  dpkg-buildpackage -us -uc -b -Jauto >../build.log 2>&1 \
+	  || { tail -40 ../build.log; echo "deb: FAILED (all of it in $(DEBDIR)/build.log)"; exit 1; }
+	@echo "deb: $(DEB_FILE)"
+
+# Errors and warnings fail; each override in debian/ says why it is there.
+lintian:
+	lintian --fail-on error,warning --info --display-info $(DEB_FILE)
+	@echo "lintian: no error, no warning"
 
 $(BUILD)/tests/fill-ledger: tests/bench/fill-ledger.c $(BUILD)/libcore.a $(HEADERS)
 	@mkdir -p $(dir $@)
