@@ -166,7 +166,8 @@ install: all
 	test -e $(CONFDIR)/retired.conf || install -m 0644 conf/retired.conf $(CONFDIR)/retired.conf
 	install -d $(UNITDIR) $(CATALOGDIR) $(COMPLETIONDIR)
 	for u in $(UNITS); do \
-	  sed 's|@SBINDIR@|$(PREFIX)/sbin|g' systemd/$$u > $(UNITDIR)/$$u && chmod 0644 $(UNITDIR)/$$u || exit 1; \
+	  sed 's|@SBINDIR@|$(PREFIX)/sbin|g; s|@BINDIR@|$(PREFIX)/bin|g' systemd/$$u > $(UNITDIR)/$$u && \
+	    chmod 0644 $(UNITDIR)/$$u || exit 1; \
 	done
 	install -m 0644 systemd/retired.catalog $(CATALOGDIR)/retired.catalog
 	install -m 0644 completion/retirectl $(COMPLETIONDIR)/retirectl

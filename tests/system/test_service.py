@@ -199,7 +199,8 @@ def rig(request):
         box.install(f"{SBINDIR}/retired", _read(os.path.join(BUILD, "retired")), mode=0o755)
         box.install(RETIRECTL, _read(os.path.join(BUILD, "retirectl")), mode=0o755)
         box.install(f"/etc/systemd/system/{UNIT}",
-                    _read(UNIT_FILE).decode().replace("@SBINDIR@", SBINDIR))
+                    _read(UNIT_FILE).decode().replace("@SBINDIR@", SBINDIR)
+                    .replace("@BINDIR@", os.path.dirname(RETIRECTL)))
         box.install("/usr/lib/systemd/catalog/retired.catalog", _read(CATALOG))
         box.install(TOKEN_FILE, TOKEN + "\n", mode=0o600)
         # A sanitizer build (make check SANITIZE=1) in the sandbox: LeakSanitizer
@@ -328,7 +329,8 @@ def test_systemctl_reload_applies_a_good_config(rig):
     loaded = [e["MESSAGE"] for e in rig.entries(f"MESSAGE_ID={MSG['config_loaded']}")]
     assert loaded[-1].startswith(f"Config reloaded ({CONF}): 2 declared; 1 added,"), loaded
     reloads = [m for m in rig.messages("SYSLOG_IDENTIFIER=retired") if m.startswith("Reloading")]
-    assert reloads == ["Reloading (SIGHUP)."]  # the reload command did it, not the file watcher
+    # ExecReload= (retirectl reload over the socket) did it, not the file watcher.
+    assert reloads == ["Reloading (retirectl reload)."], reloads
     assert rig.deletes(3) == 1 and rig.deletes(4) == 1
     assert rig.fake.violations == []
 
@@ -349,9 +351,13 @@ def test_systemctl_reload_keeps_the_old_config_when_broken(rig):
     bad_line = line_of(good, spaced(7))
     lines[bad_line - 1] = '  { number = "%s"; reason = oops; }' % spaced(7)  # a bare word: syntax error
     rig.box.install(staged, "\n".join(lines) + "\n")
-    assert rig.box.systemctl("reload", UNIT, check=False).returncode == 0
-
+    # An honest reload: it fails, and says where (ExecReload='s stderr is in the unit's journal).
+    r = rig.box.systemctl("reload", UNIT, check=False)
+    assert r.returncode != 0, r
     where = f"{CONF}:{bad_line}"
+    rig.box.wait_for(lambda: [m for m in rig.messages("SYSLOG_IDENTIFIER=retirectl") if f"{where}: syntax error" in m],
+                     10, what="ExecReload='s FILE:LINE in the journal")
+
     rejected = rig.box.wait_for(lambda: rig.entries(f"MESSAGE_ID={MSG['config_rejected']}"), 15,
                                 what="a 'config rejected' entry")
     assert len(rejected) == 1, rejected
@@ -617,7 +623,8 @@ def test_security_exposure(tmp_path, name):
         pytest.skip("systemd-analyze is missing (package systemd)")
     unit = str(tmp_path / name)
     with open(unit, "w") as f:
-        f.write(_read(os.path.join(PROJECT, "systemd", name)).decode().replace("@SBINDIR@", SBINDIR))
+        f.write(_read(os.path.join(PROJECT, "systemd", name)).decode().replace("@SBINDIR@", SBINDIR)
+                .replace("@BINDIR@", os.path.dirname(RETIRECTL)))
 
     def analyze_at(threshold):
         return subprocess.run([analyze, "security", "--offline=true", f"--threshold={threshold}", unit],
