@@ -188,8 +188,10 @@ static int once_done(Manager *m) {
         int r = ledger_counts(m->ledger, c);
 
         keys = calloc(m->config->n_decls + 1, sizeof(char *));
-        if (!keys)
-                return log_oom(), EXIT_STOPPED;
+        if (!keys) {
+                (void) log_oom();
+                return EXIT_STOPPED;
+        }
         for (size_t i = 0; i < m->config->n_decls; i++)
                 keys[i] = m->config->decls[i].key;
         qsort(keys, m->config->n_decls, sizeof(char *), cmp_key);
@@ -493,8 +495,10 @@ static int run(void) {
         if (arg_check) {
                 _cleanup_free_ char *warning = NULL;
 
-                if (config_token_file_warning(m.config, &warning) < 0)
-                        return log_oom(), EXIT_SETUP;
+                if (config_token_file_warning(m.config, &warning) < 0) {
+                        (void) log_oom();
+                        return EXIT_SETUP;
+                }
                 if (warning)
                         fprintf(stderr, "retired: warning: %s\n", warning);
                 printf("%s: OK, %zu %s declared\n", arg_config, m.config->n_decls,
@@ -537,17 +541,20 @@ static int run(void) {
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the engine: %m");
         r = engine_set_config(m.engine, m.config, m.token);
-        if (r < 0)
-                return log_error_errno(r, "Cannot set up the API client: %m"), EXIT_SETUP;
+        if (r < 0) {
+                (void) log_error_errno(r, "Cannot set up the API client: %m");
+                return EXIT_SETUP;
+        }
         engine_on_idle(m.engine, on_idle, &m);
         r = ledger_pause_get(m.ledger, &m.pause);
         if (r == -EBADMSG) {
                 /* Unreadable: the safe reading of a pause is that it is on. */
                 log_warning("The ledger's pause record cannot be read; releases stay paused until 'retirectl resume'.");
                 m.pause.on = true;
-        } else if (r < 0)
-                return log_error_errno(r, "Cannot read the ledger's pause record: %m (%s)", ledger_errmsg(m.ledger)),
-                       EXIT_SETUP;
+        } else if (r < 0) {
+                (void) log_error_errno(r, "Cannot read the ledger's pause record: %m (%s)", ledger_errmsg(m.ledger));
+                return EXIT_SETUP;
+        }
         if (m.pause.on) {
                 engine_hold(m.engine, true);
                 log_warning("Releases are paused (since an operator's 'retirectl pause'): no DELETE leaves until "
