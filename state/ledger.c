@@ -128,7 +128,9 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "CREATE INDEX history_deletes ON history(phone, seq) WHERE method = 'DELETE';"
         "CREATE INDEX history_released ON history(phone) WHERE new_state = 'released';"
         "ALTER TABLE phones ADD COLUMN hold_until INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS (max(not_before, hold_until)) VIRTUAL;",
+        "ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS (max(not_before, hold_until)) VIRTUAL;"
+        /* The status counts the held rows once a second during a pass. */
+        "CREATE INDEX phones_held ON phones(hold_until) WHERE state = 'pending' AND hold_until != 0;",
 };
 
 int sqlite_to_errno(int rc) {
@@ -511,13 +513,15 @@ int ledger_count_held(Ledger *l, int64_t due_now, uint64_t *ret, int64_t *ret_fi
         int64_t n, first = 0;
         int r;
 
-        r = query_int(l, "SELECT count(*) FROM phones WHERE state = 'pending' AND hold_until > ?1 / 1000000"
-                      " AND hold_until >= not_before", &n, 1, due_now);
+        /* INDEXED BY: without statistics the planner would walk every pending
+         * row of a million-row ledger, once a second during a pass. */
+        r = query_int(l, "SELECT count(*) FROM phones INDEXED BY phones_held WHERE state = 'pending' AND hold_until != 0"
+                      " AND hold_until > ?1 / 1000000 AND hold_until >= not_before", &n, 1, due_now);
         if (r < 0)
                 return r;
         if (n > 0) {
-                r = query_int(l, "SELECT min(hold_until) FROM phones WHERE state = 'pending' AND hold_until > ?1 / 1000000"
-                              " AND hold_until >= not_before", &first, 1, due_now);
+                r = query_int(l, "SELECT min(hold_until) FROM phones INDEXED BY phones_held WHERE state = 'pending' AND hold_until != 0"
+                              " AND hold_until > ?1 / 1000000 AND hold_until >= not_before", &first, 1, due_now);
                 if (r < 0)
                         return r;
         }

@@ -54,6 +54,8 @@ MSG = {
     "config_loaded": "bbfdb428cc5c4837ba4d31eaf923b25c",
     "config_rejected": "e5329d4dfcc44af288b4053e8e3b1263",
     "approval_needed": "209e7f40f4594708b06bde2f750c34d6",
+    "paused": "362f5c14275a429aa3687c1283f32c7e",
+    "resumed": "2419620a9ec84780a54861d4b45d30c8",
 }
 STATUS_RE = re.compile(r"\d+ pending, \d+ in flight, \d+ retrying, \d+ scheduled, \d+ released, "
                        r"\d+ failed, \d+ deferred, \d+ unresolved")
@@ -580,6 +582,28 @@ def test_watchdog_restarts_a_hung_daemon(rig):
 
 
 # ---------------------------------------------------------------- 8. the key
+
+def test_pause_outlives_a_restart_and_shows_who(rig):
+    """retirectl pause under the real unit: STATUS= names the peer's uid (root,
+    mapped through PrivateUsers=), the pause survives `systemctl restart`, and
+    nothing is released until `retirectl resume`."""
+    rig.write_config()                              # nothing declared yet
+    rig.start()
+    assert rig.ctl("pause", "OPS-1300", "freeze").stdout.startswith("paused")
+    rig.box.wait_for(lambda: rig.status().startswith("PAUSED by uid 0 since ") and "(OPS-1300 freeze)" in rig.status(),
+                     10, what="STATUS= PAUSED by uid 0")
+    paused = rig.entries(f"MESSAGE_ID={MSG['paused']}")
+    assert len(paused) == 1 and "by uid 0" in paused[0]["MESSAGE"], paused
+    rig.write_config(decl(26))
+    rig.ctl("reload")
+    r = rig.box.systemctl("restart", UNIT, check=False)
+    assert r.returncode == 0, f"{r.stderr}\n{rig.log()}"
+    rig.box.wait_for(lambda: rig.status().startswith("PAUSED by uid 0"), 10, what="still paused after the restart")
+    assert rig.phone(num(26))["state"] == "pending" and rig.deletes(26) == 0
+    assert rig.ctl("resume").stdout.strip() == "resumed"
+    rig.wait_state(num(26), "scheduled")
+    assert rig.deletes(26) == 1 and len(rig.entries(f"MESSAGE_ID={MSG['resumed']}")) == 1
+
 
 def test_key_arrives_as_a_credential_and_stays_secret(rig):
     assert "token_file = \"\";" in rig.config_text()
