@@ -35,6 +35,7 @@ typedef struct Manager {
 } Manager;
 
 #define DEBOUNCE_USEC   (500 * USEC_PER_MSEC)
+#define CANCEL_ENTRIES_MAX 100   /* cancellations one reload reports phone by phone */
 #define STOP_GRACE_USEC (5 * USEC_PER_SEC)     /* past api.timeout, before giving up on calls in flight */
 
 static const char *arg_config = "/etc/retired/retired.conf";
@@ -107,13 +108,19 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
         r = plan_apply(m->ledger, p, false);
         if (r < 0)
                 return log_error_errno(r, "Cannot apply the plan: %m (%s)", ledger_errmsg(m->ledger));
-        for (size_t i = 0; i < p->n; i++) {
+        /* One entry per phone while that reads as news; past that, one entry
+         * with the count (each step is in the ledger's history). */
+        for (size_t i = 0, n = 0; i < p->n && p->count[CHANGE_CANCEL] <= CANCEL_ENTRIES_MAX; i++) {
                 const Change *ch = &p->changes[i];
-                if (ch->kind == CHANGE_CANCEL)
+                if (ch->kind == CHANGE_CANCEL && n++ < CANCEL_ENTRIES_MAX)
                         log_event(LOG_NOTICE, MESSAGE_CANCELLED,
                                   &(LogFields) { .phone_id = ch->id, .phone_number = ch->number, .outcome = "cancelled" },
                                   "%s cancelled: no longer declared (was %s)", ch->key, state_to_string(ch->from));
         }
+        if (p->count[CHANGE_CANCEL] > CANCEL_ENTRIES_MAX)
+                log_event(LOG_NOTICE, MESSAGE_CANCELLED, &(LogFields) { .outcome = "cancelled" },
+                          "%zu phones cancelled: no longer declared (retirectl history --state cancelled lists them).",
+                          p->count[CHANGE_CANCEL]);
         m->held_hash[0] = 0;
         m->held_count = 0;
         if (p->needs_approval) {

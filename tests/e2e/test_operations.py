@@ -248,3 +248,17 @@ def test_a_terminal_gets_a_progress_bar(make_rig):
     text = out.decode(errors="replace")
     assert re.search(r"\[#*\.*\] \d+/6", text), text
     assert "\r\033[K" in text
+
+
+# ---------------------------------------------------------------- many rows, one entry
+
+def test_many_cancellations_are_one_journal_entry(make_rig):
+    rig = make_rig([phone(1)])
+    rig.write_config([{"number": "+3491%07d" % i} for i in range(150)], safety={"hold": 600})
+    assert rig.run().rc == EXIT["settled"]
+    rig.write_config([{"id": pid(1)}], safety={"hold": 600})
+    run = rig.run()
+    cancelled = run.events(MSG["cancelled"])
+    assert len(cancelled) == 1 and "150 phones cancelled" in cancelled[0]["line"], cancelled
+    assert sum(1 for r in rig.db_rows().values() if r["state"] == "cancelled") == 150
+    assert rig.fake.log == []
