@@ -154,6 +154,8 @@ int listing_new(sd_event *e, Diga *d, Api *api, const World *w, ListingWant want
                 void *userdata, Listing **ret);
 Listing *listing_free(Listing *ls);
 void listing_start(Listing *ls);
+/* Starts again (also from its done callback), following the cursor only. */
+void listing_start_by_cursor(Listing *ls);
 /* Stops at once: calls queued are dropped, answers still out are ignored. */
 void listing_stop(Listing *ls, const char *why);
 bool listing_running(Listing *ls);

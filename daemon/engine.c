@@ -37,6 +37,7 @@ typedef struct Job {
         bool deleting;               /* call is the DELETE */
         bool held;                   /* a DELETE decided while the listing runs: it waits */
         bool listed;                 /* observed through the listing */
+        bool confirm;                /* its number was not in a listing by page: a cursor listing tells */
         bool stale;                  /* the declaration changed: act on nothing */
         bool finished;
 } Job;
@@ -62,6 +63,7 @@ struct Engine {
         bool running, want_pass, want_resync, stopping, paused;
         char *pause_reason;
         bool held;                   /* an operator's pause: no DELETE leaves */
+        bool confirming;             /* the listing running is the cursor's confirmation */
         Job *jobs;
         size_t n_jobs, n_open;
         Job **by_id, **by_number;    /* the rows the listing is for */
@@ -650,6 +652,12 @@ static void match_number(Engine *e, Job *j, const Seen *s, const ListingStats *s
         }
         look.seen = live ? live : gone;
         look.not_listed = !look.seen;
+        if (look.not_listed && st->pages && !e->confirming) {
+                /* Offset pages can miss a phone when two changes undo each
+                 * other's shift; the cursor cannot.  Absent only if it agrees. */
+                j->confirm = j->listed = true;
+                return;
+        }
         look.carriers = carriers;
         look.carrier_ids = ids;
         reconcile_look(&row, &look, &w, &o);
@@ -715,6 +723,25 @@ static void match_all(Engine *e, Listing *ls) {
         }
 }
 
+/* Numbers a listing by page did not find: listed again by cursor before
+ * any is called absent.  DELETEs decided meanwhile wait for it too. */
+static bool confirm_by_cursor(Engine *e, Listing *ls) {
+        size_t n = 0;
+
+        if (e->confirming || e->stopping)
+                return false;
+        for (size_t i = 0; i < e->n_jobs; i++)
+                if (e->jobs[i].confirm && !e->jobs[i].finished)
+                        n++;
+        if (n == 0)
+                return false;
+        e->confirming = true;
+        log_info("Listing phones: %zu %s not in the listing by page; listing the account by cursor to be sure.", n,
+                 plural(n, "number was", "numbers were"));
+        listing_start_by_cursor(ls);
+        return true;
+}
+
 static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
         Engine *e = userdata;
         const ListingStats *st = listing_stats(ls);
@@ -729,6 +756,8 @@ static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
                         log_warning("Cannot note the account's size in the ledger (%s); the next pass may list "
                                     "needlessly.", ledger_errmsg(e->ledger));
                 match_all(e, ls);
+                if (confirm_by_cursor(e, ls))
+                        return;
         } else {
                 /* No verdict, no attempt: every row the listing was for stays as it is. */
                 e->list_failures++;
@@ -808,6 +837,7 @@ static void pass_free(Engine *e) {
         e->by_number = mfree(e->by_number);
         e->n_jobs = e->n_open = e->n_by_id = e->n_by_number = 0;
         e->listing = listing_free(e->listing);
+        e->confirming = false;
 }
 
 /* A row whose DELETE may have gone out is looked at by id, never through a listing. */

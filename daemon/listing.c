@@ -17,8 +17,10 @@
  * it concerns stay as they are and are looked at in a later pass.
  *
  * What it cannot notice: two changes that undo each other's shift (a phone
- * removed and another added) between the reads of two pages.  Both must
- * happen within one listing (seconds), and a cursor listing has no such gap. */
+ * removed and another added) between the reads of two pages.  A cursor
+ * listing has no such gap, so the engine confirms by cursor every number a
+ * listing by page did not find (listing_start_by_cursor()): a phone that
+ * exists for the whole listing is never taken for absent. */
 
 #include <math.h>
 
@@ -54,6 +56,7 @@ struct Listing {
         void *userdata;
 
         bool running, pages;
+        bool cursor_only;           /* follow the cursor even when the API offers pages */
         unsigned total_pages, pages_left;
         PageReq *reqs;              /* page mode: one per page, [0] is page 1; cursor mode: one */
         size_t n_reqs;
@@ -190,7 +193,7 @@ static int begin(Listing *ls) {
         if (!ls->reqs)
                 return -ENOMEM;
         ls->n_reqs = 1;
-        ls->reqs[0] = (PageReq) { .ls = ls, .page = 1 };
+        ls->reqs[0] = (PageReq) { .ls = ls, .page = ls->cursor_only ? 0 : 1 };
         ls->last = (PageReq) { .ls = ls };
         request(ls, &ls->reqs[0]);
         return 0;
@@ -493,6 +496,11 @@ void listing_start(Listing *ls) {
         r = begin(ls);
         if (r < 0)
                 end(ls, r, "out of memory");
+}
+
+void listing_start_by_cursor(Listing *ls) {
+        ls->cursor_only = true;
+        listing_start(ls);
 }
 
 void listing_stop(Listing *ls, const char *why) {
