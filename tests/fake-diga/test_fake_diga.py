@@ -660,7 +660,10 @@ def test_date_offset_shifts_every_api_date_only(fake, cli):
     assert near(http_date(cli.req("POST", "/_fake/config", body={})), time.time())
     # An API answer that the API code never saw (a chunked body is refused) is shifted too.
     c = Client(fake)
-    c.conn.request("POST", "/v1/phone/", body=iter([b"{}"]), encode_chunked=True)
+    try:
+        c.conn.request("POST", "/v1/phone/", body=iter([b"{}"]), encode_chunked=True)
+    except (BrokenPipeError, ConnectionResetError):
+        pass    # the fake may answer and close before the last chunk is written; its answer is read below
     r = Resp(c.conn.getresponse())
     assert r.status == 400 and near(http_date(r), time.time() - MONTH)
     c.close()
