@@ -51,7 +51,7 @@ deps:
 	fi
 
 CONF_SRC   := conf/syntax.c conf/parse.c
-STATE_SRC  := state/ledger.c state/plan.c
+STATE_SRC  := state/ledger.c state/plan.c state/decl.c
 CORE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CONF_SRC) $(STATE_SRC))
 RETIRED_SRC := $(filter-out daemon/retirectl.c,$(wildcard daemon/*.c))
 RETIRED_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(RETIRED_SRC))
@@ -204,4 +204,8 @@ lintian:
 $(BUILD)/tests/fill-ledger: tests/bench/fill-ledger.c $(BUILD)/libcore.a $(HEADERS)
 	@mkdir -p $(dir $@)
 	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libcore.a $(PKG_LIBS)
+
+$(BUILD)/tests/libconfig-read: tests/bench/libconfig-read.c | $(BUILD)/.dir
+	@mkdir -p $(dir $@)
+	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(PKG_LIBS)
 include tests/fuzz/fuzz.mk

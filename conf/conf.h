@@ -24,16 +24,36 @@
 #define UUID_STRING_LEN      36
 
 typedef struct Decl {
-        char *key;          /* id when declared, else the number */
-        char *id;           /* canonical lowercase UUID, or NULL */
-        char *number;       /* normalised number or SIP identifier, or NULL */
-        char *reason;       /* NULL when not given */
+        const char *key;    /* id when declared, else the number */
+        const char *id;     /* canonical lowercase UUID, or NULL */
+        const char *number; /* normalised number or SIP identifier, or NULL */
+        const char *reason; /* NULL when not given */
         int64_t not_before; /* seconds since the epoch, 0 when not given */
-        const char *file;   /* points into Config.files */
+        const char *file;   /* the file it is declared in */
         unsigned line;
 } Decl;
 
-typedef struct Config {
+typedef struct Config Config;
+typedef struct ConfDiag ConfDiag;
+
+/* Where the declarations go as they are read, so that no more than one
+ * file's worth is ever held in memory (state/ puts them in the ledger's
+ * temporary tables).  begin() is called once the main file's settings are
+ * known (the ledger's path among them), before the first declaration;
+ * add() once per declaration, whose strings live only for the call;
+ * finish() after the last file, to merge what several files declare twice
+ * and report in d what conflicts (returning how many), and to tell the
+ * number of distinct declarations; rejected says the files are refused
+ * already, for other reasons, and nothing of them may stay.  Each returns
+ * < 0 on failure. */
+typedef struct DeclSink {
+        int (*begin)(void *userdata, const Config *c);
+        int (*add)(void *userdata, const Decl *d);
+        int (*finish)(void *userdata, ConfDiag *d, bool rejected, size_t *ret_n);
+        void *userdata;
+} DeclSink;
+
+struct Config {
         char *path;              /* the main file as given */
         char *base_url;          /* without trailing slash */
         char *token_file;        /* "" = $CREDENTIALS_DIRECTORY/api-token */
@@ -53,27 +73,27 @@ typedef struct Config {
         char *releases_dir;      /* resolved path of the drop-in folder */
         char *control_socket;    /* the daemon's control socket */
 
-        Decl *decls;
-        size_t n_decls;
+        size_t n_decls;          /* distinct declarations (as many as read, without a sink) */
 
         char **files;            /* every file read, for Decl.file */
         size_t n_files;
-} Config;
+};
 
 /* Diagnostics in the "FILE:LINE: message" form, in the order found. */
-typedef struct ConfDiag {
+struct ConfDiag {
         char **lines;
         size_t n;
         size_t dropped;          /* past CONF_MAX_DIAG */
-} ConfDiag;
+};
 
 void conf_diag_done(ConfDiag *d);
 void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 
 /* Returns 0, or -EINVAL with d filled when the files are invalid, or another
- * negative errno (also explained in d) when they cannot be read. */
-int config_load(const char *path, Config **ret, ConfDiag *d);
+ * negative errno (also explained in d) when they cannot be read.  With a
+ * NULL sink the declarations are only checked one by one and counted. */
+int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *d);
 /* Why the shipped unit, whose user is dynamic, could not read
  * api.token_file (*ret a sentence), or *ret NULL.  -ENOMEM only. */
 int config_token_file_warning(const Config *c, char **ret);

@@ -18,9 +18,10 @@
 typedef struct Loader {
         Config *c;
         ConfDiag *d;
+        const DeclSink *sink;  /* NULL: declarations are checked and counted only */
         const char *file;   /* the file being read, for settings libconfig has no name for */
         size_t errors;      /* d->n may be capped; this is not */
-        size_t cap;         /* allocated decls */
+        size_t n_read;      /* declarations read, before any merge */
         unsigned retry_line;   /* where the retry group is, for cross-key checks */
 } Loader;
 
@@ -182,30 +183,22 @@ static const Key *find_key(const char *group, const char *name) {
         return NULL;
 }
 
-static int decl_push(Loader *l, Decl *d) {
-        if (l->c->n_decls >= CONF_MAX_RELEASES)
+static int decl_push(Loader *l, const Decl *d) {
+        if (l->n_read >= CONF_MAX_RELEASES)
                 return -E2BIG;
-        if (l->c->n_decls == l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 64;
-                Decl *a = reallocarray(l->c->decls, cap, sizeof(Decl));
-                if (!a)
-                        return -ENOMEM;
-                l->c->decls = a;
-                l->cap = cap;
-        }
-        l->c->decls[l->c->n_decls++] = *d;
-        return 0;
+        l->n_read++;
+        /* Handed on even once the files are known to be wrong: what they
+         * declare twice is reported with the rest. */
+        if (!l->sink)
+                return 0;
+        return l->sink->add(l->sink->userdata, d);
 }
 
-static void decl_done(Decl *d) {
-        free(d->id);
-        free(d->number);
-        free(d->reason);
-        /* key aliases id or number */
-}
-
+/* The strings are libconfig's, alive as long as the file's tree: only the
+ * normalised number is our own. */
 static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
         Decl d = { .file = file, .line = config_setting_source_line(e) };
+        _cleanup_free_ char *number = NULL;
         size_t before = l->errors;
         int r;
 
@@ -229,10 +222,12 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
                 if (streq(name, "id")) {
                         if (!uuid_is_valid(v))
                                 bad(l, s, "id: \"%.40s\" is not a lowercase UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)", v);
-                        else if (!(d.id = strdup(v)))
-                                return -ENOMEM;
+                        else
+                                d.id = v;
                 } else if (streq(name, "number")) {
-                        r = number_normalize(v, &d.number);
+                        number = mfree(number);
+                        r = number_normalize(v, &number);
+                        d.number = number;
                         if (r == -ENOMEM)
                                 return r;
                         if (r == -E2BIG)
@@ -244,8 +239,8 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
                 } else if (streq(name, "reason")) {
                         if (strlen(v) > CONF_MAX_REASON)
                                 bad(l, s, "reason: longer than %u characters", CONF_MAX_REASON);
-                        else if (!(d.reason = strdup(v)))
-                                return -ENOMEM;
+                        else
+                                d.reason = v;
                 } else {
                         r = rfc3339_parse(v, &d.not_before);
                         if (r < 0 || d.not_before == 0)
@@ -254,14 +249,11 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
         }
         if (!d.id && !d.number && l->errors == before)
                 bad(l, e, "release entry names neither a number nor an id");
-        if (l->errors != before) {
-                decl_done(&d);
+        if (l->errors != before)
                 return 0;
-        }
         d.key = d.id ? d.id : d.number;
         r = decl_push(l, &d);
         if (r < 0) {
-                decl_done(&d);
                 if (r == -E2BIG)
                         bad(l, e, "more than %u release declarations", CONF_MAX_RELEASES);
                 return r;
@@ -340,25 +332,18 @@ static int read_tree(Loader *l, const char *path, config_t *cfg) {
         return 0;
 }
 
-static int read_main(Loader *l, const char *path) {
-        config_t cfg;
-        int r;
+/* The settings only: its releases are read once the settings are known. */
+static void read_settings(Loader *l, config_t *cfg) {
+        config_setting_t *root = config_root_setting(cfg);
 
-        config_init(&cfg);
-        r = read_tree(l, path, &cfg);
-        if (r < 0)
-                goto out;
-        config_setting_t *root = config_root_setting(&cfg);
-        for (int i = 0; i < config_setting_length(root) && r >= 0; i++) {
+        for (int i = 0; i < config_setting_length(root); i++) {
                 const config_setting_t *s = config_setting_get_elem(root, i);
                 const char *name = config_setting_name(s);
                 const Key *k;
                 bool group = false;
 
-                if (streq(name, "releases")) {
-                        r = read_releases(l, s, l->c->files[0]);
+                if (streq(name, "releases"))
                         continue;
-                }
                 for (size_t g = 0; g < ELEMENTSOF(groups); g++)
                         group = group || streq(name, groups[g]);
                 if (group) {
@@ -384,8 +369,17 @@ static int read_main(Loader *l, const char *path) {
                 else
                         bad(l, s, "unknown setting '%s'", name);
         }
-out:
-        config_destroy(&cfg);
+}
+
+static int read_main_releases(Loader *l, config_t *cfg) {
+        config_setting_t *root = config_root_setting(cfg);
+        int r = 0;
+
+        for (int i = 0; i < config_setting_length(root) && r >= 0; i++) {
+                const config_setting_t *s = config_setting_get_elem(root, i);
+                if (streq(config_setting_name(s), "releases"))
+                        r = read_releases(l, s, l->c->files[0]);
+        }
         return r;
 }
 
@@ -490,84 +484,6 @@ static int resolve_path(const char *base_dir, char **p, const char *fallback) {
         return 0;
 }
 
-static int cmp_by(const void *a, const void *b, void *field) {
-        const Decl *x = *(Decl *const *) a, *y = *(Decl *const *) b;
-        size_t off = (size_t) field;
-        const char *p = *(char *const *) ((const char *) x + off), *q = *(char *const *) ((const char *) y + off);
-
-        if (!p || !q)
-                return !!q - !!p;
-        int r = strcmp(p, q);
-        return r ? r : (x < y ? -1 : x > y);
-}
-
-static bool merge_field(char **a, char **b) {
-        if (*a && *b)
-                return streq(*a, *b);
-        if (!*a)
-                *a = TAKE_PTR(*b);
-        return true;
-}
-
-/* The same phone may be declared twice (say in two drop-ins) as long as the
- * two agree; any disagreement is a mistake we cannot resolve for the user. */
-static int dedup_by(Loader *l, size_t field) {
-        Config *c = l->c;
-        _cleanup_free_ Decl **v = NULL;
-        size_t n = 0;
-
-        v = calloc(c->n_decls ? c->n_decls : 1, sizeof(Decl *));
-        if (!v)
-                return -ENOMEM;
-        for (size_t i = 0; i < c->n_decls; i++)
-                if (c->decls[i].key)
-                        v[n++] = &c->decls[i];
-        qsort_r(v, n, sizeof(Decl *), cmp_by, (void *) field);
-        for (size_t i = 1; i < n; i++) {
-                Decl *first = v[i - 1], *d = v[i];
-                const char *a = *(char **) ((char *) first + field), *b = *(char **) ((char *) d + field);
-
-                if (!a || !b || !streq(a, b))
-                        continue;
-                bool ok = merge_field(&first->id, &d->id) && merge_field(&first->number, &d->number) &&
-                          merge_field(&first->reason, &d->reason) &&
-                          (!first->not_before || !d->not_before || first->not_before == d->not_before);
-                if (!ok) {
-                        conf_diag_add(l->d, d->file, d->line,
-                                      "%s is declared again with different fields (first at %s:%u)",
-                                      a, first->file, first->line);
-                        l->errors++;
-                } else if (!first->not_before)
-                        first->not_before = d->not_before;
-                d->key = NULL;          /* dropped: merged into first */
-                v[i] = first;           /* a third copy compares against the merged one */
-        }
-        return 0;
-}
-
-static int dedup(Loader *l) {
-        Config *c = l->c;
-        size_t j = 0;
-        int r;
-
-        r = dedup_by(l, offsetof(Decl, number));
-        if (r >= 0)
-                r = dedup_by(l, offsetof(Decl, id));
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < c->n_decls; i++) {
-                Decl *d = &c->decls[i];
-                if (!d->key) {
-                        decl_done(d);
-                        continue;
-                }
-                d->key = d->id ? d->id : d->number;
-                c->decls[j++] = *d;
-        }
-        c->n_decls = j;
-        return 0;
-}
-
 static int config_new(const char *path, Config **ret) {
         _cleanup_(config_freep) Config *c = NULL;
         const char *sd = getenv("STATE_DIRECTORY"), *rd = getenv("RUNTIME_DIRECTORY");
@@ -605,12 +521,20 @@ static int config_new(const char *path, Config **ret) {
         return 0;
 }
 
-int config_load(const char *path, Config **ret, ConfDiag *d) {
+static void config_destroyp(config_t **cfg) {
+        if (*cfg)
+                config_destroy(*cfg);
+}
+
+int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *d) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_free_ char *dir_copy = NULL, *default_dropin = NULL, *ledger_default = NULL, *control_default = NULL;
+        _cleanup_(config_destroyp) config_t *tree = NULL;
+        config_t main_cfg;
         const char *file, *dir;
         bool explicit_dropin;
         Loader l;
+        size_t conflicts = 0;
         int r;
 
         r = config_new(path, &c);
@@ -619,16 +543,19 @@ int config_load(const char *path, Config **ret, ConfDiag *d) {
         r = add_file(c, path, &file);
         if (r < 0)
                 return r;
-        l = (Loader) { .c = c, .d = d, .file = file };
+        l = (Loader) { .c = c, .d = d, .sink = sink, .file = file };
 
         /* The defaults, before the file may set the keys to "" (= default). */
         ledger_default = strdup(c->ledger);
         control_default = strdup(c->control_socket);
         if (!ledger_default || !control_default)
                 return -ENOMEM;
-        r = read_main(&l, path);
+        config_init(&main_cfg);
+        tree = &main_cfg;
+        r = read_tree(&l, path, tree);
         if (r < 0)
                 return r;
+        read_settings(&l, tree);
 
         dir_copy = strdup(path);
         if (!dir_copy)
@@ -650,13 +577,33 @@ int config_load(const char *path, Config **ret, ConfDiag *d) {
         for (size_t n = strlen(c->base_url); n > 0 && c->base_url[n - 1] == '/'; n--)
                 c->base_url[n - 1] = 0;
 
+        /* Settings that do not load: the declarations are still checked,
+         * for the diagnostics, but go to no sink (whose ledger path may be
+         * the one that is wrong). */
+        if (l.errors > 0)
+                l.sink = sink = NULL;
+        if (sink && sink->begin) {
+                r = sink->begin(sink->userdata, c);
+                if (r < 0)
+                        return r;
+        }
+        r = read_main_releases(&l, tree);
+        if (r < 0)
+                return r;
+        /* Only one file's tree at a time. */
+        config_destroy(TAKE_PTR(tree));
+
         r = read_dropins(&l, explicit_dropin);
         if (r < 0)
                 return r;
-        r = dedup(&l);
-        if (r < 0)
-                return r;
-        if (l.errors > 0)
+        c->n_decls = l.n_read;
+        if (sink) {
+                r = sink->finish(sink->userdata, d, l.errors > 0, &c->n_decls);
+                if (r < 0)
+                        return r;
+                conflicts = (size_t) r;
+        }
+        if (l.errors > 0 || conflicts > 0)
                 return -EINVAL;
         *ret = TAKE_PTR(c);
         return 0;
@@ -665,9 +612,6 @@ int config_load(const char *path, Config **ret, ConfDiag *d) {
 Config *config_free(Config *c) {
         if (!c)
                 return NULL;
-        for (size_t i = 0; i < c->n_decls; i++)
-                decl_done(&c->decls[i]);
-        free(c->decls);
         for (size_t i = 0; i < c->n_files; i++)
                 free(c->files[i]);
         free(c->files);

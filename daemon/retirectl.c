@@ -66,15 +66,43 @@ static void print_diag(const ConfDiag *d) {
                 fprintf(stderr, "(%zu more problems not shown)\n", d->dropped);
 }
 
-static int load_config(Config **ret) {
+static int load(const DeclSink *sink, Config **ret) {
         _cleanup_(conf_diag_done) ConfDiag d = {};
-        int r = config_load(arg_config, ret, &d);
+        int r = config_load(arg_config, sink, ret, &d);
         if (r < 0) {
                 print_diag(&d);
                 if (d.n == 0)
                         fprintf(stderr, "%s: %s\n", arg_config, strerror(-r));
         }
         return r;
+}
+
+/* The settings, for the commands that need only where things are. */
+static int load_config(Config **ret) {
+        return load(NULL, ret);
+}
+
+static int open_read(void *userdata, const Config *c, Ledger **ret) {
+        _cleanup_free_ char *error = NULL;
+        Ledger **l = userdata;
+        int r;
+
+        r = ledger_open(arg_ledger ? arg_ledger : c->ledger, LEDGER_READ, l, &error);
+        if (r < 0) {
+                fprintf(stderr, "retirectl: %s\n", error ? error : strerror(-r));
+                return r;
+        }
+        *ret = *l;
+        return 0;
+}
+
+/* The settings and the declarations, these into the ledger's TEMP tables:
+ * the one given, or the config's (read-only) into *l. */
+static int load_declarations(Ledger **l, Config **ret) {
+        _cleanup_(decl_load_done) DeclLoad dl = { .ledger = *l, .open = open_read, .userdata = l };
+        DeclSink sink = decl_load_sink(&dl);
+
+        return load(&sink, ret);
 }
 
 /* The read commands only need the ledger's path; --ledger spares them a
@@ -106,13 +134,8 @@ static int verb_check(void) {
         uint64_t counts[_STATE_MAX], total = 0;
         int r;
 
-        if (load_config(&c) < 0)
+        if (load_declarations(&l, &c) < 0)
                 return EXIT_ERROR;
-        r = ledger_open(arg_ledger ? arg_ledger : c->ledger, LEDGER_READ, &l, &error);
-        if (r < 0) {
-                fprintf(stderr, "%s\n", error ? error : strerror(-r));
-                return EXIT_ERROR;
-        }
         if (ledger_counts(l, counts) < 0) {
                 fprintf(stderr, "%s: %s\n", c->ledger, ledger_errmsg(l));
                 return EXIT_ERROR;
@@ -130,8 +153,11 @@ static int verb_check(void) {
         return EXIT_OK;
 }
 
-static void print_change_json(const Change *c, bool first) {
-        printf("%s\n    {\"kind\": ", first ? "" : ",");
+static int print_change_json(const Change *c, void *userdata) {
+        bool *first = userdata;
+
+        printf("%s\n    {\"kind\": ", *first ? "" : ",");
+        *first = false;
         json_str(change_kind_to_string(c->kind));
         printf(", \"key\": ");
         json_str(c->key);
@@ -148,9 +174,10 @@ static void print_change_json(const Change *c, bool first) {
         printf(", \"declared_at\": ");
         json_str(c->declared_at);
         putchar('}');
+        return 0;
 }
 
-static void print_change(const Change *c) {
+static int print_change(const Change *c, void *userdata) {
         static const char sign[_CHANGE_MAX] = {
                 [CHANGE_ADD] = '+', [CHANGE_REDECLARE] = '+', [CHANGE_CANCEL] = '-',
                 [CHANGE_UPDATE] = '~', [CHANGE_KEEP] = '!',
@@ -175,6 +202,7 @@ static void print_change(const Change *c) {
         default:
                 printf(" (%s -> %s)\n", state_to_string(c->from), state_to_string(c->to));
         }
+        return 0;
 }
 
 static int verb_plan(void) {
@@ -186,13 +214,8 @@ static int verb_plan(void) {
         char buf[21];
         int r;
 
-        if (load_config(&c) < 0)
+        if (load_declarations(&l, &c) < 0)
                 return EXIT_ERROR;
-        r = ledger_open(arg_ledger ? arg_ledger : c->ledger, LEDGER_READ, &l, &error);
-        if (r < 0) {
-                fprintf(stderr, "retirectl: %s\n", error ? error : strerror(-r));
-                return EXIT_ERROR;
-        }
         r = plan_compute(l, c, &p);
         if (r < 0) {
                 fprintf(stderr, "retirectl: cannot compute the plan: %s (%s)\n", strerror(-r), ledger_errmsg(l));
@@ -208,8 +231,7 @@ static int verb_plan(void) {
                 printf("}, \"hold_seconds\": %" PRId64 ", \"may_go_from\": ", p->hold);
                 json_time(p->hold > 0 && plan_changes(p) > 0 ? go : 0);
                 printf(",\n  \"changes\": [");
-                for (size_t i = 0; i < p->n; i++)
-                        print_change_json(&p->changes[i], i == 0);
+                r = plan_foreach(p, -1, SIZE_MAX, print_change_json, &(bool) { true });
                 printf("\n  ]\n}\n");
         } else {
                 printf("Plan %s: %zu to add, %zu to declare again, %zu to cancel, %zu to update",
@@ -225,8 +247,11 @@ static int verb_plan(void) {
                 if (p->hold > 0 && plan_changes(p) > 0)
                         printf("Applied now, what it adds or changes waits safety.hold = %" PRId64 " s: it may go "
                                "from %s.\n", p->hold, time_str(go, buf));
-                for (size_t i = 0; i < p->n; i++)
-                        print_change(&p->changes[i]);
+                r = plan_foreach(p, -1, SIZE_MAX, print_change, NULL);
+        }
+        if (r < 0) {
+                fprintf(stderr, "retirectl: cannot read the plan: %s (%s)\n", strerror(-r), ledger_errmsg(l));
+                return EXIT_ERROR;
         }
         return plan_changes(p) > 0 ? EXIT_CHANGES : EXIT_OK;
 }
@@ -689,8 +714,13 @@ static int verb_control(const char *verb, const char *arg) {
                 r = ledger_retry(l, arg, &message);
         else if (streq(verb, "pause") || streq(verb, "resume"))
                 return pause_offline(l, path, verb, arg);
-        else
+        else {
+                /* The declarations again, into the ledger that approves. */
+                c = config_free(c);
+                if (load_declarations(&l, &c) < 0)
+                        return EXIT_ERROR;
                 r = plan_approve(l, c, arg, &message, NULL);
+        }
         if (r < 0) {
                 fprintf(stderr, "retirectl: %s\n", message ? message : strerror(-r));
                 return EXIT_ERROR;

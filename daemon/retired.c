@@ -29,6 +29,9 @@ typedef struct Manager {
         char held_hash[13];   /* a plan held back for approval, or "" */
         size_t held_count;
         bool once;
+        bool ledger_read_only;   /* opened to read (-n, or no ledger yet) */
+        bool create_ledger;      /* the config loads: the ledger may be made */
+        bool ledger_failed;      /* it could not be opened (and the journal was told) */
         int exit_code;
         Pause pause;          /* an operator's, as the ledger has it */
         char *rejected;       /* why the last reload was refused, for STATUS= */
@@ -48,16 +51,42 @@ static void report_diag(const ConfDiag *d, const char *what) {
                 log_error("%s: %zu more problems not shown.", what, d->dropped);
 }
 
-/* Reads config and key together: a reload that cannot get both keeps both old. */
+/* At start, the ledger the config names: opened as soon as the settings
+ * are read, for the declarations to go into. */
+static int open_ledger(void *userdata, const Config *c, Ledger **ret) {
+        Manager *m = userdata;
+        _cleanup_free_ char *error = NULL;
+        int r;
+
+        /* A config that does not load makes no ledger: the first load reads
+         * an empty one, in memory, and a second one fills the new file. */
+        m->ledger_read_only = arg_check || (!m->create_ledger && access(c->ledger, F_OK) < 0 && errno == ENOENT);
+        r = ledger_open(c->ledger, m->ledger_read_only ? LEDGER_READ : LEDGER_WRITE, &m->ledger, &error);
+        m->ledger_failed = r < 0;
+        if (r < 0) {
+                if (error)
+                        return log_error_errno(r, "%s", error);
+                return log_error_errno(r, "Cannot open the ledger %s: %m", c->ledger);
+        }
+        *ret = m->ledger;
+        return 0;
+}
+
+/* Reads config and key together: a reload that cannot get both keeps both
+ * old, and the declared set in force with them. */
 static int load_config(Manager *m, Config **ret_config, char **ret_token) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(conf_diag_done) ConfDiag d = {};
         _cleanup_free_ char *token = NULL, *where = NULL;
+        _cleanup_(decl_load_done) DeclLoad dl = { .ledger = m->ledger, .open = open_ledger, .userdata = m };
+        DeclSink sink = decl_load_sink(&dl);
         int r;
 
         free(m->rejected);
         m->rejected = NULL;
-        r = config_load(arg_config, &c, &d);
+        r = config_load(arg_config, &sink, &c, &d);
+        if (r < 0 && m->ledger_failed)
+                return r;       /* said so already */
         if (r < 0) {
                 report_diag(&d, "Config rejected");
                 if (d.n == 0)
@@ -83,7 +112,7 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
                         log_event(LOG_ERR, MESSAGE_CONFIG_REJECTED, NULL, "Cannot read the API key (%s): %s.",
                                   strna(where), strerror(-r));
                 (void) asprintf_or_null(&m->rejected, "API key %s: %s", strna(where), why ? why : strerror(-r));
-                return r;
+                return ledger_decls_restore(m->ledger) < 0 ? -EIO : r;
         }
         if (!m->token || !streq(m->token, token)) {
                 char fp[TOKEN_FINGERPRINT_LEN + 1] = "?";
@@ -98,7 +127,14 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
 
 /* Declarations become ledger rows through one plan, applied in one
  * transaction; past the blast-radius limit the new releases wait. */
-static int apply_declarations(Manager *m, const Config *c, const char *why) {
+static int log_cancelled(const Change *ch, void *userdata) {
+        log_event(LOG_NOTICE, MESSAGE_CANCELLED,
+                  &(LogFields) { .phone_id = ch->id, .phone_number = ch->number, .outcome = "cancelled" },
+                  "%s cancelled: no longer declared (was %s)", ch->key, state_to_string(ch->from));
+        return 0;
+}
+
+static int apply_plan(Manager *m, const Config *c, const char *why) {
         _cleanup_(plan_freep) Plan *p = NULL;
         int r;
 
@@ -110,13 +146,10 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
                 return log_error_errno(r, "Cannot apply the plan: %m (%s)", ledger_errmsg(m->ledger));
         /* One entry per phone while that reads as news; past that, one entry
          * with the count (each step is in the ledger's history). */
-        for (size_t i = 0, n = 0; i < p->n && p->count[CHANGE_CANCEL] <= CANCEL_ENTRIES_MAX; i++) {
-                const Change *ch = &p->changes[i];
-                if (ch->kind == CHANGE_CANCEL && n++ < CANCEL_ENTRIES_MAX)
-                        log_event(LOG_NOTICE, MESSAGE_CANCELLED,
-                                  &(LogFields) { .phone_id = ch->id, .phone_number = ch->number, .outcome = "cancelled" },
-                                  "%s cancelled: no longer declared (was %s)", ch->key, state_to_string(ch->from));
-        }
+        if (p->count[CHANGE_CANCEL] <= CANCEL_ENTRIES_MAX &&
+            plan_foreach(p, CHANGE_CANCEL, CANCEL_ENTRIES_MAX, log_cancelled, NULL) < 0)
+                log_warning("Cannot read back the cancellations (%s); the ledger's history has them.",
+                            ledger_errmsg(m->ledger));
         if (p->count[CHANGE_CANCEL] > CANCEL_ENTRIES_MAX)
                 log_event(LOG_NOTICE, MESSAGE_CANCELLED, &(LogFields) { .outcome = "cancelled" },
                           "%zu phones cancelled: no longer declared (retirectl history --state cancelled lists them).",
@@ -139,6 +172,21 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
         /* A large load leaves a large heap behind; an idle daemon should be small. */
         p = plan_free(p);
         malloc_trim(0);
+        return 0;
+}
+
+/* The declared set just loaded stays in force only once it is applied. */
+static int apply_declarations(Manager *m, const Config *c, const char *why) {
+        int r = apply_plan(m, c, why);
+
+        if (r < 0) {
+                if (ledger_decls_restore(m->ledger) < 0)
+                        log_error("Cannot bring the previous declarations back (%s); restarting is the way out.",
+                                  ledger_errmsg(m->ledger));
+                return r;
+        }
+        if (ledger_decls_keep(m->ledger) < 0)
+                log_warning("Cannot drop the previous declarations' copy (%s).", ledger_errmsg(m->ledger));
         return 0;
 }
 
@@ -168,45 +216,14 @@ static void notify_status(Manager *m) {
                                   m->rejected ? m->rejected : "", m->rejected ? "; " : "", buf);
 }
 
-static int cmp_key(const void *a, const void *b) {
-        return strcmp(*(const char *const *) a, *(const char *const *) b);
-}
-
-typedef struct NeedsOperator {
-        const char **keys;           /* the declared keys, sorted */
-        size_t n_keys;
-        uint64_t n;
-} NeedsOperator;
-
-/* A failed row no longer declared was the operator's choice: history, not work. */
-static int count_declared(const Phone *p, void *userdata) {
-        NeedsOperator *no = userdata;
-
-        if (bsearch(&p->key, no->keys, no->n_keys, sizeof(char *), cmp_key))
-                no->n++;
-        return 0;
-}
-
 /* What --once ends with: settled, unless some declared phones need an operator. */
 static int once_done(Manager *m) {
-        _cleanup_free_ const char **keys = NULL;
-        NeedsOperator no = {};
-        uint64_t c[_STATE_MAX];
+        uint64_t c[_STATE_MAX], needing = 0;
         int r = ledger_counts(m->ledger, c);
 
-        keys = calloc(m->config->n_decls + 1, sizeof(char *));
-        if (!keys) {
-                (void) log_oom();
-                return EXIT_STOPPED;
-        }
-        for (size_t i = 0; i < m->config->n_decls; i++)
-                keys[i] = m->config->decls[i].key;
-        qsort(keys, m->config->n_decls, sizeof(char *), cmp_key);
-        no = (NeedsOperator) { .keys = keys, .n_keys = m->config->n_decls };
+        /* A failed row no longer declared was the operator's choice: history, not work. */
         if (r >= 0)
-                r = ledger_list(m->ledger, STATE_FAILED, count_declared, &no);
-        if (r >= 0)
-                r = ledger_list(m->ledger, STATE_UNRESOLVED, count_declared, &no);
+                r = ledger_decls_needing_operator(m->ledger, &needing);
         if (r < 0) {
                 log_error("Cannot count the ledger's phones: %s.", ledger_errmsg(m->ledger));
                 return EXIT_SETUP;
@@ -214,10 +231,10 @@ static int once_done(Manager *m) {
         log_info("Done: %" PRIu64 " released, %" PRIu64 " scheduled, %" PRIu64 " waiting for their time, %" PRIu64
                  " failed, %" PRIu64 " unresolved.", c[STATE_RELEASED], c[STATE_SCHEDULED],
                  c[STATE_PENDING] + c[STATE_DEFERRED] + c[STATE_RETRYING], c[STATE_FAILED], c[STATE_UNRESOLVED]);
-        if (no.n == 0)
+        if (needing == 0)
                 return EXIT_SETTLED;
         log_warning("%" PRIu64 " declared %s an operator: retirectl list --state failed, retirectl list --state "
-                    "unresolved.", no.n, plural(no.n, "phone needs", "phones need"));
+                    "unresolved.", needing, plural(needing, "phone needs", "phones need"));
         return EXIT_OPERATOR;
 }
 
@@ -492,13 +509,24 @@ static void manager_free(Manager *m) {
 
 static int run(void) {
         _cleanup_(manager_free) Manager m = { .once = arg_once };
-        _cleanup_free_ char *error = NULL;
         sigset_t mask;
         int r;
 
         r = load_config(&m, &m.config, &m.token);
         if (r < 0)
                 return EXIT_SETUP;
+        if (m.ledger_read_only && !arg_check) {
+                _cleanup_free_ char *token = NULL;
+
+                m.ledger = ledger_close(m.ledger);
+                m.config = config_free(m.config);
+                m.create_ledger = true;
+                r = load_config(&m, &m.config, &token);
+                if (r < 0)
+                        return EXIT_SETUP;
+                erase_and_free(m.token);
+                m.token = TAKE_PTR(token);
+        }
         if (arg_check) {
                 _cleanup_free_ char *warning = NULL;
 
@@ -511,14 +539,6 @@ static int run(void) {
                 printf("%s: OK, %zu %s declared\n", arg_config, m.config->n_decls,
                        plural(m.config->n_decls, "release", "releases"));
                 return 0;
-        }
-        r = ledger_open(m.config->ledger, LEDGER_WRITE, &m.ledger, &error);
-        if (r < 0) {
-                if (error)
-                        (void) log_error_errno(r, "%s", error);
-                else
-                        (void) log_error_errno(r, "Cannot open the ledger %s: %m", m.config->ledger);
-                return EXIT_SETUP;
         }
 
         r = sd_event_default(&m.event);

@@ -14,6 +14,12 @@ static inline void finalizep(sqlite3_stmt **st) { (void) sqlite3_finalize(*st); 
 int sqlite_to_errno(int rc);
 sqlite3 *ledger_db(Ledger *l);
 int ledger_exec(Ledger *l, const char *sql);
+/* The first column of the first row; -ENOENT when it is NULL. */
+int ledger_query_int(Ledger *l, const char *sql, int64_t *ret);
 int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, const char *old_state,
                        const char *new_state, const char *method, const char *path, int http_status,
                        int64_t latency_ms, const char *detail);
+/* The declared set's rows matched to the ledger's (temp.decl.phone, and
+ * temp.declared by row), for the plan; again after rows were added. */
+int ledger_decls_match(Ledger *l);
+int ledger_decls_added(Ledger *l);

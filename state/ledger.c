@@ -265,8 +265,11 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         (void) sqlite3_extended_result_codes(l->db, 1);
         /* Set before switching to WAL: the switch itself may need to wait. */
         (void) sqlite3_busy_timeout(l->db, 5000);
-        /* The plan's TEMP table lives in memory, never in a file in /var/tmp. */
-        r = ledger_exec(l, "PRAGMA temp_store = MEMORY");
+        /* The declared set and the plan are TEMP tables: in an unlinked
+         * file (in the unit's private /var/tmp), of which a bounded cache
+         * is in memory, so a million declarations cost no more memory
+         * than ten. */
+        r = ledger_exec(l, "PRAGMA temp_store = FILE; PRAGMA temp.cache_size = -4096");
         if (r < 0) {
                 set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                 return r;
@@ -462,6 +465,10 @@ static int query_int(Ledger *l, const char *sql, int64_t *ret, int n, ...) {
                 return -ENOENT;
         *ret = sqlite3_column_int64(st, 0);
         return 0;
+}
+
+int ledger_query_int(Ledger *l, const char *sql, int64_t *ret) {
+        return query_int(l, sql, ret, 0);
 }
 
 int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata), void *userdata) {

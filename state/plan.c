@@ -16,20 +16,13 @@ const char *change_kind_to_string(ChangeKind k) {
         return k < _CHANGE_MAX ? change_names[k] : NULL;
 }
 
-static void change_done(Change *c) {
-        free(c->key);
-        free(c->id);
-        free(c->number);
-        free(c->reason);
-        free(c->declared_at);
-}
-
 Plan *plan_free(Plan *p) {
         if (!p)
                 return NULL;
-        for (size_t i = 0; i < p->n; i++)
-                change_done(&p->changes[i]);
-        free(p->changes);
+        if (p->ledger) {
+                (void) ledger_exec(p->ledger, "DROP TABLE IF EXISTS temp.plan");
+                (void) sqlite3_db_release_memory(ledger_db(p->ledger));
+        }
         free(p);
         return NULL;
 }
@@ -38,112 +31,42 @@ size_t plan_changes(const Plan *p) {
         return p->n - p->count[CHANGE_KEEP];
 }
 
-static int load_decls(Ledger *l, const Config *c) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        sqlite3 *db = ledger_db(l);
-        int rc, r;
-
-        r = ledger_exec(l, "DROP TABLE IF EXISTS temp.decl;"
-                        "CREATE TEMP TABLE decl (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT,"
-                        "  number TEXT, reason TEXT, not_before INTEGER NOT NULL, declared_at TEXT,"
-                        "  phone INTEGER)");
-        if (r < 0)
-                return r;
-        /* Most declarations name their row by key: match those as they go in. */
-        rc = sqlite3_prepare_v2(db, "INSERT INTO temp.decl (key, id, number, reason, not_before, declared_at, phone)"
-                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6 || ':' || ?7,"
-                                " (SELECT pk FROM phones WHERE key = ?1))", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        r = ledger_exec(l, "SAVEPOINT decl");
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < c->n_decls; i++) {
-                const Decl *d = &c->decls[i];
-
-                (void) sqlite3_bind_text(st, 1, d->key, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_text(st, 2, d->id, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_text(st, 3, d->number, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_text(st, 4, d->reason, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_int64(st, 5, d->not_before);
-                (void) sqlite3_bind_text(st, 6, d->file, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_int(st, 7, (int) d->line);
-                rc = sqlite3_step(st);
-                (void) sqlite3_reset(st);
-                if (rc != SQLITE_DONE) {
-                        (void) ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
-                        return sqlite_to_errno(rc);
-                }
-        }
-        /* A declaration names a row by its key, or by the id or number the
-         * row was declared or resolved with. */
-        r = ledger_exec(l, "UPDATE temp.decl SET phone = coalesce("
-                        "  (SELECT max(pk) FROM phones p WHERE decl.id IS NOT NULL AND p.id = decl.id),"
-                        "  (SELECT max(pk) FROM phones p WHERE decl.number IS NOT NULL AND p.number = decl.number"
-                        /* a number reused under another id is another phone */
-                        "    AND (decl.id IS NULL OR p.id IS NULL OR p.id = decl.id)))"
-                        " WHERE phone IS NULL;"
-                        "CREATE INDEX temp.decl_phone ON decl (phone);"
-                        "RELEASE decl");
-        if (r < 0)
-                (void) ledger_exec(l, "ROLLBACK TO decl; RELEASE decl");
-        return r;
-}
-
-static int push(Plan *p, size_t *cap, Change *c) {
-        if (p->n == *cap) {
-                size_t n = *cap ? *cap * 2 : 64;
-                Change *a = reallocarray(p->changes, n, sizeof(Change));
-                if (!a)
-                        return -ENOMEM;
-                p->changes = a;
-                *cap = n;
-        }
-        p->changes[p->n++] = *c;
-        p->count[c->kind]++;
-        return 0;
-}
-
-static char *col(sqlite3_stmt *st, int i) {
-        const unsigned char *s = sqlite3_column_text(st, i);
-        return s ? strdup((const char *) s) : NULL;
-}
-
-/* One query yields every change, in a stable order: kind, then declaration
- * order for new rows and ledger order for existing ones. */
+/* temp.plan holds what each change is (kind, the row, the declaration, the
+ * state it is in and goes to), not copies of their fields: those are read
+ * from the row and the declaration when the change is shown or applied. */
 static const char plan_sql[] =
-        "SELECT 0, NULL, d.key, d.id, d.number, d.reason, d.not_before, d.declared_at, NULL, 0, 0"
-        "  FROM temp.decl d WHERE d.phone IS NULL"
-        " UNION ALL "
-        "SELECT 1, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state, p.sent_at, 0"
-        "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
-        "  WHERE p.state = 'cancelled'"
-        " UNION ALL "
+        "DROP TABLE IF EXISTS temp.plan;"
+        "CREATE TEMP TABLE plan (kind INTEGER NOT NULL, pk INTEGER, seq INTEGER, from_state TEXT, to_state TEXT);"
+        "INSERT INTO temp.plan SELECT 0, NULL, seq, NULL, 'pending' FROM temp.decl WHERE phone IS NULL ORDER BY seq;"
+        /* Every row of the ledger once, in ledger order, with the first
+         * declaration that names it. */
+        "INSERT INTO temp.plan SELECT kind, pk, seq, state, CASE kind"
+        /* Declared again while a DELETE of it may be out: what that DELETE
+         * did is found out first, as for any row in flight. */
+        "   WHEN 1 THEN CASE WHEN sent_at != 0 THEN 'in_flight' ELSE 'pending' END"
+        "   WHEN 2 THEN 'cancelled'"
+        /* A failed phone declared anew (another id or number): decided afresh. */
+        "   WHEN 3 THEN CASE WHEN state = 'failed' AND renamed THEN 'pending' ELSE state END"
+        "   ELSE state END"
+        " FROM (SELECT p.pk AS pk, d.seq AS seq, p.state AS state, p.sent_at AS sent_at,"
+        "   p.number IS NOT d.number OR (d.id IS NOT NULL AND p.id IS NOT d.id) AS renamed,"
+        "   CASE WHEN d.seq IS NOT NULL THEN"
+        "     CASE WHEN p.state = 'cancelled' THEN 1"
+        /* A corrected, added or dropped number, or an added id, must reach
+         * the row, or the daemon would go on acting on what was first
+         * declared.  (A number-declared row's resolved id is not declared.) */
+        "          WHEN p.state IN ('pending','deferred','retrying','unresolved','failed')"
+        "           AND (p.reason IS NOT d.reason OR p.not_before != d.not_before OR p.number IS NOT d.number"
+        "                OR (d.id IS NOT NULL AND p.id IS NOT d.id)) THEN 3 END"
         /* An in_flight row is cancelled too: whatever its DELETE did, the
          * daemon must not send another.  A cancelled row whose DELETE may
          * have gone out is looked at on resync and recorded as released or
          * scheduled if it was. */
-        "SELECT 2, p.pk, p.key, p.id, coalesce(p.number, p.api_number), p.reason, p.not_before, p.declared_at,"
-        "  p.state, p.sent_at, 0"
-        "  FROM phones p WHERE p.state IN ('pending','deferred','retrying','unresolved','in_flight')"
-        "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
-        " UNION ALL "
-        /* A corrected, added or dropped number, or an added id, must reach
-         * the row, or the daemon would go on acting on what was first
-         * declared.  (A number-declared row's resolved id is not declared.) */
-        "SELECT 3, p.pk, p.key, d.id, d.number, d.reason, d.not_before, d.declared_at, p.state, p.sent_at,"
-        "  p.number IS NOT d.number OR (d.id IS NOT NULL AND p.id IS NOT d.id)"
-        "  FROM phones p JOIN temp.decl d ON d.seq = (SELECT min(seq) FROM temp.decl WHERE phone = p.pk)"
-        "  WHERE p.state IN ('pending','deferred','retrying','unresolved','failed')"
-        "  AND (p.reason IS NOT d.reason OR p.not_before != d.not_before"
-        "       OR p.number IS NOT d.number"
-        "       OR (d.id IS NOT NULL AND p.id IS NOT d.id))"
-        " UNION ALL "
-        "SELECT 4, p.pk, p.key, p.id, coalesce(p.number, p.api_number), p.reason, p.not_before, p.declared_at,"
-        "  p.state, p.sent_at, 0"
-        "  FROM phones p WHERE ?1 AND p.state IN ('released','scheduled','failed')"
-        "  AND NOT EXISTS (SELECT 1 FROM temp.decl WHERE phone = p.pk)"
-        " ORDER BY 1, 2";
+        "    WHEN p.state IN ('pending','deferred','retrying','unresolved','in_flight') THEN 2"
+        "    WHEN @notes AND p.state IN ('released','scheduled','failed') THEN 4 END AS kind"
+        "  FROM phones p LEFT JOIN temp.declared m ON m.pk = p.pk LEFT JOIN temp.decl d ON d.seq = m.seq"
+        "  ORDER BY p.pk)"
+        " WHERE kind IS NOT NULL";
 
 static void hash_add(uint64_t *h, const char *s) {
         for (; *s; s++) {
@@ -152,25 +75,47 @@ static void hash_add(uint64_t *h, const char *s) {
         }
 }
 
-static int cmp_str(const void *a, const void *b) {
-        return strcmp(*(char *const *) a, *(char *const *) b);
+/* The hash names the set of new releases, whatever order they were
+ * declared in: moving a declaration to another file is not a new plan.
+ * (SQLite's BINARY order is strcmp()'s.) */
+static int plan_hash(Ledger *l, uint64_t *h) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT d.key FROM temp.plan JOIN temp.decl d ON d.seq = plan.seq"
+                                " WHERE plan.kind = 0"
+                                " UNION ALL SELECT p.key FROM temp.plan JOIN phones p ON p.pk = plan.pk WHERE plan.kind = 1"
+                                " ORDER BY 1", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const char *key = (const char *) sqlite3_column_text(st, 0);
+                if (!key)
+                        return -EBADMSG;
+                hash_add(h, key);
+                hash_add(h, "\n");
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
-/* The hash names the set of new releases, whatever order they were
- * declared in: moving a declaration to another file is not a new plan. */
-static int plan_hash(const Plan *p, uint64_t *h) {
-        _cleanup_free_ char **keys = calloc(p->new_releases + 1, sizeof(char *));
-        size_t n = 0;
+static int run_plan_sql(Ledger *l, bool notes) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        const char *tail = plan_sql;
+        int rc;
 
-        if (!keys)
-                return -ENOMEM;
-        for (size_t i = 0; i < p->n; i++)
-                if (p->changes[i].kind == CHANGE_ADD || p->changes[i].kind == CHANGE_REDECLARE)
-                        keys[n++] = p->changes[i].key;
-        qsort(keys, n, sizeof(char *), cmp_str);
-        for (size_t i = 0; i < n; i++) {
-                hash_add(h, keys[i]);
-                hash_add(h, "\n");
+        /* Several statements, one with a parameter. */
+        while (tail && *tail) {
+                rc = sqlite3_prepare_v2(ledger_db(l), tail, -1, &st, &tail);
+                if (rc != SQLITE_OK)
+                        return sqlite_to_errno(rc);
+                if (!st)
+                        break;
+                if (sqlite3_bind_parameter_count(st) > 0)
+                        (void) sqlite3_bind_int(st, sqlite3_bind_parameter_index(st, "@notes"), notes);
+                rc = sqlite3_step(st);
+                (void) sqlite3_finalize(TAKE_PTR(st));
+                if (rc != SQLITE_DONE)
+                        return sqlite_to_errno(rc);
         }
         return 0;
 }
@@ -179,59 +124,34 @@ static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
         _cleanup_(plan_freep) Plan *p = NULL;
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         uint64_t h = 0xcbf29ce484222325ULL;
-        size_t cap = 0;
         int rc, r;
 
         p = calloc(1, sizeof(Plan));
         if (!p)
                 return -ENOMEM;
-        r = load_decls(l, c);
+        r = ledger_decls_match(l);
         if (r < 0)
                 return r;
-        rc = sqlite3_prepare_v2(ledger_db(l), plan_sql, -1, &st, NULL);
+        p->ledger = l;
+        r = run_plan_sql(l, notes);
+        if (r < 0)
+                return r;
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT kind, count(*) FROM temp.plan GROUP BY kind", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        (void) sqlite3_bind_int(st, 1, notes);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                ChangeKind k = (ChangeKind) sqlite3_column_int(st, 0);
-                const char *from = (const char *) sqlite3_column_text(st, 8);
-                Change ch = {
-                        .kind = k,
-                        .pk = sqlite3_column_int64(st, 1),
-                        .key = col(st, 2), .id = col(st, 3), .number = col(st, 4),
-                        .reason = col(st, 5), .not_before = sqlite3_column_int64(st, 6),
-                        .declared_at = col(st, 7),
-                        .from = from ? state_from_string(from) : _STATE_INVALID,
-                };
+                int k = sqlite3_column_int(st, 0);
+                int64_t n = sqlite3_column_int64(st, 1);
 
-                /* Declared again while a DELETE of it may be out: what that
-                 * DELETE did is found out first, as for any row in flight. */
-                ch.to = k == CHANGE_REDECLARE && sqlite3_column_int64(st, 9) != 0 ? STATE_IN_FLIGHT :
-                        k == CHANGE_ADD || k == CHANGE_REDECLARE ? STATE_PENDING :
-                        k == CHANGE_CANCEL ? STATE_CANCELLED :
-                        /* A failed phone declared anew (another id or number): decided afresh. */
-                        k == CHANGE_UPDATE && ch.from == STATE_FAILED && sqlite3_column_int(st, 10) ? STATE_PENDING :
-                        ch.from;
-                if (!ch.key || (from && ch.from < 0)) {
-                        change_done(&ch);
-                        return ch.key ? -EBADMSG : -ENOMEM;
-                }
-                if (k == CHANGE_ADD || k == CHANGE_REDECLARE)
-                        p->new_releases++;
-                r = push(p, &cap, &ch);
-                if (r < 0) {
-                        change_done(&ch);
-                        return r;
-                }
+                if (k < 0 || k >= _CHANGE_MAX)
+                        return -EBADMSG;
+                p->count[k] = (size_t) n;
+                p->n += (size_t) n;
         }
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
-        /* The declarations' copy is not needed past this point: give its
-         * memory back, a long-running daemon should not keep it. */
-        (void) sqlite3_finalize(TAKE_PTR(st));
-        (void) ledger_exec(l, "DROP TABLE IF EXISTS temp.decl");
-        (void) sqlite3_db_release_memory(ledger_db(l));
-        r = plan_hash(p, &h);
+        p->new_releases = p->count[CHANGE_ADD] + p->count[CHANGE_REDECLARE];
+        r = plan_hash(l, &h);
         if (r < 0)
                 return r;
         snprintf(p->hash, sizeof p->hash, "%012" PRIx64, h >> 16);
@@ -249,6 +169,70 @@ int plan_compute(Ledger *l, const Config *c, Plan **ret) {
  * would make one per row. */
 int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
         return compute(l, c, false, ret);
+}
+
+/* A new or changed row shows what is declared; a cancelled or kept one
+ * what the ledger has. */
+static const char change_columns[] =
+        "SELECT plan.kind, plan.pk,"
+        "  CASE WHEN plan.kind = 0 THEN d.key ELSE p.key END,"
+        "  CASE WHEN plan.kind IN (2, 4) THEN p.id ELSE d.id END,"
+        "  CASE WHEN plan.kind IN (2, 4) THEN coalesce(p.number, p.api_number) ELSE d.number END,"
+        "  CASE WHEN plan.kind IN (2, 4) THEN p.reason ELSE d.reason END,"
+        "  CASE WHEN plan.kind IN (2, 4) THEN p.not_before ELSE d.not_before END,"
+        "  CASE WHEN plan.kind IN (2, 4) THEN p.declared_at ELSE d.file || ':' || d.line END,"
+        "  plan.from_state, plan.to_state"
+        " FROM temp.plan LEFT JOIN phones p ON p.pk = plan.pk LEFT JOIN temp.decl d ON d.seq = plan.seq";
+
+static Change change_of(sqlite3_stmt *st) {
+        const char *from = (const char *) sqlite3_column_text(st, 8), *to = (const char *) sqlite3_column_text(st, 9);
+
+        return (Change) {
+                .kind = (ChangeKind) sqlite3_column_int(st, 0),
+                .pk = sqlite3_column_int64(st, 1),
+                .key = (const char *) sqlite3_column_text(st, 2),
+                .id = (const char *) sqlite3_column_text(st, 3),
+                .number = (const char *) sqlite3_column_text(st, 4),
+                .reason = (const char *) sqlite3_column_text(st, 5),
+                .not_before = sqlite3_column_int64(st, 6),
+                .declared_at = (const char *) sqlite3_column_text(st, 7),
+                .from = from ? state_from_string(from) : _STATE_INVALID,
+                .to = to ? state_from_string(to) : _STATE_INVALID,
+        };
+}
+
+static bool change_valid(const Change *c) {
+        return c->kind < _CHANGE_MAX && c->key && c->to >= 0 && (c->kind == CHANGE_ADD || c->from >= 0);
+}
+
+int plan_foreach(const Plan *p, int kind, size_t limit, int (*cb)(const Change *c, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        _cleanup_free_ char *sql = NULL;
+        int rc, r;
+
+        /* Kind by kind, each in the order it went in. */
+        if (asprintf_or_null(&sql, "%s WHERE plan.kind = ?1 ORDER BY plan.rowid LIMIT ?2", change_columns) < 0)
+                return -ENOMEM;
+        rc = sqlite3_prepare_v2(ledger_db(p->ledger), sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        for (int k = kind < 0 ? 0 : kind; k < (kind < 0 ? _CHANGE_MAX : kind + 1); k++) {
+                (void) sqlite3_reset(st);
+                (void) sqlite3_bind_int(st, 1, k);
+                (void) sqlite3_bind_int64(st, 2, limit > INT64_MAX ? -1 : (int64_t) limit);
+                while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                        Change c = change_of(st);
+
+                        if (!change_valid(&c))
+                                return -EBADMSG;
+                        r = cb(&c, userdata);
+                        if (r < 0)
+                                return r;
+                }
+                if (rc != SQLITE_DONE)
+                        return sqlite_to_errno(rc);
+        }
+        return 0;
 }
 
 static int step_one(sqlite3 *db, sqlite3_stmt *st) {
@@ -338,7 +322,7 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                                   " next_at = CASE WHEN sent_at != 0 THEN 0 ELSE next_at END"
                                   " WHERE pk = ?1 AND state = ?2",
         };
-        sqlite3_stmt *st[_CHANGE_MAX] = {};
+        sqlite3_stmt *st[_CHANGE_MAX] = {}, *each = NULL;
         bool hold = p->needs_approval && !approved;
         int64_t t = (int64_t) now(CLOCK_REALTIME);
         /* Whole seconds, rounded up: the hold is never shorter than asked. */
@@ -359,19 +343,36 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                         goto finish;
                 }
         }
-        for (size_t i = 0; i < p->n && r >= 0; i++) {
-                const Change *c = &p->changes[i];
-                if (hold && (c->kind == CHANGE_ADD || c->kind == CHANGE_REDECLARE))
-                        continue;
-                r = apply_one(l, st, c, t, hold_until);
+        /* temp.plan is read while phones is written: two tables, so the
+         * reading is not disturbed by the writing. */
+        rc = sqlite3_prepare_v2(ledger_db(l), change_columns, -1, &each, NULL);
+        if (rc != SQLITE_OK) {
+                r = sqlite_to_errno(rc);
+                goto finish;
         }
+        while (r >= 0 && (rc = sqlite3_step(each)) == SQLITE_ROW) {
+                Change c = change_of(each);
+
+                if (!change_valid(&c))
+                        r = -EBADMSG;
+                else if (!hold || (c.kind != CHANGE_ADD && c.kind != CHANGE_REDECLARE))
+                        r = apply_one(l, st, &c, t, hold_until);
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sqlite_to_errno(rc);
 finish:
+        (void) sqlite3_finalize(each);
         for (size_t k = 0; k < _CHANGE_MAX; k++)
                 (void) sqlite3_finalize(st[k]);
         if (r >= 0)
                 r = ledger_exec(l, "COMMIT");
-        if (r < 0)
+        if (r < 0) {
                 (void) ledger_exec(l, "ROLLBACK");
+                return r;
+        }
+        /* The rows just added are the ones these declarations now name. */
+        if (p->count[CHANGE_ADD] > 0 && !hold)
+                r = ledger_decls_added(l);
         return r;
 }
 

@@ -191,6 +191,31 @@ int ledger_count_held(Ledger *l, int64_t due_now, uint64_t *ret, int64_t *ret_fi
 int ledger_count_unsettled(Ledger *l, int64_t due_now, bool due_pending, unsigned max_attempts,
                            uint64_t *ret, uint64_t *ret_stuck);
 
+/* The declared set: what config_load() reads goes, through the sink below,
+ * into a TEMP table of the ledger's connection (an unlinked file, never
+ * more than a bounded cache of it in memory), where SQLite merges what is
+ * declared twice and the plan diffs it against the ledger.  Loading a new
+ * set moves the one in force aside: ledger_decls_keep() drops it once the
+ * new one is applied, ledger_decls_restore() brings it back when the new
+ * one is refused. */
+typedef struct DeclLoad {
+        Ledger *ledger;          /* to load into; NULL: open() gives it at begin */
+        int (*open)(void *userdata, const Config *c, Ledger **ret);
+        void *userdata;
+        void *insert;            /* private: the prepared INSERT */
+        bool loading;            /* private: a load is under way */
+} DeclLoad;
+
+DeclSink decl_load_sink(DeclLoad *dl);
+/* Ends a load that did not finish (the set in force comes back), frees the rest. */
+void decl_load_done(DeclLoad *dl);
+int ledger_decls_keep(Ledger *l);
+int ledger_decls_restore(Ledger *l);
+/* The declared set, in the order declared (after merging). */
+int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), void *userdata);
+/* Declared phones whose rows are failed or unresolved: an operator's work. */
+int ledger_decls_needing_operator(Ledger *l, uint64_t *ret);
+
 /* The plan: what the declarations change in the ledger. */
 typedef enum ChangeKind {
         CHANGE_ADD,        /* newly declared: a new pending row */
@@ -205,13 +230,16 @@ typedef enum ChangeKind {
 typedef struct Change {
         ChangeKind kind;
         int64_t pk;              /* 0 for CHANGE_ADD */
-        char *key, *id, *number, *reason, *declared_at;
+        const char *key, *id, *number, *reason, *declared_at;
         int64_t not_before;
         PhoneState from, to;
 } Change;
 
+/* The changes themselves are in the ledger connection's temp.plan, so a
+ * plan of a million changes costs no more memory than one of ten; one plan
+ * per connection at a time. */
 typedef struct Plan {
-        Change *changes;
+        Ledger *ledger;
         size_t n;
         size_t count[_CHANGE_MAX];
         size_t new_releases;     /* ADD + REDECLARE */
@@ -221,9 +249,14 @@ typedef struct Plan {
 } Plan;
 
 const char *change_kind_to_string(ChangeKind k);
+/* The diff of the declared set (ledger_decls_*) against the ledger. */
 int plan_compute(Ledger *l, const Config *c, Plan **ret);
 /* The same without CHANGE_KEEP notes. */
 int plan_compute_changes(Ledger *l, const Config *c, Plan **ret);
+/* The changes in order (kind, then declaration order for new rows, ledger
+ * order for the others), of one kind (or all, kind < 0), at most limit;
+ * each Change lives for its call only.  The callback returns < 0 to stop. */
+int plan_foreach(const Plan *p, int kind, size_t limit, int (*cb)(const Change *c, void *userdata), void *userdata);
 /* Applies the plan in one transaction.  Unless approved, a plan that needs
  * approval applies everything but its new releases.  Every change bumps the
  * row's declaration version, so a DELETE decided on the old one never leaves. */

@@ -20,9 +20,14 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "usage: fill-ledger CONFIG LEDGER\n");
                 return 1;
         }
-        r = config_load(argv[1], &c, &d);
-        if (r >= 0)
-                r = ledger_open(argv[2], LEDGER_WRITE, &l, &error);
+        r = ledger_open(argv[2], LEDGER_WRITE, &l, &error);
+        if (r >= 0) {
+                DeclLoad dl = { .ledger = l };
+                DeclSink sink = decl_load_sink(&dl);
+
+                r = config_load(argv[1], &sink, &c, &d);
+                decl_load_done(&dl);
+        }
         if (r >= 0)
                 r = plan_compute(l, c, &p);
         if (r >= 0)

@@ -8,7 +8,8 @@
  * made once with mkdtemp() under $TMPDIR (or /tmp) and removed at exit.
  *
  * Checked on every input:
- *   success: no diagnostics; n_decls <= CONF_MAX_RELEASES; every Decl has a
+ *   success: no diagnostics; n_decls <= CONF_MAX_RELEASES; every Decl (as
+ *            the ledger's TEMP table holds it after the merge, state/decl.c) has a
  *            key that is its id when it has one, else its number; ids pass
  *            uuid_is_valid(); numbers are already in normalised form; no two
  *            Decls share an id or a number; Decl.file is one of Config.files;
@@ -30,6 +31,7 @@
 
 #include "conf.h"
 #include "macro.h"
+#include "state.h"
 
 static char dir[PATH_MAX];
 static char main_path[PATH_MAX + 32], dropin_dir[PATH_MAX + 32], dropin_path[PATH_MAX + 64];
@@ -38,7 +40,12 @@ static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
         return remove(p);
 }
 
+/* A ledger that is not there: read as an empty one, in memory.  The
+ * declarations go into its TEMP tables as they would in the daemon. */
+static Ledger *ledger;
+
 static void cleanup(void) {
+        ledger = ledger_close(ledger);
         if (dir[0])
                 nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
@@ -60,6 +67,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         /* The ledger and control socket defaults come from these. */
         unsetenv("STATE_DIRECTORY");
         unsetenv("RUNTIME_DIRECTORY");
+        if (ledger_open("/nonexistent/retired-fuzz/ledger.db", LEDGER_READ, &ledger, NULL) < 0)
+                abort();
         atexit(cleanup);
         return 0;
 }
@@ -81,15 +90,51 @@ static void write_file(const char *path, const uint8_t *data, size_t size) {
 
 static bool is_config_file(const Config *c, const char *f) {
         for (size_t i = 0; i < c->n_files; i++)
-                if (c->files[i] == f)
+                if (streq(c->files[i], f))
                         return true;
         return false;
+}
+
+/* The declared set as the ledger's TEMP table holds it once merged, copied
+ * out for the checks. */
+static Decl *seen;
+static size_t n_seen;
+
+static char *dup0(const char *s) {
+        char *d = s ? strdup(s) : NULL;
+        if (s && !d)
+                abort();
+        return d;
+}
+
+static void seen_clear(void) {
+        for (size_t i = 0; i < n_seen; i++) {
+                free((char *) seen[i].key);
+                free((char *) seen[i].id);
+                free((char *) seen[i].number);
+                free((char *) seen[i].reason);
+                free((char *) seen[i].file);
+        }
+        free(seen);
+        seen = NULL;
+        n_seen = 0;
+}
+
+static int collect(const Decl *x, void *userdata) {
+        Decl *v = reallocarray(seen, n_seen + 1, sizeof(Decl));
+
+        if (!v)
+                abort();
+        seen = v;
+        seen[n_seen++] = (Decl) { .key = dup0(x->key), .id = dup0(x->id), .number = dup0(x->number),
+                                  .reason = dup0(x->reason), .not_before = x->not_before, .file = dup0(x->file),
+                                  .line = x->line };
+        return 0;
 }
 
 static void check_success(const Config *c, const ConfDiag *d) {
         CHECK(d->n == 0 && d->dropped == 0);
         CHECK(c->n_decls <= CONF_MAX_RELEASES);
-        CHECK(c->n_decls == 0 || c->decls);
         CHECK(c->n_files >= 1 && streq(c->files[0], main_path));
         CHECK(c->path && streq(c->path, main_path));
         CHECK(c->base_url && c->token_file && c->ca_file && c->ledger && c->releases_dir && c->control_socket);
@@ -111,12 +156,12 @@ static void check_success(const Config *c, const ConfDiag *d) {
         CHECK(c->max_new_releases <= CONF_MAX_RELEASES);
         CHECK(c->resync_interval >= 1 && c->resync_interval <= 604800);
 
-        for (size_t i = 0; i < c->n_decls; i++) {
-                const Decl *x = &c->decls[i];
+        for (size_t i = 0; i < n_seen; i++) {
+                const Decl *x = &seen[i];
 
                 CHECK(x->key);
                 CHECK(x->id || x->number);
-                CHECK(x->key == (x->id ? x->id : x->number));
+                CHECK(streq(x->key, x->id ? x->id : x->number));
                 if (x->id)
                         CHECK(uuid_is_valid(x->id));
                 if (x->number) {
@@ -134,10 +179,11 @@ static void check_success(const Config *c, const ConfDiag *d) {
                 CHECK(x->line > 0);
         }
         /* After the merge, one Decl per phone: no id and no number twice. */
-        if (c->n_decls <= 2000)
-                for (size_t i = 0; i < c->n_decls; i++)
-                        for (size_t j = i + 1; j < c->n_decls; j++) {
-                                const Decl *x = &c->decls[i], *y = &c->decls[j];
+        CHECK(n_seen == c->n_decls);
+        if (n_seen <= 2000)
+                for (size_t i = 0; i < n_seen; i++)
+                        for (size_t j = i + 1; j < n_seen; j++) {
+                                const Decl *x = &seen[i], *y = &seen[j];
                                 CHECK(!(x->id && y->id && streq(x->id, y->id)));
                                 CHECK(!(x->number && y->number && streq(x->number, y->number)));
                         }
@@ -174,10 +220,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         else if (unlink(dropin_path) < 0 && errno != ENOENT)
                 abort();
 
-        r = config_load(main_path, &c, &d);
+        {
+                DeclLoad dl = { .ledger = ledger };
+                DeclSink sink = decl_load_sink(&dl);
+
+                r = config_load(main_path, &sink, &c, &d);
+                decl_load_done(&dl);
+        }
         if (r == 0) {
                 CHECK(c);
+                CHECK(ledger_decls_foreach(ledger, collect, NULL) == 0);
+                CHECK(ledger_decls_keep(ledger) == 0);
                 check_success(c, &d);
+                seen_clear();
                 config_free(c);
         } else {
                 CHECK(!c);

@@ -20,6 +20,7 @@
 
 #include "conf.h"
 #include "macro.h"
+#include "state.h"
 
 #define CORPUS "tests/conf"
 #define UUID_A "3c90c3cc-0d44-4b50-8888-8dd25736052a"
@@ -31,13 +32,71 @@ static void print_diag(const ConfDiag *d) {
                 print_message("    (%zu more dropped)\n", d->dropped);
 }
 
+/* The declarations of the last load_ok(), as the ledger's TEMP tables
+ * hold them once merged: the sink the daemon uses, on a ledger that is not
+ * there (read as an empty one, in memory). */
+typedef struct Loaded {
+        Decl *v;
+        size_t n;
+} Loaded;
+
+static Loaded loaded;
+
+static char *dup0(const char *s) {
+        return s ? strdup(s) : NULL;
+}
+
+static void loaded_clear(void) {
+        for (size_t i = 0; i < loaded.n; i++) {
+                free((char *) loaded.v[i].id);
+                free((char *) loaded.v[i].number);
+                free((char *) loaded.v[i].reason);
+                free((char *) loaded.v[i].file);
+        }
+        loaded.v = mfree(loaded.v);
+        loaded.n = 0;
+}
+
+static int collect(const Decl *d, void *userdata) {
+        Decl *v = reallocarray(loaded.v, loaded.n + 1, sizeof(Decl));
+
+        assert_non_null(v);
+        loaded.v = v;
+        v[loaded.n] = (Decl) { .id = dup0(d->id), .number = dup0(d->number), .reason = dup0(d->reason),
+                               .not_before = d->not_before, .file = dup0(d->file), .line = d->line };
+        v[loaded.n].key = v[loaded.n].id ? v[loaded.n].id : v[loaded.n].number;
+        assert_string_equal(v[loaded.n].key, d->key);
+        loaded.n++;
+        return 0;
+}
+
+static int open_memory(void *userdata, const Config *c, Ledger **ret) {
+        return ledger_open("/nonexistent/ledger.db", LEDGER_READ, ret, NULL);
+}
+
+static int load(const char *path, Config **ret, ConfDiag *d) {
+        DeclLoad dl = { .open = open_memory };
+        DeclSink sink = decl_load_sink(&dl);
+        int r;
+
+        loaded_clear();
+        r = config_load(path, &sink, ret, d);
+        if (r >= 0)
+                assert_int_equal(ledger_decls_foreach(dl.ledger, collect, NULL), 0);
+        decl_load_done(&dl);
+        ledger_close(dl.ledger);
+        if (r >= 0)
+                assert_int_equal(loaded.n, (*ret)->n_decls);
+        return r;
+}
+
 /* Loads a file that must be valid; fails the test otherwise. */
 static Config *load_ok(const char *path) {
         ConfDiag d = {};
         Config *c = NULL;
         int r;
 
-        r = config_load(path, &c, &d);
+        r = load(path, &c, &d);
         if (r < 0 || d.n > 0) {
                 print_message("  %s: config_load() = %d (%s)\n", path, r, strerror(-r));
                 print_diag(&d);
@@ -54,7 +113,7 @@ static int load_fail(const char *path, ConfDiag *d) {
         Config *c = NULL;
         int r;
 
-        r = config_load(path, &c, d);
+        r = load(path, &c, d);
         if (r >= 0)
                 print_message("  %s: loaded, but should have been rejected\n", path);
         else if (c) {
@@ -200,20 +259,20 @@ static void test_every_key_is_read(void **state) {
         assert_int_equal(c->n_files, 2);
         assert_string_equal(c->files[1], CORPUS "/good/every-key.d/10-more.conf");
         assert_int_equal(c->n_decls, 2);
-        assert_string_equal(c->decls[0].key, "+34910000001");
-        assert_string_equal(c->decls[0].number, "+34910000001");
-        assert_null(c->decls[0].id);
-        assert_string_equal(c->decls[0].reason, "OPS-1 shop closed");
-        assert_int_equal(c->decls[0].not_before, 1798758000);   /* 2026-12-31T23:00:00Z */
-        assert_string_equal(c->decls[0].file, CORPUS "/good/every-key.conf");
-        assert_int_equal(c->decls[0].line, 33);
-        assert_string_equal(c->decls[1].key, UUID_A);
-        assert_string_equal(c->decls[1].id, UUID_A);
-        assert_null(c->decls[1].number);
-        assert_string_equal(c->decls[1].reason, "from the drop-in");
-        assert_int_equal(c->decls[1].not_before, 0);
-        assert_string_equal(c->decls[1].file, CORPUS "/good/every-key.d/10-more.conf");
-        assert_int_equal(c->decls[1].line, 1);
+        assert_string_equal(loaded.v[0].key, "+34910000001");
+        assert_string_equal(loaded.v[0].number, "+34910000001");
+        assert_null(loaded.v[0].id);
+        assert_string_equal(loaded.v[0].reason, "OPS-1 shop closed");
+        assert_int_equal(loaded.v[0].not_before, 1798758000);   /* 2026-12-31T23:00:00Z */
+        assert_string_equal(loaded.v[0].file, CORPUS "/good/every-key.conf");
+        assert_int_equal(loaded.v[0].line, 33);
+        assert_string_equal(loaded.v[1].key, UUID_A);
+        assert_string_equal(loaded.v[1].id, UUID_A);
+        assert_null(loaded.v[1].number);
+        assert_string_equal(loaded.v[1].reason, "from the drop-in");
+        assert_int_equal(loaded.v[1].not_before, 0);
+        assert_string_equal(loaded.v[1].file, CORPUS "/good/every-key.d/10-more.conf");
+        assert_int_equal(loaded.v[1].line, 1);
         config_free(c);
 }
 
@@ -226,11 +285,11 @@ static void test_numbers_are_normalised(void **state) {
 
         assert_int_equal(c->n_decls, ELEMENTSOF(want));
         for (size_t i = 0; i < ELEMENTSOF(want); i++) {
-                assert_string_equal(c->decls[i].number, want[i]);
-                assert_string_equal(c->decls[i].key, want[i]);
-                assert_null(c->decls[i].id);
-                assert_null(c->decls[i].reason);
-                assert_int_equal(c->decls[i].line, 3 + i);
+                assert_string_equal(loaded.v[i].number, want[i]);
+                assert_string_equal(loaded.v[i].key, want[i]);
+                assert_null(loaded.v[i].id);
+                assert_null(loaded.v[i].reason);
+                assert_int_equal(loaded.v[i].line, 3 + i);
         }
         config_free(c);
 }
@@ -239,10 +298,10 @@ static void test_sip_identifiers_are_kept_as_written(void **state) {
         Config *c = load_ok(CORPUS "/good/sip.conf");
 
         assert_int_equal(c->n_decls, 2);
-        assert_string_equal(c->decls[0].key, "alice@pbx.example.com");
-        assert_string_equal(c->decls[0].reason, "SIP trunk");
-        assert_string_equal(c->decls[1].key, "sip:+34910000009@Trunk.Example.COM");
-        assert_string_equal(c->decls[1].number, "sip:+34910000009@Trunk.Example.COM");
+        assert_string_equal(loaded.v[0].key, "alice@pbx.example.com");
+        assert_string_equal(loaded.v[0].reason, "SIP trunk");
+        assert_string_equal(loaded.v[1].key, "sip:+34910000009@Trunk.Example.COM");
+        assert_string_equal(loaded.v[1].number, "sip:+34910000009@Trunk.Example.COM");
         config_free(c);
 }
 
@@ -250,11 +309,11 @@ static void test_ids_become_the_key(void **state) {
         Config *c = load_ok(CORPUS "/good/ids.conf");
 
         assert_int_equal(c->n_decls, 2);
-        assert_string_equal(c->decls[0].key, UUID_A);
-        assert_string_equal(c->decls[0].id, UUID_A);
-        assert_null(c->decls[0].number);
-        assert_string_equal(c->decls[1].key, "00000000-0000-0000-0000-000000000000");
-        assert_string_equal(c->decls[1].number, "+34910000010");
+        assert_string_equal(loaded.v[0].key, UUID_A);
+        assert_string_equal(loaded.v[0].id, UUID_A);
+        assert_null(loaded.v[0].number);
+        assert_string_equal(loaded.v[1].key, "00000000-0000-0000-0000-000000000000");
+        assert_string_equal(loaded.v[1].number, "+34910000010");
         config_free(c);
 }
 
@@ -263,10 +322,10 @@ static void test_not_before_forms(void **state) {
 
         assert_int_equal(c->n_decls, 4);
         /* Z, +00:00 and a fraction of a second all name the same second. */
-        assert_int_equal(c->decls[0].not_before, 1798758000);
-        assert_int_equal(c->decls[1].not_before, 1798758000);
-        assert_int_equal(c->decls[2].not_before, 1798758000);
-        assert_int_equal(c->decls[3].not_before, 1835438400);   /* 2028-02-29T12:00:00Z */
+        assert_int_equal(loaded.v[0].not_before, 1798758000);
+        assert_int_equal(loaded.v[1].not_before, 1798758000);
+        assert_int_equal(loaded.v[2].not_before, 1798758000);
+        assert_int_equal(loaded.v[3].not_before, 1835438400);   /* 2028-02-29T12:00:00Z */
         config_free(c);
 }
 
@@ -275,17 +334,17 @@ static void test_duplicates_are_merged(void **state) {
 
         assert_int_equal(c->n_decls, 2);
         /* Two identical entries, written differently: one declaration. */
-        assert_string_equal(c->decls[0].key, "+34910000020");
-        assert_string_equal(c->decls[0].reason, "same");
-        assert_int_equal(c->decls[0].line, 3);
+        assert_string_equal(loaded.v[0].key, "+34910000020");
+        assert_string_equal(loaded.v[0].reason, "same");
+        assert_int_equal(loaded.v[0].line, 3);
         /* By number, by number and id, by id: one phone, fields combined,
          * reported where it was first declared. */
-        assert_string_equal(c->decls[1].key, UUID_A);
-        assert_string_equal(c->decls[1].id, UUID_A);
-        assert_string_equal(c->decls[1].number, "+34910000021");
-        assert_string_equal(c->decls[1].reason, "OPS-7");
-        assert_int_equal(c->decls[1].not_before, 1798758000);
-        assert_int_equal(c->decls[1].line, 5);
+        assert_string_equal(loaded.v[1].key, UUID_A);
+        assert_string_equal(loaded.v[1].id, UUID_A);
+        assert_string_equal(loaded.v[1].number, "+34910000021");
+        assert_string_equal(loaded.v[1].reason, "OPS-7");
+        assert_int_equal(loaded.v[1].not_before, 1798758000);
+        assert_int_equal(loaded.v[1].line, 5);
         config_free(c);
 }
 
@@ -404,13 +463,13 @@ static void test_dropins_order_and_selection(void **state) {
 
         c = load_ok(main);
         assert_int_equal(c->n_decls, 1 + ELEMENTSOF(read));
-        assert_string_equal(c->decls[0].number, "+34910000000");
-        assert_string_equal(c->decls[0].file, main);
+        assert_string_equal(loaded.v[0].number, "+34910000000");
+        assert_string_equal(loaded.v[0].file, main);
         assert_int_equal(c->n_files, 1 + ELEMENTSOF(read));
         for (size_t i = 0; i < ELEMENTSOF(read); i++) {
                 p = path_join(rd, read[i].name);
-                assert_string_equal(c->decls[1 + i].number, read[i].number);
-                assert_string_equal(c->decls[1 + i].file, p);
+                assert_string_equal(loaded.v[1 + i].number, read[i].number);
+                assert_string_equal(loaded.v[1 + i].file, p);
                 assert_string_equal(c->files[1 + i], p);
                 free(p);
         }
@@ -435,11 +494,11 @@ static void test_dropin_merges_with_main_file(void **state) {
 
         c = load_ok(main);
         assert_int_equal(c->n_decls, 1);
-        assert_string_equal(c->decls[0].key, UUID_A);
-        assert_string_equal(c->decls[0].number, "+34910000001");
-        assert_string_equal(c->decls[0].reason, "OPS-1");
-        assert_string_equal(c->decls[0].file, main);
-        assert_int_equal(c->decls[0].line, 2);
+        assert_string_equal(loaded.v[0].key, UUID_A);
+        assert_string_equal(loaded.v[0].number, "+34910000001");
+        assert_string_equal(loaded.v[0].reason, "OPS-1");
+        assert_string_equal(loaded.v[0].file, main);
+        assert_int_equal(loaded.v[0].line, 2);
         config_free(c);
         free(main);
         free(rd);
@@ -500,7 +559,7 @@ static void test_reason_length_limit(void **state) {
         write_file(path, text);
         free(text);
         c = load_ok(path);
-        assert_int_equal(strlen(c->decls[0].reason), CONF_MAX_REASON);
+        assert_int_equal(strlen(loaded.v[0].reason), CONF_MAX_REASON);
         config_free(c);
 
         /* ...one more character is not. */

@@ -49,18 +49,27 @@ static int teardown(void **state) {
 }
 
 /* Writes retired.conf with the given text and loads it. */
-static Config *config(Fixture *f, const char *text) {
+/* The config, its declarations loaded into l. */
+static Config *config_in(Fixture *f, Ledger *l, const char *text) {
         ConfDiag d = {};
         Config *c = NULL;
         int r;
 
+        DeclLoad dl = { .ledger = l };
+        DeclSink sink = decl_load_sink(&dl);
+
         write_file(f->conf, text);
-        r = config_load(f->conf, &c, &d);
+        r = config_load(f->conf, &sink, &c, &d);
+        decl_load_done(&dl);
         for (size_t i = 0; i < d.n; i++)
                 print_message("  config: %s\n", d.lines[i]);
         conf_diag_done(&d);
         assert_int_equal(r, 0);
         return c;
+}
+
+static Config *config(Fixture *f, const char *text) {
+        return config_in(f, f->l, text);
 }
 
 static Plan *plan_for(Fixture *f, const char *text) {
@@ -80,11 +89,67 @@ static void sync_to(Fixture *f, const char *text) {
         plan_free(p);
 }
 
+/* One change of the plan, copied out of its TEMP table: valid until the
+ * next call. */
+typedef struct Pick {
+        size_t i, want;
+        const char *key;
+        Change c;
+        bool found;
+} Pick;
+
+static char *dup0(const char *s) {
+        return s ? strdup(s) : NULL;
+}
+
+static void pick_clear(Change *c) {
+        free((char *) c->key);
+        free((char *) c->id);
+        free((char *) c->number);
+        free((char *) c->reason);
+        free((char *) c->declared_at);
+        *c = (Change) {};
+}
+
+static int pick(const Change *c, void *userdata) {
+        Pick *k = userdata;
+
+        if (k->key ? !streq(c->key, k->key) : k->i++ != k->want)
+                return 0;
+        k->c = *c;
+        k->c.key = dup0(c->key);
+        k->c.id = dup0(c->id);
+        k->c.number = dup0(c->number);
+        k->c.reason = dup0(c->reason);
+        k->c.declared_at = dup0(c->declared_at);
+        k->found = true;
+        return -ECANCELED;
+}
+
+static Change picked;
+
+static const Change *pick_by(const Plan *p, const char *key, size_t i) {
+        Pick k = { .want = i, .key = key };
+        int r;
+
+        pick_clear(&picked);
+        r = plan_foreach(p, -1, SIZE_MAX, pick, &k);
+        assert_true(r == 0 || r == -ECANCELED);
+        if (!k.found)
+                return NULL;
+        picked = k.c;
+        return &picked;
+}
+
 static const Change *change_for(const Plan *p, const char *key) {
-        for (size_t i = 0; i < p->n; i++)
-                if (streq(p->changes[i].key, key))
-                        return &p->changes[i];
-        return NULL;
+        return pick_by(p, key, 0);
+}
+
+static const Change *change_at(const Plan *p, size_t i) {
+        const Change *c = pick_by(p, NULL, i);
+
+        assert_non_null(c);
+        return c;
 }
 
 static Phone find(Fixture *f, const char *what) {
@@ -281,10 +346,10 @@ static void test_cancelled_then_declared_again_is_redeclared(void **state) {
         assert_int_equal(p->n, 1);
         assert_int_equal(p->count[CHANGE_REDECLARE], 1);
         assert_int_equal(p->new_releases, 1);
-        assert_int_equal(p->changes[0].pk, pk);
-        assert_int_equal(p->changes[0].from, STATE_CANCELLED);
-        assert_int_equal(p->changes[0].to, STATE_PENDING);
-        assert_string_equal(p->changes[0].reason, "second");
+        assert_int_equal(change_at(p, 0)->pk, pk);
+        assert_int_equal(change_at(p, 0)->from, STATE_CANCELLED);
+        assert_int_equal(change_at(p, 0)->to, STATE_PENDING);
+        assert_string_equal(change_at(p, 0)->reason, "second");
         assert_int_equal(plan_apply(f->l, p, false), 0);
         plan_free(p);
 
@@ -634,14 +699,14 @@ static void test_declaration_by_id_matches_row_resolved_from_number(void **state
          * number is no longer declared (nor checked against the API's). */
         p = plan_for(f, "releases = ( { id = \"" UUID_X "\"; } );\n");
         assert_int_equal(p->n, 1);
-        assert_int_equal(p->changes[0].kind, CHANGE_UPDATE);
-        assert_int_equal(p->changes[0].pk, pk);
-        assert_null(p->changes[0].number);
+        assert_int_equal(change_at(p, 0)->kind, CHANGE_UPDATE);
+        assert_int_equal(change_at(p, 0)->pk, pk);
+        assert_null(change_at(p, 0)->number);
         plan_free(p);
         p = plan_for(f, "releases = ( { id = \"" UUID_X "\"; reason = \"by id now\"; } );\n");
         assert_int_equal(p->n, 1);
-        assert_int_equal(p->changes[0].kind, CHANGE_UPDATE);
-        assert_int_equal(p->changes[0].pk, pk);
+        assert_int_equal(change_at(p, 0)->kind, CHANGE_UPDATE);
+        assert_int_equal(change_at(p, 0)->pk, pk);
         plan_free(p);
         /* And by both. */
         p = plan_for(f, "releases = ( { id = \"" UUID_X "\"; number = \"" N1 "\"; } );\n");
@@ -740,7 +805,7 @@ static void test_added_id_reaches_the_row(void **state) {
         sync_to(f, ONE_NUMBER(N1));
 
         p = plan_for(f, "releases = ( { number = \"" N1 "\"; id = \"" UUID_Y "\"; } );\n");
-        c = p->n == 1 ? &p->changes[0] : NULL;
+        c = p->n == 1 ? change_at(p, 0) : NULL;
         updated = c && c->kind == CHANGE_UPDATE && streq_ptr(c->id, UUID_Y);
         if (!updated)
                 print_message("  plan has %zu changes; none sets the row's id to " UUID_Y "\n", p->n);
@@ -759,13 +824,14 @@ static void test_added_id_reaches_the_row(void **state) {
 static void test_plan_on_missing_read_ledger_writes_nothing(void **state) {
         Fixture *f = *state;
         char *ro = path_join(f->dir, "ro"), *missing = path_join(ro, "ledger.db");
-        Config *c = config(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; },"
-                              " { id = \"" UUID_X "\"; } );\n");
+        Config *c;
         Ledger *l = NULL;
         Plan *p = NULL;
 
         assert_int_equal(mkdir(ro, 0755), 0);
         assert_int_equal(ledger_open(missing, LEDGER_READ, &l, NULL), 0);
+        c = config_in(f, l, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; },"
+                            " { id = \"" UUID_X "\"; } );\n");
         assert_int_equal(plan_compute(l, c, &p), 0);
         assert_int_equal(p->count[CHANGE_ADD], 3);
         assert_int_equal(p->new_releases, 3);
@@ -792,8 +858,8 @@ static void test_plan_on_existing_read_ledger_writes_nothing(void **state) {
         f->l = ledger_close(f->l);
         before = read_all(f->ledger, &n_before);
 
-        c = config(f, ONE_NUMBER(N2));
         assert_int_equal(ledger_open(f->ledger, LEDGER_READ, &l, NULL), 0);
+        c = config_in(f, l, ONE_NUMBER(N2));
         assert_int_equal(plan_compute(l, c, &p), 0);
         assert_int_equal(p->count[CHANGE_ADD], 1);
         assert_int_equal(p->count[CHANGE_CANCEL], 1);
@@ -973,8 +1039,87 @@ static void test_hold_covers_what_is_added_or_changed(void **state) {
         phone_done(&ph);
 }
 
+static int count_decl(const Decl *d, void *userdata) {
+        char *keys = userdata;
+
+        strcat(keys, d->key);
+        strcat(keys, " ");
+        return 0;
+}
+
+static const char *declared_keys(Fixture *f) {
+        static char keys[1024];
+
+        keys[0] = 0;
+        assert_int_equal(ledger_decls_foreach(f->l, count_decl, keys), 0);
+        return keys;
+}
+
+/* A load that is refused (here for a conflict between two files' worth of
+ * entries) leaves the set in force as it was; one that loads but is not
+ * applied is undone with ledger_decls_restore(). */
+static void test_refused_load_keeps_the_declared_set_in_force(void **state) {
+        Fixture *f = *state;
+        DeclLoad dl = { .ledger = f->l };
+        DeclSink sink = decl_load_sink(&dl);
+        ConfDiag d = {};
+        Config *c = NULL;
+
+        config_free(config(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; } );\n"));
+        assert_int_equal(ledger_decls_keep(f->l), 0);
+        assert_string_equal(declared_keys(f), N1 " " N2 " ");
+
+        write_file(f->conf, "releases = ( { number = \"" N3 "\"; reason = \"a\"; },"
+                            " { number = \"" N3 "\"; reason = \"b\"; } );\n");
+        assert_int_equal(config_load(f->conf, &sink, &c, &d), -EINVAL);
+        decl_load_done(&dl);
+        assert_null(c);
+        assert_int_equal(d.n, 1);
+        assert_non_null(strstr(d.lines[0], N3 " is declared again with different fields (first at "));
+        conf_diag_done(&d);
+        assert_string_equal(declared_keys(f), N1 " " N2 " ");
+
+        config_free(config(f, ONE_NUMBER(N4)));
+        assert_string_equal(declared_keys(f), N4 " ");
+        assert_int_equal(ledger_decls_restore(f->l), 0);
+        assert_string_equal(declared_keys(f), N1 " " N2 " ");
+}
+
+/* --once's verdict: failed or unresolved rows count only while declared. */
+static void test_only_declared_failed_rows_need_an_operator(void **state) {
+        Fixture *f = *state;
+        uint64_t n = 99;
+
+        sync_to(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; } );\n");
+        for (const char *const *k = (const char *const[]) { N1, N2, NULL }; *k; k++) {
+                Phone ph = find(f, *k);
+                assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = ph.pk, .from = STATE_PENDING,
+                                                                      .to = STATE_FAILED, .attempts = -1,
+                                                                      .next_at = -1, .error = "HTTP 403" }), 0);
+                phone_done(&ph);
+        }
+        assert_int_equal(ledger_decls_needing_operator(f->l, &n), 0);
+        assert_int_equal(n, 2);
+        sync_to(f, ONE_NUMBER(N1) );
+        assert_int_equal(ledger_decls_needing_operator(f->l, &n), 0);
+        assert_int_equal(n, 1);
+        /* Added by this very plan: named too. */
+        sync_to(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N3 "\"; } );\n");
+        {
+                Phone ph = find(f, N3);
+                assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = ph.pk, .from = STATE_PENDING,
+                                                                      .to = STATE_FAILED, .attempts = -1,
+                                                                      .next_at = -1, .error = "HTTP 403" }), 0);
+                phone_done(&ph);
+        }
+        assert_int_equal(ledger_decls_needing_operator(f->l, &n), 0);
+        assert_int_equal(n, 2);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
+                T(test_refused_load_keeps_the_declared_set_in_force),
+                T(test_only_declared_failed_rows_need_an_operator),
                 T(test_hold_covers_what_is_added_or_changed),
                 T(test_new_declarations_are_added_as_pending),
                 T(test_undeclared_rows_not_yet_released_are_cancelled),

@@ -1,0 +1,332 @@
+/* SPDX-License-Identifier: MIT */
+/* The declared set in the ledger's TEMP tables: filled as the files are
+ * read, one declaration at a time, so that memory never holds more than
+ * one file's tree; what several entries declare twice is merged here, by
+ * SQL over indexes, and what they declare differently is reported. */
+
+#include "internal.h"
+
+/* The whole load is one savepoint: a load that does not finish rolls back
+ * to the set in force, as if it had never begun. */
+static const char begin_sql[] =
+        "SAVEPOINT decl_load;"
+        "DROP TABLE IF EXISTS temp.decl_old;"
+        "DROP INDEX IF EXISTS temp.decl_number;"
+        "DROP INDEX IF EXISTS temp.decl_id;"
+        "CREATE TEMP TABLE IF NOT EXISTS decl (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT, number TEXT,"
+        "  reason TEXT, not_before INTEGER NOT NULL, file TEXT NOT NULL, line INTEGER NOT NULL, phone INTEGER);"
+        "ALTER TABLE temp.decl RENAME TO decl_old;"
+        "CREATE TEMP TABLE decl (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT, number TEXT,"
+        "  reason TEXT, not_before INTEGER NOT NULL, file TEXT NOT NULL, line INTEGER NOT NULL, phone INTEGER);"
+        "CREATE TEMP TABLE decl_fix (seq INTEGER PRIMARY KEY, id TEXT, number TEXT, reason TEXT, not_before INTEGER);"
+        "CREATE TEMP TABLE decl_drop (seq INTEGER PRIMARY KEY)";
+
+static int load_begin(void *userdata, const Config *c) {
+        DeclLoad *dl = userdata;
+        sqlite3_stmt *st = NULL;
+        int r, rc;
+
+        if (!dl->ledger) {
+                r = dl->open(dl->userdata, c, &dl->ledger);
+                if (r < 0)
+                        return r;
+        }
+        r = ledger_exec(dl->ledger, begin_sql);
+        if (r < 0) {
+                (void) ledger_exec(dl->ledger, "ROLLBACK TO decl_load; RELEASE decl_load");
+                return r;
+        }
+        dl->loading = true;
+        /* Most declarations name their row by key: matched as they go in. */
+        rc = sqlite3_prepare_v3(ledger_db(dl->ledger),
+                                "INSERT INTO temp.decl (key, id, number, reason, not_before, file, line, phone)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT pk FROM phones WHERE key = ?1))",
+                                -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        dl->insert = st;
+        return 0;
+}
+
+static int load_add(void *userdata, const Decl *d) {
+        DeclLoad *dl = userdata;
+        sqlite3_stmt *st = dl->insert;
+        int rc;
+
+        (void) sqlite3_bind_text(st, 1, d->key, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 2, d->id, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 3, d->number, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 4, d->reason, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(st, 5, d->not_before);
+        (void) sqlite3_bind_text(st, 6, d->file, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int(st, 7, (int) d->line);
+        rc = sqlite3_step(st);
+        (void) sqlite3_reset(st);
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+/* The first entry of a group of entries that declare one number (or id),
+ * with what the later ones add to it. */
+typedef struct Group {
+        int64_t seq, not_before;
+        char *value, *id, *number, *reason, *at;
+        bool changed;
+} Group;
+
+static void group_done(Group *g) {
+        free(g->value);
+        free(g->id);
+        free(g->number);
+        free(g->reason);
+        free(g->at);
+        *g = (Group) {};
+}
+
+static const char *text(sqlite3_stmt *st, int i) {
+        return (const char *) sqlite3_column_text(st, i);
+}
+
+static int dup_or_null(const char *s, char **ret) {
+        *ret = NULL;
+        return s && !(*ret = strdup(s)) ? -ENOMEM : 0;
+}
+
+/* One field may be given by one entry and left out by another; given by
+ * both, it must agree. */
+static int merge_field(char **into, const char *v, bool *changed, bool *ok) {
+        if (!v)
+                return 0;
+        if (*into) {
+                *ok = *ok && streq(*into, v);
+                return 0;
+        }
+        *changed = true;
+        return dup_or_null(v, into);
+}
+
+static int group_flush(Group *g, sqlite3_stmt *fix) {
+        int rc = SQLITE_DONE;
+
+        if (g->value && g->changed) {
+                (void) sqlite3_bind_int64(fix, 1, g->seq);
+                (void) sqlite3_bind_text(fix, 2, g->id, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(fix, 3, g->number, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(fix, 4, g->reason, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int64(fix, 5, g->not_before);
+                rc = sqlite3_step(fix);
+                (void) sqlite3_reset(fix);
+        }
+        group_done(g);
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+static int group_start(Group *g, sqlite3_stmt *st) {
+        g->seq = sqlite3_column_int64(st, 0);
+        g->not_before = sqlite3_column_int64(st, 4);
+        if (dup_or_null(text(st, 7), &g->value) < 0 || dup_or_null(text(st, 1), &g->id) < 0 ||
+            dup_or_null(text(st, 2), &g->number) < 0 || dup_or_null(text(st, 3), &g->reason) < 0 ||
+            asprintf_or_null(&g->at, "%s:%d", text(st, 5), sqlite3_column_int(st, 6)) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+/* Every group of entries sharing one number (field "number") or one id:
+ * the later ones are merged into the first, or reported.  Returns the
+ * number of conflicts. */
+static int merge_by(Ledger *l, const char *field, ConfDiag *d) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL, *fix = NULL, *drop = NULL;
+        _cleanup_free_ char *sql = NULL;
+        _cleanup_(group_done) Group g = {};
+        sqlite3 *db = ledger_db(l);
+        int conflicts = 0, rc, r;
+
+        if (asprintf_or_null(&sql, "CREATE INDEX temp.decl_%1$s ON decl (%1$s, seq) WHERE %1$s IS NOT NULL", field) < 0)
+                return -ENOMEM;
+        r = ledger_exec(l, sql);
+        if (r < 0)
+                return r;
+        sql = mfree(sql);
+        if (asprintf_or_null(&sql, "SELECT seq, id, number, reason, not_before, file, line, %1$s FROM decl"
+                             " WHERE %1$s IN (SELECT %1$s FROM decl WHERE %1$s IS NOT NULL"
+                             "  GROUP BY %1$s HAVING count(*) > 1)"
+                             " ORDER BY %1$s, seq", field) < 0)
+                return -ENOMEM;
+        rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO temp.decl_fix VALUES (?1, ?2, ?3, ?4, ?5)", -1,
+                                        &fix, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO temp.decl_drop VALUES (?1)", -1, &drop, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const char *value = text(st, 7);
+                int64_t nb = sqlite3_column_int64(st, 4);
+                bool ok = true;
+
+                if (!value)
+                        return -ENOMEM;
+                if (!g.value || !streq(g.value, value)) {
+                        r = group_flush(&g, fix);
+                        if (r >= 0)
+                                r = group_start(&g, st);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (merge_field(&g.id, text(st, 1), &g.changed, &ok) < 0 ||
+                    merge_field(&g.number, text(st, 2), &g.changed, &ok) < 0 ||
+                    merge_field(&g.reason, text(st, 3), &g.changed, &ok) < 0)
+                        return -ENOMEM;
+                ok = ok && (!g.not_before || !nb || g.not_before == nb);
+                if (!ok) {
+                        conf_diag_add(d, text(st, 5), (unsigned) sqlite3_column_int(st, 6),
+                                      "%s is declared again with different fields (first at %s)", value, g.at);
+                        conflicts++;
+                } else if (!g.not_before && nb) {
+                        g.not_before = nb;
+                        g.changed = true;
+                }
+                (void) sqlite3_bind_int64(drop, 1, sqlite3_column_int64(st, 0));
+                rc = sqlite3_step(drop);
+                (void) sqlite3_reset(drop);
+                if (rc != SQLITE_DONE)
+                        return sqlite_to_errno(rc);
+        }
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        r = group_flush(&g, fix);
+        if (r < 0)
+                return r;
+        (void) sqlite3_finalize(TAKE_PTR(st));
+        /* A merged entry may have gained an id: its key, and the row it
+         * names, are then the id's. */
+        r = ledger_exec(l, "UPDATE temp.decl SET id = f.id, number = f.number, reason = f.reason,"
+                        "  not_before = f.not_before, key = coalesce(f.id, f.number),"
+                        "  phone = (SELECT pk FROM phones WHERE key = coalesce(f.id, f.number))"
+                        " FROM temp.decl_fix f WHERE decl.seq = f.seq;"
+                        "DELETE FROM temp.decl WHERE seq IN (SELECT seq FROM temp.decl_drop);"
+                        "DELETE FROM temp.decl_fix; DELETE FROM temp.decl_drop");
+        return r < 0 ? r : conflicts;
+}
+
+static int load_finish(void *userdata, ConfDiag *d, bool rejected, size_t *ret_n) {
+        DeclLoad *dl = userdata;
+        Ledger *l = dl->ledger;
+        int64_t n;
+        int r, conflicts;
+
+        (void) sqlite3_finalize(dl->insert);
+        dl->insert = NULL;
+        /* By number first, then by id over what that merged: an entry with
+         * both joins the two groups. */
+        conflicts = r = merge_by(l, "number", d);
+        if (r >= 0 && conflicts == 0)
+                conflicts = r = merge_by(l, "id", d);
+        /* Refused: decl_load_done() brings the set in force back. */
+        if (r < 0 || conflicts > 0 || rejected)
+                return r;
+        r = ledger_query_int(l, "SELECT count(*) FROM temp.decl", &n);
+        if (r < 0)
+                return r;
+        r = ledger_exec(l, "DROP TABLE temp.decl_fix; DROP TABLE temp.decl_drop; RELEASE decl_load");
+        if (r < 0)
+                return r;
+        dl->loading = false;
+        *ret_n = (size_t) n;
+        return conflicts;
+}
+
+DeclSink decl_load_sink(DeclLoad *dl) {
+        return (DeclSink) { .begin = load_begin, .add = load_add, .finish = load_finish, .userdata = dl };
+}
+
+void decl_load_done(DeclLoad *dl) {
+        (void) sqlite3_finalize(dl->insert);
+        dl->insert = NULL;
+        if (dl->loading)
+                (void) ledger_exec(dl->ledger, "ROLLBACK TO decl_load; RELEASE decl_load");
+        dl->loading = false;
+}
+
+int ledger_decls_keep(Ledger *l) {
+        int r = ledger_exec(l, "DROP TABLE IF EXISTS temp.decl_old");
+
+        /* A large set leaves a large cache behind; an idle daemon should be small. */
+        (void) sqlite3_db_release_memory(ledger_db(l));
+        return r;
+}
+
+/* Which rows the set names, by row: built in declaration order, the first
+ * declaration naming a row is the one kept.  A rowid table, so that a walk
+ * through the ledger meets it in the same order, with no sort. */
+static const char declared_sql[] =
+        "DROP TABLE IF EXISTS temp.declared;"
+        "CREATE TEMP TABLE declared (pk INTEGER PRIMARY KEY, seq INTEGER NOT NULL);"
+        "INSERT OR IGNORE INTO temp.declared SELECT phone, seq FROM temp.decl WHERE phone IS NOT NULL ORDER BY seq";
+
+int ledger_decls_match(Ledger *l) {
+        int r;
+
+        /* A declaration names a row by its key (matched as it went in), or
+         * by the id or number the row was declared or resolved with. */
+        r = ledger_exec(l, "UPDATE temp.decl SET phone = m.pk FROM ("
+                        " SELECT seq, coalesce("
+                        "  (SELECT max(pk) FROM phones p WHERE x.id IS NOT NULL AND p.id = x.id),"
+                        "  (SELECT max(pk) FROM phones p WHERE x.number IS NOT NULL AND p.number = x.number"
+                        /* a number reused under another id is another phone */
+                        "    AND (x.id IS NULL OR p.id IS NULL OR p.id = x.id))) AS pk"
+                        " FROM temp.decl x WHERE x.phone IS NULL) m"
+                        " WHERE m.pk IS NOT NULL AND decl.seq = m.seq");
+        return r < 0 ? r : ledger_exec(l, declared_sql);
+}
+
+int ledger_decls_added(Ledger *l) {
+        return ledger_exec(l, "UPDATE temp.decl SET phone = (SELECT pk FROM phones WHERE key = decl.key)"
+                           " WHERE phone IS NULL;"
+                           "INSERT OR IGNORE INTO temp.declared SELECT phone, seq FROM temp.decl"
+                           " WHERE phone IS NOT NULL ORDER BY seq");
+}
+
+int ledger_decls_restore(Ledger *l) {
+        int r = ledger_exec(l, "SAVEPOINT decl_restore;"
+                            "DROP TABLE IF EXISTS temp.decl;"
+                            "ALTER TABLE temp.decl_old RENAME TO decl;"
+                            "RELEASE decl_restore");
+        return r < 0 ? r : ledger_exec(l, declared_sql);
+}
+
+int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc, r;
+
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT key, id, number, reason, not_before, file, line FROM temp.decl"
+                                " ORDER BY seq", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                Decl d = {
+                        .key = text(st, 0), .id = text(st, 1), .number = text(st, 2), .reason = text(st, 3),
+                        .not_before = sqlite3_column_int64(st, 4), .file = text(st, 5),
+                        .line = (unsigned) sqlite3_column_int(st, 6),
+                };
+                if (!d.key || !d.file)
+                        return -ENOMEM;
+                r = cb(&d, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int ledger_decls_needing_operator(Ledger *l, uint64_t *ret) {
+        int64_t n;
+        int r;
+
+        r = ledger_query_int(l, "SELECT count(*) FROM phones p WHERE p.state IN ('failed', 'unresolved')"
+                             " AND p.pk IN (SELECT pk FROM temp.declared)", &n);
+        if (r < 0)
+                return r;
+        *ret = (uint64_t) n;
+        return 0;
+}
