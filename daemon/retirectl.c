@@ -222,6 +222,9 @@ static int verb_plan(void) {
                 return EXIT_ERROR;
         }
         go += p->hold + 1;
+        /* A million lines: one lock, and large writes. */
+        (void) setvbuf(stdout, NULL, _IOFBF, 1 << 20);
+        flockfile(stdout);
         if (arg_json) {
                 printf("{\"hash\": \"%s\", \"needs_approval\": %s, \"new_releases\": %zu, "
                        "\"max_new_releases\": %u, \"counts\": {",
@@ -249,6 +252,7 @@ static int verb_plan(void) {
                                "from %s.\n", p->hold, time_str(go, buf));
                 r = plan_foreach(p, -1, SIZE_MAX, print_change, NULL);
         }
+        funlockfile(stdout);
         if (r < 0) {
                 fprintf(stderr, "retirectl: cannot read the plan: %s (%s)\n", strerror(-r), ledger_errmsg(l));
                 return EXIT_ERROR;

@@ -256,7 +256,9 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         } else
                 flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
 
-        rc = sqlite3_open_v2(open_path, &l->db, flags, NULL);
+        /* One thread uses a connection (libcurl's threads never touch it):
+         * no mutex on every call. */
+        rc = sqlite3_open_v2(open_path, &l->db, flags | SQLITE_OPEN_NOMUTEX, NULL);
         if (rc != SQLITE_OK) {
                 set_error(error, "%s: cannot open ledger: %s", path,
                           l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));

@@ -68,34 +68,43 @@ static const char plan_sql[] =
         "  ORDER BY p.pk)"
         " WHERE kind IS NOT NULL";
 
-static void hash_add(uint64_t *h, const char *s) {
+static uint64_t fnv1a(const char *s) {
+        uint64_t h = 0xcbf29ce484222325ULL;
+
         for (; *s; s++) {
-                *h ^= (unsigned char) *s;
-                *h *= 0x100000001b3ULL;
+                h ^= (unsigned char) *s;
+                h *= 0x100000001b3ULL;
         }
+        return h;
 }
 
 /* The hash names the set of new releases, whatever order they were
  * declared in: moving a declaration to another file is not a new plan.
- * (SQLite's BINARY order is strcmp()'s.) */
+ * A sum of each key's hash is the same in any order, with no sort of a
+ * million keys. */
 static int plan_hash(Ledger *l, uint64_t *h) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        uint64_t sum = 0, n = 0;
         int rc;
 
         rc = sqlite3_prepare_v2(ledger_db(l), "SELECT d.key FROM temp.plan JOIN temp.decl d ON d.seq = plan.seq"
                                 " WHERE plan.kind = 0"
-                                " UNION ALL SELECT p.key FROM temp.plan JOIN phones p ON p.pk = plan.pk WHERE plan.kind = 1"
-                                " ORDER BY 1", -1, &st, NULL);
+                                " UNION ALL SELECT p.key FROM temp.plan JOIN phones p ON p.pk = plan.pk WHERE plan.kind = 1",
+                                -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 const char *key = (const char *) sqlite3_column_text(st, 0);
                 if (!key)
                         return -EBADMSG;
-                hash_add(h, key);
-                hash_add(h, "\n");
+                sum += fnv1a(key);
+                n++;
         }
-        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        /* Mixed with the count, so that no set hashes like the empty one. */
+        *h = (sum ^ (n * 0x9e3779b97f4a7c15ULL)) * 0x100000001b3ULL;
+        return 0;
 }
 
 static int run_plan_sql(Ledger *l, bool notes) {
@@ -123,7 +132,7 @@ static int run_plan_sql(Ledger *l, bool notes) {
 static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
         _cleanup_(plan_freep) Plan *p = NULL;
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        uint64_t h = 0xcbf29ce484222325ULL;
+        uint64_t h = 0;
         int rc, r;
 
         p = calloc(1, sizeof(Plan));
