@@ -94,6 +94,10 @@ void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt
  * negative errno (also explained in d) when they cannot be read.  With a
  * NULL sink the declarations are only checked one by one and counted. */
 int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *d);
+/* The settings only (n_decls 0): no declaration is read, not even the main
+ * file's, so a million of them cost nothing to the commands that only need
+ * to know where the ledger and the control socket are. */
+int config_load_settings(const char *path, Config **ret, ConfDiag *d);
 /* Why the shipped unit, whose user is dynamic, could not read
  * api.token_file (*ret a sentence), or *ret NULL.  -ENOMEM only. */
 int config_token_file_warning(const Config *c, char **ret);

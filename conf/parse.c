@@ -526,7 +526,7 @@ static void config_destroyp(config_t **cfg) {
                 config_destroy(*cfg);
 }
 
-int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *d) {
+static int load(const char *path, const DeclSink *sink, bool settings_only, Config **ret, ConfDiag *d) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_free_ char *dir_copy = NULL, *default_dropin = NULL, *ledger_default = NULL, *control_default = NULL;
         _cleanup_(config_destroyp) config_t *tree = NULL;
@@ -582,6 +582,12 @@ int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *
          * the one that is wrong). */
         if (l.errors > 0)
                 l.sink = sink = NULL;
+        if (settings_only) {
+                if (l.errors > 0)
+                        return -EINVAL;
+                *ret = TAKE_PTR(c);
+                return 0;
+        }
         if (sink && sink->begin) {
                 r = sink->begin(sink->userdata, c);
                 if (r < 0)
@@ -607,6 +613,14 @@ int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *
                 return -EINVAL;
         *ret = TAKE_PTR(c);
         return 0;
+}
+
+int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *d) {
+        return load(path, sink, false, ret, d);
+}
+
+int config_load_settings(const char *path, Config **ret, ConfDiag *d) {
+        return load(path, NULL, true, ret, d);
 }
 
 Config *config_free(Config *c) {

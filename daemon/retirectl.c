@@ -66,9 +66,9 @@ static void print_diag(const ConfDiag *d) {
                 fprintf(stderr, "(%zu more problems not shown)\n", d->dropped);
 }
 
-static int load(const DeclSink *sink, Config **ret) {
+static int load(const DeclSink *sink, bool settings_only, Config **ret) {
         _cleanup_(conf_diag_done) ConfDiag d = {};
-        int r = config_load(arg_config, sink, ret, &d);
+        int r = settings_only ? config_load_settings(arg_config, ret, &d) : config_load(arg_config, sink, ret, &d);
         if (r < 0) {
                 print_diag(&d);
                 if (d.n == 0)
@@ -77,9 +77,10 @@ static int load(const DeclSink *sink, Config **ret) {
         return r;
 }
 
-/* The settings, for the commands that need only where things are. */
+/* The settings, for the commands that need only where things are: a
+ * broken declaration does not keep `status` or `list` from working. */
 static int load_config(Config **ret) {
-        return load(NULL, ret);
+        return load(NULL, true, ret);
 }
 
 static int open_read(void *userdata, const Config *c, Ledger **ret) {
@@ -102,7 +103,7 @@ static int load_declarations(Ledger **l, Config **ret) {
         _cleanup_(decl_load_done) DeclLoad dl = { .ledger = *l, .open = open_read, .userdata = l };
         DeclSink sink = decl_load_sink(&dl);
 
-        return load(&sink, ret);
+        return load(&sink, false, ret);
 }
 
 /* The read commands only need the ledger's path; --ledger spares them a
@@ -130,7 +131,7 @@ static int open_ledger(Ledger **ret, Config **cfg) {
 static int verb_check(void) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(ledger_closep) Ledger *l = NULL;
-        _cleanup_free_ char *error = NULL, *warning = NULL;
+        _cleanup_free_ char *warning = NULL;
         uint64_t counts[_STATE_MAX], total = 0;
         int r;
 
@@ -209,7 +210,6 @@ static int verb_plan(void) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(ledger_closep) Ledger *l = NULL;
         _cleanup_(plan_freep) Plan *p = NULL;
-        _cleanup_free_ char *error = NULL;
         int64_t go = (int64_t) now(CLOCK_REALTIME) / (int64_t) USEC_PER_SEC;
         char buf[21];
         int r;
@@ -683,7 +683,8 @@ static int verb_control(const char *verb, const char *arg) {
         const char *path;
         int r;
 
-        if (load_config(&c) < 0)
+        /* A reload is refused here first, FILE:LINE and all, when the files are. */
+        if (streq(verb, "reload") ? load(NULL, false, &c) < 0 : load_config(&c) < 0)
                 return streq(verb, "reload") ? reload_rejected() : EXIT_ERROR;
         path = arg_ledger ? arg_ledger : c->ledger;
         /* "+34 910 000 001" goes over the socket as the key it stands for. */

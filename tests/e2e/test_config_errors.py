@@ -52,6 +52,21 @@ def test_invalid_declaration_is_refused_with_file_and_line(make_rig):
     assert not os.path.exists(rig.ledger) or rig.list() == {}
 
 
+def test_a_broken_declaration_keeps_the_record_readable(make_rig):
+    """The ledger's views need only the settings: a declaration gone bad after a
+    run leaves status and list working, while check, plan and reload refuse it
+    with FILE:LINE."""
+    rig = make_rig([phone(1)])
+    rig.write_config([{"number": num(1)}])
+    assert rig.run().rc == EXIT["settled"]
+    path = rig.write_config([{"number": num(1)}, {"id": "not-a-uuid"}])
+    assert "released" in rig.ctl("status").stdout or "scheduled" in rig.ctl("status").stdout
+    assert set(rig.list()) == {num(1)}
+    for verb in ("check", "plan", "reload"):
+        p = rig.ctl(verb, check=False)
+        assert p.returncode != 0 and path + ":" in p.stderr and "not-a-uuid" in p.stderr, (verb, p.stderr)
+
+
 def test_plain_http_to_a_remote_host_is_refused(make_rig):
     rig = make_rig([phone(1)])
     rig.write_config([{"number": num(1)}], api={"base_url": "http://api.diga.io"})

@@ -1085,33 +1085,30 @@ static void test_refused_load_keeps_the_declared_set_in_force(void **state) {
         assert_string_equal(declared_keys(f), N1 " " N2 " ");
 }
 
+static void fail_row(Fixture *f, const char *key) {
+        Phone ph = find(f, key);
+
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = ph.pk, .from = STATE_PENDING, .to = STATE_FAILED,
+                                                              .attempts = -1, .next_at = -1, .error = "HTTP 403" }), 0);
+        phone_done(&ph);
+}
+
 /* --once's verdict: failed or unresolved rows count only while declared. */
 static void test_only_declared_failed_rows_need_an_operator(void **state) {
         Fixture *f = *state;
         uint64_t n = 99;
 
         sync_to(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; } );\n");
-        for (const char *const *k = (const char *const[]) { N1, N2, NULL }; *k; k++) {
-                Phone ph = find(f, *k);
-                assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = ph.pk, .from = STATE_PENDING,
-                                                                      .to = STATE_FAILED, .attempts = -1,
-                                                                      .next_at = -1, .error = "HTTP 403" }), 0);
-                phone_done(&ph);
-        }
+        fail_row(f, N1);
+        fail_row(f, N2);
         assert_int_equal(ledger_decls_needing_operator(f->l, &n), 0);
         assert_int_equal(n, 2);
-        sync_to(f, ONE_NUMBER(N1) );
+        sync_to(f, ONE_NUMBER(N1));
         assert_int_equal(ledger_decls_needing_operator(f->l, &n), 0);
         assert_int_equal(n, 1);
         /* Added by this very plan: named too. */
         sync_to(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N3 "\"; } );\n");
-        {
-                Phone ph = find(f, N3);
-                assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = ph.pk, .from = STATE_PENDING,
-                                                                      .to = STATE_FAILED, .attempts = -1,
-                                                                      .next_at = -1, .error = "HTTP 403" }), 0);
-                phone_done(&ph);
-        }
+        fail_row(f, N3);
         assert_int_equal(ledger_decls_needing_operator(f->l, &n), 0);
         assert_int_equal(n, 2);
 }
