@@ -51,7 +51,7 @@ deps:
 	fi
 
 CONF_SRC   := conf/syntax.c conf/parse.c
-STATE_SRC  := state/ledger.c state/plan.c state/decl.c
+STATE_SRC  := state/ledger.c state/plan.c state/decl.c state/listed.c
 CORE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CONF_SRC) $(STATE_SRC))
 RETIRED_SRC := $(filter-out daemon/retirectl.c,$(wildcard daemon/*.c))
 RETIRED_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(RETIRED_SRC))

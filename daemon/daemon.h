@@ -136,10 +136,14 @@ int token_fingerprint(const char *token, char buf[static TOKEN_FINGERPRINT_LEN +
 /* ---- listing.c: the whole account, before anything is acted on ---- */
 
 typedef struct Listing Listing;
-/* Keep this phone for the caller (a phone no row can want is only counted). */
-typedef bool (*ListingWant)(const RemotePhone *p, void *userdata);
+/* Each phone listed, for the caller to keep or only count; NULL: forget the
+ * phones given so far (the listing starts again, or failed).  < 0 stops
+ * the listing. */
+typedef int (*ListingKeep)(const RemotePhone *p, void *userdata);
 /* The listing ended: 0, complete; < 0, it failed or was stopped (why says
- * what), and nothing it saw may be taken as a verdict. */
+ * what), and nothing it saw may be taken as a verdict: -EHOSTUNREACH, the
+ * API did not answer at all; -EACCES, it refused the key; -ECANCELED,
+ * stopped. */
 typedef void (*ListingDone)(Listing *ls, int r, const char *why, void *userdata);
 
 typedef struct ListingStats {
@@ -150,7 +154,7 @@ typedef struct ListingStats {
         bool pages;               /* listed by page (concurrently), not by cursor */
 } ListingStats;
 
-int listing_new(sd_event *e, Diga *d, Api *api, const World *w, ListingWant want, ListingDone done,
+int listing_new(sd_event *e, Diga *d, Api *api, const World *w, ListingKeep keep, ListingDone done,
                 void *userdata, Listing **ret);
 Listing *listing_free(Listing *ls);
 void listing_start(Listing *ls);
@@ -159,8 +163,6 @@ void listing_start_by_cursor(Listing *ls);
 /* Stops at once: calls queued are dropped, answers still out are ignored. */
 void listing_stop(Listing *ls, const char *why);
 bool listing_running(Listing *ls);
-/* The phones kept, valid until listing_free() or the next start. */
-const RemotePhone *listing_phones(Listing *ls, size_t *n);
 const ListingStats *listing_stats(Listing *ls);
 
 /* ---- engine.c: reconciliation ---- */
@@ -178,10 +180,12 @@ int engine_set_config(Engine *e, const Config *c, const char *token);
 void engine_declarations_changed(Engine *e);
 /* Asks for a pass: now if nothing runs, else right after the running one. */
 void engine_request_pass(Engine *e, bool resync);
-/* Starts no new call; returns true when nothing is in flight. */
+/* Starts no new call; returns true when nothing is in flight (else the
+ * idle callback tells when the pass has ended). */
 bool engine_stop(Engine *e);
 bool engine_busy(Engine *e);
-/* Called whenever the engine settles: no pass running, nothing in flight. */
+/* Called whenever a pass starts, and whenever the engine settles (no pass
+ * running, nothing in flight); engine_busy() tells which. */
 void engine_on_idle(Engine *e, EngineIdle cb, void *userdata);
 /* Settled means every phone waits for nothing but time or an operator. */
 bool engine_settled(Engine *e);

@@ -5,7 +5,12 @@
  * calls: the whole account listed first when numbers must be resolved or
  * many rows are due, one GET each otherwise.  Rows whose DELETE may have
  * gone out are always looked at by id, and only once their settle time has
- * come.  Nothing is released while the pass's listing runs.  Each answer
+ * come.  Nothing is released while the pass's listing runs.
+ *
+ * The rows come from the ledger in batches of BATCH, by pk, and the next
+ * batch is taken from the event loop only once fewer than BATCH jobs are
+ * open: memory does not grow with the ledger, and signals, the control
+ * socket and the watchdog are served between batches.  Each answer
  * becomes an Outcome that is committed to the ledger before the next step;
  * a DELETE goes out only after its in_flight commit, which succeeds only if
  * the row still has the declaration the DELETE was decided on and is due by
@@ -23,9 +28,14 @@
 #define AUTH_PAUSE_USEC   (15 * USEC_PER_MINUTE)  /* until a reload, or this long */
 #define LEDGER_RETRY_USEC USEC_PER_MINUTE
 #define CARRIER_IDS_MAX   8                       /* ids named in an ambiguity's detail */
+#define BATCH             256u                    /* rows taken from the ledger at a time */
+#define CHECK_BATCH       4096u                   /* rows checked against a listing at a time */
+
+typedef struct Batch Batch;
 
 typedef struct Job {
         Engine *e;
+        Batch *batch;
         int64_t pk, version;
         char *key, *id, *number, *provider, *api_number, *last_error;
         PhoneState state;            /* as committed in the ledger */
@@ -36,16 +46,41 @@ typedef struct Job {
         Call *call;                  /* queued or out, or NULL */
         bool deleting;               /* call is the DELETE */
         bool held;                   /* a DELETE decided while the listing runs: it waits */
-        bool listed;                 /* observed through the listing */
-        bool confirm;                /* its number was not in a listing by page: a cursor listing tells */
         bool stale;                  /* the declaration changed: act on nothing */
         bool finished;
 } Job;
 
+/* Jobs taken from the ledger together; freed (from the loop) once all are finished. */
+struct Batch {
+        Batch *next;
+        size_t n, n_open;
+        Job jobs[];
+};
+
+#define FOREACH_JOB(j, b, e) \
+        for (Batch *b = (e)->batches; b; b = b->next) \
+                for (Job *j = b->jobs; j < b->jobs + b->n; j++)
+
 typedef struct PassStats {
         unsigned calls, outcomes[_STATE_MAX];
+        size_t unconfirmed;          /* numbers absent from a listing by page, due after its check */
         usec_t started;
 } PassStats;
+
+typedef enum Step {
+        STEP_LOOKS,                  /* rows whose DELETE may have gone out, by id, while the listing runs */
+        STEP_CHECK,                  /* each due number in the listing by page, or a cursor listing confirms */
+        STEP_REST,                   /* the other rows: matched against the listing, or looked at by id */
+        STEP_END,
+} Step;
+
+typedef enum Rest {
+        REST_UNSET,
+        REST_GET,                    /* no listing: a GET each */
+        REST_MATCH,                  /* the listing is complete: each row meets the phone it names */
+        REST_BY_ID,                  /* no listing to believe: rows by id get a GET, those by number wait */
+        REST_NONE,                   /* the API cannot be reached, or refuses the key: every row waits */
+} Rest;
 
 struct Engine {
         sd_event *event;
@@ -64,10 +99,19 @@ struct Engine {
         char *pause_reason;
         bool held;                   /* an operator's pause: no DELETE leaves */
         bool confirming;             /* the listing running is the cursor's confirmation */
-        Job *jobs;
-        size_t n_jobs, n_open;
-        Job **by_id, **by_number;    /* the rows the listing is for */
-        size_t n_by_id, n_by_number;
+
+        /* The pass: its due rows a set and a batch at a time. */
+        DueQuery due;
+        uint64_t counted[_DUE_MAX];  /* due at the pass's start */
+        Step step;
+        Rest rest;
+        int64_t after;               /* the last pk this step took */
+        Batch *batches;
+        size_t n_open, n_done;
+        sd_event_source *advance;    /* the next batch, from the loop */
+        int list_r;                  /* how the listing ended; 1 while none has */
+        unsigned generation;         /* bumped by each reload */
+        unsigned list_generation;    /* when the listing started */
         PassStats stats;
 
         unsigned list_failures;      /* listings failed in a row */
@@ -81,7 +125,7 @@ struct Engine {
         void *idle_userdata;
 };
 
-static void pass_maybe_end(Engine *e);
+static void pass_kick(Engine *e);
 static void observe(Job *j, bool urgent);
 static void queue_delete(Job *j);
 static void ledger_pause(Engine *e, int error);
@@ -128,12 +172,16 @@ static Row row_of(const Job *j) {
         };
 }
 
-/* Marks a job finished (its row waits for nothing more in this pass). */
+/* Marks a job finished (its row waits for nothing more in this pass).  It
+ * is freed with its batch, from the loop: callers may still read it. */
 static void job_finish(Job *j) {
         if (j->finished)
                 return;
         j->finished = true;
+        j->batch->n_open--;
         j->e->n_open--;
+        j->e->n_done++;
+        pass_kick(j->e);
 }
 
 static void job_done(Job *j) {
@@ -443,7 +491,7 @@ static void on_get(Diga *d, const CallResult *r, void *userdata) {
         reconcile_look(&row, &look, &w, &o);
         apply(j, &o, r, true);
 out:
-        pass_maybe_end(e);
+        pass_kick(e);
 }
 
 static void observe(Job *j, bool urgent) {
@@ -528,7 +576,7 @@ static void on_delete(Diga *d, const CallResult *r, void *userdata) {
         reconcile_delete(&row, &reply, &w, &o);
         apply(j, &o, r, false);
 out:
-        pass_maybe_end(e);
+        pass_kick(e);
 }
 
 static void queue_delete(Job *j) {
@@ -556,78 +604,91 @@ static void queue_delete(Job *j) {
 
 /* ---- the listing ---- */
 
-static int cmp_job_id(const void *a, const void *b) {
-        return strcmp((*(Job *const *) a)->id, (*(Job *const *) b)->id);
-}
-
-static int cmp_job_number(const void *a, const void *b) {
-        return strcmp((*(Job *const *) a)->number, (*(Job *const *) b)->number);
-}
-
-static Job *find_job(Job **v, size_t n, const char *s, bool by_id) {
-        Job key = { .id = (char *) s, .number = (char *) s }, *kp = &key, **f;
-
-        if (n == 0)
-                return NULL;
-        f = bsearch(&kp, v, n, sizeof(Job *), by_id ? cmp_job_id : cmp_job_number);
-        return f ? *f : NULL;
-}
-
-/* Only the phones some row may want are kept: the rest are only counted. */
-static bool listing_want(const RemotePhone *p, void *userdata) {
+/* Only the phones the ledger has a row for are kept (in the ledger's TEMP
+ * table, not the heap): the rest are only counted.  (A row of any state:
+ * cheaper to ask than which are due.) */
+static int listing_keep(const RemotePhone *p, void *userdata) {
         Engine *e = userdata;
+        int r;
 
-        return find_job(e->by_id, e->n_by_id, p->id, true) || find_job(e->by_number, e->n_by_number, p->number, false);
+        if (!p)
+                return ledger_listed_clear(e->ledger);
+        r = ledger_knows_phone(e->ledger, p->id, p->number);
+        if (r <= 0)
+                return r;
+        return ledger_listed_add(e->ledger, &(ListedPhone) {
+                .id = p->id, .number = p->number, .status = p->status_name, .provider = p->provider,
+                .scheduled_release_at = p->scheduled_release_at,
+        });
 }
 
-static int cmp_phone_ptr_id(const void *a, const void *b) {
-        return strcmp((*(const RemotePhone *const *) a)->id, (*(const RemotePhone *const *) b)->id);
+/* A listed phone as the decisions read it, its strings its own. */
+static int remote_of(const ListedPhone *l, RemotePhone *ret) {
+        RemotePhone v = {
+                .status = remote_status_from_string(l->status), .number = (char *) l->number,
+                .status_name = (char *) l->status, .provider = (char *) l->provider,
+                .scheduled_release_at = (char *) l->scheduled_release_at,
+        };
+
+        snprintf(v.id, sizeof v.id, "%s", l->id);
+        return remote_phone_copy(ret, &v);
 }
 
-static int cmp_phone_ptr_number(const void *a, const void *b) {
-        return strcmp((*(const RemotePhone *const *) a)->number, (*(const RemotePhone *const *) b)->number);
+static int take_listed(const ListedPhone *l, void *userdata) {
+        return remote_of(l, userdata);
 }
 
-/* The listing's account, by id and by number. */
-typedef struct Seen {
-        const RemotePhone **by_id, **by_number;
-        size_t n;
-} Seen;
+/* The phones carrying a number: the first live one, else the first gone,
+ * and how many are live. */
+typedef struct Carriers {
+        RemotePhone live, gone;
+        bool has_live, has_gone;
+        unsigned n;
+        char ids[CARRIER_IDS_MAX * (UUID_STRING_LEN + 2) + 8];
+} Carriers;
 
-static const RemotePhone *seen_by_id(const Seen *s, const char *id) {
-        RemotePhone key = {}, *kp = &key;
-        const RemotePhone **f;
-
-        memcpy(key.id, id, sizeof key.id);
-        f = s->n ? bsearch(&kp, s->by_id, s->n, sizeof(RemotePhone *), cmp_phone_ptr_id) : NULL;
-        return f ? *f : NULL;
+static void carriers_done(Carriers *c) {
+        remote_phone_done(&c->live);
+        remote_phone_done(&c->gone);
 }
 
-/* The phones carrying a number: [*first, *first + count). */
-static size_t seen_by_number(const Seen *s, const char *number, size_t *first) {
-        size_t lo = 0, hi = s->n, n = 0;
+static int add_carrier(const ListedPhone *l, void *userdata) {
+        Carriers *c = userdata;
+        RemotePhone v = { .status = remote_status_from_string(l->status) };
+        int r;
 
-        while (lo < hi) {
-                size_t mid = (lo + hi) / 2;
-                if (strcmp(s->by_number[mid]->number, number) < 0)
-                        lo = mid + 1;
-                else
-                        hi = mid;
+        if (!remote_is_live(&v)) {
+                if (c->has_gone)
+                        return 0;
+                r = remote_of(l, &c->gone);
+                c->has_gone = r >= 0;
+                return r;
         }
-        *first = lo;
-        while (lo + n < s->n && streq(s->by_number[lo + n]->number, number))
-                n++;
-        return n;
+        if (!c->has_live) {
+                r = remote_of(l, &c->live);
+                if (r < 0)
+                        return r;
+                c->has_live = true;
+        }
+        if (c->n++ < CARRIER_IDS_MAX) {
+                if (c->ids[0])
+                        strcat(c->ids, ", ");
+                strncat(c->ids, l->id, UUID_STRING_LEN);
+        } else if (c->n == CARRIER_IDS_MAX + 1)
+                strcat(c->ids, ", ...");
+        return 0;
 }
+
+static const CallResult list_call = {
+        .kind = CALL_LIST, .method = "GET", .path = "/v1/phone/ (the account listed)", .http_status = 200,
+};
 
 /* A number-declared row: which phone it means.  A number can come back
  * after release under a new id: the live phone counts, a released one only
  * if nothing live has the number; two live ones are a question for an operator. */
-static void match_number(Engine *e, Job *j, const Seen *s, const ListingStats *st, const CallResult *call) {
-        char ids[CARRIER_IDS_MAX * (UUID_STRING_LEN + 2) + 8] = "";
-        const RemotePhone *live = NULL, *gone = NULL;
-        size_t first, n = seen_by_number(s, j->number, &first);
-        unsigned carriers = 0;
+static void match_number(Engine *e, Job *j) {
+        _cleanup_(carriers_done) Carriers c = {};
+        const ListingStats *st = listing_stats(e->listing);
         Look look = {
                 .reply = { .kind = CALL_LIST, .status = 200, .api = true, .asked_at = (int64_t) now(CLOCK_REALTIME) },
                 .listed = st->listed, .unreadable = st->unreadable,
@@ -635,111 +696,66 @@ static void match_number(Engine *e, Job *j, const Seen *s, const ListingStats *s
         Row row = row_of(j);
         World w = world(e);
         Outcome o;
+        int r;
 
-        for (size_t i = first; i < first + n; i++) {
-                const RemotePhone *p = s->by_number[i];
-                if (!remote_is_live(p)) {
-                        gone = gone ? gone : p;
-                        continue;
-                }
-                live = live ? live : p;
-                if (carriers++ < CARRIER_IDS_MAX) {
-                        if (ids[0])
-                                strcat(ids, ", ");
-                        strcat(ids, p->id);
-                } else if (carriers == CARRIER_IDS_MAX + 1)
-                        strcat(ids, ", ...");
+        r = ledger_listed_find(e->ledger, NULL, j->number, add_carrier, &c);
+        if (r < 0) {
+                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); it waits for the next pass.",
+                                j->key, ledger_errmsg(e->ledger));
+                job_finish(j);
+                return;
         }
-        look.seen = live ? live : gone;
+        look.seen = c.has_live ? &c.live : c.has_gone ? &c.gone : NULL;
         look.not_listed = !look.seen;
         if (look.not_listed && st->pages && !e->confirming) {
                 /* Offset pages can miss a phone when two changes undo each
-                 * other's shift; the cursor cannot.  Absent only if it agrees. */
-                j->confirm = j->listed = true;
+                 * other's shift; only the cursor may call it absent.  This row
+                 * fell due after the check that would have asked it. */
+                e->stats.unconfirmed++;
+                e->want_pass = true;
+                job_finish(j);
                 return;
         }
-        look.carriers = carriers;
-        look.carrier_ids = ids;
+        look.carriers = c.n;
+        look.carrier_ids = c.ids;
         reconcile_look(&row, &look, &w, &o);
-        apply(j, &o, call, true);
+        apply(j, &o, &list_call, true);
 }
 
-/* The listing is complete: each row it was for meets the phone it names. */
-static void match_all(Engine *e, Listing *ls) {
-        const ListingStats *st = listing_stats(ls);
-        _cleanup_free_ const RemotePhone **by_id = NULL, **by_number = NULL;
-        const RemotePhone *phones;
-        CallResult call = { .kind = CALL_LIST, .method = "GET", .path = "/v1/phone/ (the account listed)",
-                            .http_status = 200 };
-        Seen s;
-        size_t n;
+/* The listing is complete: a row meets the phone it names. */
+static void match(Engine *e, Job *j) {
+        _cleanup_(remote_phone_done) RemotePhone p = {};
+        Look look = { .reply = { .kind = CALL_LIST, .status = 200, .api = true,
+                                 .asked_at = (int64_t) now(CLOCK_REALTIME) } };
+        Row row;
+        World w;
+        Outcome o;
+        int r;
 
-        phones = listing_phones(ls, &n);
-        by_id = calloc(n + 1, sizeof(RemotePhone *));
-        by_number = calloc(n + 1, sizeof(RemotePhone *));
-        if (!by_id || !by_number) {
-                log_oom();
-                for (size_t i = 0; i < e->n_jobs; i++)
-                        if (e->jobs[i].listed)
-                                job_finish(&e->jobs[i]);
+        if (!j->id) {
+                match_number(e, j);
                 return;
         }
-        for (size_t i = 0; i < n; i++)
-                by_id[i] = by_number[i] = &phones[i];
-        qsort(by_id, n, sizeof(RemotePhone *), cmp_phone_ptr_id);
-        qsort(by_number, n, sizeof(RemotePhone *), cmp_phone_ptr_number);
-        s = (Seen) { .by_id = by_id, .by_number = by_number, .n = n };
-
-        for (size_t i = 0; i < e->n_jobs; i++) {
-                Job *j = &e->jobs[i];
-                const RemotePhone *p;
-                Look look = { .reply = { .kind = CALL_LIST, .status = 200, .api = true,
-                                         .asked_at = (int64_t) now(CLOCK_REALTIME) } };
-                Row row;
-                World w;
-                Outcome o;
-
-                if (!j->listed || j->finished)
-                        continue;
-                j->listed = false;
-                if (j->stale) {
-                        job_finish(j);
-                        continue;
-                }
-                if (!j->id) {
-                        match_number(e, j, &s, st, &call);
-                        continue;
-                }
-                p = seen_by_id(&s, j->id);
-                if (!p) {
-                        observe(j, false);   /* not listed: ask for it by id to be sure */
-                        continue;
-                }
-                look.seen = p;
-                row = row_of(j);
-                w = world(e);
-                reconcile_look(&row, &look, &w, &o);
-                apply(j, &o, &call, true);
+        r = ledger_listed_find(e->ledger, j->id, NULL, take_listed, &p);
+        if (r < 0) {
+                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); looking at it by id.", j->key,
+                                ledger_errmsg(e->ledger));
+                r = 0;
         }
+        if (r == 0) {
+                observe(j, false);   /* not listed: ask for it by id to be sure */
+                return;
+        }
+        look.seen = &p;
+        row = row_of(j);
+        w = world(e);
+        reconcile_look(&row, &look, &w, &o);
+        apply(j, &o, &list_call, true);
 }
 
-/* Numbers a listing by page did not find: listed again by cursor before
- * any is called absent.  DELETEs decided meanwhile wait for it too. */
-static bool confirm_by_cursor(Engine *e, Listing *ls) {
-        size_t n = 0;
-
-        if (e->confirming || e->stopping)
-                return false;
-        for (size_t i = 0; i < e->n_jobs; i++)
-                if (e->jobs[i].confirm && !e->jobs[i].finished)
-                        n++;
-        if (n == 0)
-                return false;
-        e->confirming = true;
-        log_info("Listing phones: %zu %s not in the listing by page; listing the account by cursor to be sure.", n,
-                 plural(n, "number was", "numbers were"));
-        listing_start_by_cursor(ls);
-        return true;
+/* The cause of a failed listing that no GET would get past. */
+static bool list_unreachable(int r) {
+        return r == -EHOSTUNREACH || r == -EACCES || r == -ECANCELED;
 }
 
 static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
@@ -748,6 +764,7 @@ static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
         char buf[32];
 
         e->stats.calls += st->calls;
+        e->list_r = r;
         if (r >= 0) {
                 e->list_failures = 0;
                 e->list_error = mfree(e->list_error);
@@ -755,9 +772,6 @@ static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
                 if (ledger_meta_set(e->ledger, "account_size", buf) < 0)
                         log_warning("Cannot note the account's size in the ledger (%s); the next pass may list "
                                     "needlessly.", ledger_errmsg(e->ledger));
-                match_all(e, ls);
-                if (confirm_by_cursor(e, ls))
-                        return;
         } else {
                 /* No verdict, no attempt: every row the listing was for stays as it is. */
                 e->list_failures++;
@@ -765,34 +779,26 @@ static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
                 e->list_error = why ? strdup(why) : NULL;
                 if (r == -EACCES)
                         auth_pause(e, 401, "GET", "/v1/phone/", why);
-                /* A row that names its phone by id needs no listing: it is looked at by id. */
-                for (size_t i = 0; i < e->n_jobs; i++) {
-                        Job *j = &e->jobs[i];
-
-                        if (!j->listed || j->finished)
-                                continue;
-                        j->listed = false;
-                        if (j->id && r != -ECANCELED && r != -EACCES)
-                                observe(j, false);
-                        else
-                                job_finish(j);
-                }
                 if (r != -ECANCELED && r != -EACCES && !e->stopping) {
                         World w = world(e);
                         usec_t delay = reconcile_backoff(&w, e->list_failures, -1);
+                        uint64_t waiting = e->counted[r == -EHOSTUNREACH ? DUE_REST : DUE_BY_NUMBER];
 
-                        log_warning("The account could not be listed (%s); %zu %s declared by number %s "
-                                    "without a verdict; listing again in %.1f s.", why ? why : "failed",
-                                    e->n_by_number, plural(e->n_by_number, "phone", "phones"),
-                                    plural(e->n_by_number, "waits", "wait"), usec_to_sec((int64_t) delay));
+                        /* One line for them all: a million rows are one event. */
+                        log_warning("The account could not be listed (%s)%s; %" PRIu64 " %s%s %s without a "
+                                    "verdict; listing again in %.1f s.", why ? why : "failed",
+                                    r == -EHOSTUNREACH ? ": the API cannot be reached" : "", waiting,
+                                    plural(waiting, "phone", "phones"),
+                                    r == -EHOSTUNREACH ? "" : " declared by number", plural(waiting, "waits", "wait"),
+                                    usec_to_sec((int64_t) delay));
                         arm(e->list_retry, mono_now(e) + delay);
                 }
         }
         /* What was decided while the account was listed may leave now. */
-        for (size_t i = 0; i < e->n_jobs; i++)
-                if (e->jobs[i].held && !e->jobs[i].finished)
-                        queue_delete(&e->jobs[i]);
-        pass_maybe_end(e);
+        FOREACH_JOB(j, b, e)
+                if (j->held && !j->finished)
+                        queue_delete(j);
+        pass_kick(e);
 }
 
 static int on_list_retry(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -802,19 +808,19 @@ static int on_list_retry(sd_event_source *s, uint64_t usec, void *userdata) {
 
 /* ---- passes ---- */
 
-static int add_job(const Phone *p, void *userdata) {
-        Engine *e = userdata;
-        Job *j;
+typedef struct Load {
+        Engine *e;
+        Batch *b;
+} Load;
 
-        if (e->n_jobs % 256 == 0) {
-                Job *a = reallocarray(e->jobs, e->n_jobs + 256, sizeof(Job));
-                if (!a)
-                        return -ENOMEM;
-                e->jobs = a;
-        }
-        j = &e->jobs[e->n_jobs];
+static int add_job(const Phone *p, void *userdata) {
+        Load *ld = userdata;
+        Engine *e = ld->e;
+        Job *j = &ld->b->jobs[ld->b->n];
+
         *j = (Job) {
-                .e = e, .pk = p->pk, .version = p->version, .state = p->state, .attempts = p->attempts,
+                .e = e, .batch = ld->b, .pk = p->pk, .version = p->version, .state = p->state,
+                .attempts = p->attempts,
                 /* Held or not yet declared due: the same wait for the decisions. */
                 .not_before = p->hold_until > p->not_before ? p->hold_until : p->not_before, .sent_at = p->sent_at,
                 .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0,
@@ -825,38 +831,81 @@ static int add_job(const Phone *p, void *userdata) {
                 job_done(j);
                 return -ENOMEM;
         }
-        e->n_jobs++;
+        ld->b->n++;
+        e->after = p->pk;
         return 0;
 }
 
-static void pass_free(Engine *e) {
-        for (size_t i = 0; i < e->n_jobs; i++)
-                job_done(&e->jobs[i]);
-        e->jobs = mfree(e->jobs);
-        e->by_id = mfree(e->by_id);
-        e->by_number = mfree(e->by_number);
-        e->n_jobs = e->n_open = e->n_by_id = e->n_by_number = 0;
-        e->listing = listing_free(e->listing);
-        e->confirming = false;
+static Batch *batch_free(Batch *b) {
+        for (size_t i = 0; i < b->n; i++)
+                job_done(&b->jobs[i]);
+        free(b);
+        return NULL;
 }
 
-/* A row whose DELETE may have gone out is looked at by id, never through a listing. */
-static bool needs_own_look(const Job *j) {
-        return j->sent_at != 0 || j->state == STATE_IN_FLIGHT;
+/* From the loop only: no caller is left holding one of their jobs. */
+static void batches_reap(Engine *e) {
+        for (Batch **p = &e->batches; *p;) {
+                Batch *b = *p;
+
+                if (b->n_open > 0) {
+                        p = &b->next;
+                        continue;
+                }
+                *p = b->next;
+                (void) batch_free(b);
+        }
+}
+
+/* Takes the next batch of `set` as jobs: how many rows came (< BATCH: the set is done). */
+static int batch_load(Engine *e, DueSet set, Batch **ret) {
+        Batch *b;
+        int r;
+
+        b = calloc(1, sizeof(Batch) + BATCH * sizeof(Job));
+        if (!b)
+                return -ENOMEM;
+        e->due.set = set;
+        r = ledger_due(e->ledger, &e->due, e->after, BATCH, add_job, &(Load) { .e = e, .b = b });
+        if (r < 0) {
+                (void) batch_free(b);
+                return r;
+        }
+        b->n_open = b->n;
+        e->n_open += b->n;
+        b->next = e->batches;
+        e->batches = b;
+        *ret = b;
+        return (int) b->n;
+}
+
+static void pass_free(Engine *e) {
+        while (e->batches) {
+                Batch *b = e->batches;
+                e->batches = b->next;
+                (void) batch_free(b);
+        }
+        e->n_open = e->n_done = 0;
+        e->listing = listing_free(e->listing);
+        /* An account's worth of rows, not kept past the pass. */
+        if (ledger_listed_clear(e->ledger) < 0)
+                log_warning("Cannot empty the listing's table (%s).", ledger_errmsg(e->ledger));
+        e->confirming = false;
 }
 
 /* Fewer calls wins: a GET per due phone, or the pages of the whole account
  * (whose size the last listing left in the ledger). */
 static bool want_listing(Engine *e) {
         _cleanup_free_ char *v = NULL;
+        uint64_t by_id = e->counted[DUE_BY_ID];
         size_t pages;
 
-        if (e->n_by_number > 0)
+        if (e->counted[DUE_BY_NUMBER] > 0)
                 return true;
         if (ledger_meta_get(e->ledger, "account_size", &v) < 0)
-                return e->n_by_id > 10;
+                return by_id > 10;
         pages = (size_t) strtoull(v, NULL, 10) / API_PAGE_LIMIT + 1;
-        return e->n_by_id > pages;
+        return by_id > pages;
 }
 
 static int64_t due_now(Engine *e, int64_t t) {
@@ -873,74 +922,58 @@ static void arm_wake(Engine *e) {
         arm(e->wake, (usec_t) (next > 0 ? next : 1));
 }
 
+/* The next step of the pass, from the loop. */
+static void pass_kick(Engine *e) {
+        if (e->running && e->advance)
+                (void) sd_event_source_set_enabled(e->advance, SD_EVENT_ONESHOT);
+}
+
 static void pass_start(Engine *e) {
         bool resync = e->want_resync;
         int64_t t = (int64_t) now(CLOCK_REALTIME);
+        uint64_t total;
         World w;
         int r;
 
         e->want_pass = e->want_resync = false;
-        e->stats = (PassStats) { .started = mono_now(e) };
-        r = ledger_due(e->ledger, t, due_now(e, t), resync, e->held, add_job, e);
+        e->due = (DueQuery) { .now = t, .due_now = due_now(e, t), .resync = resync };
+        r = ledger_due_count(e->ledger, &e->due, e->counted);
         if (r < 0) {
-                log_error_errno(r, "Cannot read the due phones from the ledger: %m (%s)", ledger_errmsg(e->ledger));
-                pass_free(e);
+                log_error_errno(r, "Cannot count the due phones in the ledger: %m (%s)", ledger_errmsg(e->ledger));
                 return;
         }
-        if (e->n_jobs == 0) {
-                pass_free(e);
+        /* Paused by an operator: only the looks at DELETEs that may have gone out. */
+        if (e->held)
+                e->counted[DUE_BY_ID] = e->counted[DUE_BY_NUMBER] = e->counted[DUE_REST] = 0;
+        total = e->counted[DUE_LOOKS] + e->counted[DUE_REST];
+        if (total == 0) {
                 arm_wake(e);
                 return;
         }
         e->running = true;
-        e->n_open = e->n_jobs;
-        e->by_id = calloc(e->n_jobs, sizeof(Job *));
-        e->by_number = calloc(e->n_jobs, sizeof(Job *));
-        if (!e->by_id || !e->by_number) {
-                log_oom();
-                for (size_t i = 0; i < e->n_jobs; i++)
-                        job_finish(&e->jobs[i]);
-                pass_maybe_end(e);
-                return;
-        }
-        for (size_t i = 0; i < e->n_jobs; i++) {
-                Job *j = &e->jobs[i];
-                if (needs_own_look(j))
-                        continue;
-                if (j->id)
-                        e->by_id[e->n_by_id++] = j;
-                else
-                        e->by_number[e->n_by_number++] = j;
-        }
-        qsort(e->by_id, e->n_by_id, sizeof(Job *), cmp_job_id);
-        qsort(e->by_number, e->n_by_number, sizeof(Job *), cmp_job_number);
-        log_info("Pass: %zu %s to look at%s.", e->n_jobs, plural(e->n_jobs, "phone", "phones"),
+        e->stats = (PassStats) { .started = mono_now(e) };
+        e->step = STEP_LOOKS;
+        e->rest = REST_UNSET;
+        e->after = 0;
+        e->list_r = 0;
+        log_info("Pass: %" PRIu64 " %s to look at%s.", total, plural(total, "phone", "phones"),
                  resync ? " (resync)" : "");
 
         w = world(e);
-        if (want_listing(e)) {
-                r = listing_new(e->event, e->diga, e->api, &w, listing_want, listing_done, e, &e->listing);
+        if (e->counted[DUE_REST] > 0 && want_listing(e)) {
+                r = listing_new(e->event, e->diga, e->api, &w, listing_keep, listing_done, e, &e->listing);
                 if (r < 0) {
                         log_error_errno(r, "Cannot list the account: %m");
-                        for (size_t i = 0; i < e->n_jobs; i++)
-                                if (!needs_own_look(&e->jobs[i]))
-                                        job_finish(&e->jobs[i]);
+                        e->list_r = r;
                 } else {
-                        for (size_t i = 0; i < e->n_jobs; i++)
-                                e->jobs[i].listed = !needs_own_look(&e->jobs[i]);
+                        e->list_r = 1;
+                        e->list_generation = e->generation;
+                        listing_start(e->listing);
                 }
         }
-        /* A DELETE whose answer was lost is looked at first, always by id. */
-        for (size_t i = 0; i < e->n_jobs; i++)
-                if (needs_own_look(&e->jobs[i]))
-                        observe(&e->jobs[i], true);
-        if (e->listing)
-                listing_start(e->listing);
-        else
-                for (size_t i = 0; i < e->n_jobs; i++)
-                        if (!needs_own_look(&e->jobs[i]) && !e->jobs[i].finished)
-                                observe(&e->jobs[i], false);
-        pass_maybe_end(e);
+        pass_kick(e);
+        if (e->idle)
+                e->idle(e, e->idle_userdata);
 }
 
 /* The loop was told to exit (by the idle callback): start nothing more. */
@@ -950,13 +983,13 @@ static bool exiting(Engine *e) {
         return sd_event_get_exit_code(e->event, &code) != -ENODATA;
 }
 
-static void pass_maybe_end(Engine *e) {
-        usec_t dt;
+static void pass_end(Engine *e) {
+        usec_t dt = mono_now(e) - e->stats.started;
 
-        if (!e->running || e->n_open > 0 || (e->listing && listing_running(e->listing)) ||
-            diga_in_flight(e->diga) > 0 || diga_queued(e->diga) > 0)
-                return;
-        dt = mono_now(e) - e->stats.started;
+        if (e->stats.unconfirmed > 0)
+                log_info("%zu %s fell due after the listing was checked and %s not in it: the next pass lists "
+                         "again.", e->stats.unconfirmed, plural(e->stats.unconfirmed, "number", "numbers"),
+                         plural(e->stats.unconfirmed, "was", "were"));
         log_event(LOG_INFO, MESSAGE_PASS_SUMMARY, NULL,
                   "Pass done in %.1f s: %u calls; %u released, %u scheduled, %u deferred, %u retrying, "
                   "%u failed, %u unresolved.", usec_to_sec((int64_t) dt), e->stats.calls,
@@ -978,6 +1011,149 @@ static void pass_maybe_end(Engine *e) {
         }
 }
 
+typedef struct Check {
+        Engine *e;
+        unsigned n;
+} Check;
+
+static int check_number(const Phone *p, void *userdata) {
+        Check *c = userdata;
+        int r;
+
+        c->n++;
+        c->e->after = p->pk;
+        r = ledger_listed_find(c->e->ledger, NULL, p->number, NULL, NULL);
+        /* -EEXIST: stop reading, one absent number is enough. */
+        return r < 0 ? r : r > 0 ? 0 : -EEXIST;
+}
+
+/* Every due number must be in a listing by page before any row meets it;
+ * one that is not sends the whole pass to a listing by cursor.  1: more
+ * to check, 0: done. */
+static int step_check(Engine *e) {
+        Check c = { .e = e };
+        int r;
+
+        if (!e->listing || e->list_r != 0 || e->confirming || !listing_stats(e->listing)->pages)
+                return 0;
+        e->due.set = DUE_BY_NUMBER;
+        r = ledger_due(e->ledger, &e->due, e->after, CHECK_BATCH, check_number, &c);
+        if (r == -EEXIST) {
+                /* (The phones the listing kept go with its restart.) */
+                e->confirming = true;
+                e->list_r = 1;
+                log_info("Listing phones: a declared number was not in the listing by page; listing the account "
+                         "by cursor to be sure.");
+                listing_start_by_cursor(e->listing);
+                return 0;
+        }
+        if (r < 0) {
+                /* Unchecked, the listing is no verdict on numbers. */
+                log_error_errno(r, "Cannot read the due phones from the ledger: %m (%s)", ledger_errmsg(e->ledger));
+                e->list_r = r;
+                return 0;
+        }
+        return c.n == CHECK_BATCH;
+}
+
+/* How the rest of the rows are met, once the listing has ended. */
+static Rest rest_mode(Engine *e) {
+        if (e->held)
+                return REST_NONE;
+        if (!e->listing && e->list_r == 0)
+                return REST_GET;
+        if (e->list_r == 0)
+                return REST_MATCH;
+        return list_unreachable(e->list_r) ? REST_NONE : REST_BY_ID;
+}
+
+static int step_rest(Engine *e) {
+        Batch *b;
+        int r;
+
+        if (e->rest == REST_UNSET)
+                e->rest = rest_mode(e);
+        if (e->rest == REST_MATCH && e->generation != e->list_generation) {
+                /* A row declared after its phone's page was read would not
+                 * find it there: the listing is no verdict on numbers now. */
+                log_info("The declarations changed since the account was listed: the phones declared by number "
+                         "wait for the next pass's listing; those by id are looked at by id.");
+                e->want_pass = true;
+                e->rest = REST_BY_ID;
+        }
+        if (e->rest == REST_NONE)
+                return 0;
+        r = batch_load(e, e->rest == REST_BY_ID ? DUE_BY_ID : DUE_REST, &b);
+        if (r < 0) {
+                log_error_errno(r, "Cannot read the due phones from the ledger: %m (%s)", ledger_errmsg(e->ledger));
+                return 0;
+        }
+        for (size_t i = 0; i < b->n; i++)
+                if (e->rest == REST_MATCH)
+                        match(e, &b->jobs[i]);
+                else
+                        observe(&b->jobs[i], false);
+        return r == (int) BATCH;
+}
+
+/* A DELETE whose answer was lost is looked at first, always by id. */
+static int step_looks(Engine *e) {
+        Batch *b;
+        int r;
+
+        r = batch_load(e, DUE_LOOKS, &b);
+        if (r < 0) {
+                log_error_errno(r, "Cannot read the due phones from the ledger: %m (%s)", ledger_errmsg(e->ledger));
+                return 0;
+        }
+        for (size_t i = 0; i < b->n; i++)
+                observe(&b->jobs[i], true);
+        return r == (int) BATCH;
+}
+
+/* One batch per turn of the loop, and only while fewer than a batch of
+ * jobs are open; the pass ends once nothing of it is left. */
+static int on_advance(sd_event_source *s, void *userdata) {
+        Engine *e = userdata;
+        int r;
+
+        batches_reap(e);
+        if (!e->running)
+                return 0;
+        while (e->step != STEP_END) {
+                if (e->stopping || e->paused) {
+                        e->step = STEP_END;
+                        break;
+                }
+                if (e->step != STEP_LOOKS && e->list_r == 1)
+                        return 0;       /* listing_done() kicks */
+                if (e->n_open >= BATCH)
+                        return 0;       /* job_finish() kicks */
+                switch (e->step) {
+                case STEP_LOOKS:
+                        r = step_looks(e);
+                        break;
+                case STEP_CHECK:
+                        r = step_check(e);
+                        break;
+                default:
+                        r = step_rest(e);
+                        break;
+                }
+                if (r > 0) {
+                        pass_kick(e);
+                        return 0;
+                }
+                e->step++;
+                e->after = 0;
+        }
+        if (e->n_open > 0 || e->list_r == 1 || (e->listing && listing_running(e->listing)) ||
+            diga_in_flight(e->diga) > 0 || diga_queued(e->diga) > 0)
+                return 0;
+        pass_end(e);
+        return 0;
+}
+
 void engine_request_pass(Engine *e, bool resync) {
         e->want_pass = true;
         e->want_resync = e->want_resync || resync;
@@ -991,8 +1167,8 @@ void engine_request_pass(Engine *e, bool resync) {
 void engine_declarations_changed(Engine *e) {
         size_t dropped = 0;
 
-        for (size_t i = 0; i < e->n_jobs; i++) {
-                Job *j = &e->jobs[i];
+        e->generation++;
+        FOREACH_JOB(j, b, e) {
                 PhoneState state;
                 int64_t version;
 
@@ -1013,7 +1189,7 @@ void engine_declarations_changed(Engine *e) {
         if (dropped > 0)
                 log_info("Reload: %zu queued releases dropped; their rows are looked at again with the new declarations.",
                          dropped);
-        pass_maybe_end(e);
+        pass_kick(e);
 }
 
 static int on_wake(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -1039,6 +1215,7 @@ static int on_unpause(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static void on_answer(Diga *d, const CallResult *r, void *userdata) {
         note_api_clock(userdata, r);
+        pass_kick(userdata);    /* the pass may end once no call is out */
 }
 
 int engine_new(sd_event *ev, Ledger *l, Engine **ret) {
@@ -1062,6 +1239,13 @@ int engine_new(sd_event *ev, Ledger *l, Engine **ret) {
                 r = sd_event_add_time(ev, &e->unpause, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_SEC, on_unpause, e);
         if (r >= 0)
                 r = sd_event_add_time(ev, &e->resync, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_SEC, on_resync, e);
+        /* Below every other source: a batch waits for the answers and signals at hand. */
+        if (r >= 0)
+                r = sd_event_add_defer(ev, &e->advance, on_advance, e);
+        if (r >= 0)
+                r = sd_event_source_set_priority(e->advance, SD_EVENT_PRIORITY_IDLE);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(e->advance, SD_EVENT_OFF);
         if (r < 0) {
                 engine_free(e);
                 return r;
@@ -1086,6 +1270,7 @@ Engine *engine_free(Engine *e) {
         (void) sd_event_source_disable_unref(e->list_retry);
         (void) sd_event_source_disable_unref(e->unpause);
         (void) sd_event_source_disable_unref(e->resync);
+        (void) sd_event_source_disable_unref(e->advance);
         sd_event_unref(e->event);
         free(e->pause_reason);
         free(e->list_error);
@@ -1126,10 +1311,10 @@ bool engine_stop(Engine *e) {
         if (e->listing)
                 listing_stop(e->listing, "stopping");
         diga_drop_queued(e->diga);
-        for (size_t i = 0; i < e->n_jobs; i++)
-                if (e->jobs[i].held)
-                        job_finish(&e->jobs[i]);
-        pass_maybe_end(e);
+        FOREACH_JOB(j, b, e)
+                if (j->held)
+                        job_finish(j);
+        pass_kick(e);
         return !engine_busy(e);
 }
 
@@ -1187,17 +1372,22 @@ const char *engine_stuck(Engine *e) {
 }
 
 bool engine_progress(Engine *e, EngineProgress *ret) {
+        size_t total;
         usec_t dt;
 
         if (!e->running)
                 return false;
         dt = mono_now(e) - e->stats.started;
+        /* Counted at the start; rows that fell due since come on top. */
+        total = (size_t) (e->counted[DUE_LOOKS] + e->counted[DUE_REST]);
+        if (total < e->n_done + e->n_open)
+                total = e->n_done + e->n_open;
         *ret = (EngineProgress) {
-                .done = e->n_jobs - e->n_open, .total = e->n_jobs,
+                .done = e->n_done, .total = total,
                 .started = (int64_t) now(CLOCK_REALTIME) - (int64_t) dt,
-                .rate = dt > 0 ? (double) (e->n_jobs - e->n_open) * USEC_PER_SEC / (double) dt : 0,
+                .rate = dt > 0 ? (double) e->n_done * USEC_PER_SEC / (double) dt : 0,
         };
-        ret->eta = ret->rate > 0 ? (double) e->n_open / ret->rate : -1;
+        ret->eta = ret->rate > 0 ? (double) (total - e->n_done) / ret->rate : -1;
         return true;
 }
 

@@ -14,7 +14,9 @@
  * id seen twice (an API that starts over) and a 400 to its cursor (the
  * phone it names is gone).  On any of these the listing starts again, once;
  * a second change fails it.  A failed listing is never a verdict: the rows
- * it concerns stay as they are and are looked at in a later pass.
+ * it concerns stay as they are and are looked at in a later pass.  It ends
+ * with -EHOSTUNREACH when the API did not answer at all (the engine then
+ * sends no GET either), -EACCES when it refused the key.
  *
  * What it cannot notice: two changes that undo each other's shift (a phone
  * removed and another added) between the reads of two pages.  A cursor
@@ -51,7 +53,7 @@ struct Listing {
         Diga *diga;
         Api *api;
         World world;
-        ListingWant want;
+        ListingKeep keep;
         ListingDone done;
         void *userdata;
 
@@ -64,8 +66,6 @@ struct Listing {
         uint64_t last_print;        /* the last page's ids as first read */
         char cursor[UUID_STRING_LEN + 1];
         IdSet seen;
-        RemotePhone *kept;
-        size_t n_kept, cap_kept;
         ListingStats stats;
 };
 
@@ -144,10 +144,11 @@ static void idset_done(IdSet *s) {
 
 /* ---- the listing ---- */
 
+/* What was kept is no verdict once the listing starts again or fails. */
 static void kept_clear(Listing *ls) {
-        for (size_t i = 0; i < ls->n_kept; i++)
-                remote_phone_done(&ls->kept[i]);
-        ls->n_kept = 0;
+        if (ls->keep(NULL, ls->userdata) < 0)
+                log_warning("Listing phones: cannot forget the phones kept so far; a failed listing is still "
+                            "no verdict.");
 }
 
 static void req_drop(Listing *ls, PageReq *q) {
@@ -244,19 +245,9 @@ static int take(Listing *ls, PhonePage *p) {
                 if (r == 0)
                         return 1;
                 ls->stats.listed++;
-                if (!ls->want(ph, ls->userdata))
-                        continue;
-                if (ls->n_kept == ls->cap_kept) {
-                        size_t cap = ls->cap_kept ? ls->cap_kept * 2 : 64;
-                        RemotePhone *n = reallocarray(ls->kept, cap, sizeof(RemotePhone));
-                        if (!n)
-                                return -ENOMEM;
-                        ls->kept = n;
-                        ls->cap_kept = cap;
-                }
-                /* Moved, not copied: the page is freed right after. */
-                ls->kept[ls->n_kept++] = *ph;
-                *ph = (RemotePhone) {};
+                r = ls->keep(ph, ls->userdata);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -299,7 +290,8 @@ static void page_failed(Listing *ls, PageReq *q, const Reply *reply) {
                 break;
         }
         log_error("Listing phones failed: %s.", o.detail);
-        end(ls, -EIO, o.detail);
+        /* No HTTP answer at all: no GET by id would get one either. */
+        end(ls, reply->status == 0 ? -EHOSTUNREACH : -EIO, o.detail);
 }
 
 static void all_pages_in(Listing *ls) {
@@ -381,7 +373,7 @@ static void on_page(Diga *d, const CallResult *r, void *userdata) {
                 ls->last_print = page_print(&page);
         k = take(ls, &page);
         if (k < 0) {
-                end(ls, k, "out of memory");
+                end(ls, k, k == -ENOMEM ? "out of memory" : "cannot keep the phones listed");
                 return;
         }
         if (k > 0) {
@@ -472,13 +464,13 @@ static void request(Listing *ls, PageReq *q) {
         }
 }
 
-int listing_new(sd_event *e, Diga *d, Api *api, const World *w, ListingWant want, ListingDone done,
+int listing_new(sd_event *e, Diga *d, Api *api, const World *w, ListingKeep keep, ListingDone done,
                 void *userdata, Listing **ret) {
         Listing *ls = calloc(1, sizeof(Listing));
 
         if (!ls)
                 return -ENOMEM;
-        *ls = (Listing) { .event = sd_event_ref(e), .diga = d, .api = api, .world = *w, .want = want,
+        *ls = (Listing) { .event = sd_event_ref(e), .diga = d, .api = api, .world = *w, .keep = keep,
                           .done = done, .userdata = userdata };
         ls->last.ls = ls;
         *ret = ls;
@@ -511,11 +503,6 @@ bool listing_running(Listing *ls) {
         return ls->running;
 }
 
-const RemotePhone *listing_phones(Listing *ls, size_t *n) {
-        *n = ls->n_kept;
-        return ls->kept;
-}
-
 const ListingStats *listing_stats(Listing *ls) {
         return &ls->stats;
 }
@@ -526,8 +513,6 @@ Listing *listing_free(Listing *ls) {
         ls->running = false;
         reqs_drop(ls);
         idset_done(&ls->seen);
-        kept_clear(ls);
-        free(ls->kept);
         sd_event_unref(ls->event);
         free(ls);
         return NULL;

@@ -238,9 +238,16 @@ static int once_done(Manager *m) {
         return EXIT_OPERATOR;
 }
 
+/* Told when a pass starts and when it ends. */
 static void on_idle(Engine *e, void *userdata) {
         Manager *m = userdata;
+        EngineProgress p;
+        bool pass = engine_progress(e, &p);
 
+        /* The status ticks during a pass only: an idle daemon sleeps. */
+        if (pass && sd_event_source_get_enabled(m->tick, NULL) == 0)
+                (void) sd_event_source_set_time_relative(m->tick, USEC_PER_SEC);
+        (void) sd_event_source_set_enabled(m->tick, pass ? SD_EVENT_ON : SD_EVENT_OFF);
         log_progress(0, 0, 0, 0);
         notify_status(m);
         if (!m->once || engine_busy(e))
@@ -561,7 +568,7 @@ static int run(void) {
         r = sd_event_add_time_relative(m.event, &m.tick, CLOCK_MONOTONIC, USEC_PER_SEC, 100 * USEC_PER_MSEC,
                                        on_tick, &m);
         if (r >= 0)
-                r = sd_event_source_set_enabled(m.tick, SD_EVENT_ON);
+                r = sd_event_source_set_enabled(m.tick, SD_EVENT_OFF);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the status timer: %m");
         r = engine_new(m.event, m.ledger, &m.engine);

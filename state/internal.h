@@ -12,6 +12,18 @@ static inline void finalizep(sqlite3_stmt **st) { (void) sqlite3_finalize(*st); 
 #define _cleanup_stmt_ _cleanup_(finalizep)
 
 int sqlite_to_errno(int rc);
+
+/* Statements asked often enough to keep prepared for the connection's life. */
+typedef enum LedgerStmt {
+        STMT_KNOWS,
+        STMT_LISTED_ADD,
+        STMT_LISTED_BY_ID,
+        STMT_LISTED_BY_NUMBER,
+        _STMT_MAX,
+} LedgerStmt;
+
+/* The statement for `which`, prepared from sql the first time; reset it after use. */
+int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **ret);
 sqlite3 *ledger_db(Ledger *l);
 int ledger_exec(Ledger *l, const char *sql);
 /* The first column of the first row; -ENOENT when it is NULL. */

@@ -19,6 +19,7 @@ struct Ledger {
         sqlite3 *db;
         LedgerMode mode;
         int lock_fd;        /* a writer's flock on the file; -1 for readers */
+        sqlite3_stmt *cached[_STMT_MAX];   /* asked once per listed phone, or per row of a pass */
 };
 
 static const char *const state_names[_STATE_MAX] = {
@@ -153,7 +154,7 @@ int ledger_exec(Ledger *l, const char *sql) {
 }
 
 static int user_version(sqlite3 *db, int *ret) {
-        sqlite3_stmt *st;
+        sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -328,6 +329,8 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
 Ledger *ledger_close(Ledger *l) {
         if (!l)
                 return NULL;
+        for (size_t i = 0; i < _STMT_MAX; i++)
+                (void) sqlite3_finalize(l->cached[i]);
         (void) sqlite3_close_v2(l->db);
         /* Only now: closing any fd of the file drops this process's POSIX
          * locks on it, SQLite's included. */
@@ -486,26 +489,91 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
         return each_phone(st, cb, userdata);
 }
 
-int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync, bool looks_only,
+/* ?1 our clock, ?2 resync, ?3 the due clock (usec). */
+#define DUE_WHERE \
+        "((sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1)" \
+        " OR (due_at <= ?3 / 1000000 AND" \
+        "  (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)" \
+        "   OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved')))))"
+
+static const char *const due_sets[_DUE_MAX] = {
+        [DUE_LOOKS] = "sent_at != 0",
+        [DUE_BY_ID] = "sent_at = 0 AND id IS NOT NULL",
+        [DUE_BY_NUMBER] = "sent_at = 0 AND id IS NULL",
+        [DUE_REST] = "sent_at = 0",
+};
+
+int ledger_due(Ledger *l, const DueQuery *q, int64_t after, unsigned limit,
                int (*cb)(const Phone *p, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        char sql[512];
+        int rc;
+
+        if (q->set < 0 || q->set >= _DUE_MAX)
+                return -EINVAL;
+        /* By pk from `after` on: the rowid is the index, a batch costs what it reads. */
+        snprintf(sql, sizeof sql, "SELECT " PHONE_COLUMNS " FROM phones WHERE pk > ?4 AND %s AND " DUE_WHERE
+                 " ORDER BY pk LIMIT ?5", due_sets[q->set]);
+        rc = sqlite3_prepare_v2(l->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        (void) sqlite3_bind_int64(st, 1, q->now);
+        (void) sqlite3_bind_int(st, 2, q->resync);
+        (void) sqlite3_bind_int64(st, 3, q->due_now);
+        (void) sqlite3_bind_int64(st, 4, after);
+        (void) sqlite3_bind_int64(st, 5, limit);
+        return each_phone(st, cb, userdata);
+}
+
+int ledger_due_count(Ledger *l, const DueQuery *q, uint64_t ret[static _DUE_MAX]) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc;
 
-        rc = sqlite3_prepare_v2(l->db,
-                                "SELECT " PHONE_COLUMNS " FROM phones WHERE"
-                                " (sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1)"
-                                " OR (due_at <= ?3 / 1000000 AND"
-                                "  (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)"
-                                "   OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved'))))"
-                                " AND (NOT ?4 OR sent_at != 0)"
-                                " ORDER BY pk", -1, &st, NULL);
+        rc = sqlite3_prepare_v2(l->db, "SELECT count(*) FILTER (WHERE sent_at != 0),"
+                                " count(*) FILTER (WHERE sent_at = 0 AND id IS NOT NULL),"
+                                " count(*) FILTER (WHERE sent_at = 0 AND id IS NULL)"
+                                " FROM phones WHERE " DUE_WHERE, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        (void) sqlite3_bind_int64(st, 1, now);
-        (void) sqlite3_bind_int(st, 2, resync);
-        (void) sqlite3_bind_int64(st, 3, due_now);
-        (void) sqlite3_bind_int(st, 4, looks_only);
-        return each_phone(st, cb, userdata);
+        (void) sqlite3_bind_int64(st, 1, q->now);
+        (void) sqlite3_bind_int(st, 2, q->resync);
+        (void) sqlite3_bind_int64(st, 3, q->due_now);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_to_errno(rc);
+        ret[DUE_LOOKS] = (uint64_t) sqlite3_column_int64(st, 0);
+        ret[DUE_BY_ID] = (uint64_t) sqlite3_column_int64(st, 1);
+        ret[DUE_BY_NUMBER] = (uint64_t) sqlite3_column_int64(st, 2);
+        ret[DUE_REST] = ret[DUE_BY_ID] + ret[DUE_BY_NUMBER];
+        return 0;
+}
+
+int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **ret) {
+        int rc;
+
+        if (!l->cached[which]) {
+                rc = sqlite3_prepare_v3(l->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &l->cached[which], NULL);
+                if (rc != SQLITE_OK)
+                        return sqlite_to_errno(rc);
+        }
+        *ret = l->cached[which];
+        return 0;
+}
+
+int ledger_knows_phone(Ledger *l, const char *id, const char *number) {
+        sqlite3_stmt *st = NULL;
+        int rc, r;
+
+        r = ledger_cached(l, STMT_KNOWS, "SELECT EXISTS (SELECT 1 FROM phones WHERE id = ?1)"
+                          " OR EXISTS (SELECT 1 FROM phones WHERE number = ?2)", &st);
+        if (r < 0)
+                return r;
+        (void) sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 2, number, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : sqlite_to_errno(rc);
+        (void) sqlite3_reset(st);
+        return r;
 }
 
 int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, bool looks_only, int64_t *ret) {

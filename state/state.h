@@ -173,10 +173,46 @@ int ledger_pause_clear(Ledger *l);
  * come; and on a resync the deferred, scheduled and unresolved ones too.
  * `now` is our clock (for next_at), `due_now` the one not_before is held
  * against (both clocks, see reconcile_due_now()); both usec since the epoch.
- * A row may go once not_before and its hold (due_at) have come.  With
- * looks_only (paused), only rows whose DELETE may have gone out. */
-int ledger_due(Ledger *l, int64_t now, int64_t due_now, bool resync, bool looks_only,
+ * A row may go once not_before and its hold (due_at) have come.
+ *
+ * A pass takes them by set, in batches: up to `limit` rows with a pk above
+ * `after`, in pk order. */
+typedef enum DueSet {
+        DUE_LOOKS,         /* its DELETE may have gone out: looked at by id, never through a listing */
+        DUE_BY_ID,         /* the rest, naming their phone by id */
+        DUE_BY_NUMBER,     /* the rest, naming it by number only */
+        DUE_REST,          /* both */
+        _DUE_MAX,
+} DueSet;
+
+typedef struct DueQuery {
+        int64_t now, due_now;
+        bool resync;
+        DueSet set;
+} DueQuery;
+
+int ledger_due(Ledger *l, const DueQuery *q, int64_t after, unsigned limit,
                int (*cb)(const Phone *p, void *userdata), void *userdata);
+/* How many are due in each set (q->set is ignored). */
+int ledger_due_count(Ledger *l, const DueQuery *q, uint64_t ret[static _DUE_MAX]);
+/* 1 when some row has this id or this number, else 0: which phones of a
+ * listing are worth keeping. */
+int ledger_knows_phone(Ledger *l, const char *id, const char *number);
+
+/* What a listing kept (state/listed.c): the phones some row names, in a
+ * TEMP table of the connection, not in the heap.  The strings are the
+ * API's, as parsed; a callback's are valid during the call only. */
+typedef struct ListedPhone {
+        const char *id, *number, *status, *provider, *scheduled_release_at;
+} ListedPhone;
+
+/* Forgets every phone kept (a listing starts, or starts again). */
+int ledger_listed_clear(Ledger *l);
+int ledger_listed_add(Ledger *l, const ListedPhone *p);
+/* The phone with this id (id given), or the phones with this number in the
+ * order listed; cb may be NULL.  How many, or -errno. */
+int ledger_listed_find(Ledger *l, const char *id, const char *number,
+                       int (*cb)(const ListedPhone *p, void *userdata), void *userdata);
 /* When, on our clock, the next retry, look or due_at falls due (usec since
  * the epoch), or -ENOENT when nothing waits for time. */
 int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, bool looks_only, int64_t *ret);

@@ -549,6 +549,110 @@ static void test_counts_and_list(void **state) {
         assert_int_equal(calls, 1);
 }
 
+/* Which rows a pass takes, in which set, and that batches by pk add up to
+ * one walk.  (now = due_now = 1000 s; a row's next_at in usec.) */
+static void test_due_rows_by_set_and_batch(void **state) {
+        static const struct {
+                const char *key, *id, *number;
+                PhoneState state;
+                int64_t sent_at, next_at;
+                int set;                /* -1: not due */
+        } rows[] = {
+                { "a", UUID_A, NULL,  STATE_PENDING,   0, 0,                  DUE_BY_ID },
+                { "b", NULL,   "222", STATE_PENDING,   0, 0,                  DUE_BY_NUMBER },
+                { "c", UUID_B, "333", STATE_IN_FLIGHT, 5, 0,                  DUE_LOOKS },
+                { "d", NULL,   "444", STATE_RELEASED,  0, 0,                  -1 },
+                { "e", UUID_C, NULL,  STATE_RETRYING,  0, 2000 * 1000000LL,   -1 },   /* not yet */
+                { "f", NULL,   "666", STATE_CANCELLED, 7, 0,                  DUE_LOOKS },
+                { "g", NULL,   "777", STATE_CANCELLED, 0, 0,                  -1 },
+                { "h", NULL,   "888", STATE_RETRYING,  0, 10,                 DUE_BY_NUMBER },
+                { "i", NULL,   "999", STATE_IN_FLIGHT, 9, 2000 * 1000000LL,   -1 },   /* settling */
+        };
+        Fixture *f = *state;
+        int64_t pk[ELEMENTSOF(rows)];
+        uint64_t counted[_DUE_MAX];
+        DueQuery q = { .now = 1000 * 1000000LL, .due_now = 1000 * 1000000LL };
+
+        for (size_t i = 0; i < ELEMENTSOF(rows); i++) {
+                sqlite3_stmt *st;
+
+                pk[i] = add_phone(f->l, rows[i].key, rows[i].id, rows[i].number, STATE_PENDING);
+                assert_int_equal(sqlite3_prepare_v2(ledger_db(f->l), "UPDATE phones SET state = ?2, sent_at = ?3,"
+                                                    " next_at = ?4 WHERE pk = ?1", -1, &st, NULL), SQLITE_OK);
+                sqlite3_bind_int64(st, 1, pk[i]);
+                sqlite3_bind_text(st, 2, state_to_string(rows[i].state), -1, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 3, rows[i].sent_at);
+                sqlite3_bind_int64(st, 4, rows[i].next_at);
+                assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+                sqlite3_finalize(st);
+        }
+        for (int set = 0; set < _DUE_MAX; set++) {
+                int64_t want[ELEMENTSOF(rows) + 1] = {}, all[ELEMENTSOF(rows) + 1] = {}, after = 0;
+
+                for (size_t i = 0; i < ELEMENTSOF(rows); i++)
+                        if (rows[i].set == set || (set == DUE_REST && (rows[i].set == DUE_BY_ID || rows[i].set == DUE_BY_NUMBER)))
+                                want[++want[0]] = pk[i];
+                q.set = (DueSet) set;
+                /* One row at a time from the last pk on: the same rows as one walk. */
+                for (;;) {
+                        int64_t one[2] = {};
+
+                        assert_int_equal(ledger_due(f->l, &q, after, 1, count_phone, one), 0);
+                        if (one[0] == 0)
+                                break;
+                        all[++all[0]] = after = one[1];
+                }
+                assert_int_equal(all[0], want[0]);
+                for (int64_t i = 1; i <= want[0]; i++)
+                        assert_int_equal(all[i], want[i]);
+        }
+        assert_int_equal(ledger_due_count(f->l, &q, counted), 0);
+        assert_int_equal(counted[DUE_LOOKS], 2);
+        assert_int_equal(counted[DUE_BY_ID], 1);
+        assert_int_equal(counted[DUE_BY_NUMBER], 2);
+        assert_int_equal(counted[DUE_REST], 3);
+        /* A resync also takes the rows that wait for nothing but a look. */
+        q.resync = true;
+        assert_int_equal(ledger_due_count(f->l, &q, counted), 0);
+        assert_int_equal(counted[DUE_REST], 3);
+        /* What a listing keeps: phones some row names, by id or by number. */
+        assert_int_equal(ledger_knows_phone(f->l, UUID_C, "+34910000000"), 1);
+        assert_int_equal(ledger_knows_phone(f->l, "00000000-0000-0000-0000-0000000000d0", "444"), 1);
+        assert_int_equal(ledger_knows_phone(f->l, "00000000-0000-0000-0000-0000000000d0", "555"), 0);
+}
+
+static int listed_ids(const ListedPhone *p, void *userdata) {
+        char *ids = userdata;
+
+        strcat(ids, p->id);
+        strcat(ids, p->status ? p->status : "(null)");
+        strcat(ids, ";");
+        return 0;
+}
+
+/* What a listing kept: read back by id and by number (in the order listed),
+ * the same id listed again replaces itself, and a restart forgets it all. */
+static void test_listed_phones_by_id_and_number(void **state) {
+        Fixture *f = *state;
+        char ids[256] = "";
+
+        assert_int_equal(ledger_listed_clear(f->l), 0);
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = UUID_B, .number = "+1", .status = "released" }), 0);
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = UUID_C, .number = "+2", .status = "assigned" }), 0);
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = UUID_A, .number = "+1", .status = "assigned",
+                                                                 .provider = "netelip" }), 0);
+        assert_int_equal(ledger_listed_find(f->l, NULL, "+1", listed_ids, ids), 2);
+        assert_string_equal(ids, UUID_B "released;" UUID_A "assigned;");
+        ids[0] = 0;
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = UUID_C, .number = "+2", .status = "reserved" }), 0);
+        assert_int_equal(ledger_listed_find(f->l, UUID_C, NULL, listed_ids, ids), 1);
+        assert_string_equal(ids, UUID_C "reserved;");
+        assert_int_equal(ledger_listed_find(f->l, NULL, "+3", NULL, NULL), 0);
+        assert_int_equal(ledger_listed_clear(f->l), 0);
+        assert_int_equal(ledger_listed_find(f->l, UUID_A, NULL, NULL, NULL), 0);
+        assert_int_equal(ledger_listed_find(f->l, NULL, "+1", NULL, NULL), 0);
+}
+
 static void test_meta(void **state) {
         Fixture *f = *state;
         char *v = NULL;
@@ -1156,6 +1260,8 @@ int main(void) {
                 T(test_update_in_the_same_state_records_the_call_only),
                 T(test_find_by_key_id_and_written_number),
                 T(test_counts_and_list),
+                T(test_due_rows_by_set_and_batch),
+                T(test_listed_phones_by_id_and_number),
                 T(test_meta),
                 T(test_released_stays_released),
                 T(test_scheduled_only_becomes_released),
