@@ -21,7 +21,8 @@ idle_seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
 d = os.path.join(build, "bench-service")
 subprocess.run(["rm", "-rf", d], check=True)
 os.makedirs(d)
-subprocess.run(["make", "-s", "-C", top, "all", "build/tests/fill-ledger"], check=True, stdout=subprocess.DEVNULL)
+subprocess.run(["make", "-s", "-C", top, f"BUILD={build}", "all", f"{build}/tests/fill-ledger"], check=True,
+               stdout=subprocess.DEVNULL)
 
 gen = [sys.executable, os.path.join(top, "tests/bench/gen-config.py")]
 ledger = os.path.join(d, "ledger.db")
