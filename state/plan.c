@@ -31,42 +31,46 @@ size_t plan_changes(const Plan *p) {
         return p->n - p->count[CHANGE_KEEP];
 }
 
-/* temp.plan holds what each change is (kind, the row, the declaration, the
- * state it is in and goes to), not copies of their fields: those are read
- * from the row and the declaration when the change is shown or applied. */
+/* temp.plan holds what each change to a row is (kind, the row, the
+ * declaration, the state it is in and goes to), not copies of their
+ * fields: those are read from the row and the declaration when the change
+ * is shown or applied.  Keyed by kind and row, so that each kind is read
+ * in ledger order by a range of its key, and counted with no sort.  An add
+ * names no row: the adds are the declarations that name none, read from
+ * temp.decl itself, not copied. */
 static const char plan_sql[] =
         "DROP TABLE IF EXISTS temp.plan;"
-        "CREATE TEMP TABLE plan (kind INTEGER NOT NULL, pk INTEGER, seq INTEGER, from_state TEXT, to_state TEXT);"
-        "INSERT INTO temp.plan SELECT 0, NULL, seq, NULL, 'pending' FROM temp.decl WHERE phone IS NULL ORDER BY seq;"
-        /* Every row of the ledger once, in ledger order, with the first
-         * declaration that names it. */
+        "CREATE TEMP TABLE plan (kind INTEGER NOT NULL, pk INTEGER NOT NULL, seq INTEGER, from_state TEXT, to_state TEXT,"
+        "  PRIMARY KEY (kind, pk)) WITHOUT ROWID;"
+        /* Every declared row, with the first declaration that names it. */
         "INSERT INTO temp.plan SELECT kind, pk, seq, state, CASE kind"
         /* Declared again while a DELETE of it may be out: what that DELETE
          * did is found out first, as for any row in flight. */
         "   WHEN 1 THEN CASE WHEN sent_at != 0 THEN 'in_flight' ELSE 'pending' END"
-        "   WHEN 2 THEN 'cancelled'"
         /* A failed phone declared anew (another id or number): decided afresh. */
-        "   WHEN 3 THEN CASE WHEN state = 'failed' AND renamed THEN 'pending' ELSE state END"
-        "   ELSE state END"
+        "   ELSE CASE WHEN state = 'failed' AND renamed THEN 'pending' ELSE state END END"
         " FROM (SELECT p.pk AS pk, d.seq AS seq, p.state AS state, p.sent_at AS sent_at,"
         "   p.number IS NOT d.number OR (d.id IS NOT NULL AND p.id IS NOT d.id) AS renamed,"
-        "   CASE WHEN d.seq IS NOT NULL THEN"
-        "     CASE WHEN p.state = 'cancelled' THEN 1"
+        "   CASE WHEN p.state = 'cancelled' THEN 1"
         /* A corrected, added or dropped number, or an added id, must reach
          * the row, or the daemon would go on acting on what was first
          * declared.  (A number-declared row's resolved id is not declared.) */
-        "          WHEN p.state IN ('pending','deferred','retrying','unresolved','failed')"
-        "           AND (p.reason IS NOT d.reason OR p.not_before != d.not_before OR p.number IS NOT d.number"
-        "                OR (d.id IS NOT NULL AND p.id IS NOT d.id)) THEN 3 END"
-        /* An in_flight row is cancelled too: whatever its DELETE did, the
+        "        WHEN p.state IN ('pending','deferred','retrying','unresolved','failed')"
+        "         AND (p.reason IS NOT d.reason OR p.not_before != d.not_before OR p.number IS NOT d.number"
+        "              OR (d.id IS NOT NULL AND p.id IS NOT d.id)) THEN 3 END AS kind"
+        "  FROM temp.declared m JOIN phones p ON p.pk = m.pk JOIN temp.decl d ON d.seq = m.seq)"
+        " WHERE kind IS NOT NULL;"
+        /* Every row no longer declared, found by its state alone (an index
+         * that holds it): a ledger of years is not read row by row.  An
+         * in_flight row is cancelled too: whatever its DELETE did, the
          * daemon must not send another.  A cancelled row whose DELETE may
          * have gone out is looked at on resync and recorded as released or
          * scheduled if it was. */
-        "    WHEN p.state IN ('pending','deferred','retrying','unresolved','in_flight') THEN 2"
-        "    WHEN @notes AND p.state IN ('released','scheduled','failed') THEN 4 END AS kind"
-        "  FROM phones p LEFT JOIN temp.declared m ON m.pk = p.pk LEFT JOIN temp.decl d ON d.seq = m.seq"
-        "  ORDER BY p.pk)"
-        " WHERE kind IS NOT NULL";
+        "INSERT INTO temp.plan SELECT CASE WHEN state IN ('released','scheduled','failed') THEN 4 ELSE 2 END, pk,"
+        "  NULL, state, CASE WHEN state IN ('released','scheduled','failed') THEN state ELSE 'cancelled' END"
+        " FROM phones WHERE state IN ('pending','deferred','retrying','unresolved','in_flight','released','scheduled','failed')"
+        "  AND (@notes OR state NOT IN ('released','scheduled','failed'))"
+        "  AND pk NOT IN (SELECT pk FROM temp.declared)";
 
 static uint64_t fnv1a(const char *s) {
         uint64_t h = 0xcbf29ce484222325ULL;
@@ -81,29 +85,31 @@ static uint64_t fnv1a(const char *s) {
 /* The hash names the set of new releases, whatever order they were
  * declared in: moving a declaration to another file is not a new plan.
  * A sum of each key's hash is the same in any order, with no sort of a
- * million keys. */
-static int plan_hash(Ledger *l, uint64_t *h) {
+ * million keys.  The adds are counted on the way. */
+static int plan_hash(Ledger *l, uint64_t *h, size_t *ret_adds) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         uint64_t sum = 0, n = 0;
+        size_t adds = 0;
         int rc;
 
-        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT d.key FROM temp.plan JOIN temp.decl d ON d.seq = plan.seq"
-                                " WHERE plan.kind = 0"
-                                " UNION ALL SELECT p.key FROM temp.plan JOIN phones p ON p.pk = plan.pk WHERE plan.kind = 1",
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT 0, key FROM temp.decl WHERE phone IS NULL"
+                                " UNION ALL SELECT 1, p.key FROM temp.plan JOIN phones p ON p.pk = plan.pk WHERE plan.kind = 1",
                                 -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                const char *key = (const char *) sqlite3_column_text(st, 0);
+                const char *key = (const char *) sqlite3_column_text(st, 1);
                 if (!key)
                         return -EBADMSG;
                 sum += fnv1a(key);
                 n++;
+                adds += sqlite3_column_int(st, 0) == 0;
         }
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
         /* Mixed with the count, so that no set hashes like the empty one. */
         *h = (sum ^ (n * 0x9e3779b97f4a7c15ULL)) * 0x100000001b3ULL;
+        *ret_adds = adds;
         return 0;
 }
 
@@ -152,17 +158,18 @@ static int compute(Ledger *l, const Config *c, bool notes, Plan **ret) {
                 int k = sqlite3_column_int(st, 0);
                 int64_t n = sqlite3_column_int64(st, 1);
 
-                if (k < 0 || k >= _CHANGE_MAX)
+                if (k <= CHANGE_ADD || k >= _CHANGE_MAX)
                         return -EBADMSG;
                 p->count[k] = (size_t) n;
                 p->n += (size_t) n;
         }
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
-        p->new_releases = p->count[CHANGE_ADD] + p->count[CHANGE_REDECLARE];
-        r = plan_hash(l, &h);
+        r = plan_hash(l, &h, &p->count[CHANGE_ADD]);
         if (r < 0)
                 return r;
+        p->n += p->count[CHANGE_ADD];
+        p->new_releases = p->count[CHANGE_ADD] + p->count[CHANGE_REDECLARE];
         snprintf(p->hash, sizeof p->hash, "%012" PRIx64, h >> 16);
         p->needs_approval = p->new_releases > c->max_new_releases;
         p->hold = (int64_t) c->hold + (c->hold > (double) (int64_t) c->hold);
@@ -181,17 +188,30 @@ int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
 }
 
 /* A new or changed row shows what is declared; a cancelled or kept one
- * what the ledger has. */
-static const char change_columns[] =
-        "SELECT plan.kind, plan.pk,"
-        "  CASE WHEN plan.kind = 0 THEN d.key ELSE p.key END,"
-        "  CASE WHEN plan.kind IN (2, 4) THEN p.id ELSE d.id END,"
-        "  CASE WHEN plan.kind IN (2, 4) THEN coalesce(p.number, p.api_number) ELSE d.number END,"
-        "  CASE WHEN plan.kind IN (2, 4) THEN p.reason ELSE d.reason END,"
-        "  CASE WHEN plan.kind IN (2, 4) THEN p.not_before ELSE d.not_before END,"
-        "  CASE WHEN plan.kind IN (2, 4) THEN p.declared_at ELSE d.file || ':' || d.line END,"
-        "  plan.from_state, plan.to_state"
-        " FROM temp.plan LEFT JOIN phones p ON p.pk = plan.pk LEFT JOIN temp.decl d ON d.seq = plan.seq";
+ * what the ledger has.  One query per shape of change, so that each joins
+ * only the tables it reads from. */
+#define CHANGE_FROM_DECL \
+        "d.key, d.id, d.number, d.reason, d.not_before, d.file || ':' || d.line"
+#define CHANGE_FROM_ROW \
+        "p.key, p.id, coalesce(p.number, p.api_number), p.reason, p.not_before, p.declared_at"
+#define CHANGE_OF_KIND " WHERE plan.kind = ?1 ORDER BY plan.pk LIMIT ?2"
+static const char *const change_sql[_CHANGE_MAX] = {
+        /* In declaration order.  (?1 is bound, and not needed.) */
+        [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending'"
+                       " FROM temp.decl d WHERE d.phone IS NULL ORDER BY d.seq LIMIT ?2",
+        [CHANGE_REDECLARE] = "SELECT plan.kind, plan.pk, p.key, d.id, d.number, d.reason, d.not_before,"
+                             " d.file || ':' || d.line, plan.from_state, plan.to_state"
+                             " FROM temp.plan JOIN phones p ON p.pk = plan.pk JOIN temp.decl d ON d.seq = plan.seq"
+                             CHANGE_OF_KIND,
+        [CHANGE_CANCEL] = "SELECT plan.kind, plan.pk, " CHANGE_FROM_ROW ", plan.from_state, plan.to_state"
+                          " FROM temp.plan JOIN phones p ON p.pk = plan.pk" CHANGE_OF_KIND,
+};
+
+static const char *change_query(ChangeKind k) {
+        /* An update shows what is declared, as a redeclaration does; a
+         * kept row what the ledger has, as a cancelled one does. */
+        return change_sql[k == CHANGE_UPDATE ? CHANGE_REDECLARE : k == CHANGE_KEEP ? CHANGE_CANCEL : k];
+}
 
 static Change change_of(sqlite3_stmt *st) {
         const char *from = (const char *) sqlite3_column_text(st, 8), *to = (const char *) sqlite3_column_text(st, 9);
@@ -214,32 +234,36 @@ static bool change_valid(const Change *c) {
         return c->kind < _CHANGE_MAX && c->key && c->to >= 0 && (c->kind == CHANGE_ADD || c->from >= 0);
 }
 
-int plan_foreach(const Plan *p, int kind, size_t limit, int (*cb)(const Change *c, void *userdata), void *userdata) {
+/* Kind by kind, each in the order it went in. */
+static int foreach_kind(Ledger *l, ChangeKind k, int64_t limit, int (*cb)(const Change *c, void *userdata),
+                        void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        _cleanup_free_ char *sql = NULL;
         int rc, r;
 
-        /* Kind by kind, each in the order it went in. */
-        if (asprintf_or_null(&sql, "%s WHERE plan.kind = ?1 ORDER BY plan.rowid LIMIT ?2", change_columns) < 0)
-                return -ENOMEM;
-        rc = sqlite3_prepare_v2(ledger_db(p->ledger), sql, -1, &st, NULL);
+        rc = sqlite3_prepare_v2(ledger_db(l), change_query(k), -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        for (int k = kind < 0 ? 0 : kind; k < (kind < 0 ? _CHANGE_MAX : kind + 1); k++) {
-                (void) sqlite3_reset(st);
-                (void) sqlite3_bind_int(st, 1, k);
-                (void) sqlite3_bind_int64(st, 2, limit > INT64_MAX ? -1 : (int64_t) limit);
-                while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                        Change c = change_of(st);
+        (void) sqlite3_bind_int(st, 1, (int) k);
+        (void) sqlite3_bind_int64(st, 2, limit);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                Change c = change_of(st);
 
-                        if (!change_valid(&c))
-                                return -EBADMSG;
-                        r = cb(&c, userdata);
-                        if (r < 0)
-                                return r;
-                }
-                if (rc != SQLITE_DONE)
-                        return sqlite_to_errno(rc);
+                if (!change_valid(&c))
+                        return -EBADMSG;
+                r = cb(&c, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int plan_foreach(const Plan *p, int kind, size_t limit, int (*cb)(const Change *c, void *userdata), void *userdata) {
+        int r;
+
+        for (int k = kind < 0 ? 0 : kind; k < (kind < 0 ? _CHANGE_MAX : kind + 1); k++) {
+                r = foreach_kind(p->ledger, (ChangeKind) k, limit > INT64_MAX ? -1 : (int64_t) limit, cb, userdata);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -253,9 +277,18 @@ static int step_one(sqlite3 *db, sqlite3_stmt *st) {
         return sqlite3_changes(db) == 1 ? 0 : -ESTALE;
 }
 
-static int apply_one(Ledger *l, sqlite3_stmt *const *st, const Change *c, int64_t t, int64_t hold_until) {
+typedef struct Apply {
+        Ledger *ledger;
+        sqlite3_stmt *const *st;
+        int64_t t, hold_until;
+} Apply;
+
+static int apply_one(const Change *c, void *userdata) {
+        const Apply *a = userdata;
+        Ledger *l = a->ledger;
         sqlite3 *db = ledger_db(l);
-        sqlite3_stmt *s = st[c->kind];
+        sqlite3_stmt *s = a->st[c->kind];
+        int64_t t = a->t, hold_until = a->hold_until;
         int64_t pk = c->pk;
         const char *detail;
         int r;
@@ -331,7 +364,7 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                                   " next_at = CASE WHEN sent_at != 0 THEN 0 ELSE next_at END"
                                   " WHERE pk = ?1 AND state = ?2",
         };
-        sqlite3_stmt *st[_CHANGE_MAX] = {}, *each = NULL;
+        sqlite3_stmt *st[_CHANGE_MAX] = {};
         bool hold = p->needs_approval && !approved;
         int64_t t = (int64_t) now(CLOCK_REALTIME);
         /* Whole seconds, rounded up: the hold is never shorter than asked. */
@@ -352,25 +385,15 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                         goto finish;
                 }
         }
-        /* temp.plan is read while phones is written: two tables, so the
-         * reading is not disturbed by the writing. */
-        rc = sqlite3_prepare_v2(ledger_db(l), change_columns, -1, &each, NULL);
-        if (rc != SQLITE_OK) {
-                r = sqlite_to_errno(rc);
-                goto finish;
-        }
-        while (r >= 0 && (rc = sqlite3_step(each)) == SQLITE_ROW) {
-                Change c = change_of(each);
-
-                if (!change_valid(&c))
-                        r = -EBADMSG;
-                else if (!hold || (c.kind != CHANGE_ADD && c.kind != CHANGE_REDECLARE))
-                        r = apply_one(l, st, &c, t, hold_until);
-        }
-        if (r >= 0 && rc != SQLITE_DONE)
-                r = sqlite_to_errno(rc);
+        /* temp.plan, or for the adds temp.decl, drives each walk while
+         * phones is written: phones is only looked up in it, by pk, so the
+         * writing does not disturb the reading.  Held, what adds or
+         * declares again waits. */
+        for (int k = 0; k < _CHANGE_MAX && r >= 0; k++)
+                if (sql[k] && !(hold && (k == CHANGE_ADD || k == CHANGE_REDECLARE)))
+                        r = foreach_kind(l, (ChangeKind) k, -1, apply_one,
+                                         &(Apply) { .ledger = l, .st = st, .t = t, .hold_until = hold_until });
 finish:
-        (void) sqlite3_finalize(each);
         for (size_t k = 0; k < _CHANGE_MAX; k++)
                 (void) sqlite3_finalize(st[k]);
         if (r >= 0)

@@ -271,9 +271,11 @@ typedef struct Change {
         PhoneState from, to;
 } Change;
 
-/* The changes themselves are in the ledger connection's temp.plan, so a
- * plan of a million changes costs no more memory than one of ten; one plan
- * per connection at a time. */
+/* The changes themselves are in the ledger connection's TEMP tables (the
+ * changes to rows in temp.plan, the adds as the declarations that name no
+ * row), so a plan of a million changes costs no more memory than one of
+ * ten; one plan per connection at a time, used before the declared set
+ * changes. */
 typedef struct Plan {
         Ledger *ledger;
         size_t n;
