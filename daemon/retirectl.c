@@ -178,31 +178,57 @@ static int print_change_json(const Change *c, void *userdata) {
         return 0;
 }
 
+/* A plan may be a million lines: written piece by piece under the one
+ * lock verb_plan() takes for them all, with no format to parse. */
+static void put(const char *s) {
+        if (s)
+                (void) fputs_unlocked(s, stdout);
+}
+
 static int print_change(const Change *c, void *userdata) {
         static const char sign[_CHANGE_MAX] = {
                 [CHANGE_ADD] = '+', [CHANGE_REDECLARE] = '+', [CHANGE_CANCEL] = '-',
                 [CHANGE_UPDATE] = '~', [CHANGE_KEEP] = '!',
         };
+        const char *kind = change_kind_to_string(c->kind);
         char buf[21];
 
-        printf("%c %-9s %s", sign[c->kind], change_kind_to_string(c->kind), c->key);
-        if (c->number && !streq(c->number, c->key))
-                printf(" number=%s", c->number);
-        if (c->id && !streq(c->id, c->key))
-                printf(" id=%s", c->id);
-        if (c->not_before > 0)
-                printf(" not_before=%s", time_str(c->not_before, buf));
+        (void) putchar_unlocked(sign[c->kind]);
+        (void) putchar_unlocked(' ');
+        put(kind);
+        for (size_t n = strlen(kind); n < 10; n++)     /* as "%-9s ": the longest kind and a blank */
+                (void) putchar_unlocked(' ');
+        put(c->key);
+        if (c->number && !streq(c->number, c->key)) {
+                put(" number=");
+                put(c->number);
+        }
+        if (c->id && !streq(c->id, c->key)) {
+                put(" id=");
+                put(c->id);
+        }
+        if (c->not_before > 0) {
+                put(" not_before=");
+                put(time_str(c->not_before, buf));
+        }
         switch (c->kind) {
         case CHANGE_ADD:
-                printf(" (declared at %s)\n", c->declared_at);
+                put(" (declared at ");
+                put(c->declared_at);
                 break;
         case CHANGE_KEEP:
-                printf(" (%s, no longer declared: %s)\n", state_to_string(c->from),
-                       c->from == STATE_RELEASED || c->from == STATE_SCHEDULED ? "cannot be undone" : "left as is");
+                put(" (");
+                put(state_to_string(c->from));
+                put(c->from == STATE_RELEASED || c->from == STATE_SCHEDULED ?
+                    ", no longer declared: cannot be undone" : ", no longer declared: left as is");
                 break;
         default:
-                printf(" (%s -> %s)\n", state_to_string(c->from), state_to_string(c->to));
+                put(" (");
+                put(state_to_string(c->from));
+                put(" -> ");
+                put(state_to_string(c->to));
         }
+        put(")\n");
         return 0;
 }
 

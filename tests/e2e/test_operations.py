@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 
-from conftest import EXIT, MSG, RETIRECTL, RETIRED, child_env, num, phone, pid, wait_for
+from conftest import EXIT, MSG, RETIRECTL, RETIRED, child_env, num, phone, pid, spaced, wait_for
 
 
 def stderr_of(proc):
@@ -262,3 +262,37 @@ def test_many_cancellations_are_one_journal_entry(make_rig):
     assert len(cancelled) == 1 and "150 phones cancelled" in cancelled[0]["line"], cancelled
     assert sum(1 for r in rig.db_rows().values() if r["state"] == "cancelled") == 150
     assert rig.fake.log == []
+
+
+# ---------------------------------------------------------------- the plan as read
+
+def test_plan_shows_each_kind_of_change_as_documented(make_rig):
+    """`retirectl plan` prints one line per change, kind by kind, in the shape
+    retirectl(1) gives: what an operator reviews before a reload."""
+    rig = make_rig([phone(n) for n in range(1, 6)])
+    rig.write_config([{"id": pid(1)}])
+    assert rig.run().rc == EXIT["settled"]
+    held = {"hold": 3600}
+    rig.write_config([{"id": pid(2)}, {"id": pid(3), "reason": "a"}, {"id": pid(5)}], safety=held)
+    assert rig.run().rc == EXIT["settled"]
+    rig.write_config([{"id": pid(3), "reason": "a"}, {"id": pid(5)}], safety=held)
+    assert rig.run().rc == EXIT["settled"]
+    rows = rig.db_rows()
+    gone = rows[pid(1)]["state"]
+    assert gone in ("released", "scheduled") and (rows[pid(2)]["state"], rows[pid(3)]["state"]) == \
+        ("cancelled", "pending"), rows
+    path = rig.write_config([{"id": pid(2)}, {"id": pid(3), "reason": "b"}, {"number": spaced(4)}],
+                            safety=held)
+    plan = rig.ctl("plan", check=False)
+    assert plan.returncode == 2, plan.stderr
+    changes = [line for line in plan.stdout.splitlines() if line[:2] in ("+ ", "- ", "~ ", "! ")]
+    assert changes[1:] == [
+        "+ redeclare %s (cancelled -> pending)" % pid(2),
+        "- cancel    %s (pending -> cancelled)" % pid(5),
+        "~ update    %s (pending -> pending)" % pid(3),
+        "! keep      %s number=%s (%s, no longer declared: cannot be undone)" % (pid(1), num(1), gone),
+    ], plan.stdout
+    assert re.fullmatch(r"\+ add       %s \(declared at %s:\d+\)" % (re.escape(num(4)), re.escape(path)),
+                        changes[0]), plan.stdout
+    assert plan.stdout.startswith("Plan ") and "1 to add, 1 to declare again, 1 to cancel, 1 to update; " \
+        "1 no longer declared but kept." in plan.stdout, plan.stdout
