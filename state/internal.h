@@ -19,6 +19,7 @@ typedef enum LedgerStmt {
         STMT_LISTED_ADD,
         STMT_LISTED_BY_ID,
         STMT_LISTED_BY_NUMBER,
+        STMT_HISTORY_ADD,
         _STMT_MAX,
 } LedgerStmt;
 

@@ -20,6 +20,8 @@ struct Ledger {
         LedgerMode mode;
         int lock_fd;        /* a writer's flock on the file; -1 for readers */
         sqlite3_stmt *cached[_STMT_MAX];   /* asked once per listed phone, or per row of a pass */
+        void (*progress)(void *userdata);
+        void *progress_userdata;
 };
 
 static const char *const state_names[_STATE_MAX] = {
@@ -338,6 +340,20 @@ Ledger *ledger_close(Ledger *l) {
                 (void) close(l->lock_fd);
         free(l);
         return NULL;
+}
+
+static int on_progress(void *userdata) {
+        Ledger *l = userdata;
+
+        l->progress(l->progress_userdata);
+        return 0;
+}
+
+void ledger_on_progress(Ledger *l, void (*cb)(void *userdata), void *userdata) {
+        l->progress = cb;
+        l->progress_userdata = userdata;
+        /* About a millisecond of work between calls. */
+        sqlite3_progress_handler(l->db, cb ? 100000 : 0, cb ? on_progress : NULL, l);
 }
 
 const char *ledger_errmsg(Ledger *l) {
@@ -766,14 +782,17 @@ int ledger_history_stats(Ledger *l, uint64_t *ret_steps, int64_t *ret_last_at) {
 int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, const char *old_state,
                        const char *new_state, const char *method, const char *path, int http_status,
                        int64_t latency_ms, const char *detail) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int rc;
+        sqlite3_stmt *st = NULL;
+        int rc, r;
 
-        rc = sqlite3_prepare_v2(l->db,
-                                "INSERT INTO history (phone, at, kind, old_state, new_state, method, path, "
-                                "http_status, latency_ms, detail) VALUES (?,?,?,?,?,?,?,?,?,?)", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
+        /* One per step of every row: a plan that adds a million rows
+         * writes a million, and would parse this a million times. */
+        r = ledger_cached(l, STMT_HISTORY_ADD,
+                          "INSERT INTO history (phone, at, kind, old_state, new_state, method, path, "
+                          "http_status, latency_ms, detail) VALUES (?,?,?,?,?,?,?,?,?,?)", &st);
+        if (r < 0)
+                return r;
+        (void) sqlite3_clear_bindings(st);
         (void) sqlite3_bind_int64(st, 1, pk);
         (void) sqlite3_bind_int64(st, 2, at);
         (void) sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
@@ -787,6 +806,7 @@ int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, cons
                 (void) sqlite3_bind_int64(st, 9, latency_ms);
         (void) sqlite3_bind_text(st, 10, detail, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
+        (void) sqlite3_reset(st);
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
