@@ -46,6 +46,11 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error);
 Ledger *ledger_close(Ledger *l);
 static inline void ledger_closep(Ledger **l) { if (*l) ledger_close(*l); }
 const char *ledger_errmsg(Ledger *l);
+/* cb is called every few thousand steps of SQLite's work on the connection,
+ * whatever the statement, and never stops it: long work (a million
+ * declarations loaded, planned, applied) can show that it goes on.  NULL
+ * stops the calls. */
+void ledger_on_progress(Ledger *l, void (*cb)(void *userdata), void *userdata);
 
 typedef struct Phone {
         int64_t pk;

@@ -4,7 +4,7 @@ all new (drop-ins of 1,000), in a dry run with no hold, and the API cannot be
 reached, the case that once wrote a journal line per row and starved the
 loop.  Measures start to READY=1, start to the first pass's end, the loop's
 answers meanwhile (the longest `retirectl status` over the control socket,
-the longest gap between watchdog pings at WatchdogSec=2s after READY=1, and SIGTERM to
+the longest gap between watchdog pings at WatchdogSec=2s from the start, and SIGTERM to
 exit), the lines written, and the peak RSS (VmHWM).
 
 Usage: first-pass.py [N]   (default 1000000)
@@ -82,9 +82,9 @@ while not pass_done():
 t_done = time.monotonic()
 with open(f"/proc/{p.pid}/status") as f:
     hwm = next(line.split(":", 1)[1].strip() for line in f if line.startswith("VmHWM"))
-# From READY=1 on: before it, TimeoutStartSec= is systemd's bound, not the watchdog.
-after = [t for t in pings if t >= ready[0]]
-gaps = [b - a for a, b in zip([ready[0]] + after, after)]
+# From the start: systemd arms the watchdog when it starts the process, not at
+# READY=1 (a first start of 1,000,000 was once killed by it before READY=1).
+gaps = [b - a for a, b in zip([t0] + pings, pings)]
 a = time.monotonic()
 p.terminate()
 p.wait(60)
@@ -95,5 +95,5 @@ with open(err_path) as f:
 print(f"{n} declarations, all new, dry run, API unreachable:")
 print(f"  start to READY=1 {ready[0] - t0:6.2f} s; to the first pass's end {t_done - t0:6.2f} s")
 print(f"  retirectl status, longest of {asked}: {worst * 1000:.0f} ms; longest watchdog gap "
-      f"{max(gaps) if gaps else float('nan'):.2f} s after READY=1 ({len(after)} pings); SIGTERM to exit {t_stop * 1000:.0f} ms")
+      f"{max(gaps) if gaps else float('nan'):.2f} s from the start ({len(pings)} pings); SIGTERM to exit {t_stop * 1000:.0f} ms")
 print(f"  {lines} lines written; peak RSS {hwm}")

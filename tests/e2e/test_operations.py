@@ -264,6 +264,42 @@ def test_many_cancellations_are_one_journal_entry(make_rig):
     assert rig.fake.log == []
 
 
+def test_a_long_start_keeps_the_watchdog_fed(make_rig, tmp_path):
+    """A first start with 100,000 new declarations works for longer than the
+    watchdog interval before READY=1 (and before the event loop runs): the
+    daemon pings meanwhile, or systemd kills it and starts it again, forever."""
+    n, watchdog = 100000, 0.4
+    rig = make_rig([phone(1)])
+    rig.write_config([{"number": "+3492%07d" % i} for i in range(n)],
+                     safety={"max_new_releases": n, "dry_run": True})
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(60)
+    t0 = time.monotonic()
+    p = rig.start(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": str(int(watchdog * 1e6))})
+    pings, ready = [], None
+    try:
+        while ready is None:
+            lines = sock.recv(4096).decode().split("\n")
+            t = time.monotonic()
+            if "WATCHDOG=1" in lines:
+                pings.append(t)
+            if "READY=1" in lines:
+                ready = t
+    finally:
+        sock.close()
+        p.terminate()
+    assert p.wait(20) == 0, stderr_of(p)
+    if ready - t0 < 2 * watchdog:
+        import pytest
+        pytest.skip("the start took %.2f s, too short against WatchdogSec=%.1fs to show anything" %
+                    (ready - t0, watchdog))
+    gaps = [b - a for a, b in zip([t0] + pings, pings + [ready])]
+    assert max(gaps) < watchdog, "start %.2f s, %d pings, longest gap %.2f s" % (ready - t0, len(pings), max(gaps))
+    assert "WATCHDOG=1" not in stderr_of(p)
+
+
 # ---------------------------------------------------------------- the plan as read
 
 def test_plan_shows_each_kind_of_change_as_documented(make_rig):
