@@ -234,7 +234,8 @@ static bool change_valid(const Change *c) {
         return c->kind < _CHANGE_MAX && c->key && c->to >= 0 && (c->kind == CHANGE_ADD || c->from >= 0);
 }
 
-/* Kind by kind, each in the order it went in. */
+/* The changes of one kind: the adds in declaration order, the others in
+ * ledger order. */
 static int foreach_kind(Ledger *l, ChangeKind k, int64_t limit, int (*cb)(const Change *c, void *userdata),
                         void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
