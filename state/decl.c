@@ -269,15 +269,18 @@ int ledger_decls_match(Ledger *l) {
         int r;
 
         /* A declaration names a row by its key (matched as it went in), or
-         * by the id or number the row was declared or resolved with. */
-        r = ledger_exec(l, "UPDATE temp.decl SET phone = m.pk FROM ("
-                        " SELECT seq, coalesce("
+         * by the id or number the row was declared or resolved with.  The
+         * EXISTS probes come first: most declarations that no key matched
+         * name no row at all, and a probe costs less than a subquery. */
+        r = ledger_exec(l, "UPDATE temp.decl AS x SET phone = coalesce("
                         "  (SELECT max(pk) FROM phones p WHERE x.id IS NOT NULL AND p.id = x.id),"
                         "  (SELECT max(pk) FROM phones p WHERE x.number IS NOT NULL AND p.number = x.number"
                         /* a number reused under another id is another phone */
-                        "    AND (x.id IS NULL OR p.id IS NULL OR p.id = x.id))) AS pk"
-                        " FROM temp.decl x WHERE x.phone IS NULL) m"
-                        " WHERE m.pk IS NOT NULL AND decl.seq = m.seq");
+                        "    AND (x.id IS NULL OR p.id IS NULL OR p.id = x.id)))"
+                        " WHERE x.phone IS NULL"
+                        "  AND (x.id IS NOT NULL AND EXISTS (SELECT 1 FROM phones p WHERE p.id = x.id)"
+                        "   OR x.number IS NOT NULL AND EXISTS (SELECT 1 FROM phones p WHERE p.number = x.number"
+                        "    AND (x.id IS NULL OR p.id IS NULL OR p.id = x.id)))");
         return r < 0 ? r : ledger_exec(l, declared_sql);
 }
 
