@@ -4,6 +4,8 @@
  * works on a read-only connection too, so `retirectl plan` never writes. */
 
 #include <inttypes.h>
+#include <limits.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -187,23 +189,25 @@ int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
         return compute(l, c, false, ret);
 }
 
-/* A new or changed row shows what is declared; a cancelled or kept one
- * what the ledger has.  One query per shape of change, so that each joins
- * only the tables it reads from. */
+/* A new or changed row shows what is declared, and where (the file and
+ * the line, joined in C: in SQL that costs a string per row); a cancelled
+ * or kept one what the ledger has, but its reason, which nothing shows.
+ * One query per shape of change, so that each joins only the tables it
+ * reads from. */
 #define CHANGE_FROM_DECL \
-        "d.key, d.id, d.number, d.reason, d.not_before, d.file || ':' || d.line"
+        "d.key, d.id, d.number, d.reason, d.not_before, d.file"
 #define CHANGE_FROM_ROW \
-        "p.key, p.id, coalesce(p.number, p.api_number), p.reason, p.not_before, p.declared_at"
+        "p.key, p.id, coalesce(p.number, p.api_number), NULL, p.not_before, p.declared_at"
 #define CHANGE_OF_KIND " WHERE plan.kind = ?1 ORDER BY plan.pk LIMIT ?2"
 static const char *const change_sql[_CHANGE_MAX] = {
         /* In declaration order.  (?1 is bound, and not needed.) */
-        [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending'"
+        [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending', d.line"
                        " FROM temp.decl d WHERE d.phone IS NULL ORDER BY d.seq LIMIT ?2",
         [CHANGE_REDECLARE] = "SELECT plan.kind, plan.pk, p.key, d.id, d.number, d.reason, d.not_before,"
-                             " d.file || ':' || d.line, plan.from_state, plan.to_state"
+                             " d.file, plan.from_state, plan.to_state, d.line"
                              " FROM temp.plan JOIN phones p ON p.pk = plan.pk JOIN temp.decl d ON d.seq = plan.seq"
                              CHANGE_OF_KIND,
-        [CHANGE_CANCEL] = "SELECT plan.kind, plan.pk, " CHANGE_FROM_ROW ", plan.from_state, plan.to_state"
+        [CHANGE_CANCEL] = "SELECT plan.kind, plan.pk, " CHANGE_FROM_ROW ", plan.from_state, plan.to_state, NULL"
                           " FROM temp.plan JOIN phones p ON p.pk = plan.pk" CHANGE_OF_KIND,
 };
 
@@ -213,8 +217,27 @@ static const char *change_query(ChangeKind k) {
         return change_sql[k == CHANGE_UPDATE ? CHANGE_REDECLARE : k == CHANGE_KEEP ? CHANGE_CANCEL : k];
 }
 
-static Change change_of(sqlite3_stmt *st) {
+/* FILE:LINE into at, which holds any path a file could be opened by. */
+static const char *file_line(char at[static PATH_MAX + 16], const char *file, int64_t line) {
+        size_t n = file ? strlen(file) : 0;
+        char digits[20], *d = digits + sizeof digits;
+        uint64_t v = line > 0 ? (uint64_t) line : 0;
+
+        if (!file || n >= PATH_MAX)
+                return NULL;
+        do
+                *--d = (char) ('0' + v % 10);
+        while (v /= 10);
+        memcpy(at, file, n);
+        at[n] = ':';
+        memcpy(at + n + 1, d, (size_t) (digits + sizeof digits - d));
+        at[n + 1 + (digits + sizeof digits - d)] = 0;
+        return at;
+}
+
+static Change change_of(sqlite3_stmt *st, char at[static PATH_MAX + 16]) {
         const char *from = (const char *) sqlite3_column_text(st, 8), *to = (const char *) sqlite3_column_text(st, 9);
+        const char *where = (const char *) sqlite3_column_text(st, 7);
 
         return (Change) {
                 .kind = (ChangeKind) sqlite3_column_int(st, 0),
@@ -224,14 +247,16 @@ static Change change_of(sqlite3_stmt *st) {
                 .number = (const char *) sqlite3_column_text(st, 4),
                 .reason = (const char *) sqlite3_column_text(st, 5),
                 .not_before = sqlite3_column_int64(st, 6),
-                .declared_at = (const char *) sqlite3_column_text(st, 7),
+                .declared_at = sqlite3_column_type(st, 10) == SQLITE_NULL ? where :
+                               file_line(at, where, sqlite3_column_int64(st, 10)),
                 .from = from ? state_from_string(from) : _STATE_INVALID,
                 .to = to ? state_from_string(to) : _STATE_INVALID,
         };
 }
 
 static bool change_valid(const Change *c) {
-        return c->kind < _CHANGE_MAX && c->key && c->to >= 0 && (c->kind == CHANGE_ADD || c->from >= 0);
+        return c->kind < _CHANGE_MAX && c->key && c->to >= 0 && (c->kind == CHANGE_ADD || c->from >= 0) &&
+               (c->declared_at || c->kind == CHANGE_CANCEL || c->kind == CHANGE_KEEP);
 }
 
 /* The changes of one kind: the adds in declaration order, the others in
@@ -239,6 +264,7 @@ static bool change_valid(const Change *c) {
 static int foreach_kind(Ledger *l, ChangeKind k, int64_t limit, int (*cb)(const Change *c, void *userdata),
                         void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        char at[PATH_MAX + 16];
         int rc, r;
 
         rc = sqlite3_prepare_v2(ledger_db(l), change_query(k), -1, &st, NULL);
@@ -247,7 +273,7 @@ static int foreach_kind(Ledger *l, ChangeKind k, int64_t limit, int (*cb)(const 
         (void) sqlite3_bind_int(st, 1, (int) k);
         (void) sqlite3_bind_int64(st, 2, limit);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                Change c = change_of(st);
+                Change c = change_of(st, at);
 
                 if (!change_valid(&c))
                         return -EBADMSG;

@@ -271,7 +271,9 @@ typedef enum ChangeKind {
 typedef struct Change {
         ChangeKind kind;
         int64_t pk;              /* 0 for CHANGE_ADD */
-        const char *key, *id, *number, *reason, *declared_at;
+        const char *key, *id, *number;
+        const char *reason;      /* as declared; NULL for CHANGE_CANCEL and CHANGE_KEEP */
+        const char *declared_at; /* FILE:LINE; for CHANGE_CANCEL and CHANGE_KEEP the row's, maybe NULL */
         int64_t not_before;
         PhoneState from, to;
 } Change;
