@@ -7,17 +7,25 @@
 #include "internal.h"
 
 /* The whole load is one savepoint: a load that does not finish rolls back
- * to the set in force, as if it had never begun. */
+ * to the set in force, as if it had never begun.  A declaration names its
+ * file by a number in temp.decl_file: a path in each of a million rows
+ * made the table, and every walk of it, a third larger. */
+#define DECL_COLUMNS \
+        "seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT, number TEXT, reason TEXT," \
+        " not_before INTEGER NOT NULL, file INTEGER NOT NULL, line INTEGER NOT NULL, phone INTEGER"
+#define DECL_FILE_COLUMNS "fid INTEGER PRIMARY KEY, path TEXT NOT NULL"
 static const char begin_sql[] =
         "SAVEPOINT decl_load;"
         "DROP TABLE IF EXISTS temp.decl_old;"
+        "DROP TABLE IF EXISTS temp.decl_file_old;"
         "DROP INDEX IF EXISTS temp.decl_number;"
         "DROP INDEX IF EXISTS temp.decl_id;"
-        "CREATE TEMP TABLE IF NOT EXISTS decl (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT, number TEXT,"
-        "  reason TEXT, not_before INTEGER NOT NULL, file TEXT NOT NULL, line INTEGER NOT NULL, phone INTEGER);"
+        "CREATE TEMP TABLE IF NOT EXISTS decl (" DECL_COLUMNS ");"
+        "CREATE TEMP TABLE IF NOT EXISTS decl_file (" DECL_FILE_COLUMNS ");"
         "ALTER TABLE temp.decl RENAME TO decl_old;"
-        "CREATE TEMP TABLE decl (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT, number TEXT,"
-        "  reason TEXT, not_before INTEGER NOT NULL, file TEXT NOT NULL, line INTEGER NOT NULL, phone INTEGER);"
+        "ALTER TABLE temp.decl_file RENAME TO decl_file_old;"
+        "CREATE TEMP TABLE decl (" DECL_COLUMNS ");"
+        "CREATE TEMP TABLE decl_file (" DECL_FILE_COLUMNS ");"
         "CREATE TEMP TABLE decl_fix (seq INTEGER PRIMARY KEY, id TEXT, number TEXT, reason TEXT, not_before INTEGER);"
         "CREATE TEMP TABLE decl_drop (seq INTEGER PRIMARY KEY)";
 
@@ -45,20 +53,46 @@ static int load_begin(void *userdata, const Config *c) {
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         dl->insert = st;
+        rc = sqlite3_prepare_v3(ledger_db(dl->ledger), "INSERT INTO temp.decl_file (path) VALUES (?1)", -1,
+                                SQLITE_PREPARE_PERSISTENT, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        dl->insert_file = st;
         return 0;
+}
+
+/* The files come one after the other: a new path is a new file. */
+static int file_id(DeclLoad *dl, const char *path) {
+        sqlite3_stmt *st = dl->insert_file;
+        int rc;
+
+        if (dl->file && streq(dl->file, path))
+                return 0;
+        dl->file = mfree(dl->file);
+        (void) sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        (void) sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        dl->fid = sqlite3_last_insert_rowid(ledger_db(dl->ledger));
+        dl->file = strdup(path);
+        return dl->file ? 0 : -ENOMEM;
 }
 
 static int load_add(void *userdata, const Decl *d) {
         DeclLoad *dl = userdata;
         sqlite3_stmt *st = dl->insert;
-        int rc;
+        int rc, r;
 
+        r = file_id(dl, d->file);
+        if (r < 0)
+                return r;
         (void) sqlite3_bind_text(st, 1, d->key, -1, SQLITE_STATIC);
         (void) sqlite3_bind_text(st, 2, d->id, -1, SQLITE_STATIC);
         (void) sqlite3_bind_text(st, 3, d->number, -1, SQLITE_STATIC);
         (void) sqlite3_bind_text(st, 4, d->reason, -1, SQLITE_STATIC);
         (void) sqlite3_bind_int64(st, 5, d->not_before);
-        (void) sqlite3_bind_text(st, 6, d->file, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(st, 6, dl->fid);
         (void) sqlite3_bind_int(st, 7, (int) d->line);
         rc = sqlite3_step(st);
         (void) sqlite3_reset(st);
@@ -146,7 +180,8 @@ static int merge_by(Ledger *l, const char *field, ConfDiag *d) {
         if (r < 0)
                 return r;
         sql = mfree(sql);
-        if (asprintf_or_null(&sql, "SELECT seq, id, number, reason, not_before, file, line, %1$s FROM decl"
+        if (asprintf_or_null(&sql, "SELECT seq, id, number, reason, not_before,"
+                             " (SELECT path FROM decl_file WHERE fid = decl.file), line, %1$s FROM decl"
                              " WHERE %1$s IN (SELECT %1$s FROM decl WHERE %1$s IS NOT NULL"
                              "  GROUP BY %1$s HAVING count(*) > 1)"
                              " ORDER BY %1$s, seq", field) < 0)
@@ -217,7 +252,9 @@ static int load_finish(void *userdata, ConfDiag *d, bool rejected, size_t *ret_n
         int r, conflicts;
 
         (void) sqlite3_finalize(dl->insert);
-        dl->insert = NULL;
+        (void) sqlite3_finalize(dl->insert_file);
+        dl->insert = dl->insert_file = NULL;
+        dl->file = mfree(dl->file);
         /* By number first, then by id over what that merged: an entry with
          * both joins the two groups. */
         conflicts = r = merge_by(l, "number", d);
@@ -243,14 +280,16 @@ DeclSink decl_load_sink(DeclLoad *dl) {
 
 void decl_load_done(DeclLoad *dl) {
         (void) sqlite3_finalize(dl->insert);
-        dl->insert = NULL;
+        (void) sqlite3_finalize(dl->insert_file);
+        dl->insert = dl->insert_file = NULL;
+        dl->file = mfree(dl->file);
         if (dl->loading)
                 (void) ledger_exec(dl->ledger, "ROLLBACK TO decl_load; RELEASE decl_load");
         dl->loading = false;
 }
 
 int ledger_decls_keep(Ledger *l) {
-        int r = ledger_exec(l, "DROP TABLE IF EXISTS temp.decl_old");
+        int r = ledger_exec(l, "DROP TABLE IF EXISTS temp.decl_old; DROP TABLE IF EXISTS temp.decl_file_old");
 
         /* A large set leaves a large cache behind; an idle daemon should be small. */
         (void) sqlite3_db_release_memory(ledger_db(l));
@@ -294,7 +333,9 @@ int ledger_decls_added(Ledger *l) {
 int ledger_decls_restore(Ledger *l) {
         int r = ledger_exec(l, "SAVEPOINT decl_restore;"
                             "DROP TABLE IF EXISTS temp.decl;"
+                            "DROP TABLE IF EXISTS temp.decl_file;"
                             "ALTER TABLE temp.decl_old RENAME TO decl;"
+                            "ALTER TABLE temp.decl_file_old RENAME TO decl_file;"
                             "RELEASE decl_restore");
         return r < 0 ? r : ledger_exec(l, declared_sql);
 }
@@ -303,8 +344,8 @@ int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), vo
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc, r;
 
-        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT key, id, number, reason, not_before, file, line FROM temp.decl"
-                                " ORDER BY seq", -1, &st, NULL);
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT key, id, number, reason, not_before, f.path, line"
+                                " FROM temp.decl JOIN temp.decl_file f ON f.fid = decl.file ORDER BY seq", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {

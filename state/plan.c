@@ -195,17 +195,19 @@ int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
  * One query per shape of change, so that each joins only the tables it
  * reads from. */
 #define CHANGE_FROM_DECL \
-        "d.key, d.id, d.number, d.reason, d.not_before, d.file"
+        "d.key, d.id, d.number, d.reason, d.not_before, f.path"
 #define CHANGE_FROM_ROW \
         "p.key, p.id, coalesce(p.number, p.api_number), NULL, p.not_before, p.declared_at"
 #define CHANGE_OF_KIND " WHERE plan.kind = ?1 ORDER BY plan.pk LIMIT ?2"
 static const char *const change_sql[_CHANGE_MAX] = {
         /* In declaration order.  (?1 is bound, and not needed.) */
         [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending', d.line"
-                       " FROM temp.decl d WHERE d.phone IS NULL ORDER BY d.seq LIMIT ?2",
+                       " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file"
+                       " WHERE d.phone IS NULL ORDER BY d.seq LIMIT ?2",
         [CHANGE_REDECLARE] = "SELECT plan.kind, plan.pk, p.key, d.id, d.number, d.reason, d.not_before,"
-                             " d.file, plan.from_state, plan.to_state, d.line"
+                             " f.path, plan.from_state, plan.to_state, d.line"
                              " FROM temp.plan JOIN phones p ON p.pk = plan.pk JOIN temp.decl d ON d.seq = plan.seq"
+                             " JOIN temp.decl_file f ON f.fid = d.file"
                              CHANGE_OF_KIND,
         [CHANGE_CANCEL] = "SELECT plan.kind, plan.pk, " CHANGE_FROM_ROW ", plan.from_state, plan.to_state, NULL"
                           " FROM temp.plan JOIN phones p ON p.pk = plan.pk" CHANGE_OF_KIND,

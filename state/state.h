@@ -243,7 +243,10 @@ typedef struct DeclLoad {
         Ledger *ledger;          /* to load into; NULL: open() gives it at begin */
         int (*open)(void *userdata, const Config *c, Ledger **ret);
         void *userdata;
-        void *insert;            /* private: the prepared INSERT */
+        void *insert;            /* private: the prepared INSERTs */
+        void *insert_file;
+        char *file;              /* private: the file being read, and its number */
+        int64_t fid;
         bool loading;            /* private: a load is under way */
 } DeclLoad;
 
