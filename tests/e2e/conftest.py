@@ -222,13 +222,13 @@ class Rig:
     def argv(self, *args):
         return [RETIRED, "-c", self.config_path] + list(args)
 
-    def run(self, *args, timeout=RUN_TIMEOUT, once=True):
+    def run(self, *args, timeout=RUN_TIMEOUT, once=True, env=None):
         """Runs retired (with --once by default) to its end; returns a Run."""
         argv = self.argv(*((("--once",) if once else ()) + args))
         t0 = time.monotonic()
         try:
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=child_env(), timeout=timeout, text=True)
+                               env=dict(child_env(), **(env or {})), timeout=timeout, text=True)
         except subprocess.TimeoutExpired as e:
             err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
             pytest.fail("retired did not exit within %.0f s: %s\n%s" % (timeout, argv, err))
