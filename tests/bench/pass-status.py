@@ -1,0 +1,90 @@
+#!/usr/bin/python3
+"""What a long pass costs while it waits (issue 12): retired with a ledger of
+N declared, pending phones, in a dry run, and an API that cannot be reached,
+so that the pass stays open while the listing is tried again and again.
+Over SECONDS of that pass: how often STATUS= is sent (each one counts the
+ledger) and the CPU time retired uses, as a share of one core.
+
+Usage: pass-status.py [N] [SECONDS]   (default 1000000 30)
+"""
+import os, socket, subprocess, sys, threading, time
+
+top = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+build = os.environ.get("RETIRED_BUILD", os.path.join(top, "build"))
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
+seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
+d = os.path.join(build, "bench-pass-status")
+subprocess.run(["rm", "-rf", d], check=True)
+os.makedirs(d)
+subprocess.run(["make", "-s", "-C", top, f"BUILD={build}", "all", f"{build}/tests/fill-ledger"], check=True,
+               stdout=subprocess.DEVNULL)
+
+conf = os.path.join(d, "retired.conf")
+ledger = os.path.join(d, "ledger.db")
+subprocess.run(["/usr/bin/python3", os.path.join(top, "tests/bench/gen-config.py"), conf, str(n), "0", ledger,
+                "1000"], check=True)
+subprocess.run([os.path.join(build, "tests/fill-ledger"), conf, ledger], check=True)
+token = os.path.join(d, "token")
+with open(token, "w") as f:
+    f.write("bench-token\n")
+os.chmod(token, 0o600)
+with open(conf) as f:
+    text = f.read().replace("hold = 0; };", "hold = 0; dry_run = true; };")
+# Enough tries of the listing that the pass outlasts the measurement.
+text += (f'api: {{ base_url = "http://127.0.0.1:9"; token_file = "{token}"; }};\n'
+         'retry: { max_attempts = 50; };\n'
+         f'control_socket = "{d}/control";\n')
+with open(conf, "w") as f:
+    f.write(text)
+
+# Every notification is read at once, as systemd does: a full socket would
+# block retired in sd_notify() (net.unix.max_dgram_qlen is 10 here).
+sock_path = os.path.join(d, "notify")
+note = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+note.bind(sock_path)
+statuses, ready = [], threading.Event()
+
+
+def listen():
+    while True:
+        try:
+            msg = note.recv(4096).decode().split("\n")
+        except OSError:
+            return
+        if any(m.startswith("STATUS=") and "pass since" in m for m in msg):
+            statuses.append(time.monotonic())
+        if "READY=1" in msg:
+            ready.set()
+
+
+threading.Thread(target=listen, daemon=True).start()
+err_path = os.path.join(d, "stderr")
+env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+with open(err_path, "w") as err:
+    p = subprocess.Popen([os.path.join(build, "retired"), "-c", conf], env=env, stderr=err)
+assert ready.wait(600), "no READY=1 within 600 s"
+
+
+def cpu():
+    with open(f"/proc/{p.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+deadline = time.monotonic() + 60
+while not statuses:
+    assert p.poll() is None, "retired exited: see " + err_path
+    assert time.monotonic() < deadline, "no pass within 60 s of READY=1"
+    time.sleep(0.1)
+time.sleep(2)       # past the pass's start
+c0, t0, s0 = cpu(), time.monotonic(), len(statuses)
+time.sleep(seconds)
+c1, t1, s1 = cpu(), time.monotonic(), len(statuses)
+with open(err_path) as f:
+    still = "Pass done" not in f.read()
+p.terminate()
+p.wait(60)
+note.close()
+assert still, "the pass ended during the measurement: see " + err_path
+print(f"a pass over {n} rows waiting on the API, {t1 - t0:.0f} s: STATUS= every "
+      f"{(t1 - t0) / max(s1 - s0, 1):.2f} s, CPU {100 * (c1 - c0) / (t1 - t0):.1f}% of one core")
