@@ -219,7 +219,9 @@ static const char *change_query(ChangeKind k) {
         return change_sql[k == CHANGE_UPDATE ? CHANGE_REDECLARE : k == CHANGE_KEEP ? CHANGE_CANCEL : k];
 }
 
-/* FILE:LINE into at, which holds any path a file could be opened by. */
+/* FILE:LINE into at, which holds any path a file could be opened by.  By
+ * hand: snprintf() takes ten times as long, 0.07 s of a plan that adds
+ * 500,000, and the plan's time is a target (issue 12). */
 static const char *file_line(char at[static PATH_MAX + 16], const char *file, int64_t line) {
         size_t n = file ? strlen(file) : 0;
         char digits[20], *d = digits + sizeof digits;
