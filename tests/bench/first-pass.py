@@ -11,29 +11,14 @@ Usage: first-pass.py [N]   (default 1000000)
 """
 import os, socket, subprocess, sys, threading, time
 
-top = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-build = os.environ.get("RETIRED_BUILD", os.path.join(top, "build"))
-n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
-d = os.path.join(build, "bench-first-pass")
-subprocess.run(["rm", "-rf", d], check=True)
-os.makedirs(d)
-subprocess.run(["make", "-s", "-C", top, f"BUILD={build}", "all"], check=True, stdout=subprocess.DEVNULL)
+from benchlib import build, dry_unreachable, fresh, gen_config
 
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
+d = fresh("bench-first-pass")
 conf = os.path.join(d, "retired.conf")
-subprocess.run(["/usr/bin/python3", os.path.join(top, "tests/bench/gen-config.py"), conf, str(n), "0",
-                os.path.join(d, "ledger.db"), "1000"], check=True)
-token = os.path.join(d, "token")
-with open(token, "w") as f:
-    f.write("bench-token\n")
-os.chmod(token, 0o600)
-with open(conf) as f:
-    text = f.read().replace("hold = 0; };", "hold = 0; dry_run = true; };")
+gen_config(conf, n, os.path.join(d, "ledger.db"), 1000)
 # Three tries of the listing, not the default's five: the pass ends sooner, the work is the same.
-text += (f'api: {{ base_url = "http://127.0.0.1:9"; token_file = "{token}"; }};\n'
-         'retry: { max_attempts = 3; };\n'
-         f'control_socket = "{d}/control";\n')
-with open(conf, "w") as f:
-    f.write(text)
+dry_unreachable(conf, d, 3)
 
 sock_path = os.path.join(d, "notify")
 note = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -9,33 +9,17 @@ Usage: pass-status.py [N] [SECONDS]   (default 1000000 30)
 """
 import os, socket, subprocess, sys, threading, time
 
-top = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-build = os.environ.get("RETIRED_BUILD", os.path.join(top, "build"))
+from benchlib import build, dry_unreachable, fresh, gen_config
+
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
-d = os.path.join(build, "bench-pass-status")
-subprocess.run(["rm", "-rf", d], check=True)
-os.makedirs(d)
-subprocess.run(["make", "-s", "-C", top, f"BUILD={build}", "all", f"{build}/tests/fill-ledger"], check=True,
-               stdout=subprocess.DEVNULL)
-
+d = fresh("bench-pass-status", "tests/fill-ledger")
 conf = os.path.join(d, "retired.conf")
 ledger = os.path.join(d, "ledger.db")
-subprocess.run(["/usr/bin/python3", os.path.join(top, "tests/bench/gen-config.py"), conf, str(n), "0", ledger,
-                "1000"], check=True)
+gen_config(conf, n, ledger, 1000)
 subprocess.run([os.path.join(build, "tests/fill-ledger"), conf, ledger], check=True)
-token = os.path.join(d, "token")
-with open(token, "w") as f:
-    f.write("bench-token\n")
-os.chmod(token, 0o600)
-with open(conf) as f:
-    text = f.read().replace("hold = 0; };", "hold = 0; dry_run = true; };")
 # Enough tries of the listing that the pass outlasts the measurement.
-text += (f'api: {{ base_url = "http://127.0.0.1:9"; token_file = "{token}"; }};\n'
-         'retry: { max_attempts = 50; };\n'
-         f'control_socket = "{d}/control";\n')
-with open(conf, "w") as f:
-    f.write(text)
+dry_unreachable(conf, d, 50)
 
 # Every notification is read at once, as systemd does: a full socket would
 # block retired in sd_notify() (net.unix.max_dgram_qlen is 10 here).

@@ -12,22 +12,16 @@ notification socket is ours, so READY=1 and RELOADING=1 are timed exactly.
 
 Usage: service.py [N] [SECONDS]
 """
-import os, socket, sqlite3, subprocess, sys, tempfile, time
+import os, socket, sqlite3, subprocess, sys, time
 
-top = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-build = os.environ.get("RETIRED_BUILD", os.path.join(top, "build"))
+from benchlib import build, fresh, gen_config
+
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
 idle_seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
-d = os.path.join(build, "bench-service")
-subprocess.run(["rm", "-rf", d], check=True)
-os.makedirs(d)
-subprocess.run(["make", "-s", "-C", top, f"BUILD={build}", "all", f"{build}/tests/fill-ledger"], check=True,
-               stdout=subprocess.DEVNULL)
-
-gen = [sys.executable, os.path.join(top, "tests/bench/gen-config.py")]
+d = fresh("bench-service", "tests/fill-ledger")
 ledger = os.path.join(d, "ledger.db")
-subprocess.run(gen + [f"{d}/all.conf", str(n), "0", ledger], check=True)
-subprocess.run(gen + [f"{d}/few.conf", "100", "0", ledger], check=True)
+gen_config(f"{d}/all.conf", n, ledger)
+gen_config(f"{d}/few.conf", 100, ledger)
 subprocess.run([os.path.join(build, "tests/fill-ledger"), f"{d}/all.conf", ledger], check=True)
 db = sqlite3.connect(ledger)
 db.execute("UPDATE phones SET state = 'released'")   # earlier work, all done
