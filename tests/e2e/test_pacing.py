@@ -34,10 +34,11 @@ def max_overlap(log):
 # The bucket bounds when the daemon *sends*: exactly, but for the rounding of
 # the times it logs.  The fake records when a request *arrives* (accept, a
 # handler thread, parsing), and that delay varies from one request to the next:
-# by 11 ms once under the sanitizers, a request more than the bound at rate 100.
-# So the arrivals are allowed one request, and what the rate sends in 10 ms.
+# by 11 ms, then 23 ms, under the sanitizers on a busy machine (2.3 requests
+# over the bound at rate 100).  So the arrivals are allowed one request, and
+# what the rate sends in 50 ms; the exact bound is the one as sent.
 SENT_SLACK = 0.001
-ARRIVAL_SPREAD = 0.010
+ARRIVAL_SPREAD = 0.050
 DEBUG = {"RETIRED_LOG_LEVEL": "debug"}
 
 
