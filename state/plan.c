@@ -424,18 +424,18 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                 if (sql[k] && !(hold && (k == CHANGE_ADD || k == CHANGE_REDECLARE)))
                         r = foreach_kind(l, (ChangeKind) k, -1, apply_one,
                                          &(Apply) { .ledger = l, .st = st, .t = t, .hold_until = hold_until });
+        /* The rows just added are the ones these declarations now name: in
+         * the same transaction, so that the declared set and the rows it
+         * names are taken back together if anything fails. */
+        if (r >= 0 && p->count[CHANGE_ADD] > 0 && !hold)
+                r = ledger_decls_added(l);
 finish:
         for (size_t k = 0; k < _CHANGE_MAX; k++)
                 (void) sqlite3_finalize(st[k]);
         if (r >= 0)
                 r = ledger_exec(l, "COMMIT");
-        if (r < 0) {
+        if (r < 0)
                 (void) ledger_exec(l, "ROLLBACK");
-                return r;
-        }
-        /* The rows just added are the ones these declarations now name. */
-        if (p->count[CHANGE_ADD] > 0 && !hold)
-                r = ledger_decls_added(l);
         return r;
 }
 
