@@ -998,7 +998,10 @@ static void pass_end(Engine *e) {
                   e->stats.outcomes[STATE_FAILED], e->stats.outcomes[STATE_UNRESOLVED]);
         e->running = false;
         pass_free(e);
-        arm_wake(e);
+        /* Stopping, no wake is wanted; and finding the next one reads every
+         * pending row, a second's work in a million-row ledger. */
+        if (!e->stopping)
+                arm_wake(e);
         /* Told at every pass end, also when the next pass is already wanted: a
          * retry timer that fires during a pass must not keep --once from
          * seeing that it is stuck. */
