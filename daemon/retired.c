@@ -34,7 +34,10 @@ typedef struct Manager {
         bool ledger_failed;      /* it could not be opened (and the journal was told) */
         int exit_code;
         uint64_t watchdog_usec;  /* WatchdogSec=, or 0 */
-        usec_t pinged;           /* when keep_alive() last pinged it */
+        usec_t pinged;           /* when on_ledger_progress() last pinged it */
+        bool interruptible;      /* a stop may cut the declarations' load or plan short */
+        bool interrupted;        /* and did: what it began was taken back */
+        bool stopping;           /* SIGTERM or SIGINT was served: no more reloads */
         Pause pause;          /* an operator's, as the ledger has it */
         char *rejected;       /* why the last reload was refused, for STATUS= */
 } Manager;
@@ -55,17 +58,39 @@ static void report_diag(const ConfDiag *d, const char *what) {
 }
 
 /* Until the event loop runs, and while one of its callbacks works through a
- * million declarations, nothing else pings the watchdog: the ledger's own
- * progress does, at a quarter of WatchdogSec=.  Work that makes no progress
- * in SQLite still misses the ping, as a hang should. */
-static void keep_alive(void *userdata) {
+ * million declarations, nothing else pings the watchdog or reads a signal:
+ * the ledger's own progress does both.  The ping goes at a quarter of
+ * WatchdogSec=; work that makes no progress in SQLite still misses it, as
+ * a hang should.  A SIGTERM or SIGINT waiting (blocked, for the loop's
+ * signalfd) cuts short a load or plan that may be: SQLite takes back what
+ * it began, and the loop serves the stop within a second, not after the
+ * million rows. */
+static bool on_ledger_progress(void *userdata) {
         Manager *m = userdata;
-        usec_t t = now(CLOCK_MONOTONIC);
+        sigset_t pending;
+        usec_t t;
 
-        if (t - m->pinged < m->watchdog_usec / 4)
-                return;
-        (void) sd_notify(false, "WATCHDOG=1");
-        m->pinged = t;
+        if (m->watchdog_usec > 0 && (t = now(CLOCK_MONOTONIC)) - m->pinged >= m->watchdog_usec / 4) {
+                (void) sd_notify(false, "WATCHDOG=1");
+                m->pinged = t;
+        }
+        if (!m->interruptible || sigpending(&pending) < 0)
+                return false;
+        m->interrupted = sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;
+        return m->interrupted;
+}
+
+/* Work a stop may cut short begins; what ends it must not be. */
+static void set_interruptible(Manager *m, bool on) {
+        m->interruptible = on;
+        if (on)
+                m->interrupted = false;
+}
+
+/* Bringing the set in force back is never cut short. */
+static int restore_declarations(Manager *m) {
+        set_interruptible(m, false);
+        return ledger_decls_restore(m->ledger);
 }
 
 /* At start, the ledger the config names: opened as soon as the settings
@@ -85,8 +110,7 @@ static int open_ledger(void *userdata, const Config *c, Ledger **ret) {
                         return log_error_errno(r, "%s", error);
                 return log_error_errno(r, "Cannot open the ledger %s: %m", c->ledger);
         }
-        if (m->watchdog_usec > 0)
-                ledger_on_progress(m->ledger, keep_alive, m);
+        ledger_on_progress(m->ledger, on_ledger_progress, m);
         *ret = m->ledger;
         return 0;
 }
@@ -104,8 +128,8 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
         free(m->rejected);
         m->rejected = NULL;
         r = config_load(arg_config, &sink, &c, &d);
-        if (r < 0 && m->ledger_failed)
-                return r;       /* said so already */
+        if (r < 0 && (m->ledger_failed || m->interrupted))
+                return r;       /* said so already, or a stop cut it short */
         if (r < 0) {
                 report_diag(&d, "Config rejected");
                 if (d.n == 0)
@@ -131,7 +155,7 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
                         log_event(LOG_ERR, MESSAGE_CONFIG_REJECTED, NULL, "Cannot read the API key (%s): %s.",
                                   strna(where), strerror(-r));
                 (void) asprintf_or_null(&m->rejected, "API key %s: %s", strna(where), why ? why : strerror(-r));
-                return ledger_decls_restore(m->ledger) < 0 ? -EIO : r;
+                return restore_declarations(m) < 0 ? -EIO : r;
         }
         if (!m->token || !streq(m->token, token)) {
                 char fp[TOKEN_FINGERPRINT_LEN + 1] = "?";
@@ -158,11 +182,17 @@ static int apply_plan(Manager *m, const Config *c, const char *why) {
         int r;
 
         r = plan_compute_changes(m->ledger, c, &p);
+        if (r < 0 && m->interrupted)
+                return r;
         if (r < 0)
                 return log_error_errno(r, "Cannot compute the plan: %m (%s)", ledger_errmsg(m->ledger));
         r = plan_apply(m->ledger, p, false);
+        if (r < 0 && m->interrupted)
+                return r;
         if (r < 0)
                 return log_error_errno(r, "Cannot apply the plan: %m (%s)", ledger_errmsg(m->ledger));
+        /* Applied: what is left is telling, and must not be cut short. */
+        set_interruptible(m, false);
         /* One entry per phone while that reads as news; past that, one entry
          * with the count (each step is in the ledger's history). */
         if (p->count[CHANGE_CANCEL] <= CANCEL_ENTRIES_MAX &&
@@ -199,7 +229,7 @@ static int apply_declarations(Manager *m, const Config *c, const char *why) {
         int r = apply_plan(m, c, why);
 
         if (r < 0) {
-                if (ledger_decls_restore(m->ledger) < 0)
+                if (restore_declarations(m) < 0)
                         log_error("Cannot bring the previous declarations back (%s); restarting is the way out.",
                                   ledger_errmsg(m->ledger));
                 return r;
@@ -310,22 +340,32 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static void watch_dropins(Manager *m);
 
-static int reload(Manager *m) {
+static int reload(Manager *m, const char *why) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_free_ char *token = NULL;
-        _cleanup_(conf_diag_done) ConfDiag d = {};
         int r;
 
+        /* Waiting for the calls in flight is no time to read a million
+         * declarations; the next start reads them anyway. */
+        if (m->stopping) {
+                log_info("Not reloading (%s): the daemon is stopping.", why);
+                return -ECANCELED;
+        }
+        log_info("Reloading (%s).", why);
         (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long) now(CLOCK_MONOTONIC));
+        set_interruptible(m, true);
         r = load_config(m, &c, &token);
         if (r >= 0)
                 r = apply_declarations(m, c, "reloaded");
+        set_interruptible(m, false);
         if (r >= 0) {
                 /* Before READY=1: nothing decided on the old declarations leaves after it. */
                 engine_declarations_changed(m->engine);
                 r = engine_set_config(m->engine, c, token);
         }
-        if (r < 0)
+        if (r < 0 && m->interrupted)
+                log_notice("Reload cut short by a stop; the previous config stays in force.");
+        else if (r < 0)
                 log_warning("Reload failed; the previous config stays in force.");
         else {
                 config_free(m->config);
@@ -338,12 +378,12 @@ static int reload(Manager *m) {
         }
         (void) sd_notify(false, "READY=1");
         notify_status(m);
-        return 0;
+        return r;
 }
 
 static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        log_info("Reloading (SIGHUP).");
-        return reload(userdata);
+        (void) reload(userdata, "SIGHUP");
+        return 0;
 }
 
 static void stop_idle(Engine *e, void *userdata) {
@@ -363,6 +403,9 @@ static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, voi
 
         log_info("Stopping (%s): no new calls; waiting for those in flight.", strsignal((int) si->ssi_signo));
         (void) sd_notify(false, "STOPPING=1");
+        m->stopping = true;
+        if (m->debounce)
+                (void) sd_event_source_set_enabled(m->debounce, SD_EVENT_OFF);
         engine_on_idle(m->engine, stop_idle, m);
         if (engine_stop(m->engine))
                 return sd_event_exit(m->event, m->exit_code);
@@ -375,7 +418,14 @@ static int control_approve(Manager *m, const char *hash, char **text) {
         size_t n = 0;
         int r;
 
+        set_interruptible(m, true);
         r = plan_approve(m->ledger, m->config, hash, text, &n);
+        set_interruptible(m, false);
+        if (r < 0 && m->interrupted) {
+                free(*text);
+                *text = NULL;
+                return asprintf_or_null(text, "the daemon is stopping; nothing was approved"), r;
+        }
         if (r < 0)
                 return r;
         log_event(LOG_NOTICE, MESSAGE_CONFIG_LOADED, NULL, "Plan %s approved: %zu new releases applied.", hash, n);
@@ -436,11 +486,15 @@ static int on_control(void *userdata, uint32_t uid, const char *verb, const char
                 return control_resume(m, uid, text);
 
         if (streq(verb, "reload") && !*arg) {
-                log_info("Reloading (retirectl reload).");
-                (void) reload(m);
+                r = reload(m, "retirectl reload");
                 if (m->rejected)
                         return asprintf_or_null(text, "config rejected, the previous one stays in force: %s",
                                                 m->rejected), -EINVAL;
+                if (r < 0 && (m->interrupted || m->stopping))
+                        return asprintf_or_null(text, "the daemon is stopping; the previous config stays in force"), r;
+                if (r < 0)
+                        return asprintf_or_null(text, "reload failed, the previous config stays in force "
+                                                "(the journal says why)"), r;
                 return asprintf_or_null(text, "reloaded");
         }
         if (streq(verb, "retry") && *arg) {
@@ -462,8 +516,8 @@ static int on_control(void *userdata, uint32_t uid, const char *verb, const char
 }
 
 static int on_debounced(sd_event_source *s, uint64_t usec, void *userdata) {
-        log_info("Reloading (the config changed on disk).");
-        return reload(userdata);
+        (void) reload(userdata, "the config changed on disk");
+        return 0;
 }
 
 /* Editors save by rename, and a change often touches several files: wait
@@ -474,7 +528,7 @@ static int on_config_change(sd_event_source *s, const struct inotify_event *ev, 
         size_t n = ev->len > 0 ? strlen(ev->name) : 0;
         int r;
 
-        if (!main_copy || !dropin_copy)
+        if (!main_copy || !dropin_copy || m->stopping)
                 return 0;
         /* Only our files count: the ledger or an editor's swap file may live
          * in the same folder. */
@@ -538,6 +592,15 @@ static void manager_free(Manager *m) {
         free(m->rejected);
 }
 
+/* A stop during the start's load or plan leaves the ledger as it was. */
+static int start_failed(Manager *m) {
+        if (!m->interrupted)
+                return EXIT_SETUP;
+        log_notice("Stopped while starting: nothing of this start was recorded; the ledger is as it was.");
+        (void) sd_notify(false, "STOPPING=1");
+        return m->once ? EXIT_STOPPED : EXIT_SUCCESS;
+}
+
 static int run(void) {
         _cleanup_(manager_free) Manager m = { .once = arg_once };
         sigset_t mask;
@@ -545,18 +608,31 @@ static int run(void) {
 
         if (sd_watchdog_enabled(false, &m.watchdog_usec) <= 0)
                 m.watchdog_usec = 0;
+        /* Blocked from the start, for the loop's signalfd: a stop that comes
+         * while a million declarations are read waits for no more than the
+         * ledger's next progress call (a check, -n, has no loop). */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        if (!arg_check && sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return log_error_errno(negative_errno(), "Cannot block signals: %m");
+        set_interruptible(&m, !arg_check);
         r = load_config(&m, &m.config, &m.token);
+        set_interruptible(&m, false);
         if (r < 0)
-                return EXIT_SETUP;
+                return start_failed(&m);
         if (m.ledger_read_only && !arg_check) {
                 _cleanup_free_ char *token = NULL;
 
                 m.ledger = ledger_close(m.ledger);
                 m.config = config_free(m.config);
                 m.create_ledger = true;
+                set_interruptible(&m, true);
                 r = load_config(&m, &m.config, &token);
+                set_interruptible(&m, false);
                 if (r < 0)
-                        return EXIT_SETUP;
+                        return start_failed(&m);
                 erase_and_free(m.token);
                 m.token = TAKE_PTR(token);
         }
@@ -577,12 +653,6 @@ static int run(void) {
         r = sd_event_default(&m.event);
         if (r < 0)
                 return log_error_errno(r, "Cannot create the event loop: %m");
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGHUP);
-        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return log_error_errno(negative_errno(), "Cannot block signals: %m");
         if ((r = sd_event_add_signal(m.event, NULL, SIGTERM, on_sigterm, &m)) < 0 ||
             (r = sd_event_add_signal(m.event, NULL, SIGINT, on_sigterm, &m)) < 0 ||
             (r = sd_event_add_signal(m.event, NULL, SIGHUP, on_sighup, &m)) < 0)
@@ -620,9 +690,11 @@ static int run(void) {
                 log_warning("Releases are paused (since an operator's 'retirectl pause'): no DELETE leaves until "
                             "'retirectl resume'.");
         }
+        set_interruptible(&m, true);
         r = apply_declarations(&m, m.config, "loaded");
+        set_interruptible(&m, false);
         if (r < 0)
-                return EXIT_SETUP;
+                return start_failed(&m);
         if (!m.once) {
                 r = control_open(m.event, m.config->control_socket, on_control, &m, &m.control);
                 if (r < 0)

@@ -20,7 +20,7 @@ struct Ledger {
         LedgerMode mode;
         int lock_fd;        /* a writer's flock on the file; -1 for readers */
         sqlite3_stmt *cached[_STMT_MAX];   /* asked once per listed phone, or per row of a pass */
-        void (*progress)(void *userdata);
+        bool (*progress)(void *userdata);
         void *progress_userdata;
 };
 
@@ -143,6 +143,7 @@ int sqlite_to_errno(int rc) {
         case SQLITE_NOMEM: return -ENOMEM;
         case SQLITE_READONLY: case SQLITE_PERM: case SQLITE_AUTH: return -EACCES;
         case SQLITE_FULL: return -ENOSPC;
+        case SQLITE_INTERRUPT: return -EINTR;
         case SQLITE_CANTOPEN: return -ENOENT;
         case SQLITE_CORRUPT: case SQLITE_NOTADB: return -EBADMSG;
         /* A trigger's RAISE: a step the record may not take. */
@@ -345,11 +346,10 @@ Ledger *ledger_close(Ledger *l) {
 static int on_progress(void *userdata) {
         Ledger *l = userdata;
 
-        l->progress(l->progress_userdata);
-        return 0;
+        return l->progress(l->progress_userdata);
 }
 
-void ledger_on_progress(Ledger *l, void (*cb)(void *userdata), void *userdata) {
+void ledger_on_progress(Ledger *l, bool (*cb)(void *userdata), void *userdata) {
         l->progress = cb;
         l->progress_userdata = userdata;
         /* About a millisecond of work between calls. */

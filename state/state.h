@@ -47,10 +47,12 @@ Ledger *ledger_close(Ledger *l);
 static inline void ledger_closep(Ledger **l) { if (*l) ledger_close(*l); }
 const char *ledger_errmsg(Ledger *l);
 /* cb is called every few thousand steps of SQLite's work on the connection,
- * whatever the statement, and never stops it: long work (a million
- * declarations loaded, planned, applied) can show that it goes on.  NULL
+ * whatever the statement: long work (a million declarations loaded,
+ * planned, applied) can show that it goes on.  A cb that returns true
+ * stops the statement, which fails with -EINTR (and takes the transaction
+ * it is in back whole); only the caller knows when that is safe.  NULL
  * stops the calls. */
-void ledger_on_progress(Ledger *l, void (*cb)(void *userdata), void *userdata);
+void ledger_on_progress(Ledger *l, bool (*cb)(void *userdata), void *userdata);
 
 typedef struct Phone {
         int64_t pk;

@@ -1,8 +1,9 @@
 """The daemon left running (no --once): timers, stopping, the ledger lock and the
-control socket.  Reload is not covered here."""
+control socket.  Of reloads, only that a stop refuses them."""
 
 import calendar
 import os
+import signal
 import time
 
 from conftest import EXIT, MSG, num, phone, pid, wait_for
@@ -99,3 +100,26 @@ def test_operator_retry_through_the_control_socket(make_rig):
     err = stderr_of(proc)
     assert "retry requested by an operator" in err
     assert [l for l in err.splitlines() if MSG["scheduled"] in l and num(1) in l]
+
+
+def test_no_reload_once_stopping(make_rig):
+    """SIGTERM while DELETEs are out, then an edit that would cancel every
+    phone and a SIGHUP: the stop does not wait for a reload and nothing of the
+    edit is applied (the next start reads it); the calls out are recorded."""
+    rig = make_rig([phone(n) for n in range(1, 4)], latency=1.5)
+    rig.write_config([{"id": pid(n)} for n in range(1, 4)], pace={"rate": 100.0, "burst": 10, "concurrency": 3})
+    proc = rig.start()
+    wait_for(lambda: sum(rig.fake.delete_counts.values()) >= 1, what="a DELETE in flight")
+    proc.terminate()
+    wait_for(lambda: "Stopping (" in stderr_of(proc), what="the stop")
+    rig.write_config([])
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "Not reloading (SIGHUP): the daemon is stopping." in stderr_of(proc) or proc.poll() is not None,
+             what="the SIGHUP to be seen")
+    assert proc.wait(10) == 0, stderr_of(proc)
+    err = stderr_of(proc)
+    assert "Not reloading (SIGHUP): the daemon is stopping." in err, err
+    assert "Reloading (" not in err and "reloaded" not in err, err
+    rows = rig.db_rows()
+    assert not [k for k, r in rows.items() if r["state"] in ("cancelled", "in_flight")], rows
+    assert {k for k, r in rows.items() if r["state"] == "scheduled"} == {p for p, c in rig.fake.delete_counts.items() if c}
