@@ -22,6 +22,10 @@ void log_setup(const char *name) {
         uint64_t dev, ino;
         struct stat st;
 
+        /* Unbuffered, a line went out a character at a time, a hundred
+         * writes a line; buffered, each entry is one write, flushed whole. */
+        (void) setvbuf(stderr, NULL, _IOFBF, BUFSIZ);
+
         ident = name;
         if (e && sscanf(e, "%" SCNu64 ":%" SCNu64, &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0)
                 use_journal = (uint64_t) st.st_dev == dev && (uint64_t) st.st_ino == ino;
@@ -105,6 +109,7 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
         fputc('\n', stderr);
         if (progress[0])
                 fputs(progress, stderr);
+        (void) fflush(stderr);
         funlockfile(stderr);
 }
 

@@ -643,8 +643,10 @@ static int run(void) {
                         (void) log_oom();
                         return EXIT_SETUP;
                 }
-                if (warning)
+                if (warning) {
                         fprintf(stderr, "retired: warning: %s\n", warning);
+                        (void) fflush(stderr);  /* before the verdict below, as it reads */
+                }
                 printf("%s: OK, %zu %s declared\n", arg_config, m.config->n_decls,
                        plural(m.config->n_decls, "release", "releases"));
                 return 0;
