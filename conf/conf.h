@@ -11,7 +11,11 @@
 #include <stdint.h>
 
 /* Limits on what a user controls. */
-#define CONF_MAX_FILE_SIZE   (256u << 20)  /* bytes per file */
+/* Bytes per file.  libconfig holds a file's whole tree while it reads it,
+ * up to 20 times the file's size (a short entry a line), and that must fit
+ * the shipped unit's MemoryMax=256M beside the rest: 8 MiB is 160 MiB at
+ * worst; a larger set goes into drop-ins, read one at a time. */
+#define CONF_MAX_FILE_SIZE   (8u << 20)
 #define CONF_MAX_RELEASES    1000000u      /* declarations over all files */
 #define CONF_MAX_DROPIN      10000u        /* files in releases_dir */
 #define CONF_MAX_DIAG        50u           /* diagnostics kept per load */

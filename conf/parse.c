@@ -303,7 +303,8 @@ static int read_tree(Loader *l, const char *path, config_t *cfg) {
                 return -EINVAL;
         }
         if (st.st_size > (off_t) CONF_MAX_FILE_SIZE) {
-                conf_diag_add(l->d, path, 0, "larger than %u MiB", CONF_MAX_FILE_SIZE >> 20);
+                conf_diag_add(l->d, path, 0, "larger than %u MiB: spread its releases over files in releases_dir",
+                              CONF_MAX_FILE_SIZE >> 20);
                 return -EFBIG;
         }
         /* A first pass line by line, so the file is never held whole

@@ -4,7 +4,9 @@ notification socket is ours, so READY=1 and RELOADING=1 are timed exactly.
 
 - start to READY=1 with a ledger of N rows (released phones from earlier
   work) and a config declaring 100 phones;
-- the same start with a config declaring all N phones (a no-op plan);
+- the same start with a config declaring all N phones (a no-op plan), in
+  one file up to 100,000 and in drop-ins of 1,000 beyond (a file is at
+  most 8 MiB, about 130,000 such declarations);
 - reload (SIGHUP: RELOADING=1 to READY=1) of N declarations;
 - idle wake-ups over SECONDS (context switches of the settled daemon, whose
   only timers are the watchdog pings at WATCHDOG_USEC/2 and the hourly
@@ -20,7 +22,7 @@ n = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
 idle_seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
 d = fresh("bench-service", "tests/fill-ledger")
 ledger = os.path.join(d, "ledger.db")
-gen_config(f"{d}/all.conf", n, ledger)
+gen_config(f"{d}/all.conf", n, ledger, None if n <= 100000 else 1000)
 gen_config(f"{d}/few.conf", 100, ledger)
 subprocess.run([os.path.join(build, "tests/fill-ledger"), f"{d}/all.conf", ledger], check=True)
 db = sqlite3.connect(ledger)
