@@ -1,7 +1,7 @@
 """What the daemon benchmarks share: a fresh folder in the build with the
-binaries made, and a config of generated declarations (gen-config.py) that
-runs dry against an API nobody answers."""
-import os, subprocess
+binaries made, a config of generated declarations (gen-config.py) that
+runs dry against an API nobody answers, and a notification socket."""
+import os, socket, subprocess, threading, time
 
 top = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 build = os.environ.get("RETIRED_BUILD", os.path.join(top, "build"))
@@ -36,3 +36,23 @@ def dry_unreachable(conf, d, max_attempts):
              f'control_socket = "{d}/control";\n')
     with open(conf, "w") as f:
         f.write(text)
+
+
+def notify_socket(path, on_message):
+    """A notification socket bound at PATH and read at once by a thread, as
+    systemd reads it (a full socket would block retired in sd_notify():
+    net.unix.max_dgram_qlen is 10 here): on_message(t, lines) for each
+    datagram, t its monotonic arrival.  Returns the socket, to close."""
+    note = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    note.bind(path)
+
+    def listen():
+        while True:
+            try:
+                msg = note.recv(4096).decode().split("\n")
+            except OSError:
+                return
+            on_message(time.monotonic(), msg)
+
+    threading.Thread(target=listen, daemon=True).start()
+    return note

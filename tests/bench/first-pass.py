@@ -9,9 +9,9 @@ exit), the lines written, and the peak RSS (VmHWM).
 
 Usage: first-pass.py [N]   (default 1000000)
 """
-import os, socket, subprocess, sys, threading, time
+import os, subprocess, sys, time
 
-from benchlib import build, dry_unreachable, fresh, gen_config
+from benchlib import build, dry_unreachable, fresh, gen_config, notify_socket
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
 d = fresh("bench-first-pass")
@@ -21,25 +21,17 @@ gen_config(conf, n, os.path.join(d, "ledger.db"), 1000)
 dry_unreachable(conf, d, 3)
 
 sock_path = os.path.join(d, "notify")
-note = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-note.bind(sock_path)
 pings, ready = [], []
 
 
-def listen():
-    while True:
-        try:
-            msg = note.recv(4096).decode().split("\n")
-        except OSError:
-            return
-        t = time.monotonic()
-        if "WATCHDOG=1" in msg:
-            pings.append(t)
-        if "READY=1" in msg and not ready:
-            ready.append(t)
+def on_note(t, msg):
+    if "WATCHDOG=1" in msg:
+        pings.append(t)
+    if "READY=1" in msg and not ready:
+        ready.append(t)
 
 
-threading.Thread(target=listen, daemon=True).start()
+note = notify_socket(sock_path, on_note)
 err_path = os.path.join(d, "stderr")
 env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="2000000")
 t0 = time.monotonic()

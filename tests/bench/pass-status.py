@@ -7,9 +7,9 @@ ledger) and the CPU time retired uses, as a share of one core.
 
 Usage: pass-status.py [N] [SECONDS]   (default 1000000 30)
 """
-import os, socket, subprocess, sys, threading, time
+import os, subprocess, sys, threading, time
 
-from benchlib import build, dry_unreachable, fresh, gen_config
+from benchlib import build, dry_unreachable, fresh, gen_config, notify_socket
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
 seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
@@ -21,27 +21,18 @@ subprocess.run([os.path.join(build, "tests/fill-ledger"), conf, ledger], check=T
 # Enough tries of the listing that the pass outlasts the measurement.
 dry_unreachable(conf, d, 50)
 
-# Every notification is read at once, as systemd does: a full socket would
-# block retired in sd_notify() (net.unix.max_dgram_qlen is 10 here).
 sock_path = os.path.join(d, "notify")
-note = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-note.bind(sock_path)
 statuses, ready = [], threading.Event()
 
 
-def listen():
-    while True:
-        try:
-            msg = note.recv(4096).decode().split("\n")
-        except OSError:
-            return
-        if any(m.startswith("STATUS=") and "pass since" in m for m in msg):
-            statuses.append(time.monotonic())
-        if "READY=1" in msg:
-            ready.set()
+def on_note(t, msg):
+    if any(m.startswith("STATUS=") and "pass since" in m for m in msg):
+        statuses.append(t)
+    if "READY=1" in msg:
+        ready.set()
 
 
-threading.Thread(target=listen, daemon=True).start()
+note = notify_socket(sock_path, on_note)
 err_path = os.path.join(d, "stderr")
 env = dict(os.environ, NOTIFY_SOCKET=sock_path)
 with open(err_path, "w") as err:

@@ -10,9 +10,9 @@ and what the ledger holds of each stopped start (nothing).
 
 Usage: stop-during-start.py [N]   (default 1000000)
 """
-import os, signal, socket, sqlite3, subprocess, sys, threading, time
+import os, signal, sqlite3, subprocess, sys, threading, time
 
-from benchlib import build, dry_unreachable, fresh, gen_config
+from benchlib import build, dry_unreachable, fresh, gen_config, notify_socket
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
 d = fresh("bench-stop-during-start")
@@ -22,22 +22,15 @@ gen_config(conf, n, ledger, 1000)
 dry_unreachable(conf, d, 100)
 
 sock_path = os.path.join(d, "notify")
-note = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-note.bind(sock_path)
 ready = threading.Condition()
 readies = []
 
 
-def listen():
-    while True:
-        try:
-            msg = note.recv(4096).decode().split("\n")
-        except OSError:
-            return
-        if "READY=1" in msg:
-            with ready:
-                readies.append(time.monotonic())
-                ready.notify_all()
+def on_note(t, msg):
+    if "READY=1" in msg:
+        with ready:
+            readies.append(t)
+            ready.notify_all()
 
 
 def wait_ready(count, timeout=900):
@@ -79,7 +72,7 @@ def rows():
         db.close()
 
 
-threading.Thread(target=listen, daemon=True).start()
+notify_socket(sock_path, on_note)
 p, t0 = start()
 t_start = wait_ready(1) - t0
 # The reload of the same files: nothing changes, all of it is read and matched.
@@ -94,7 +87,8 @@ print(f"SIGTERM {t_reload / 2:6.2f} s into a reload:  exit after {secs * 1000:6.
 for share in (0.2, 0.5, 0.8):
     p, t0 = start()
     time.sleep(t_start * share)
-    assert not readies, "READY=1 before the signal"
+    # A start this short may be over before the signal: then it says so.
+    late = " (after READY=1: N is too small to tell)" if readies else ""
     secs, rc = stop(p)
     print(f"SIGTERM {t_start * share:6.2f} s into the start: exit after {secs * 1000:6.0f} ms, status {rc}, "
-          f"ledger: {rows()}")
+          f"ledger: {rows()}{late}")
