@@ -320,6 +320,12 @@ class Rig:
             assert all(n <= 1 for n in snap["delete_counts"].values()), snap["delete_counts"]
 
 
+def stderr_of(proc):
+    """What a background run (Rig.start) has written to stderr so far."""
+    with open(proc.stderr_path) as f:
+        return f.read()
+
+
 def wait_for(predicate, timeout=10.0, interval=0.005, what="condition"):
     """Polls until predicate() is truthy; returns its value or fails the test."""
     deadline = time.monotonic() + timeout

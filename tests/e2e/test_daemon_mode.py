@@ -6,12 +6,7 @@ import os
 import signal
 import time
 
-from conftest import EXIT, MSG, num, phone, pid, wait_for
-
-
-def stderr_of(proc):
-    with open(proc.stderr_path) as f:
-        return f.read()
+from conftest import EXIT, MSG, num, phone, pid, stderr_of, wait_for
 
 
 def test_second_daemon_on_the_same_ledger_is_refused(make_rig):

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import EXIT, MSG, num, phone, pid, wait_for
+from conftest import EXIT, MSG, num, phone, pid, stderr_of, wait_for
 
 HTML = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
 CALLS = ("list", "get", "delete")
@@ -265,11 +265,6 @@ def closed_port():
     s.bind(("127.0.0.1", 0))
     yield s.getsockname()[1]
     s.close()
-
-
-def stderr_of(proc):
-    with open(proc.stderr_path) as f:
-        return f.read()
 
 
 @pytest.mark.parametrize("by", ["number", "id"])

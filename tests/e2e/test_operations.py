@@ -10,12 +10,7 @@ import socket
 import subprocess
 import time
 
-from conftest import EXIT, MSG, RETIRECTL, RETIRED, child_env, num, phone, pid, spaced, wait_for
-
-
-def stderr_of(proc):
-    with open(proc.stderr_path) as f:
-        return f.read()
+from conftest import EXIT, MSG, RETIRECTL, RETIRED, child_env, num, phone, pid, spaced, stderr_of, wait_for
 
 
 def daemon(rig, *args, env=None):

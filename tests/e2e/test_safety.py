@@ -11,15 +11,10 @@ import time
 
 import pytest
 
-from conftest import EXIT, MSG, RETIRED, child_env, num, phone, pid, wait_for
+from conftest import EXIT, MSG, RETIRED, child_env, num, phone, pid, stderr_of, wait_for
 
 HTML_404 = {"status": 404, "body": "<html><body><h1>404 Not Found</h1>nginx</body></html>",
             "content_type": "text/html"}
-
-
-def stderr_of(proc):
-    with open(proc.stderr_path) as f:
-        return f.read()
 
 
 def stamp(t):

@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import time
 
-from conftest import EXIT, num, phone, pid, wait_for
+from conftest import EXIT, num, phone, stderr_of, wait_for
 
 N = 100_000
 PER_FILE = 1000
@@ -22,13 +22,8 @@ PER_FILE = 1000
 EXIT_WITHIN = 3.0 if os.environ.get("RETIRED_SANITIZED") else 1.0
 
 
-def stderr_of(proc):
-    with open(proc.stderr_path) as f:
-        return f.read()
-
-
 def write_dropins(folder, start, n):
-    """n declarations by number from 10,000,000 + start on, PER_FILE a file."""
+    """n declarations by number (+3492 and seven digits, from start on), PER_FILE a file."""
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
         os.unlink(os.path.join(folder, name))
