@@ -28,6 +28,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +38,12 @@ SYSTEMD = "/lib/systemd/systemd"
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = "sysbox.target"
 OVERLAID = ("etc", "var", "usr")
+# Top-level folders the box mounts over: a work dir there would be hidden
+# from the box, or would sit inside the overlay it serves as upper layer of.
+HIDDEN = ("tmp", "run", "dev", "proc", "sys") + OVERLAID
+# Where work dirs go when the project itself lives under one of HIDDEN.
+FALLBACK_PARENTS = ("/srv", "/opt", "/mnt", "/root", "/home")
+_said_parent = False
 # Units that must keep running: tests read the journal.
 KEEP = {"systemd-journald.service", "systemd-journald.socket", "systemd-journald-dev-log.socket"}
 # Masked on top of everything found in the stock *.wants/ folders: units that
@@ -144,6 +151,41 @@ def skip_reason():
     return None
 
 
+def _usable_parent(path):
+    """A folder can hold work dirs when the box does not replace it (see
+    SysBox) and we can write there."""
+    real = os.path.realpath(path)
+    return real.split("/")[1] not in HIDDEN and os.path.isdir(real) and os.access(real, os.W_OK)
+
+
+def default_parent():
+    """Where new work dirs go: $SYSBOX_PARENT if set, else build/ in the
+    project, else (a clone under /tmp, say, which the box hides behind its own
+    tmpfs) the first usable of FALLBACK_PARENTS.  The fallback is said on
+    stderr once, so that a kept work dir (SYSBOX_KEEP=1) can be found."""
+    global _said_parent
+    chosen = os.environ.get("SYSBOX_PARENT")
+    if chosen:
+        if not _usable_parent(chosen):
+            raise ValueError(f"SYSBOX_PARENT={chosen} is not a writable folder outside "
+                             f"/{', /'.join(HIDDEN)}")
+        return chosen
+    build = os.path.join(PROJECT, "build")
+    if _usable_parent(PROJECT):
+        os.makedirs(build, exist_ok=True)
+        return build
+    for parent in FALLBACK_PARENTS:
+        if _usable_parent(parent):
+            if not _said_parent:
+                sys.stderr.write(f"sysbox: {PROJECT} is under a folder the box replaces; "
+                                 f"work dirs go to {parent}/systest-* instead\n")
+                _said_parent = True
+            return parent
+    raise ValueError(f"no folder for the box's work dir: {PROJECT} and "
+                     f"{', '.join(FALLBACK_PARENTS)} are all hidden in the box or not writable; "
+                     "set SYSBOX_PARENT")
+
+
 class SysBoxError(RuntimeError):
     """The box died or cannot boot; wait_for() does not retry on it."""
 
@@ -230,22 +272,21 @@ def _join_cgroup(procs_file):
 class SysBox:
     """A private systemd booted in namespaces.  workdir: where the overlay
     layers and logs go; must not be under /tmp, /run, /dev, /etc, /var or /usr.
-    Default: a new build/systest-XXXX under the project, removed by stop()
+    Default: a new systest-XXXX under default_parent(), removed by stop()
     (unless keep=True or SYSBOX_KEEP=1 in the environment).
     dbus=True also runs the D-Bus system bus (for systemd-run, busctl...).
     shared_root=False skips `mount --make-rshared /` (only to show why it is needed)."""
 
     def __init__(self, workdir=None, *, dbus=False, shared_root=True, keep=None, systemd_args=()):
         if workdir is None:
-            os.makedirs(os.path.join(PROJECT, "build"), exist_ok=True)
-            workdir = tempfile.mkdtemp(prefix="systest-", dir=os.path.join(PROJECT, "build"))
+            workdir = tempfile.mkdtemp(prefix="systest-", dir=default_parent())
             self._own_workdir = True
         else:
             os.makedirs(workdir, exist_ok=True)
             self._own_workdir = False
         self.workdir = os.path.realpath(workdir)
         top = self.workdir.split("/")[1]
-        if top in ("tmp", "run", "dev", "proc", "sys") + OVERLAID:
+        if top in HIDDEN:
             raise ValueError(f"SysBox workdir must not be under /{top}: {self.workdir}")
         self.dbus = dbus
         self.shared_root = shared_root
@@ -312,6 +353,15 @@ class SysBox:
             os.mkdir(upper)
             os.chown(upper, st.st_uid if st else 0, st.st_gid if st else 0)
             os.chmod(upper, st.st_mode & 0o7777 if st else 0o755)
+
+    def share(self, host_path):
+        """A copy of a host file in the work dir, which the box sees at the
+        same path; returns that path.  For files the box must read by path
+        (a .deb for dpkg) that may live where the box cannot see them."""
+        dest = os.path.join(self.workdir, "shared", os.path.basename(host_path))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(host_path, dest)
+        return dest
 
     def install_unit(self, name, text):
         """Install /etc/systemd/system/NAME and daemon-reload if running."""

@@ -101,7 +101,7 @@ def pkg(request):
         # box's /usr overlay only.
         box.run("rm", "-f", "/usr/sbin/policy-rc.d")
         r = PkgRig(box, fake)
-        r.deb = os.path.join(DEB_DIR, f"retired_{version()}_{deb_arch()}.deb")
+        r.deb = box.share(os.path.join(DEB_DIR, f"retired_{version()}_{deb_arch()}.deb"))
         r.dpkg("-i", r.deb)
         yield r
         rep = getattr(request.node, "rep_call", None)
@@ -281,7 +281,7 @@ def test_upgrade_keeps_the_edited_config_and_the_ledger_and_restarts(pkg, upgrad
     pkg.wait_status(counts(scheduled=1, released=1))
     before = pkg.main_pid()
 
-    pkg.dpkg("-i", deb)
+    pkg.dpkg("-i", pkg.box.share(deb))
     assert box.run("dpkg-query", "-W", "-f=${Version}", "retired").stdout == new
     assert box.run("cat", CONF).stdout == edited
     assert box.run("sh", "-c", "ls /etc/retired/*.dpkg-* 2>/dev/null", check=False).stdout == ""

@@ -72,7 +72,7 @@ def box(host_before):
     b.install(f"{SCRIPTS}/notify.sh", NOTIFY_SH, mode=0o755)
     b.install(f"{SCRIPTS}/watchdog.sh", WATCHDOG_SH, mode=0o755)
     b.start(timeout=30)
-    print(f"\nsysbox booted in {b.boot_seconds:.2f}s ({b.boot_state})")
+    print(f"\nsysbox booted in {b.boot_seconds:.2f}s ({b.boot_state}), work dir {b.workdir}")
     yield b
     b.stop()
 
