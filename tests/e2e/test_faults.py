@@ -26,6 +26,13 @@ from conftest import EXIT, MSG, num, phone, pid, stderr_of, wait_for
 HTML = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
 CALLS = ("list", "get", "delete")
 TIMEOUT = 1.0   # api.timeout for every case here: the minimum the config accepts
+# ... but for a huge body, which must be refused for its size, not cut short by
+# the timeout: 4 MiB from the fake can take longer than 1 s on a loaded machine.
+HUGE_TIMEOUT = 10.0
+
+
+def timeout_for(fault):
+    return HUGE_TIMEOUT if fault == "huge" else TIMEOUT
 
 # Method and script key of each call; the declaration that makes the daemon use it:
 # a number is resolved through the list, an id is looked at with one GET.
@@ -130,7 +137,7 @@ def test_fault_once_then_released(make_rig, call, fault):
     rig.fake.script(script_key(call), METHOD[call], [answer])
     # Phone 2 is declared the same way: a bystander the fault must not hold back.
     decl = declare(call) + ([{"number": num(2)}] if call == "list" else [{"id": pid(2)}])
-    rig.write_config(decl, api={"timeout": TIMEOUT})
+    rig.write_config(decl, api={"timeout": timeout_for(fault)})
     run = rig.run()
 
     assert run.rc == 0, run
@@ -202,7 +209,7 @@ def test_fault_every_time_ends_failed(make_rig, call, fault):
         reason = r"HTTP 200"      # a DELETE's body is not read: a 200 is not its documented 204
     rig = make_rig([phone(1)])
     rig.fake.script(script_key(call), METHOD[call], [answer] * 50)
-    rig.write_config(declare(call), api={"timeout": TIMEOUT}, retry={"max_attempts": 3})
+    rig.write_config(declare(call), api={"timeout": timeout_for(fault)}, retry={"max_attempts": 3})
     run = rig.run()
 
     assert run.rc == EXIT["operator"], run
@@ -241,7 +248,7 @@ def test_listing_failing_every_time_is_no_verdict(make_rig, fault):
     answer, reason = PERSISTENT[fault]
     rig = make_rig([phone(1)])
     rig.fake.script("list", "GET", [answer] * 50)
-    rig.write_config(declare("list"), api={"timeout": TIMEOUT}, retry={"max_attempts": 3})
+    rig.write_config(declare("list"), api={"timeout": timeout_for(fault)}, retry={"max_attempts": 3})
     run = rig.run()
 
     assert run.rc == 1, run
