@@ -11,7 +11,7 @@ PYTHON     := /usr/bin/python3
 PKGS       := libcurl libconfig sqlite3 libsystemd libcrypto
 DEB_BUILD  := gcc make pkg-config libcurl4-openssl-dev libconfig-dev \
               libsqlite3-dev libsystemd-dev libcmocka-dev libssl-dev
-DEB_TEST   := python3 python3-pytest sqlite3 curl openssl systemd \
+DEB_TEST   := python3 python3-pytest python3-pytest-xdist sqlite3 curl openssl systemd \
               util-linux iproute2 time bc clang libclang-rt-14-dev valgrind
 # What `make deb` and `make lintian` need beyond the build.
 DEB_PKG    := build-essential dpkg-dev debhelper lintian
@@ -34,7 +34,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps check test demo install uninstall deb lintian clean unit valgrind fuzz bench torture
+.PHONY: all deps check check-fast unit-build test demo install uninstall deb lintian clean unit valgrind fuzz bench torture
 
 all: $(BUILD)/retired $(BUILD)/retirectl
 
@@ -90,6 +90,8 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAE
 	@echo "  CCLD    $<"
 	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm
 
+unit-build: $(UNIT_BIN)
+
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
 
@@ -108,23 +110,21 @@ test: all
 	 $(PYTEST) tests/system; s=$$?; \
 	 test $$u = 0 -a $$f = 0 -a $$e = 0 -a $$s = 0
 
-# make check: the suite plain and with ASan+UBSan, the happy path under
-# valgrind, the fuzzers' saved inputs and a few seconds of each fuzzer.
-# make check SANITIZE=1: the suite with ASan+UBSan only.
+# make check: every stage (the package, the suites plain and with
+# ASan+UBSan, the demo under valgrind, the fuzzers), side by side where they
+# can be; tests/check.py says how, and prints each stage's time.
+# make check-fast: the edit loop (build, unit, the fake, e2e).
+# make check SANITIZE=1: the sanitized stages only.
 ifeq ($(SANITIZE),1)
-export RETIRED_SANITIZED := 1
 check: deps
-	@$(MAKE) --no-print-directory test SANITIZE=1
+	@$(PYTHON) tests/check.py unit-san e2e-san system-san
 else
 check: deps
-	@$(MAKE) --no-print-directory deb lintian; d=$$?; \
-	 $(MAKE) --no-print-directory test; a=$$?; \
-	 $(MAKE) --no-print-directory test SANITIZE=1; b=$$?; \
-	 $(MAKE) --no-print-directory valgrind; v=$$?; \
-	 $(MAKE) --no-print-directory fuzz-crashes fuzz-smoke; f=$$?; \
-	 echo "check: package $$d, plain $$a, sanitizers $$b, valgrind $$v, fuzzers $$f (0 = passed)"; \
-	 test $$d = 0 -a $$a = 0 -a $$b = 0 -a $$v = 0 -a $$f = 0
+	@$(PYTHON) tests/check.py
 endif
+
+check-fast: deps
+	@$(PYTHON) tests/check.py --fast
 
 # The main job (the demo) with retired under valgrind memcheck: no error, no leak.
 valgrind: all

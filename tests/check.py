@@ -1,0 +1,138 @@
+#!/usr/bin/python3
+"""make check and make check-fast: every stage, side by side where it can be.
+
+    tests/check.py            # what `make check` runs (CI, through .ci/run)
+    tests/check.py --fast     # `make check-fast`: the edit loop
+    tests/check.py e2e fuzz   # some stages only (and what they need)
+
+Each stage is one command with the stages it needs; a stage starts as soon as
+those have passed, so the builds, the package, the plain and the sanitized
+suites and the fuzzers overlap.  Most of a suite's time is spent waiting on
+the daemon's timers, not on the CPU, which is why they can share two cores.
+Every stage runs even when another one fails (a stage whose prerequisite
+failed is reported as not run); the exit code is 0 only when all passed.
+Each stage's output goes to build/check/STAGE.log; a failed stage's tail is
+printed, and the closing table gives each stage's time in this run.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOGS = os.path.join(TOP, "build", "check")
+PY = "/usr/bin/python3"
+MAKE = ["make", "--no-print-directory"]
+# pytest workers: the e2e tests wait on timers far more than they compute,
+# so more workers than cores; the system tests each boot a systemd.
+E2E_WORKERS = os.environ.get("CHECK_E2E_WORKERS", "6")
+SYSTEM_WORKERS = os.environ.get("CHECK_SYSTEM_WORKERS", "3")
+
+
+def pytest(path, workers=None):
+    argv = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15"]
+    if workers:
+        argv += ["-n", workers]
+    return argv + [path]
+
+
+SAN = {"RETIRED_BUILD": os.path.join(TOP, "build-san"), "RETIRED_SANITIZED": "1"}
+
+# name: (argv, needs, extra environment, what it shows)
+STAGES = {
+    "build":      (MAKE + ["-j2", "all", "unit-build"], [], {}, "retired, retirectl, the unit tests"),
+    "build-san":  (MAKE + ["-j2", "SANITIZE=1", "all", "unit-build"], [], {}, "the same with ASan+UBSan"),
+    "build-fuzz": (MAKE + ["-j2", "fuzz-build"], [], {}, "the libFuzzer harnesses"),
+    "package":    (MAKE + ["deb", "lintian"], [], {}, "the .deb (its build runs the unit tests), lintian"),
+    "unit":       (MAKE + ["unit"], ["build"], {}, "cmocka: config, ledger, plan, decision tables, pacer"),
+    "unit-san":   (MAKE + ["unit", "SANITIZE=1"], ["build-san"], {}, "the same, sanitized"),
+    "fake":       (pytest("tests/fake-diga"), [], {}, "the fake Diga API's own tests"),
+    "e2e":        (pytest("tests/e2e", E2E_WORKERS), ["build"], {}, "retired against the fake"),
+    "e2e-san":    (pytest("tests/e2e", E2E_WORKERS), ["build-san"], SAN, "the same, sanitized"),
+    "system":     (pytest("tests/system", SYSTEM_WORKERS), ["build", "package"], {"SYSBOX_REQUIRED": "1"},
+                   "the unit and the package under a private systemd"),
+    "system-san": (pytest("tests/system", SYSTEM_WORKERS), ["build-san"], dict(SAN, SYSBOX_REQUIRED="1"),
+                   "the unit, sanitized"),
+    "valgrind":   (MAKE + ["valgrind"], ["build"], {}, "the demo under memcheck"),
+    "fuzz":       (MAKE + ["fuzz-crashes", "fuzz-smoke"], ["build-fuzz"], {}, "saved crashes, 5 s of each harness"),
+}
+FAST = ["build", "unit", "fake", "e2e"]
+
+
+def closure(names):
+    out = []
+    for n in names:
+        for dep in closure(STAGES[n][1]):
+            if dep not in out:
+                out.append(dep)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fast", action="store_true", help="only " + ", ".join(FAST))
+    ap.add_argument("stages", nargs="*", help="stages to run (default: all)")
+    args = ap.parse_args()
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        ap.error("no such stage: %s (stages: %s)" % (", ".join(unknown), ", ".join(STAGES)))
+    wanted = closure(args.stages or (FAST if args.fast else list(STAGES)))
+    os.makedirs(LOGS, exist_ok=True)
+    # The box's and the tests' own processes must not inherit a make jobserver.
+    base_env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    t0 = time.monotonic()
+    running, result, spent = {}, {}, {}
+    while len(result) < len(wanted):
+        for name in wanted:
+            if name in running or name in result:
+                continue
+            needs = STAGES[name][1]
+            if any(result.get(d) not in (None, 0) for d in needs):
+                result[name] = None            # not run: a prerequisite failed
+                print("check: %-10s not run (%s failed)" % (name, ", ".join(
+                    d for d in needs if result.get(d) not in (None, 0))), flush=True)
+                continue
+            if all(result.get(d) == 0 for d in needs):
+                argv, _, env, _ = STAGES[name]
+                log = open(os.path.join(LOGS, name + ".log"), "w")
+                running[name] = (subprocess.Popen(argv, cwd=TOP, stdout=log, stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL, env=dict(base_env, **env)),
+                                 time.monotonic(), log)
+                print("check: %-10s started at %4.0f s" % (name, time.monotonic() - t0), flush=True)
+        if not running:
+            continue
+        pid, status = os.wait()
+        for name, (proc, start, log) in list(running.items()):
+            if proc.pid == pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                log.close()
+                del running[name]
+                result[name], spent[name] = proc.returncode, time.monotonic() - start
+                print("check: %-10s %s in %4.0f s" % (name, "passed" if proc.returncode == 0 else
+                                                      "FAILED (%d)" % proc.returncode, spent[name]),
+                      flush=True)
+                if proc.returncode != 0:
+                    with open(os.path.join(LOGS, name + ".log"), errors="replace") as f:
+                        tail = f.read()[-6000:]
+                    print("---- end of build/check/%s.log ----\n%s\n----" % (name, tail), flush=True)
+
+    total = time.monotonic() - t0
+    print("\n| stage | what it shows | seconds | result |\n|---|---|---|---|")
+    for name in wanted:
+        r = result[name]
+        print("| %s | %s | %s | %s |" % (name, STAGES[name][3], "%.0f" % spent[name] if name in spent else "-",
+                                         "passed" if r == 0 else "not run" if r is None else "FAILED"))
+    print("| all | side by side | %.0f | |" % total)
+    failed = [n for n in wanted if result[n] != 0]
+    # The closing line CI reads.
+    print("check: %d passed, %d failed" % (len(wanted) - len(failed), len(failed)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
