@@ -446,6 +446,8 @@ void diga_drop_queued(Diga *d) {
 }
 
 void diga_hold(Diga *d, usec_t until) {
+        log_debug("hold at %.6f until %.6f", usec_to_sec((int64_t) now(CLOCK_MONOTONIC)),
+                  usec_to_sec((int64_t) until));
         pacer_hold(&d->pacer, until);
         dispatch(d);
 }

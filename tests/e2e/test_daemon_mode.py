@@ -34,7 +34,9 @@ def test_not_before_falls_due_while_running(make_rig):
     wait_for(lambda: rig.deletes(pid(1)), timeout=10, what="the DELETE at not_before")
     d = rig.deletes(pid(1))[0]
     assert d["wall"] >= due, "released %.3f s before not_before" % (due - d["wall"])
-    assert d["wall"] < due + 1.5, "released %.3f s after not_before" % (d["wall"] - due)
+    # Late only by the machine's load: a daemon that waited for its next pass
+    # or resync instead of a timer at not_before would be minutes late.
+    assert d["wall"] < due + 8, "released %.3f s after not_before" % (d["wall"] - due)
     # Nothing looked at phone 1 between the start and its time (no polling).
     early = [e for e in rig.fake.log if e["phone_id"] == pid(1) and e["wall"] < due]
     assert early == []

@@ -32,13 +32,14 @@ def max_overlap(log):
 
 
 # The bucket bounds when the daemon *sends*: exactly, but for the rounding of
-# the times it logs.  The fake records when a request *arrives* (accept, a
-# handler thread, parsing), and that delay varies from one request to the next:
-# by 11 ms, then 23 ms, under the sanitizers on a busy machine (2.3 requests
-# over the bound at rate 100).  So the arrivals are allowed one request, and
-# what the rate sends in 50 ms; the exact bound is the one as sent.
+# the times it logs (its debug log, on CLOCK_MONOTONIC).  When a request
+# *arrives* at the fake (accept, a handler thread, parsing) depends on the
+# machine's load: by tens of milliseconds on a busy one, so a bound on
+# arrivals would judge the machine.  What the arrivals do show, whatever the
+# load, is that no call left before it was counted: the k-th arrival (the
+# fake's clock is CLOCK_MONOTONIC too) is never earlier than the k-th send.
 SENT_SLACK = 0.001
-ARRIVAL_SPREAD = 0.050
+CLOCK_ROUNDING = 0.000002
 DEBUG = {"RETIRED_LOG_LEVEL": "debug"}
 
 
@@ -46,13 +47,19 @@ def sent_times(run):
     return [float(t) for t in re.findall(r"^retired: start \S+ \S+ at ([0-9.]+)", run.stderr, re.M)]
 
 
+def holds(run):
+    """(from, until) of each hold of every call the daemon made (Retry-After)."""
+    return [(float(a), float(b)) for a, b in
+            re.findall(r"^retired: hold at ([0-9.]+) until ([0-9.]+)", run.stderr, re.M)]
+
+
 def assert_paced(run, log, rate, burst):
     sent = sent_times(run)
     assert len(sent) == len(log), "%d calls logged as sent, %d arrived" % (len(sent), len(log))
     excess, where = max_window_excess(sent, rate, burst)
     assert excess <= SENT_SLACK, "window %s has %.3f calls over rate*dt+burst as sent" % (where, excess)
-    excess, where = max_window_excess([e["t"] for e in log], rate, burst)
-    assert excess <= 1 + rate * ARRIVAL_SPREAD, "window %s has %.2f requests over rate*dt+burst" % (where, excess)
+    for k, (s, a) in enumerate(zip(sorted(sent), sorted(e["t"] for e in log))):
+        assert a >= s - CLOCK_ROUNDING, "arrival %d came %.6f s before its send was counted" % (k, s - a)
 
 
 @pytest.mark.parametrize("rate,burst,conc,latency", [(20.0, 5, 8, 0.05), (100.0, 5, 8, 0.01)])
@@ -71,9 +78,10 @@ def test_rate_and_burst_list_mode(make_rig, rate, burst, conc, latency):
     assert len(rig.deletes()) == n
     rig.assert_exactly_once(one_delete=True)
     assert max_overlap(log) <= conc
-    # No faster on average than the bucket allows, and not needlessly slow.
-    span = max(e["t"] for e in log) - min(e["t"] for e in log)
-    assert (len(log) - burst - 1) / rate <= span <= (len(log) - burst) / rate * 1.5 + 1, span
+    # No faster on average than the bucket allows.  (Not needlessly slow
+    # either, but that is a speed, measured by tests/bench/release.py.)
+    sent = sent_times(run)
+    assert max(sent) - min(sent) >= (len(log) - burst - 1) / rate
     assert_paced(run, log, rate, burst)
 
 
@@ -111,18 +119,21 @@ def test_429_slows_down_and_completes(make_rig):
     rig = make_rig([phone(i) for i in range(1, n + 1)], rate_limit=10, rate_burst=4)
     rig.write_config([{"number": num(i)} for i in range(1, n + 1)],
                      pace={"rate": 40.0, "burst": 10, "concurrency": 4}, retry={"max_attempts": 8})
-    run = rig.run(timeout=30)
+    run = rig.run(timeout=30, env=DEBUG)
     assert run.rc == 0, run
     log = rig.fake.log
     statuses = [e["status"] for e in log]
     assert 429 in statuses
     # Retry-After (whole seconds, at least 1 here) holds every call, not just the
-    # refused one: nothing new arrives in the second after a 429 was answered
-    # (50 ms of grace for requests already on their way).
-    for e in log:
-        if e["status"] == 429:
-            early = [x for x in log if e["t_reply"] + 0.05 < x["t"] < e["t_reply"] + 0.95]
-            assert not early, "%d requests within 1 s of a 429 with Retry-After" % len(early)
+    # refused one: from the moment the daemon read a 429, nothing leaves for
+    # the second it asked for (by the daemon's own clock, whatever the load).
+    held = holds(run)
+    assert len(held) == statuses.count(429), (held, statuses)
+    sent = sent_times(run)
+    for start, until in held:
+        assert until - start >= 0.999, (start, until)
+        early = [s for s in sent if start < s < until]
+        assert not early, "%d calls sent within the hold %.3f..%.3f" % (len(early), start, until)
     assert {r["state"] for r in rig.list().values()} == {"scheduled"}
     rig.assert_exactly_once()
     assert len(rig.fake.release_counts) == n

@@ -526,13 +526,15 @@ def test_stop_is_clean_and_waits_for_calls_in_flight(rig):
     rig.box.wait_for(lambda: rig.deletes(19) == 1, 10, interval=0.05, what="the DELETE to arrive")
     assert rig.phone(num(19))["state"] == "in_flight"
 
-    t0 = time.monotonic()
+    # Timed from the DELETE's arrival at the fake (the same monotonic clock):
+    # on a loaded machine the test may see the arrival late.
+    arrived = [e["t"] for e in rig.fake.log if e["method"] == "DELETE"][0]
     rig.box.systemctl("stop", UNIT)
-    took = time.monotonic() - t0
+    took = time.monotonic() - arrived
     props = rig.props("ActiveState", "SubState", "Result", "ExecMainCode", "ExecMainStatus", "NRestarts")
     assert props == {"ActiveState": "inactive", "SubState": "dead", "Result": "success",
                      "ExecMainCode": "1", "ExecMainStatus": "0", "NRestarts": "0"}, props  # 1: CLD_EXITED
-    assert delay - 0.5 < took < 30, took  # waited for the answer, well within TimeoutStopSec=90s
+    assert delay - 0.1 < took < 30, took  # waited for the answer, well within TimeoutStopSec=90s
     exited, = rig.entries("_PID=1", "EXIT_CODE=exited")  # PID 1's own record of the exit
     assert (exited["EXIT_STATUS"], exited["INVOCATION_ID"]) == ("0", rig.props("InvocationID")["InvocationID"])
     # The call in flight was waited for and recorded; nothing new was sent.
