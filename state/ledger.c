@@ -137,8 +137,11 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
 };
 
 int sqlite_to_errno(int rc) {
+        /* Only these: SQLITE_OK has extended codes too (SQLITE_OK_SYMLINK),
+         * and an answer no caller expects is no success. */
+        if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE)
+                return 0;
         switch (rc & 0xff) {
-        case SQLITE_OK: return 0;
         case SQLITE_BUSY: case SQLITE_LOCKED: return -EBUSY;
         case SQLITE_NOMEM: return -ENOMEM;
         case SQLITE_READONLY: case SQLITE_PERM: case SQLITE_AUTH: return -EACCES;
@@ -165,7 +168,7 @@ static int user_version(sqlite3 *db, int *ret) {
         if (rc == SQLITE_ROW)
                 *ret = sqlite3_column_int(st, 0);
         (void) sqlite3_finalize(st);
-        return rc == SQLITE_ROW ? 0 : sqlite_to_errno(rc);
+        return rc == SQLITE_ROW ? 0 : sqlite_row_errno(rc);
 }
 
 static int migrate(Ledger *l, const char *path, char **error) {
@@ -481,7 +484,7 @@ static int query_int(Ledger *l, const char *sql, int64_t *ret, int n, ...) {
         va_end(ap);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
+                return sqlite_row_errno(rc);
         if (sqlite3_column_type(st, 0) == SQLITE_NULL)
                 return -ENOENT;
         *ret = sqlite3_column_int64(st, 0);
@@ -556,7 +559,7 @@ int ledger_due_count(Ledger *l, const DueQuery *q, uint64_t ret[static _DUE_MAX]
         (void) sqlite3_bind_int64(st, 3, q->due_now);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
+                return sqlite_row_errno(rc);
         ret[DUE_LOOKS] = (uint64_t) sqlite3_column_int64(st, 0);
         ret[DUE_BY_ID] = (uint64_t) sqlite3_column_int64(st, 1);
         ret[DUE_BY_NUMBER] = (uint64_t) sqlite3_column_int64(st, 2);
@@ -587,7 +590,7 @@ int ledger_knows_phone(Ledger *l, const char *id, const char *number) {
         (void) sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         (void) sqlite3_bind_text(st, 2, number, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
-        r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : sqlite_to_errno(rc);
+        r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : sqlite_row_errno(rc);
         (void) sqlite3_reset(st);
         return r;
 }
