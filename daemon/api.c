@@ -285,6 +285,10 @@ int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **
                         r = skip(&p, i, bad);
                 i++;
         }
+        /* A step that fails mid-page fails the page: the phones after it
+         * would look absent from the account. */
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = -ENOMEM;
         (void) sqlite3_reset(a->items);
         (void) sqlite3_clear_bindings(a->items);
         if (r < 0)
