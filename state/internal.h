@@ -11,10 +11,6 @@
 static inline void finalizep(sqlite3_stmt **st) { (void) sqlite3_finalize(*st); }
 #define _cleanup_stmt_ _cleanup_(finalizep)
 
-/* -errno for an SQLite result code; 0 for SQLITE_OK, SQLITE_ROW and SQLITE_DONE. */
-int sqlite_to_errno(int rc);
-/* The same for a step that must give a row: none is an error too. */
-static inline int sqlite_row_errno(int rc) { return rc == SQLITE_DONE ? -ENODATA : sqlite_to_errno(rc); }
 
 /* Statements asked often enough to keep prepared for the connection's life. */
 typedef enum LedgerStmt {

@@ -155,6 +155,10 @@ int sqlite_to_errno(int rc) {
         }
 }
 
+int sqlite_row_errno(int rc) {
+        return rc == SQLITE_DONE ? -ENODATA : sqlite_to_errno(rc);
+}
+
 int ledger_exec(Ledger *l, const char *sql) {
         return sqlite_to_errno(sqlite3_exec(l->db, sql, NULL, NULL, NULL));
 }

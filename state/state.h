@@ -31,6 +31,12 @@ typedef enum PhoneState {
 const char *state_to_string(PhoneState s);
 PhoneState state_from_string(const char *s);
 
+/* -errno for an SQLite result code; 0 for SQLITE_OK, SQLITE_ROW and
+ * SQLITE_DONE.  Public: daemon/api.c reads JSON with SQLite too. */
+int sqlite_to_errno(int rc);
+/* The same for a step that must give a row: none (SQLITE_DONE) is -ENODATA. */
+int sqlite_row_errno(int rc);
+
 typedef struct Ledger Ledger;
 
 typedef enum LedgerMode {

@@ -93,48 +93,96 @@ int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flag
 #define PHONE(i) "{\"id\":\"00000000-05e7-4bed-8000-00000000000" #i "\",\"number\":\"+3491000000" #i "\"," \
                  "\"status\":\"assigned\",\"telephony_provider\":\"netelip\",\"scheduled_release_at\":null}"
 
-/* A fault anywhere in the page fails it whole: a page cut short would make
- * the phones after the cut look absent from the account. */
-static void test_parse_page(void **state) {
-        static const char body[] = "{\"data\":[" PHONE(1) "," PHONE(2) "," PHONE(3) "," PHONE(4) "," PHONE(5) "],"
-                                   "\"has_more\":false}";
+static const char page[] = "{\"data\":[" PHONE(1) "," PHONE(2) "," PHONE(3) "," PHONE(4) "," PHONE(5) "],"
+                           "\"has_more\":false}";
+static const char phone[] = PHONE(1);
+
+/* Each of the API's parsers and api_new() with its Nth call failed, every
+ * code and every N in turn: the fault, not the body, is reported, with its
+ * errno, and nothing is handed out.  A fault anywhere in a page fails it
+ * whole: a page cut short would make the phones after the cut look absent
+ * from the account. */
+static int parse_once(Api *api, int what, size_t *ret_n) {
+        _cleanup_free_ char *why = NULL;
+        PhonePage p = {};
+        RemotePhone ph = {};
+        int r;
+
+        if (what == 0) {
+                r = api_parse_page(api, page, sizeof page - 1, &p, &why);
+                *ret_n = p.n;
+                assert_true(r >= 0 || !p.phones);
+                phone_page_done(&p);
+        } else {
+                r = api_parse_phone(api, phone, sizeof phone - 1, &ph, &why);
+                *ret_n = ph.id[0] != 0;
+                remote_phone_done(&ph);
+        }
+        /* *why is for a bad body only. */
+        assert_true(r == 0 || !why);
+        return r;
+}
+
+static void test_parse(void **state) {
+        static const char *const names[] = { "api_parse_page", "api_parse_phone" };
+        static const size_t want[] = { 5, 1 };
         Api *api = NULL;
-        unsigned points = 0;
 
         assert_int_equal(api_new(&api), 0);
+        for (int what = 0; what < 2; what++) {
+                unsigned points = 0;
+
+                for (size_t c = 0; c < ELEMENTSOF(codes); c++)
+                        for (unsigned n = 1;; n++) {
+                                size_t got;
+                                int r;
+
+                                fault_arm(n, codes[c].code);
+                                r = parse_once(api, what, &got);
+                                if (!fault_disarm()) {
+                                        assert_int_equal(r, 0);
+                                        assert_int_equal(got, want[what]);
+                                        points = n - 1;
+                                        break;
+                                }
+                                assert_int_equal(r, codes[c].error);
+                                assert_int_equal(got, 0);
+                                /* Retried with no fault, the same Api reads it whole. */
+                                assert_int_equal(parse_once(api, what, &got), 0);
+                                assert_int_equal(got, want[what]);
+                        }
+                print_message("  %s: %u calls failed in turn, %zu codes each\n", names[what], points,
+                              ELEMENTSOF(codes));
+        }
+        api_free(api);
+}
+
+static void test_api_new(void **state) {
+        unsigned points = 0;
+
         for (size_t c = 0; c < ELEMENTSOF(codes); c++)
                 for (unsigned n = 1;; n++) {
-                        PhonePage p = {};
-                        char *why = NULL;
+                        Api *api = NULL;
                         int r;
 
                         fault_arm(n, codes[c].code);
-                        r = api_parse_page(api, body, sizeof body - 1, &p, &why);
+                        r = api_new(&api);
                         if (!fault_disarm()) {
                                 assert_int_equal(r, 0);
-                                assert_int_equal(p.n, 5);
-                                phone_page_done(&p);
+                                api_free(api);
                                 points = n - 1;
                                 break;
                         }
-                        assert_true(r < 0);
-                        assert_int_equal(p.n, 0);
-                        assert_null(p.phones);
-                        free(why);
-                        why = NULL;
-
-                        assert_int_equal(api_parse_page(api, body, sizeof body - 1, &p, &why), 0);
-                        assert_int_equal(p.n, 5);
-                        assert_null(why);
-                        phone_page_done(&p);
+                        assert_int_equal(r, codes[c].error);
+                        assert_null(api);
                 }
-        print_message("  api_parse_page: %u calls failed in turn, with %zu codes each\n", points, ELEMENTSOF(codes));
-        api_free(api);
+        print_message("  api_new: %u calls failed in turn, %zu codes each\n", points, ELEMENTSOF(codes));
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_parse_page),
+                cmocka_unit_test(test_parse),
+                cmocka_unit_test(test_api_new),
         };
 
         return cmocka_run_group_tests_name("test-faults", tests, NULL, NULL);
