@@ -9,6 +9,7 @@
 
 #include "unit.h"
 
+#include <inttypes.h>
 #include <malloc.h>
 #include <sqlite3.h>
 
@@ -191,16 +192,19 @@ static void test_api_new(void **state) {
 
 /* ---- the ledger: its invariants ---------------------------------------- */
 
-#define ROWS 160
+#define ROWS 64
 
 typedef struct Fixture {
         char *dir, *conf, *path;
         Ledger *l;
         Plan *plan;
         unsigned next;                  /* the row the next try takes, from 1 */
-        Phone phone;                    /* that row, as the engine would hold it */
+        Phone phone;                    /* that row, as the engine holds it */
+        int64_t history;                /* its history lines before the try */
         Outcome outcome;                /* what the engine decided for it */
-        size_t history;                 /* its history lines before the try */
+        RemotePhone seen;               /* what the look it decided on saw */
+        const char *method;             /* and the call, if any */
+        int status;
         bool in_flight[ROWS + 1];       /* by pk: left in_flight by an operation that succeeded */
 } Fixture;
 
@@ -220,13 +224,25 @@ static void fixture_open(Fixture *f) {
         assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
 }
 
-static Fixture *fixture_new(void) {
+/* A ledger of its own: empty, or a copy of the file `from`. */
+static Fixture *fixture_new(const char *from) {
         Fixture *f = calloc(1, sizeof(Fixture));
 
         assert_non_null(f);
         f->dir = fast_tmpdir();
         f->conf = path_join(f->dir, "retired.conf");
         f->path = path_join(f->dir, "ledger.db");
+        if (from) {
+                _cleanup_free_ char *data = NULL;
+                size_t size;
+                FILE *out;
+
+                data = read_all(from, &size);
+                out = fopen(f->path, "we");
+                assert_non_null(out);
+                assert_int_equal(fwrite(data, 1, size, out), size);
+                assert_int_equal(fclose(out), 0);
+        }
         fixture_open(f);
         f->next = 1;
         return f;
@@ -443,14 +459,28 @@ static void move(Fixture *f, const char *what, PhoneState from, PhoneState to) {
 static const char plan_text[] = SAFETY "releases = (" DECL(3) DECL(5) DECL(6) DECL(7) DECL(8) DECL(9)
                                 "{ number = \"" NUM(4) "\"; reason = \"changed\"; } );\n";
 
+static const char base_text[] = SAFETY "releases = (" DECL(1) DECL(2) DECL(3) DECL(4) LAST(5) ");\n";
+
+/* The ledger each try starts from is built once, then copied: a fresh one
+ * per try cost most of the loop. */
+static Fixture *base;
+
 static void reload_prepare(Fixture **f) {
+        if (!base) {
+                base = fixture_new(NULL);
+                sync_to(base, SAFETY "releases = (" DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(8) LAST(9) ");\n");
+                move(base, NUM(2), STATE_PENDING, STATE_IN_FLIGHT);
+                move(base, NUM(9), STATE_PENDING, STATE_IN_FLIGHT);
+                sync_to(base, base_text);
+                base->in_flight[pk_of(base, NUM(9))] = false;
+                /* Closing the last connection folds the WAL into the file. */
+                base->l = ledger_close(base->l);
+        }
         fixture_free(*f);
-        *f = fixture_new();
-        sync_to(*f, SAFETY "releases = (" DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(8) LAST(9) ");\n");
-        move(*f, NUM(2), STATE_PENDING, STATE_IN_FLIGHT);
-        move(*f, NUM(9), STATE_PENDING, STATE_IN_FLIGHT);
-        sync_to(*f, SAFETY "releases = (" DECL(1) DECL(2) DECL(3) DECL(4) LAST(5) ");\n");
-        (*f)->in_flight[pk_of(*f, NUM(9))] = false;
+        *f = fixture_new(base->path);
+        memcpy((*f)->in_flight, base->in_flight, sizeof base->in_flight);
+        /* The declarations in force, as a daemon that started on them has. */
+        sync_to(*f, base_text);
 }
 
 static void plan_prepare(Fixture **f) {
@@ -512,6 +542,8 @@ static void test_plan_apply(void **state) {
 
         fault_loop(&f, &(Op) { "plan_apply", plan_prepare, plan_run, plan_done, NULL, true });
         fixture_free(f);
+        fixture_free(base);
+        base = NULL;
 }
 
 /* A reload as the daemon makes it: the declarations loaded into the ledger's
@@ -521,6 +553,232 @@ static void test_reload(void **state) {
 
         fault_loop(&f, &(Op) { "reload (load, plan, apply)", reload_prepare, reload_run, reload_applied,
                                reload_failed, true });
+        fixture_free(f);
+        fixture_free(base);
+        base = NULL;
+}
+
+/* ---- the in_flight commit, and recording an outcome ---------------------- */
+
+/* Each try takes a row of its own, in the state the operation starts from,
+ * on a connection opened anew (the statements it keeps prepared too). */
+#define ID_FMT "00000000-0000-4000-8000-%012u"
+
+static int64_t history_of(Fixture *f, int64_t pk) {
+        _cleanup_free_ char *sql = NULL, *n = NULL;
+
+        assert_true(asprintf(&sql, "SELECT count(*) FROM history WHERE phone = %" PRId64, pk) >= 0);
+        n = query_text(f->l, sql);
+        return strtoll(n, NULL, 10);
+}
+
+static void reread(Fixture *f) {
+        _cleanup_free_ char *key = strdup(f->phone.key);
+
+        assert_non_null(key);
+        phone_done(&f->phone);
+        assert_int_equal(ledger_find(f->l, key, &f->phone), 0);
+        f->history = history_of(f, f->phone.pk);
+}
+
+static void take_row(Fixture **f) {
+        char id[UUID_STRING_LEN + 1];
+
+        if (!*f) {
+                _cleanup_free_ char *text = NULL;
+                size_t size = 0;
+                FILE *m = open_memstream(&text, &size);
+
+                assert_non_null(m);
+                fputs(SAFETY "releases = (", m);
+                for (unsigned i = 1; i <= ROWS; i++)
+                        fprintf(m, "%s{ id = \"" ID_FMT "\"; }", i > 1 ? ", " : "", i);
+                fputs(");\n", m);
+                assert_int_equal(fclose(m), 0);
+                *f = fixture_new(NULL);
+                sync_to(*f, text);
+        } else {
+                ledger_close((*f)->l);
+                fixture_open(*f);
+        }
+        assert_true((*f)->next <= ROWS);
+        snprintf(id, sizeof id, ID_FMT, (*f)->next++);
+        phone_done(&(*f)->phone);
+        assert_int_equal(ledger_find((*f)->l, id, &(*f)->phone), 0);
+        (*f)->history = history_of(*f, (*f)->phone.pk);
+}
+
+static World world_now(void) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+
+        return (World) { .now = t, .due_now = t, .max_attempts = 5, .base_delay = USEC_PER_SEC,
+                         .max_delay = 60 * USEC_PER_SEC, .jitter = 0.5 };
+}
+
+static Row row_of(const Phone *p) {
+        return (Row) {
+                .state = p->state, .key = p->key, .id = p->id, .number = p->number,
+                .not_before = p->not_before > p->hold_until ? p->not_before : p->hold_until,
+                .attempts = p->attempts, .sent_at = p->sent_at, .look_after = p->sent_at,
+                .provider = p->provider, .last_error = p->last_error,
+        };
+}
+
+/* As the engine's delete_start(): right before the DELETE leaves, the row
+ * goes in_flight with the time it leaves. */
+static int send_run(Fixture *f) {
+        const Phone *p = &f->phone;
+        Row row = row_of(p);
+        World w = world_now();
+        Outcome o;
+
+        assert_true(reconcile_send(&row, &w, &o));
+        return ledger_update(f->l, &(LedgerUpdate) {
+                .pk = p->pk, .from = p->state, .to = STATE_IN_FLIGHT, .version = p->version, .due_by = w.due_now,
+                .sent_at = o.sent_at, .next_at = o.next_at, .attempts = (int) p->attempts,
+                .id = p->id, .provider = p->provider, .api_number = p->api_number, .detail = o.detail,
+        });
+}
+
+static void send_done(Fixture *f) {
+        reread(f);
+        assert_int_equal(f->phone.state, STATE_IN_FLIGHT);
+        assert_true(f->phone.sent_at > 0);
+        f->in_flight[f->phone.pk] = true;
+}
+
+static void test_in_flight_commit(void **state) {
+        Fixture *f = NULL;
+
+        fault_loop(&f, &(Op) { "in_flight commit (ledger_update)", take_row, send_run, send_done, NULL, false });
+        fixture_free(f);
+}
+
+/* As the engine's commit(): the call and the step it led to, together. */
+static int record_run(Fixture *f) {
+        const Phone *p = &f->phone;
+        const Outcome *o = &f->outcome;
+
+        return ledger_update(f->l, &(LedgerUpdate) {
+                .pk = p->pk, .from = p->state, .to = o->to, .version = p->version,
+                .sent_at = o->sent_at, .clear_sent = o->clear_sent,
+                .id = o->id, .api_number = o->api_number, .provider = o->provider,
+                .scheduled_release_at = o->scheduled, .attempts = (int) o->attempts, .next_at = o->next_at,
+                .error = o->error[0] ? o->error : NULL, .detail = o->detail,
+                .method = f->method, .path = "/v1/phone/id", .http_status = f->status, .latency_ms = 20,
+        });
+}
+
+static void record_done(Fixture *f) {
+        PhoneState from = f->phone.state;
+        int64_t lines = f->history;
+
+        reread(f);
+        assert_int_equal(f->phone.state, f->outcome.to);
+        assert_int_equal(f->history, lines + 1 + (f->outcome.to != from));
+        f->in_flight[f->phone.pk] = f->outcome.to == STATE_IN_FLIGHT;
+}
+
+/* A row whose DELETE is out, and an answer about it. */
+static void in_flight_row(Fixture **f) {
+        take_row(f);
+        assert_int_equal(send_run(*f), 0);
+        send_done(*f);
+}
+
+static void answer_prepare(Fixture **f, const char *provider, int status, PhoneState to) {
+        Fixture *x;
+        Row row;
+        World w = world_now();
+
+        in_flight_row(f);
+        x = *f;
+        /* As a listing or a look saw it. */
+        x->phone.provider = strdup(provider);
+        assert_non_null(x->phone.provider);
+        row = row_of(&x->phone);
+        reconcile_delete(&row, &(Reply) { .kind = CALL_DELETE, .status = status, .asked_at = w.now }, &w,
+                         &x->outcome);
+        assert_true(x->outcome.write);
+        assert_int_equal(x->outcome.to, to);
+        x->method = "DELETE";
+        x->status = status;
+}
+
+static void answer_204_custom(Fixture **f) {
+        answer_prepare(f, "custom", 204, STATE_RELEASED);
+}
+
+static void answer_204_netelip(Fixture **f) {
+        answer_prepare(f, "netelip", 204, STATE_SCHEDULED);
+}
+
+static void answer_503(Fixture **f) {
+        answer_prepare(f, "netelip", 503, STATE_RETRYING);
+}
+
+/* The look after a DELETE: the phone is released. */
+static void look_released(Fixture **f) {
+        Fixture *x;
+        Row row;
+        World w = world_now();
+
+        in_flight_row(f);
+        x = *f;
+        x->seen = (RemotePhone) { .status = REMOTE_RELEASED, .status_name = (char *) "released" };
+        snprintf(x->seen.id, sizeof x->seen.id, "%s", x->phone.id);
+        row = row_of(&x->phone);
+        reconcile_look(&row, &(Look) { .seen = &x->seen, .reply = { .kind = CALL_GET, .status = 200, .api = true,
+                                                                     .asked_at = w.now } }, &w, &x->outcome);
+        assert_true(x->outcome.write);
+        assert_int_equal(x->outcome.to, STATE_RELEASED);
+        x->method = "GET";
+        x->status = 200;
+}
+
+static void test_recording_an_outcome(void **state) {
+        static const Op ops[] = {
+                { "DELETE answered 204, custom: released", answer_204_custom, record_run, record_done, NULL, false },
+                { "DELETE answered 204, netelip: scheduled", answer_204_netelip, record_run, record_done, NULL, false },
+                { "DELETE answered 503: retrying", answer_503, record_run, record_done, NULL, false },
+                { "look (GET 200) at a released phone: released", look_released, record_run, record_done, NULL,
+                  false },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(ops); i++) {
+                Fixture *f = NULL;
+
+                fault_loop(&f, &ops[i]);
+                fixture_free(f);
+        }
+}
+
+/* An operator's retry: a failed row pending again. */
+static void failed_row(Fixture **f) {
+        take_row(f);
+        assert_int_equal(ledger_update((*f)->l, &(LedgerUpdate) {
+                .pk = (*f)->phone.pk, .from = STATE_PENDING, .to = STATE_FAILED, .attempts = -1, .next_at = -1 }), 0);
+        reread(*f);
+}
+
+static int retry_run(Fixture *f) {
+        _cleanup_free_ char *message = NULL;
+
+        return ledger_retry(f->l, f->phone.key, &message);
+}
+
+static void retry_done(Fixture *f) {
+        int64_t lines = f->history;
+
+        reread(f);
+        assert_int_equal(f->phone.state, STATE_PENDING);
+        assert_int_equal(f->history, lines + 1);
+}
+
+static void test_operator_retry(void **state) {
+        Fixture *f = NULL;
+
+        fault_loop(&f, &(Op) { "ledger_retry", failed_row, retry_run, retry_done, NULL, false });
         fixture_free(f);
 }
 
@@ -534,6 +792,9 @@ int main(void) {
                 cmocka_unit_test(test_api_new),
                 cmocka_unit_test(test_plan_apply),
                 cmocka_unit_test(test_reload),
+                cmocka_unit_test(test_in_flight_commit),
+                cmocka_unit_test(test_recording_an_outcome),
+                cmocka_unit_test(test_operator_retry),
         };
 
         return cmocka_run_group_tests_name("test-faults", tests, NULL, NULL);
