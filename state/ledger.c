@@ -910,13 +910,6 @@ int ledger_state(Ledger *l, int64_t pk, PhoneState *ret_state, int64_t *ret_vers
         return 0;
 }
 
-int ledger_sent_delete(Ledger *l, int64_t pk) {
-        int64_t v;
-        int r = query_int(l, "SELECT EXISTS (SELECT 1 FROM history WHERE phone = ?1 AND"
-                          " (method = 'DELETE' OR new_state = 'in_flight'))", &v, 1, pk);
-        return r < 0 ? r : (int) v;
-}
-
 int ledger_meta_get(Ledger *l, const char *name, char **ret) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc;

@@ -149,9 +149,6 @@ typedef struct LedgerUpdate {
 } LedgerUpdate;
 
 int ledger_update(Ledger *l, const LedgerUpdate *u);
-/* > 0 when a DELETE for this row is on record (one was answered, or the row
- * was in_flight once), 0 when none. */
-int ledger_sent_delete(Ledger *l, int64_t pk);
 /* The row's state and declaration version as the ledger has them now. */
 int ledger_state(Ledger *l, int64_t pk, PhoneState *ret_state, int64_t *ret_version);
 
