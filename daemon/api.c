@@ -43,8 +43,12 @@ int api_new(Api **ret) {
                         " json_type(?1, '$.current_page'), json_extract(?1, '$.current_page'),"
                         " json_type(?1, '$.total_pages'), json_extract(?1, '$.total_pages')",
                         -1, SQLITE_PREPARE_PERSISTENT, &a->page, NULL);
+        /* json_each() gives a string as its bare text, which the JSON
+         * functions would parse: "abc" an error, "{}" an object.  Only an
+         * object is a phone; the rest reads as NULL, and is skipped. */
         if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("value") " FROM json_each(?1, '$.data')",
+                rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("v") " FROM (SELECT"
+                                        " CASE WHEN type = 'object' THEN value END AS v FROM json_each(?1, '$.data'))",
                                         -1, SQLITE_PREPARE_PERSISTENT, &a->items, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("?1"),
