@@ -290,9 +290,14 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
 
         if (open_path != path || mode == LEDGER_WRITE) {
                 /* A ledger from a newer retired is refused before anything,
-                 * the switch to WAL included, touches it. */
+                 * the switch to WAL included, touches it: so is one whose
+                 * version cannot be read. */
                 r = user_version(l->db, &v);
-                if (r >= 0 && v > LEDGER_SCHEMA_VERSION) {
+                if (r < 0) {
+                        set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                        return r;
+                }
+                if (v > LEDGER_SCHEMA_VERSION) {
                         set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
                                   "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
                         return -EPROTO;

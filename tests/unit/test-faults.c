@@ -782,6 +782,53 @@ static void test_operator_retry(void **state) {
         fixture_free(f);
 }
 
+/* ---- opening the ledger ---------------------------------------------------- */
+
+/* Creating a ledger, and opening one made before: a fault fails the open
+ * with a sentence for the operator, and the next open with no fault finds
+ * (or makes) the ledger whole, in WAL mode, at the current version. */
+static void test_ledger_open(void **state) {
+        for (int existing = 0; existing < 2; existing++) {
+                unsigned n;
+
+                for (n = 1;; n++) {
+                        _cleanup_free_ char *dir = fast_tmpdir(), *path = path_join(dir, "ledger.db");
+                        _cleanup_free_ char *error = NULL, *version = NULL, *mode = NULL, *ok = NULL;
+                        size_t c = (n - 1) % ELEMENTSOF(codes);
+                        Ledger *l = NULL;
+                        bool hit;
+                        int r;
+
+                        if (existing) {
+                                assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, NULL), 0);
+                                l = ledger_close(l);
+                        }
+                        fault_arm(n, codes[c].code);
+                        r = ledger_open(path, LEDGER_WRITE, &l, &error);
+                        hit = fault_disarm();
+                        if (hit) {
+                                fault_reported(r, codes[c].error);
+                                assert_null(l);
+                                assert_non_null(error);
+                                assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, NULL), 0);
+                        } else
+                                assert_int_equal(r, 0);
+                        version = query_text(l, "PRAGMA user_version");
+                        mode = query_text(l, "PRAGMA journal_mode");
+                        ok = query_text(l, "PRAGMA integrity_check");
+                        assert_string_equal(version, "3");
+                        assert_string_equal(mode, "wal");
+                        assert_string_equal(ok, "ok");
+                        ledger_close(l);
+                        tmpdir_remove(TAKE_PTR(dir));
+                        if (!hit)
+                                break;
+                }
+                print_message("  ledger_open, %s: %u calls failed in turn, the codes in rotation\n",
+                              existing ? "existing" : "new", n - 1);
+        }
+}
+
 int main(void) {
         /* Each try opens a fresh ledger whose caches come and go: glibc would
          * give the heap back to the kernel and take it again every time,
@@ -790,6 +837,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_parse),
                 cmocka_unit_test(test_api_new),
+                cmocka_unit_test(test_ledger_open),
                 cmocka_unit_test(test_plan_apply),
                 cmocka_unit_test(test_reload),
                 cmocka_unit_test(test_in_flight_commit),
