@@ -88,7 +88,11 @@ UNIT_DAEMON_OBJ := $(BUILD)/daemon/reconcile.o $(BUILD)/daemon/pacer.o $(BUILD)/
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAEMON_OBJ) $(HEADERS) | $(BUILD)/.dir
 	@mkdir -p $(dir $@)
 	@echo "  CCLD    $<"
-	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm
+	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm $(UNIT_LDFLAGS)
+
+# test-faults fails the SQLite calls it chooses: the code under test makes
+# them through its __wrap_ functions.
+$(BUILD)/tests/test-faults: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
 
 unit-build: $(UNIT_BIN)
 

@@ -43,8 +43,12 @@ int api_new(Api **ret) {
                         " json_type(?1, '$.current_page'), json_extract(?1, '$.current_page'),"
                         " json_type(?1, '$.total_pages'), json_extract(?1, '$.total_pages')",
                         -1, SQLITE_PREPARE_PERSISTENT, &a->page, NULL);
+        /* json_each() gives a string as its bare text, which the JSON
+         * functions would parse: "abc" an error, "{}" an object.  Only an
+         * object is a phone; the rest reads as NULL, and is skipped. */
         if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("value") " FROM json_each(?1, '$.data')",
+                rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("v") " FROM (SELECT"
+                                        " CASE WHEN type = 'object' THEN value END AS v FROM json_each(?1, '$.data'))",
                                         -1, SQLITE_PREPARE_PERSISTENT, &a->items, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v3(a->db, "SELECT " PHONE_COLUMNS("?1"),
@@ -62,7 +66,7 @@ int api_new(Api **ret) {
                         -1, SQLITE_PREPARE_PERSISTENT, &a->error, NULL);
         if (rc != SQLITE_OK) {
                 api_free(TAKE_PTR(a));
-                return -ENOMEM;
+                return sqlite_to_errno(rc);
         }
         *ret = TAKE_PTR(a);
         return 0;
@@ -102,16 +106,19 @@ static int bad_body(char **why, const char *fmt, ...) {
         return -EBADMSG;
 }
 
-static bool json_ok(Api *a, const char *body, size_t len) {
-        bool ok;
+/* 1 when the body is JSON, 0 when not, -errno when SQLite could not tell:
+ * a failure of ours is not the body's fault. */
+static int json_ok(Api *a, const char *body, size_t len) {
+        int rc, r;
 
         if (!body || len > API_MAX_BODY)
-                return false;
+                return 0;
         (void) sqlite3_bind_text(a->valid, 1, body, (int) len, SQLITE_STATIC);
-        ok = sqlite3_step(a->valid) == SQLITE_ROW && sqlite3_column_int(a->valid, 0);
+        rc = sqlite3_step(a->valid);
+        r = rc == SQLITE_ROW ? sqlite3_column_int(a->valid, 0) != 0 : sqlite_row_errno(rc);
         (void) sqlite3_reset(a->valid);
         (void) sqlite3_clear_bindings(a->valid);
-        return ok;
+        return r;
 }
 
 /* What the API says ends up in the journal and the ledger: no control
@@ -187,14 +194,18 @@ static int read_phone(sqlite3_stmt *st, int c, RemotePhone *ret, char **why) {
 
 int api_parse_phone(Api *a, const char *body, size_t len, RemotePhone *ret, char **why) {
         sqlite3_stmt *st = a->phone;
-        int r;
+        int r, rc;
 
-        if (!json_ok(a, body, len))
+        r = json_ok(a, body, len);
+        if (r < 0)
+                return r;
+        if (r == 0)
                 return bad_body(why, "the body is not valid JSON");
         (void) sqlite3_reset(st);
         (void) sqlite3_bind_text(st, 1, body, (int) len, SQLITE_STATIC);
-        if (sqlite3_step(st) != SQLITE_ROW)
-                r = -ENOMEM;
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                r = sqlite_row_errno(rc);
         else
                 r = read_phone(st, 0, ret, why);
         (void) sqlite3_reset(st);
@@ -214,9 +225,11 @@ static int int_or_none(sqlite3_stmt *st, int type_col, int64_t *ret) {
 
 static int page_frame(Api *a, PhonePage *p, char **why) {
         sqlite3_stmt *st = a->page;
+        int rc;
 
-        if (sqlite3_step(st) != SQLITE_ROW)
-                return -ENOMEM;
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_row_errno(rc);
         if (!is_type(st, 0, "object") || !is_type(st, 1, "array"))
                 return bad_body(why, "the body has no \"data\" array");
         if (!is_type(st, 2, "true") && !is_type(st, 2, "false"))
@@ -251,7 +264,10 @@ int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **
         size_t cap = 0, i = 0;
         int r, rc;
 
-        if (!json_ok(a, body, len))
+        r = json_ok(a, body, len);
+        if (r < 0)
+                return r;
+        if (r == 0)
                 return bad_body(why, "the body is not valid JSON");
         (void) sqlite3_reset(a->page);
         (void) sqlite3_bind_text(a->page, 1, body, (int) len, SQLITE_STATIC);
@@ -285,6 +301,10 @@ int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **
                         r = skip(&p, i, bad);
                 i++;
         }
+        /* A step that fails mid-page fails the page: the phones after it
+         * would look absent from the account. */
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sqlite_to_errno(rc);
         (void) sqlite3_reset(a->items);
         (void) sqlite3_clear_bindings(a->items);
         if (r < 0)
@@ -303,7 +323,9 @@ bool api_error_body(Api *a, const char *body, size_t len, char **message) {
 
         if (message)
                 *message = NULL;
-        if (!body || len == 0 || !json_ok(a, body, len))
+        /* A body SQLite could not read is not known to be the API's: the
+         * answer is retried like a proxy's, never read as the API's word. */
+        if (!body || len == 0 || json_ok(a, body, len) <= 0)
                 return false;
         (void) sqlite3_reset(a->error);
         (void) sqlite3_bind_text(a->error, 1, body, (int) len, SQLITE_STATIC);

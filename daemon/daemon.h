@@ -43,8 +43,10 @@ typedef struct Api Api;   /* a private SQLite connection used for its JSON funct
 int api_new(Api **ret);
 Api *api_free(Api *a);
 void phone_page_done(PhonePage *p);
-/* 0, or -EBADMSG with *why saying what is wrong with the body.  A page whose
- * frame is right keeps the phones it can read; the others go to `skipped`. */
+/* 0, or -EBADMSG with *why saying what is wrong with the body, or another
+ * -errno when SQLite failed (not the body's fault; *why stays NULL).  A page
+ * whose frame is right keeps the phones it can read; the others go to
+ * `skipped`.  A page is whole or an error: never cut short. */
 int api_parse_phone(Api *a, const char *body, size_t len, RemotePhone *ret, char **why);
 int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **why);
 /* Whether the body is the API's own error JSON ({"error_code","message"} or

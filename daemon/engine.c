@@ -464,6 +464,7 @@ static void on_get(Diga *d, const CallResult *r, void *userdata) {
         Row row;
         World w;
         Outcome o;
+        int k;
 
         j->call = NULL;
         if (r->not_sent) {
@@ -475,8 +476,8 @@ static void on_get(Diga *d, const CallResult *r, void *userdata) {
         if (r->http_status == 200) {
                 if (!r->json)
                         look.reply.error = "not JSON";
-                else if (api_parse_phone(e->api, r->body, r->body_len, &p, &why) < 0)
-                        look.reply.error = why ? why : "malformed";
+                else if ((k = api_parse_phone(e->api, r->body, r->body_len, &p, &why)) < 0)
+                        look.reply.error = why ? why : strerror(-k);
                 else if (j->id && !streq(p.id, j->id))
                         look.reply.error = "the API answered with another phone";
                 else {
@@ -484,7 +485,7 @@ static void on_get(Diga *d, const CallResult *r, void *userdata) {
                         look.seen = &p;
                 }
                 if (!look.seen)
-                        log_warning("GET %s: malformed answer: %s", r->path, look.reply.error);
+                        log_warning("GET %s: unusable answer: %s", r->path, look.reply.error);
         }
         row = row_of(j);
         w = world(e);

@@ -323,8 +323,8 @@ static void on_page(Diga *d, const CallResult *r, void *userdata) {
         if (r->http_status == 200) {
                 if (!r->json)
                         reply.error = "not JSON";
-                else if (api_parse_page(ls->api, r->body, r->body_len, &page, &why) < 0)
-                        reply.error = why ? why : "malformed";
+                else if ((k = api_parse_page(ls->api, r->body, r->body_len, &page, &why)) < 0)
+                        reply.error = why ? why : strerror(-k);
                 else
                         reply.api = true;
         } else {

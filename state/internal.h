@@ -11,7 +11,6 @@
 static inline void finalizep(sqlite3_stmt **st) { (void) sqlite3_finalize(*st); }
 #define _cleanup_stmt_ _cleanup_(finalizep)
 
-int sqlite_to_errno(int rc);
 
 /* Statements asked often enough to keep prepared for the connection's life. */
 typedef enum LedgerStmt {

@@ -137,8 +137,11 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
 };
 
 int sqlite_to_errno(int rc) {
+        /* Only these: SQLITE_OK has extended codes too (SQLITE_OK_SYMLINK),
+         * and an answer no caller expects is no success. */
+        if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE)
+                return 0;
         switch (rc & 0xff) {
-        case SQLITE_OK: return 0;
         case SQLITE_BUSY: case SQLITE_LOCKED: return -EBUSY;
         case SQLITE_NOMEM: return -ENOMEM;
         case SQLITE_READONLY: case SQLITE_PERM: case SQLITE_AUTH: return -EACCES;
@@ -150,6 +153,10 @@ int sqlite_to_errno(int rc) {
         case SQLITE_CONSTRAINT: return rc == SQLITE_CONSTRAINT_TRIGGER ? -EPERM : -EEXIST;
         default: return -EIO;
         }
+}
+
+int sqlite_row_errno(int rc) {
+        return rc == SQLITE_DONE ? -ENODATA : sqlite_to_errno(rc);
 }
 
 int ledger_exec(Ledger *l, const char *sql) {
@@ -165,7 +172,7 @@ static int user_version(sqlite3 *db, int *ret) {
         if (rc == SQLITE_ROW)
                 *ret = sqlite3_column_int(st, 0);
         (void) sqlite3_finalize(st);
-        return rc == SQLITE_ROW ? 0 : sqlite_to_errno(rc);
+        return rc == SQLITE_ROW ? 0 : sqlite_row_errno(rc);
 }
 
 static int migrate(Ledger *l, const char *path, char **error) {
@@ -283,9 +290,14 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
 
         if (open_path != path || mode == LEDGER_WRITE) {
                 /* A ledger from a newer retired is refused before anything,
-                 * the switch to WAL included, touches it. */
+                 * the switch to WAL included, touches it: so is one whose
+                 * version cannot be read. */
                 r = user_version(l->db, &v);
-                if (r >= 0 && v > LEDGER_SCHEMA_VERSION) {
+                if (r < 0) {
+                        set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                        return r;
+                }
+                if (v > LEDGER_SCHEMA_VERSION) {
                         set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
                                   "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
                         return -EPROTO;
@@ -481,7 +493,7 @@ static int query_int(Ledger *l, const char *sql, int64_t *ret, int n, ...) {
         va_end(ap);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
+                return sqlite_row_errno(rc);
         if (sqlite3_column_type(st, 0) == SQLITE_NULL)
                 return -ENOENT;
         *ret = sqlite3_column_int64(st, 0);
@@ -556,7 +568,7 @@ int ledger_due_count(Ledger *l, const DueQuery *q, uint64_t ret[static _DUE_MAX]
         (void) sqlite3_bind_int64(st, 3, q->due_now);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
+                return sqlite_row_errno(rc);
         ret[DUE_LOOKS] = (uint64_t) sqlite3_column_int64(st, 0);
         ret[DUE_BY_ID] = (uint64_t) sqlite3_column_int64(st, 1);
         ret[DUE_BY_NUMBER] = (uint64_t) sqlite3_column_int64(st, 2);
@@ -587,7 +599,7 @@ int ledger_knows_phone(Ledger *l, const char *id, const char *number) {
         (void) sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         (void) sqlite3_bind_text(st, 2, number, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
-        r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : sqlite_to_errno(rc);
+        r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : sqlite_row_errno(rc);
         (void) sqlite3_reset(st);
         return r;
 }
@@ -901,13 +913,6 @@ int ledger_state(Ledger *l, int64_t pk, PhoneState *ret_state, int64_t *ret_vers
         if (ret_version)
                 *ret_version = sqlite3_column_int64(st, 1);
         return 0;
-}
-
-int ledger_sent_delete(Ledger *l, int64_t pk) {
-        int64_t v;
-        int r = query_int(l, "SELECT EXISTS (SELECT 1 FROM history WHERE phone = ?1 AND"
-                          " (method = 'DELETE' OR new_state = 'in_flight'))", &v, 1, pk);
-        return r < 0 ? r : (int) v;
 }
 
 int ledger_meta_get(Ledger *l, const char *name, char **ret) {

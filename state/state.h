@@ -31,6 +31,12 @@ typedef enum PhoneState {
 const char *state_to_string(PhoneState s);
 PhoneState state_from_string(const char *s);
 
+/* -errno for an SQLite result code; 0 for SQLITE_OK, SQLITE_ROW and
+ * SQLITE_DONE.  Public: daemon/api.c reads JSON with SQLite too. */
+int sqlite_to_errno(int rc);
+/* The same for a step that must give a row: none (SQLITE_DONE) is -ENODATA. */
+int sqlite_row_errno(int rc);
+
 typedef struct Ledger Ledger;
 
 typedef enum LedgerMode {
@@ -143,9 +149,6 @@ typedef struct LedgerUpdate {
 } LedgerUpdate;
 
 int ledger_update(Ledger *l, const LedgerUpdate *u);
-/* > 0 when a DELETE for this row is on record (one was answered, or the row
- * was in_flight once), 0 when none. */
-int ledger_sent_delete(Ledger *l, int64_t pk);
 /* The row's state and declaration version as the ledger has them now. */
 int ledger_state(Ledger *l, int64_t pk, PhoneState *ret_state, int64_t *ret_version);
 

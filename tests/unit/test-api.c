@@ -47,6 +47,24 @@ static void test_a_page_keeps_the_phones_it_can_read(void **state) {
         phone_page_done(&p);
 }
 
+/* json_each() hands a string out as its bare text, which the JSON
+ * functions then parse: "abc" was an SQL error that cut the page short
+ * (silently, before it failed the page), and "{}" read as an object. */
+static void test_a_string_in_the_page_is_skipped(void **state) {
+        PhonePage p = {};
+        char *why = NULL;
+
+        assert_int_equal(parse_page("{\"data\":[" PHONE(ID1, "\"+34910000001\"") ",\"abc\",\"{}\","
+                                    PHONE(ID2, "\"+34910000002\"") "],\"has_more\":false}", &p, &why), 0);
+        assert_null(why);
+        assert_int_equal(p.n, 2);
+        assert_string_equal(p.phones[1].id, ID2);
+        assert_int_equal(p.n_skipped, 2);
+        assert_non_null(strstr(p.skipped[0], "phone #2 of the page: a phone is not a JSON object"));
+        assert_non_null(strstr(p.skipped[1], "phone #3 of the page: a phone is not a JSON object"));
+        phone_page_done(&p);
+}
+
 static void test_an_id_in_capitals_is_the_same_phone(void **state) {
         PhonePage p = {};
         RemotePhone r = {};
@@ -118,6 +136,7 @@ static void test_api_error_bodies(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_a_page_keeps_the_phones_it_can_read),
+                cmocka_unit_test(test_a_string_in_the_page_is_skipped),
                 cmocka_unit_test(test_an_id_in_capitals_is_the_same_phone),
                 cmocka_unit_test(test_paging_fields),
                 cmocka_unit_test(test_api_error_bodies),

@@ -1243,6 +1243,28 @@ static void test_pause_is_kept_and_read_back(void **state) {
         assert_false(p.on);
 }
 
+/* Success is SQLITE_OK, SQLITE_ROW and SQLITE_DONE, nothing else: an
+ * extended code whose low byte is 0 once passed for SQLITE_OK.  Extended
+ * codes (extended_result_codes is on) read as their primary. */
+static void test_sqlite_codes_to_errno(void **state) {
+        assert_int_equal(sqlite_to_errno(SQLITE_OK), 0);
+        assert_int_equal(sqlite_to_errno(SQLITE_ROW), 0);
+        assert_int_equal(sqlite_to_errno(SQLITE_DONE), 0);
+        assert_int_equal(sqlite_to_errno(SQLITE_OK_SYMLINK), -EIO);
+        assert_int_equal(sqlite_to_errno(SQLITE_OK_LOAD_PERMANENTLY), -EIO);
+        assert_int_equal(sqlite_to_errno(0x7f00), -EIO);
+        assert_int_equal(sqlite_to_errno(SQLITE_NOMEM), -ENOMEM);
+        assert_int_equal(sqlite_to_errno(SQLITE_IOERR_WRITE), -EIO);
+        assert_int_equal(sqlite_to_errno(SQLITE_FULL), -ENOSPC);
+        assert_int_equal(sqlite_to_errno(SQLITE_INTERRUPT), -EINTR);
+        assert_int_equal(sqlite_to_errno(SQLITE_BUSY_SNAPSHOT), -EBUSY);
+        assert_int_equal(sqlite_to_errno(SQLITE_CONSTRAINT_TRIGGER), -EPERM);
+        assert_int_equal(sqlite_to_errno(SQLITE_CONSTRAINT_UNIQUE), -EEXIST);
+        /* A step that must give a row and gives none failed too. */
+        assert_int_equal(sqlite_row_errno(SQLITE_DONE), -ENODATA);
+        assert_int_equal(sqlite_row_errno(SQLITE_NOMEM), -ENOMEM);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
@@ -1278,6 +1300,7 @@ int main(void) {
                 T(test_audit_by_time),
                 T(test_retry_says_what_it_did),
                 cmocka_unit_test(test_state_names),
+                cmocka_unit_test(test_sqlite_codes_to_errno),
         };
 
         return cmocka_run_group_tests_name("test-ledger", tests, NULL, NULL);
