@@ -276,9 +276,11 @@ def test_plain_http_to_the_tls_port_does_not_release(tls_rig):
 
 
 
-def test_missing_ca_file_is_refused_at_start(tls_rig, tmp_path):
+def test_missing_ca_file_is_refused_at_start(tls_rig):
     rig = tls_rig(PHONES)
-    missing = str(tmp_path / "no-such-ca.pem")
+    # A short path: the message shows at most 80 characters of the value, and
+    # pytest's tmp_path is longer under xdist (make coverage) or a deep basetemp.
+    missing = os.path.join(rig.run_dir, "no-such-ca.pem")
     path = rig.write_config(DECL, api={"ca_file": missing})
     run = rig.run()
     if rig.fake.release_counts or rig.fake.log:
