@@ -47,7 +47,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps check test demo install uninstall deb lintian clean unit valgrind fuzz bench torture coverage
+.PHONY: all deps check test demo install uninstall deb lintian clean unit valgrind fuzz bench torture coverage mutants
 
 all: $(BUILD)/retired $(BUILD)/retirectl
 
@@ -161,6 +161,12 @@ else
 coverage: deps
 	@$(MAKE) --no-print-directory coverage COVERAGE=1
 endif
+
+# make mutants: each tests/mutants/*.patch takes a guard out of a copy of the
+# tree, and the test it names must then fail (tests/mutants/README.md).  Not
+# part of make check.
+mutants: deps
+	@tests/mutants/run
 
 # The main job (the demo) with retired under valgrind memcheck: no error, no leak.
 valgrind: all
