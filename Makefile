@@ -11,11 +11,13 @@ PYTHON     := /usr/bin/python3
 PKGS       := libcurl libconfig sqlite3 libsystemd libcrypto
 DEB_BUILD  := gcc make pkg-config libcurl4-openssl-dev libconfig-dev \
               libsqlite3-dev libsystemd-dev libcmocka-dev libssl-dev
-DEB_TEST   := python3 python3-pytest python3-pytest-xdist sqlite3 curl openssl systemd \
+DEB_TEST   := python3 python3-pytest sqlite3 curl openssl systemd \
               util-linux iproute2 time bc clang libclang-rt-14-dev valgrind
 # What `make deb` and `make lintian` need beyond the build.
 DEB_PKG    := build-essential dpkg-dev debhelper lintian
-DEB_ALL    := $(DEB_BUILD) $(DEB_TEST) $(DEB_PKG)
+# pytest's workers (make check, make coverage) and the coverage report.
+DEB_COV    := gcovr python3-pytest-xdist
+DEB_ALL    := $(DEB_BUILD) $(DEB_TEST) $(DEB_PKG) $(DEB_COV)
 
 # The tree builds clean with -Werror under Debian's hardening flags too (the
 # package keeps it); WERROR= drops it for a compiler that warns anew.
@@ -29,12 +31,23 @@ CFLAGS     += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 LDFLAGS    += -fsanitize=address,undefined
 BUILD      := build-san
 endif
+# The instrumented build of `make coverage`: its objects and their .gcda
+# counts stay in build/coverage/.  -DCOVERAGE lets retired flush its counts
+# before a SIGKILL can take them (daemon/retired.c).
+ifeq ($(COVERAGE),1)
+ifeq ($(SANITIZE),1)
+$(error SANITIZE=1 and COVERAGE=1 do not mix: one build dir, one set of flags)
+endif
+CFLAGS     += --coverage -O0 -DCOVERAGE
+LDFLAGS    += --coverage
+BUILD      := build/coverage
+endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps check check-fast unit-build test demo install uninstall deb lintian clean unit valgrind fuzz bench torture
+.PHONY: all deps check check-fast unit-build test demo install uninstall deb lintian clean unit valgrind fuzz bench torture coverage mutants
 
 all: $(BUILD)/retired $(BUILD)/retirectl
 
@@ -129,6 +142,35 @@ endif
 
 check-fast: deps
 	@$(PYTHON) tests/check.py --fast
+
+# make coverage: the unit tests (the decision tables among them) and the e2e
+# suite on the instrumented build, then gcovr's figures for daemon/, state/
+# and conf/ as a table, with an HTML report in build/coverage/html/.  Not part
+# of make check.  The table is printed even when a test fails; the exit
+# status is the tests' (and gcovr's).  The counts start from zero each run.
+COV_JOBS   ?= 2
+COV_GCOVR  := gcovr -r . --object-directory $(BUILD) --filter daemon/ --filter state/ --filter conf/
+ifeq ($(COVERAGE),1)
+export RETIRED_COVERAGE := 1
+coverage: all $(UNIT_BIN)
+	@find $(BUILD) -name '*.gcda' -delete
+	@$(MAKE) --no-print-directory unit; u=$$?; \
+	 $(PYTEST) -n $(COV_JOBS) tests/e2e; e=$$?; \
+	 rm -rf $(BUILD)/html && mkdir -p $(BUILD)/html && \
+	 $(COV_GCOVR) --json-summary $(BUILD)/summary.json --html-details $(BUILD)/html/index.html $(BUILD) && \
+	 $(PYTHON) tests/coverage/table.py $(BUILD)/summary.json; g=$$?; \
+	 echo "coverage: unit $$u, e2e $$e, report $$g (0 = passed); HTML in $(BUILD)/html/index.html"; \
+	 test $$u = 0 -a $$e = 0 -a $$g = 0
+else
+coverage: deps
+	@$(MAKE) --no-print-directory coverage COVERAGE=1
+endif
+
+# make mutants: each tests/mutants/*.patch takes a guard out of a copy of the
+# tree, and the test it names must then fail (tests/mutants/README.md).  Not
+# part of make check.
+mutants: deps
+	@tests/mutants/run
 
 # The main job (the demo) with retired under valgrind memcheck: no error, no leak.
 valgrind: all

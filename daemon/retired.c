@@ -17,6 +17,10 @@
 #include "macro.h"
 #include "messages.h"
 
+#ifdef COVERAGE
+#include <gcov.h>
+#endif
+
 typedef struct Manager {
         sd_event *event;
         Config *config;
@@ -46,6 +50,31 @@ typedef struct Manager {
 #define CANCEL_ENTRIES_MAX 100   /* cancellations one reload reports phone by phone */
 #define STOP_GRACE_USEC (5 * USEC_PER_SEC)     /* past api.timeout, before giving up on calls in flight */
 #define STATUS_SHARE    20   /* STATUS= takes at most 1/20 of the loop's time */
+
+#ifdef COVERAGE
+/* Coverage builds only (make coverage).  gcov writes its counts when the
+ * process exits normally, as a stop by SIGTERM does; a SIGKILL (the crash
+ * tests, a test's clean-up) would take all of them.  So the loop writes
+ * them every COVERAGE_FLUSH_USEC and starts again from zero (the .gcda
+ * files add up, runs are counted once): a kill loses at most that much. */
+#define COVERAGE_FLUSH_USEC (200 * USEC_PER_MSEC)
+
+static int on_coverage_flush(sd_event_source *s, uint64_t usec, void *userdata) {
+        int r;
+
+        __gcov_dump();
+        __gcov_reset();
+        r = sd_event_source_set_time_relative(s, COVERAGE_FLUSH_USEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        return r;
+}
+
+static int coverage_flush_start(sd_event *e) {
+        /* Floating: the loop owns it, and it ends with the loop. */
+        return sd_event_add_time_relative(e, NULL, CLOCK_MONOTONIC, COVERAGE_FLUSH_USEC, 0, on_coverage_flush, NULL);
+}
+#endif
 
 static const char *arg_config = "/etc/retired/retired.conf";
 static bool arg_once = false, arg_dry_run = false, arg_check = false;
@@ -659,6 +688,11 @@ static int run(void) {
             (r = sd_event_add_signal(m.event, NULL, SIGINT, on_sigterm, &m)) < 0 ||
             (r = sd_event_add_signal(m.event, NULL, SIGHUP, on_sighup, &m)) < 0)
                 return log_error_errno(r, "Cannot watch signals: %m");
+#ifdef COVERAGE
+        r = coverage_flush_start(m.event);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up the coverage flush: %m");
+#endif
         r = sd_event_set_watchdog(m.event, true);
         if (r < 0)
                 log_warning_errno(r, "Cannot enable the watchdog ($WATCHDOG_USEC): %m");

@@ -3,7 +3,8 @@ against the in-process fake Diga API (tests/fake-diga/fake_diga.py).
 
 Run with Debian's pytest:  /usr/bin/python3 -m pytest -q tests/e2e
 The binaries come from $RETIRED_BUILD (default: ../../build beside this folder),
-so `make check SANITIZE=1` can point the tests at build-san/.
+so `make check SANITIZE=1` can point the tests at build-san/ and `make coverage`
+at build/coverage/ (RETIRED_SANITIZED and RETIRED_COVERAGE loosen time bounds).
 
 Every test gets its own fake (a small explicit account), its own tmp dir with the
 token file (mode 0600), the config and the ledger.  Nothing waits with a fixed
