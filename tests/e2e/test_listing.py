@@ -325,3 +325,57 @@ def test_no_cursor_listing_when_every_number_is_found(make_rig):
     run = rig.run()
     assert run.rc == EXIT["settled"], run
     assert all("page=" in l["query"] for l in list_calls(rig)), [l["query"] for l in list_calls(rig)]
+
+
+# ---------------------------------------------------------------- each way a moving account is noticed
+
+def _two_pages(rig):
+    """The account of 150 phones as its two pages answer it (page=N), to script."""
+    api = [rig.fake.phone(pid(n)) for n in range(1, 151)]
+    p1 = {"data": api[:100], "has_more": True, "last_id": pid(100), "current_page": 1, "total_pages": 2}
+    p2 = {"data": api[100:], "has_more": False, "last_id": pid(150), "current_page": 2, "total_pages": 2}
+    return api, p1, p2
+
+
+@pytest.mark.parametrize("how", ["last_page_count", "last_page_print", "page_count", "page_not_full"])
+def test_each_sign_of_a_moving_account_lists_it_again(make_rig, how):
+    """By page, the first listing is answered with pages that cannot all be
+    true at once: the page count moves when the last page is read again, or on
+    its first read; the last page is not the same when read again; page 1 is
+    not full though a page follows.  Each is the account changing: the listing
+    starts again (the fake then answers the account as it is) and the verdicts
+    come from that fresh listing only."""
+    rig = make_rig([phone(n) for n in range(1, 151)])
+    api, p1, p2 = _two_pages(rig)
+    pages, reason = {
+        "last_page_count": ([p1, p2, dict(p2, total_pages=3)], "the number of pages moved"),
+        "last_page_print": ([p1, p2, dict(p2, data=api[100:149], last_id=pid(149))], "the last page is not what it was"),
+        "page_count": ([p1, dict(p2, total_pages=3)], "the number of pages moved"),
+        "page_not_full": ([dict(p1, data=api[:99], last_id=pid(99))], "a page before the last is not full"),
+    }[how]
+    rig.fake.script("list", "GET", [{"status": 200, "body": json.dumps(p)} for p in pages])
+    rig.write_config([{"number": num(1)}, {"number": num(150)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert any("the account changed while it was listed (%s)" % reason in l for l in run.lines), run
+    # The scripted listing, then a whole fresh one: page 1, page 2, page 2 again.
+    assert len(list_calls(rig)) == len(pages) + 3, [l["query"] for l in list_calls(rig)]
+    assert {r["state"] for r in rig.list().values()} == {"scheduled"}
+    rig.assert_exactly_once(one_delete=True)
+    assert_no_delete_while_listing(rig)
+
+
+def test_a_cursor_that_does_not_move_is_not_believed(make_rig):
+    """By cursor, page 2 says has_more with the same last_id as page 1: the
+    listing would go round forever.  It stops there with a clear error, and no
+    verdict on the phones; --once gives up after max_attempts listings."""
+    rig = make_rig([phone(n) for n in range(1, 4)], paging="cursor")
+    first = {"data": [rig.fake.phone(pid(1))], "has_more": True, "last_id": pid(1)}
+    again = {"data": [rig.fake.phone(pid(2))], "has_more": True, "last_id": pid(1)}
+    rig.fake.script("list", "GET", [{"status": 200, "body": json.dumps(p)} for p in [first, again] * 20])
+    rig.write_config([{"number": num(3)}], retry={"max_attempts": 2})
+    run = rig.run()
+    assert run.rc == 1, run
+    assert [l for l in run.lines if "repeats the cursor" in l and pid(1) in l], run
+    assert len(list_calls(rig)) == 4, [l["query"] for l in list_calls(rig)]
+    assert rig.list()[num(3)]["state"] == "pending" and rig.deletes() == []

@@ -9,6 +9,7 @@
 #include "conf.h"
 #include "macro.h"
 #include "state.h"
+#include "internal.h"   /* ledger_exec(), to corrupt the plan's TEMP tables */
 
 #define UUID_X "3c90c3cc-0d44-4b50-8888-8dd25736052a"
 #define UUID_Y "00000000-0000-0000-0000-0000000000aa"
@@ -1113,10 +1114,53 @@ static void test_only_declared_failed_rows_need_an_operator(void **state) {
         assert_int_equal(n, 2);
 }
 
+/* A change the plan cannot read whole (a state no retired writes, a
+ * declaration with no FILE:LINE) stops the walk over the plan: nothing is
+ * shown or applied from it. */
+static int count_change(const Change *c, void *userdata) {
+        (void) c;
+        ++*(size_t *) userdata;
+        return 0;
+}
+
+static void test_a_change_that_cannot_be_read_stops_the_plan(void **state) {
+        Fixture *f = *state;
+        const char *const corrupt[] = {
+                "UPDATE temp.plan SET to_state = 'bogus' WHERE kind = 3",      /* an update going nowhere */
+                "UPDATE temp.plan SET from_state = 'bogus' WHERE kind = 2",    /* a cancel from nowhere */
+                "UPDATE temp.decl_file SET path = hex(zeroblob(4096))",         /* no FILE:LINE fits */
+        };
+        size_t n = 0;
+        Plan *p;
+
+        sync_to(f, "releases = ( { number = \"" N1 "\"; reason = \"a\"; }, { number = \"" N2 "\"; } );\n");
+        p = plan_for(f, "releases = ( { number = \"" N1 "\"; reason = \"b\"; }, { number = \"" N3 "\"; } );\n");
+        assert_int_equal(p->count[CHANGE_ADD], 1);
+        assert_int_equal(p->count[CHANGE_UPDATE], 1);
+        assert_int_equal(p->count[CHANGE_CANCEL], 1);
+        assert_int_equal(plan_foreach(p, -1, SIZE_MAX, count_change, &n), 0);
+        assert_int_equal(n, 3);
+        assert_int_equal(ledger_exec(f->l, "CREATE TEMP TABLE saved_plan AS SELECT * FROM temp.plan;"
+                                           "CREATE TEMP TABLE saved_file AS SELECT * FROM temp.decl_file"), 0);
+        for (size_t i = 0; i < ELEMENTSOF(corrupt); i++) {
+                print_message("  corrupt: %s\n", corrupt[i]);
+                assert_int_equal(ledger_exec(f->l, corrupt[i]), 0);
+                assert_int_equal(plan_foreach(p, -1, SIZE_MAX, count_change, &n), -EBADMSG);
+                assert_int_equal(ledger_exec(f->l, "DELETE FROM temp.plan; INSERT INTO temp.plan SELECT * FROM saved_plan;"
+                                                   "DELETE FROM temp.decl_file;"
+                                                   " INSERT INTO temp.decl_file SELECT * FROM saved_file"), 0);
+        }
+        n = 0;
+        assert_int_equal(plan_foreach(p, -1, SIZE_MAX, count_change, &n), 0);
+        assert_int_equal(n, 3);
+        plan_free(p);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_refused_load_keeps_the_declared_set_in_force),
                 T(test_only_declared_failed_rows_need_an_operator),
+                T(test_a_change_that_cannot_be_read_stops_the_plan),
                 T(test_hold_covers_what_is_added_or_changed),
                 T(test_new_declarations_are_added_as_pending),
                 T(test_undeclared_rows_not_yet_released_are_cancelled),
