@@ -327,7 +327,7 @@ def stderr_of(proc):
         return f.read()
 
 
-def wait_for(predicate, timeout=10.0, interval=0.005, what="condition"):
+def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Polls until predicate() is truthy; returns its value or fails the test."""
     deadline = time.monotonic() + timeout
     while True:
