@@ -43,9 +43,11 @@ def pytest(*paths, workers=None):
 SYSTEM = ["tests/system/test_sysbox.py", "tests/system/test_service.py", "tests/system/test_clone_location.py"]
 SAN = {"RETIRED_BUILD": os.path.join(TOP, "build-san"), "RETIRED_SANITIZED": "1"}
 
-# Stages off the longest paths (build-san → e2e-san, package → system-pkg)
-# run at a lower priority, so that those paths get the CPU when it is short.
-NICE = {"build", "build-fuzz", "fake", "unit", "unit-san", "e2e", "valgrind", "fuzz", "lintian", "system"}
+# Stages that only burn CPU for a fixed time (the fuzzers) or that nothing
+# waits for run at a lower priority, so that the longest paths (build-san ->
+# e2e-san, package -> system-pkg) get the CPU when it is short.  Not the
+# builds: niced, they starved behind the suites for minutes.
+NICE = {"build-fuzz", "fuzz", "lintian", "unit-san"}
 
 # name: (argv, needs, extra environment, what it shows)
 STAGES = {
