@@ -43,11 +43,12 @@ def pytest(*paths, workers=None):
 SYSTEM = ["tests/system/test_sysbox.py", "tests/system/test_service.py", "tests/system/test_clone_location.py"]
 SAN = {"RETIRED_BUILD": os.path.join(TOP, "build-san"), "RETIRED_SANITIZED": "1"}
 
-# Stages that only burn CPU for a fixed time (the fuzzers) or that nothing
-# waits for run at a lower priority, so that the longest paths (build-san ->
-# e2e-san, package -> system-pkg) get the CPU when it is short.  Not the
-# builds: niced, they starved behind the suites for minutes.
-NICE = {"build-fuzz", "fuzz", "lintian", "unit-san"}
+# Stages that burn CPU for a fixed time (the fuzzers) or that nothing waits
+# for (and that take little) run at a lower priority, so that the longest
+# paths (build-san -> e2e-san, package -> system-pkg) get the CPU when it is
+# short.  Not a build: niced, the plain build and the fuzzers' waited minutes
+# behind the suites.
+NICE = {"fuzz", "lintian"}
 
 # name: (argv, needs, extra environment, what it shows)
 STAGES = {
