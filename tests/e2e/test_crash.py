@@ -84,11 +84,13 @@ def test_in_flight_applied_is_looked_at_not_resent(make_rig, by, provider, final
     key = num(1) if by == "number" else pid(1)
     rig.write_config([{"number": num(1)}] if by == "number" else [{"id": pid(1)}])
     proc = rig.start("--once")
-    wait_for(lambda: rig.fake.delete_counts.get(pid(1)), what="the DELETE")
+    # Applied, not only arrived: the fake counts a DELETE before its handler
+    # applies it, and a loaded machine shows the gap.
+    wait_for(lambda: rig.fake.release_counts.get(pid(1)), what="the DELETE applied")
     proc.kill()
     proc.wait(5)
     assert rig.db_rows()[key]["state"] == "in_flight"
-    assert rig.fake.release_counts.get(pid(1)) == 1
+    assert rig.fake.release_counts.get(pid(1)) == 1 and rig.fake.delete_counts.get(pid(1)) == 1
 
     rig.fake.clear_log()
     run = rig.run()

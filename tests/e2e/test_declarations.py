@@ -87,7 +87,7 @@ def test_undeclared_while_in_flight_records_what_the_delete_did(make_rig):
     rig.fake.script(pid(1), "DELETE", [{"delay": 10, "apply": True}])
     rig.write_config([{"number": num(1)}, {"number": num(2)}])
     proc = rig.start("--once")
-    wait_for(lambda: rig.fake.delete_counts.get(pid(1)), what="the DELETE")
+    wait_for(lambda: rig.fake.release_counts.get(pid(1)), what="the DELETE applied")
     proc.kill()
     proc.wait(5)
     assert rig.db_rows()[num(1)]["state"] == "in_flight"
