@@ -2,7 +2,7 @@
 """make check and make check-fast: every stage, side by side where it can be.
 
     tests/check.py            # what `make check` runs (CI, through .ci/run)
-    tests/check.py --fast     # `make check-fast`: the edit loop
+    tests/check.py --fast     # `make check-fast`: the edit loop (e2e but the slow tests)
     tests/check.py e2e fuzz   # some stages only (and what they need)
 
 Each stage is one command with the stages it needs; a stage starts as soon as
@@ -64,6 +64,8 @@ STAGES = {
     "unit-san":   (MAKE + ["unit", "SANITIZE=1"], ["build-san"], {}, "the same, sanitized"),
     "fake":       (pytest("tests/fake-diga"), [], {}, "the fake Diga API's own tests"),
     "e2e":        (pytest("tests/e2e", workers=E2E_WORKERS), ["build"], {}, "retired against the fake"),
+    "e2e-core":   (pytest("-m", "not slow", "tests/e2e", workers=E2E_WORKERS), ["build"], {},
+                   "retired against the fake, but the tests at scale"),
     "e2e-san":    (pytest("tests/e2e", workers=E2E_SAN_WORKERS), ["build-san"], SAN, "the same, sanitized"),
     "system":     (pytest(*SYSTEM, workers=SYSTEM_WORKERS), ["build"], {"SYSBOX_REQUIRED": "1"},
                    "the box itself, and the unit, under a private systemd"),
@@ -76,7 +78,9 @@ STAGES = {
     "valgrind":   (MAKE + ["valgrind"], ["build"], {}, "the demo under memcheck"),
     "fuzz":       (MAKE + ["fuzz-crashes", "fuzz-smoke"], ["build-fuzz"], {}, "saved crashes, 5 s of each harness"),
 }
-FAST = ["build", "unit", "fake", "e2e"]
+# The edit loop: the e2e tests but those marked slow (at scale: see
+# tests/e2e/conftest.py), which make check runs.
+FAST = ["build", "unit", "fake", "e2e-core"]
 
 
 def closure(names):
@@ -103,7 +107,7 @@ def main():
     unplaced = found - set(SYSTEM) - {"tests/system/test_package.py"}
     if unplaced:
         ap.error("tests/check.py runs no stage for %s: add it to SYSTEM" % ", ".join(sorted(unplaced)))
-    wanted = closure(args.stages or (FAST if args.fast else list(STAGES)))
+    wanted = closure(args.stages or (FAST if args.fast else [s for s in STAGES if s != "e2e-core"]))
     os.makedirs(LOGS, exist_ok=True)
     # The box's and the tests' own processes must not inherit a make jobserver.
     base_env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}

@@ -59,6 +59,11 @@ SETTLED = {"released", "scheduled", "deferred", "unresolved", "failed", "cancell
 RUN_TIMEOUT = float(os.environ.get("RETIRED_E2E_TIMEOUT", "20"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test at scale (tens of thousands of rows, or a thousand "
+                            "calls); make check-fast leaves it out (-m 'not slow'), make check runs it")
+
+
 def pytest_collection_modifyitems(config, items):
     missing = [p for p in (RETIRED, RETIRECTL) if not os.access(p, os.X_OK)]
     if missing:

@@ -216,6 +216,7 @@ def test_openmetrics_of_a_missing_ledger_is_all_zeros(make_rig):
     assert "retired_history_steps 0\n" in out and out.endswith("# EOF\n")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.access("/usr/bin/time", os.X_OK), reason="needs GNU time (Debian package time)")
 def test_a_long_history_is_streamed(rig):
     """300,000 more steps, all of one phone (a phone looked at on every resync

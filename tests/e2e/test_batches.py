@@ -6,11 +6,14 @@ and that a failed listing is one event however many rows it concerns.
 
 import sqlite3
 
+import pytest
+
 from conftest import EXIT, MSG, num, phone, pid
 
 BATCH = 256
 
 
+@pytest.mark.slow
 def test_a_pass_over_several_batches_releases_each_phone_once(make_rig):
     """Three batches' worth, half by id and half by number: one listing, one
     DELETE per phone, none while the account is listed."""

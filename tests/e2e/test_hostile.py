@@ -360,6 +360,7 @@ def test_full_disk_at_start(make_rig, small_disk):
     assert rig.db_rows() == rows
 
 
+@pytest.mark.slow
 def test_full_disk_mid_run(make_rig, small_disk):
     """The disk fills up while phones are being released.  The daemon must stop
     with exit 1 and a clear error; whatever it does, the ledger stays whole, no

@@ -246,6 +246,7 @@ def test_one_odd_phone_does_not_hide_the_others(make_rig, mode, odd):
     rig.assert_exactly_once(one_delete=True)
 
 
+@pytest.mark.slow
 def test_list_failures_are_never_charged_to_the_phones(make_rig, mode):
     """1,000 numbers over 10 pages, and a flaky listing (finding 9): failed
     pages are retried on the listing's own budget, a 400 gives the listing up

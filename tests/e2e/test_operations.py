@@ -10,6 +10,8 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from conftest import EXIT, MSG, RETIRECTL, RETIRED, child_env, num, phone, pid, spaced, stderr_of, wait_for
 
 
@@ -187,7 +189,6 @@ def test_the_key_is_named_by_its_fingerprint_only(make_rig):
 
 def test_check_warns_when_the_unit_could_not_read_token_file(make_rig):
     if os.geteuid() != 0:
-        import pytest
         pytest.skip("needs root: the warning is about a root-owned key file")
     rig = make_rig([phone(1)])
     rig.write_config([{"id": pid(1)}])
@@ -259,6 +260,7 @@ def test_many_cancellations_are_one_journal_entry(make_rig):
     assert rig.fake.log == []
 
 
+@pytest.mark.slow
 def test_a_long_start_keeps_the_watchdog_fed(make_rig, tmp_path):
     """A first start with 100,000 new declarations (drop-ins of 1,000) works
     for longer than the watchdog interval before READY=1, and before the
@@ -296,7 +298,6 @@ def test_a_long_start_keeps_the_watchdog_fed(make_rig, tmp_path):
     assert p.wait(20) == 0, stderr_of(p)
     assert "%d declared" % n in stderr_of(p), stderr_of(p)
     if ready - t0 < watchdog:
-        import pytest
         pytest.skip("the start took %.2f s, too short against WatchdogSec=%.1fs to show anything" %
                     (ready - t0, watchdog))
     # The commit of the plan's one transaction is one step of SQLite: 0.2 s or

@@ -14,10 +14,14 @@ import signal
 import sqlite3
 import time
 
+import pytest
+
 from conftest import EXIT, num, phone, stderr_of, wait_for
 
 # A sanitized build does the same work about three times slower: a smaller N
 # keeps each stage as long, for less of the suite's CPU.
+pytestmark = pytest.mark.slow
+
 N = 40_000 if os.environ.get("RETIRED_SANITIZED") else 100_000
 PER_FILE = 1000
 # The exit is timed from the signal; a sanitized build is several times slower,

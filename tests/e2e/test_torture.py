@@ -116,6 +116,7 @@ def kill_at_random(rig, proc, rng):
     return how
 
 
+@pytest.mark.slow
 def test_sigkill_torture(make_rig):
     rng = random.Random(SEED)
     context = "TORTURE_SEED=%d TORTURE_ROUNDS=%d TORTURE_PHONES=%d" % (SEED, ROUNDS, PHONES)
