@@ -344,7 +344,7 @@ def test_connection_refused_for_the_delete(make_rig, closed_port):
     def refused_delete():
         hist = rig.db_history(pid(1))
         return [h for h in hist if h["kind"] == "call" and h["method"] == "DELETE"]
-    deletes = wait_for(refused_delete, what="the refused DELETE on record", timeout=15)
+    deletes = wait_for(refused_delete, what="the refused DELETE on record", timeout=30)
     assert all(h["http_status"] in (None, 0) for h in deletes), deletes
     assert rig.fake.delete_counts == {} and rig.fake.release_counts == {}
     row = rig.db_rows()[pid(1)]
@@ -357,7 +357,7 @@ def test_connection_refused_for_the_delete(make_rig, closed_port):
     # The API is back.
     rig.write_config([{"id": pid(1)}], api={"timeout": 2.0})
     proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: rig.db_rows()[pid(1)]["state"] == "scheduled", what="the release", timeout=15)
+    wait_for(lambda: rig.db_rows()[pid(1)]["state"] == "scheduled", what="the release", timeout=30)
     proc.terminate()
     assert proc.wait(10) == 0
     rig.assert_exactly_once(one_delete=True)

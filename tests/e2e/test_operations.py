@@ -56,7 +56,7 @@ def test_withdrawn_during_the_hold_nothing_is_sent(make_rig):
     assert rig.ctl("reload").stdout.strip() == "reloaded"
     assert rig.db_rows()[pid(1)]["state"] == "cancelled"
     t_applied = time.time()
-    wait_for(lambda: rig.db_rows()[pid(2)]["state"] == "scheduled", timeout=15, what="pid(2) after its hold")
+    wait_for(lambda: rig.db_rows()[pid(2)]["state"] == "scheduled", timeout=30, what="pid(2) after its hold")
     deletes = rig.deletes()
     assert [d["phone_id"] for d in deletes] == [pid(2)], deletes
     assert deletes[0]["wall"] >= t_applied + 2.5, "released before its hold ended"
@@ -122,7 +122,7 @@ def test_pause_stops_a_running_pass_and_resume_finishes_it(make_rig):
     err = stderr_of(p)
     assert MSG["paused"] in err and "wrong batch" in err, err
     assert rig.ctl("resume").stdout.strip() == "resumed"
-    wait_for(lambda: all(r["state"] == "scheduled" for r in rig.db_rows().values()), timeout=15, what="the rest")
+    wait_for(lambda: all(r["state"] == "scheduled" for r in rig.db_rows().values()), timeout=30, what="the rest")
     rig.assert_exactly_once()
     assert MSG["resumed"] in stderr_of(p)
     p.terminate()

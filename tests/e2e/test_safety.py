@@ -46,14 +46,14 @@ def test_a_reload_stops_what_it_changed_before_it_leaves(make_rig):
     # The untouched rows come first in the ledger, so they are released first.
     rig.write_config(decl(False), pace={"rate": 5.0, "burst": 1, "concurrency": 2})
     proc = rig.start()
-    wait_for(lambda: len(rig.deletes()) >= 3, what="the first DELETEs", timeout=15)
+    wait_for(lambda: len(rig.deletes()) >= 3, what="the first DELETEs", timeout=30)
     rig.write_config(decl(True), pace={"rate": 5.0, "burst": 1, "concurrency": 2})
     reply = rig.ctl("reload")
     applied = time.monotonic()
     assert "reloaded" in reply.stdout, reply
     wait_for(lambda: {r["key"]: r["state"] for r in rig.db_rows().values()}.get(num(keep[-1])) == "released"
              or rig.db_rows()[num(keep[-1])]["state"] == "scheduled", what="the untouched rows", timeout=20)
-    wait_for(lambda: rig.db_rows()[pid(renum[-1])]["state"] == "failed", what="the re-numbered rows", timeout=20)
+    wait_for(lambda: rig.db_rows()[pid(renum[-1])]["state"] == "failed", what="the re-numbered rows", timeout=30)
     proc.terminate()
     assert proc.wait(10) == 0, stderr_of(proc)
 

@@ -41,7 +41,8 @@ KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode"
          "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset",
          "date_header", "gone_cursor", "paging")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
-               "drop_mid_body", "trickle", "huge", "delay", "apply", "apply_late", "error_code", "message"}
+               "drop_mid_body", "trickle", "huge", "delay", "apply", "apply_late", "error_code", "message",
+               "gate"}
 
 # Pydantic accepts the hyphenated and the plain 32-hex forms, in any case.
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1"
@@ -53,6 +54,9 @@ _BASE_TS = 1704067200
 # date_offset is bounded so that the shifted clock stays inside what an HTTP-date
 # (and datetime) can print: a century either way is more than any test needs.
 _MAX_DATE_OFFSET = 100 * 366 * 86400
+
+# A gated answer waits at most this long for its test to open the gate.
+GATE_TIMEOUT = 60
 
 _STD_ERRORS = {
     400: ("NOT_VALID_FIELD", "Invalid field value in query parameters"),
@@ -107,7 +111,7 @@ class Reply:
     the Date header: seconds added to the wall clock (the API's date_offset), a string
     sent verbatim, or None for no Date header at all."""
     __slots__ = ("status", "body", "ctype", "headers", "delay", "drop", "drop_mid_body", "trickle",
-                 "date", "after")
+                 "date", "after", "gate")
 
     def __init__(self, status, body=b"", ctype="application/json", headers=()):
         self.status, self.body, self.ctype = status, body, ctype
@@ -115,6 +119,7 @@ class Reply:
         self.delay, self.drop, self.drop_mid_body, self.trickle = 0.0, False, False, None
         self.date = 0.0
         self.after = None                # the real state change, when it comes after the delay
+        self.gate = None                 # a threading.Event the answer waits for (in-process only)
 
 
 def _json_reply(status, obj, headers=()):
@@ -770,6 +775,7 @@ class FakeDiga:
             r.headers.append(("Retry-After", str(ans["retry_after"])))
         r.headers.extend((ans.get("headers") or {}).items())
         r.delay = float(ans.get("delay", 0))
+        r.gate = ans.get("gate")
         r.drop_mid_body = bool(ans.get("drop_mid_body"))
         r.trickle = ans.get("trickle")
         if late:
@@ -790,13 +796,15 @@ class FakeDiga:
             reply = self._decide(h.command, url.path, url.query, auth, entry)
         if latency + reply.delay > 0:
             time.sleep(latency + reply.delay)    # outside the lock: slow answers overlap
+        if reply.gate is not None:
+            reply.gate.wait(GATE_TIMEOUT)        # until the test opens it: no guess at a delay
         if reply.after:
             with self.lock:
                 reply.after()
         entry["status"] = None if reply.drop else reply.status
         entry["t_reply"] = time.monotonic()
         # Logged before the write, so a client that got its answer always finds it logged.
-        line = json.dumps(entry) + "\n"
+        line = json.dumps(entry, default=repr) + "\n"   # a gate is no JSON
         with self._log_lock:
             self.log.append(entry)
             if self._log_file:

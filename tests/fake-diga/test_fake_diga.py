@@ -869,3 +869,24 @@ def test_apply_late_releases_at_the_end_of_the_delay(fake):
     assert out["r"].status == 204
     assert fake.phone(pid)["status"] == "released"
     assert fake.release_counts == {pid: 1}
+
+
+def test_a_gated_answer_waits_for_its_gate(fake):
+    """gate: the answer is held until the test sets the Event, however long."""
+    import threading
+    pid = pick(fake, provider="custom")
+    gate = threading.Event()
+    fake.script(pid, "DELETE", [{"gate": gate}])
+    out = {}
+
+    def delete():
+        c = Client(fake)
+        out["r"] = c.req("DELETE", "/v1/phone/" + pid)
+        c.close()
+    t = threading.Thread(target=delete)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and "r" not in out, "answered before the gate opened"
+    gate.set()
+    t.join(5)
+    assert out["r"].status == 204 and fake.release_counts == {pid: 1}
