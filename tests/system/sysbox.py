@@ -197,7 +197,7 @@ class CommandFailed(subprocess.CalledProcessError):
         return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
 
 
-def wait_for(predicate, timeout=10.0, interval=0.1, what=None):
+def wait_for(predicate, timeout=30.0, interval=0.1, what=None):
     """Poll predicate() until it returns a truthy value (returned) or the
     deadline passes (TimeoutError, chained to the predicate's last exception).
     Exceptions other than SysBoxError count as "not yet"."""
@@ -460,7 +460,7 @@ class SysBox:
             raise
         return self
 
-    def wait_for(self, predicate, timeout=10.0, interval=0.1, what=None):
+    def wait_for(self, predicate, timeout=30.0, interval=0.1, what=None):
         """Module wait_for(), but stops at once (SysBoxError) if the box dies."""
         def alive_and():
             self._check_alive()

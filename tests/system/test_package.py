@@ -289,7 +289,7 @@ def test_upgrade_keeps_the_edited_config_and_the_ledger_and_restarts(pkg, upgrad
     assert box.run("cat", CONF).stdout == edited
     assert box.run("sh", "-c", "ls /etc/retired/*.dpkg-* 2>/dev/null", check=False).stdout == ""
     # Restarted: a new daemon, which resumes from the kept ledger.
-    box.wait_for(lambda: pkg.main_pid() not in (0, before), 15, what="a restarted daemon")
+    box.wait_for(lambda: pkg.main_pid() not in (0, before), 60, what="a restarted daemon")
     assert pkg.show(UNIT, "ActiveState")["ActiveState"] == "active"
     pkg.wait_status(counts(scheduled=1, released=1))
     assert pkg.phone(num(5))["state"] == "scheduled" and pkg.phone(num(22))["state"] == "released"

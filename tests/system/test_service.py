@@ -161,7 +161,7 @@ class Rig:
     def status(self):
         return self.props("StatusText")["StatusText"]
 
-    def wait_status(self, expected, timeout=15):
+    def wait_status(self, expected, timeout=60):
         return self.box.wait_for(lambda: self.status() == expected, timeout, what=f"StatusText={expected!r}")
 
     # -- retirectl, run as root inside the box
@@ -171,7 +171,9 @@ class Rig:
     def phone(self, key):
         return json.loads(self.ctl("show", key, "--json").stdout)
 
-    def wait_state(self, key, state, timeout=15):
+    # Deadlines tell a hang from an answer: paid only when a test fails, and
+    # generous enough for a sanitized daemon on a loaded machine.
+    def wait_state(self, key, state, timeout=60):
         self.box.wait_for(lambda: self.phone(key)["state"] == state, timeout, what=f"{key} {state}")
         return self.phone(key)
 
@@ -239,7 +241,7 @@ def test_start_reaches_active_as_dynamic_user(rig):
     assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
     assert props["NRestarts"] == "0"
     # STATUS= follows READY=1 in its own message: poll for it.
-    rig.box.wait_for(lambda: STATUS_RE.fullmatch(rig.status()), 5, what="a STATUS= with the counts")
+    rig.box.wait_for(lambda: STATUS_RE.fullmatch(rig.status()), 60, what="a STATUS= with the counts")
     rig.wait_status(counts(scheduled=1, released=1))
 
     # A dynamic user: neither root nor any user of /etc/passwd.
@@ -361,7 +363,7 @@ def test_systemctl_reload_keeps_the_old_config_when_broken(rig):
     rig.box.wait_for(lambda: [m for m in rig.messages("SYSLOG_IDENTIFIER=retirectl") if f"{where}: syntax error" in m],
                      10, what="ExecReload='s FILE:LINE in the journal")
 
-    rejected = rig.box.wait_for(lambda: rig.entries(f"MESSAGE_ID={MSG['config_rejected']}"), 15,
+    rejected = rig.box.wait_for(lambda: rig.entries(f"MESSAGE_ID={MSG['config_rejected']}"), 60,
                                 what="a 'config rejected' entry")
     assert len(rejected) == 1, rejected
     assert where + ": syntax error" in rejected[0]["MESSAGE"], rejected[0]["MESSAGE"]
@@ -407,7 +409,7 @@ def test_undeclaring_a_released_phone_keeps_the_daemon_running(rig):
             return "reloaded"
         if rig.props("MainPID")["MainPID"] != str(main):
             return "the daemon died"
-    assert rig.box.wait_for(outcome, 15, what="the reload's outcome") == "reloaded", rig.log()
+    assert rig.box.wait_for(outcome, 60, what="the reload's outcome") == "reloaded", rig.log()
     props = rig.props("ActiveState", "SubState", "MainPID", "NRestarts")
     assert props == {"ActiveState": "active", "SubState": "running", "MainPID": str(main), "NRestarts": "0"}
     rig.wait_state(num(2), "scheduled")
@@ -425,14 +427,14 @@ def test_saved_files_reload_without_a_command(rig):
 
     # A new drop-in file: the watcher reloads after its debounce.
     rig.box.install(f"{DROPINS}/ops-1234.conf", releases_text(decl(9, reason="OPS-1234 shop closed")))
-    p = rig.wait_state(num(9), "scheduled", timeout=10)
+    p = rig.wait_state(num(9), "scheduled")
     assert (p["reason"], p["declared_at"]) == ("OPS-1234 shop closed", f"{DROPINS}/ops-1234.conf:2"), p
 
     # The main file saved the way editors do: a temporary file renamed over it.
     text = rig.config_text(decl(8), decl(10))
     rig.box.run("sh", "-c", 'cat > /etc/retired/.retired.conf.swp && mv /etc/retired/.retired.conf.swp "$1"',
                 "save", CONF, input=text)
-    rig.wait_state(num(10), "scheduled", timeout=10)
+    rig.wait_state(num(10), "scheduled")
     rig.wait_status(counts(scheduled=3))
 
     reloads = [m for m in rig.messages("SYSLOG_IDENTIFIER=retired") if m.startswith("Reloading")]
@@ -446,9 +448,9 @@ def test_dropin_folder_created_after_start_is_watched(rig):
     rig.start()
     rig.wait_state(num(11), "scheduled")
     rig.box.install(f"{DROPINS}/first.conf", releases_text(decl(12)))  # creates the folder
-    rig.wait_state(num(12), "scheduled", timeout=10)
+    rig.wait_state(num(12), "scheduled")
     rig.box.install(f"{DROPINS}/second.conf", releases_text(decl(13)))
-    rig.wait_state(num(13), "scheduled", timeout=5)  # the first one took ~0.5 s
+    rig.wait_state(num(13), "scheduled")
 
 
 # ---------------------------------------------------------------- 5. the control socket
@@ -483,7 +485,7 @@ def test_retry_through_the_control_socket(rig):
 def test_approve_through_the_control_socket(rig):
     rig.write_config(decl(16), decl(17), decl(18), max_new_releases=2)
     rig.start()
-    status = rig.box.wait_for(lambda: (lambda s: s if s.startswith("APPROVAL") else None)(rig.status()), 5,
+    status = rig.box.wait_for(lambda: (lambda s: s if s.startswith("APPROVAL") else None)(rig.status()), 60,
                               what="STATUS= APPROVAL NEEDED")
     m = re.fullmatch(r"APPROVAL NEEDED for 3 new releases: retirectl plan, then retirectl approve "
                      r"([0-9a-f]{12}); (.*)", status)
@@ -580,7 +582,7 @@ def test_watchdog_restarts_a_hung_daemon(rig):
         p = rig.props("NRestarts", "MainPID", "ActiveState", "SubState")
         return p["NRestarts"] == "1" and p["MainPID"] not in ("0", before["MainPID"]) and \
             (p["ActiveState"], p["SubState"]) == ("active", "running")
-    rig.box.wait_for(restarted, 20, interval=0.2, what="a watchdog restart")
+    rig.box.wait_for(restarted, 60, interval=0.2, what="a watchdog restart")
     log = rig.box.journalctl("-u", UNIT, "-o", "cat")
     assert "Watchdog timeout" in log
     assert "Failed with result 'watchdog'" in log
@@ -680,7 +682,7 @@ def test_pause_outlives_a_restart_and_shows_who(rig):
     rig.ctl("reload")
     r = rig.box.systemctl("restart", UNIT, check=False)
     assert r.returncode == 0, f"{r.stderr}\n{rig.log()}"
-    rig.box.wait_for(lambda: rig.status().startswith("PAUSED by uid 0"), 10, what="still paused after the restart")
+    rig.box.wait_for(lambda: rig.status().startswith("PAUSED by uid 0"), 60, what="still paused after the restart")
     assert rig.phone(num(26))["state"] == "pending" and rig.deletes(26) == 0
     assert rig.ctl("resume").stdout.strip() == "resumed"
     rig.wait_state(num(26), "released")              # a custom (SIP) phone: released at once
