@@ -81,3 +81,37 @@ def test_a_delete_decided_during_the_listing_is_dropped_by_a_reload(make_rig):
     hist = history_kinds(rig, pid(1))
     assert ("state", "in_flight", "cancelled", None, None, "no longer declared") in hist, hist
     rig.assert_exactly_once(one_delete=True)
+
+
+def test_a_release_answered_after_a_reload_cancelled_it_goes_on_record(make_rig):
+    """A DELETE is out (the API takes 3 s to answer, having ordered the
+    release at once) when a reload un-declares the phone: the row is
+    cancelled, then the 204 arrives.  What the API did is the truth: the row
+    becomes scheduled from cancelled, the DELETE and its 204 are on record,
+    and nothing is sent again."""
+    rig = make_rig([phone(1), phone(2)])
+    rig.fake.script(pid(1), "DELETE", [{"delay": 3}])
+    rig.write_config([{"id": pid(1)}, {"id": pid(2)}])
+    proc = rig.start()
+    wait_for(lambda: rig.fake.delete_counts.get(pid(1)) and rig.db_rows()[pid(1)]["state"] == "in_flight",
+             what="the DELETE of phone 1", timeout=LONG)
+    rig.write_config([{"id": pid(2)}])
+    reply = rig.ctl("reload")
+    assert "reloaded" in reply.stdout, reply
+    assert rig.db_rows()[pid(1)]["state"] == "cancelled", "the DELETE was answered before the reload"
+    wait_for(lambda: any(h["new_state"] == "scheduled" for h in rig.db_history(pid(1))),
+             what="the answer to the DELETE", timeout=LONG)
+    wait_for(lambda: rig.db_rows()[pid(2)]["state"] == "scheduled", what="phone 2", timeout=LONG)
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    err = stderr_of(proc)
+
+    hist = rig.db_history(pid(1))
+    calls = [(h["method"], h["http_status"]) for h in hist if h["kind"] == "call"]
+    assert ("DELETE", 204) in calls, (calls, err)
+    steps = [(h["old_state"], h["new_state"]) for h in hist if h["kind"] == "state"]
+    assert steps[-2:] == [("in_flight", "cancelled"), ("cancelled", "scheduled")], steps
+    assert rig.db_rows()[pid(1)]["state"] == "scheduled"
+    assert [l for l in err.splitlines() if MSG["scheduled"] in l and pid(1) in l], err
+    assert rig.fake.delete_counts.get(pid(1)) == 1
+    rig.assert_exactly_once(one_delete=True)
