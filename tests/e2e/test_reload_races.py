@@ -115,3 +115,32 @@ def test_a_release_answered_after_a_reload_cancelled_it_goes_on_record(make_rig)
     assert [l for l in err.splitlines() if MSG["scheduled"] in l and pid(1) in l], err
     assert rig.fake.delete_counts.get(pid(1)) == 1
     rig.assert_exactly_once(one_delete=True)
+
+
+def stamp(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def test_a_delete_is_refused_at_the_wire_once_the_apis_clock_says_not_yet(make_rig):
+    """Phone 1's not_before came yesterday; its look says the API's clock
+    agrees, and its DELETE queues behind phone 2's look.  That look's Date is
+    31 days behind ours: by the API's clock phone 1 is not due yet, so its
+    DELETE is refused as it reaches the wire, and it stays pending."""
+    rig = make_rig([phone(1), phone(2)])
+    rig.write_config([{"id": pid(1), "not_before": stamp(time.time() - 86400)}, {"id": pid(2)}],
+                     pace={"rate": 0.5, "burst": 1, "concurrency": 1})
+    proc = rig.start(env={"RETIRED_LOG_LEVEL": "debug"})
+    wait_for(lambda: [r for r in rig.fake.requests(phone_id=pid(1), method="GET") if r["status"] == 200],
+             what="the look at phone 1", timeout=LONG)
+    rig.fake.configure(date_offset=-31 * 86400)
+    assert not rig.fake.requests(phone_id=pid(2), method="GET"), "phone 2 was looked at before the API's clock moved"
+    # Phone 1's DELETE was queued first: refused before phone 2's left.
+    wait_for(lambda: rig.db_rows()[pid(2)]["state"] == "scheduled", what="phone 2", timeout=LONG)
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    err = stderr_of(proc)
+    assert rig.deletes(pid(1)) == [], err
+    assert rig.db_rows()[pid(1)]["state"] == "pending", rig.db_rows()[pid(1)]
+    assert "%s: not sent: not due yet by the API's clock" % pid(1) in err, err
+    assert [l for l in err.splitlines() if MSG["clock_skew"] in l], err
+    rig.assert_exactly_once(one_delete=True)
