@@ -233,3 +233,16 @@ def test_an_api_clock_ahead_of_ours_changes_nothing(make_rig):
     run = rig.run()
     assert run.rc == 0, run
     assert rig.list()[num(1)]["state"] == "scheduled"
+
+
+def test_an_api_without_a_date_header_leaves_our_clock_alone(make_rig):
+    """No Date header on any answer: there is no second clock to hold
+    not_before against, so ours decides; nothing is taken for a skew."""
+    rig = make_rig([phone(1), phone(2)], date_header="none")
+    rig.write_config([{"number": num(1), "not_before": stamp(time.time() - 60)}, {"id": pid(2)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    rows = rig.list()
+    assert rows[num(1)]["state"] == "scheduled" and rows[pid(2)]["state"] == "scheduled", rows
+    assert not [l for l in run.lines if MSG["clock_skew"] in l], run
+    rig.assert_exactly_once(one_delete=True)
