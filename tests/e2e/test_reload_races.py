@@ -144,3 +144,27 @@ def test_a_delete_is_refused_at_the_wire_once_the_apis_clock_says_not_yet(make_r
     assert "%s: not sent: not due yet by the API's clock" % pid(1) in err, err
     assert [l for l in err.splitlines() if MSG["clock_skew"] in l], err
     rig.assert_exactly_once(one_delete=True)
+
+
+def test_a_look_answered_after_a_reload_changed_its_row_records_nothing(make_rig):
+    """The look at phone 1 is out (the API takes 3 s) when a reload cancels it
+    and declares phone 2.  Its answer ("assigned: release it") was decided on
+    the old declaration: nothing of it is recorded, no DELETE leaves, and the
+    daemon goes on (phone 2 is released) instead of pausing."""
+    rig = make_rig([phone(1), phone(2)])
+    rig.fake.script(pid(1), "GET", [{"delay": 3}])
+    rig.write_config([{"id": pid(1)}])
+    proc = rig.start(env={"RETIRED_LOG_LEVEL": "debug"})
+    wait_for(lambda: "start GET /v1/phone/%s" % pid(1) in stderr_of(proc), what="the look at phone 1", timeout=LONG)
+    rig.write_config([{"id": pid(2)}])
+    reply = rig.ctl("reload")
+    assert "reloaded" in reply.stdout, reply
+    assert not rig.fake.requests(phone_id=pid(1), method="GET"), "the look was answered before the reload"
+    wait_for(lambda: rig.db_rows().get(pid(2), {}).get("state") == "scheduled", what="phone 2", timeout=LONG)
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    err = stderr_of(proc)
+    assert "%s changed in the ledger meanwhile" % pid(1) in err, err
+    assert "Paused all calls" not in err, err
+    assert rig.deletes(pid(1)) == [] and rig.db_rows()[pid(1)]["state"] == "cancelled", err
+    rig.assert_exactly_once(one_delete=True)
