@@ -3,7 +3,7 @@ nothing is released, no phone is failed and no attempt is counted."""
 
 import pytest
 
-from conftest import EXIT, MSG, VIEW_ONLY_TOKEN, num, phone, pid
+from conftest import EXIT, MSG, VIEW_ONLY_TOKEN, num, phone, pid, stderr_of, wait_for
 
 # A key refused: the whole run stops at once (a few tenths of a second); a run
 # that does not stop within this is a hang, even on a machine at a quarter of
@@ -84,3 +84,23 @@ def test_good_token_after_a_refused_one(make_rig):
     # Between the two DELETEs, a look.
     log = [(e["method"], e["status"]) for e in rig.fake.log if e["phone_id"] == pid(1)]
     assert log[log.index(("DELETE", 403)) + 1] == ("GET", 200), log
+
+
+def test_a_reload_with_the_right_key_resumes_a_paused_daemon(make_rig):
+    """A running daemon paused by a 401 resumes at the reload that brings the
+    right key (it does not wait out the pause), and releases the phone once."""
+    rig = make_rig([phone(1)])
+    rig.set_token("not-the-key")
+    rig.write_config([{"id": pid(1)}])
+    proc = rig.start()
+    wait_for(lambda: MSG["auth_paused"] in stderr_of(proc), what="the pause", timeout=AUTH_TIMEOUT)
+    assert rig.db_rows()[pid(1)]["state"] == "pending"
+    rig.set_token("test-token")
+    reply = rig.ctl("reload")
+    assert "reloaded" in reply.stdout, reply
+    wait_for(lambda: rig.db_rows()[pid(1)]["state"] == "scheduled", what="the release", timeout=20)
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    assert "Resuming calls." in stderr_of(proc)
+    assert [e["status"] for e in rig.deletes()] == [204]
+    rig.assert_exactly_once(one_delete=True)

@@ -233,3 +233,35 @@ def test_an_api_clock_ahead_of_ours_changes_nothing(make_rig):
     run = rig.run()
     assert run.rc == 0, run
     assert rig.list()[num(1)]["state"] == "scheduled"
+
+
+def test_an_api_without_a_date_header_leaves_our_clock_alone(make_rig):
+    """No Date header on any answer: there is no second clock to hold
+    not_before against, so ours decides; nothing is taken for a skew."""
+    rig = make_rig([phone(1), phone(2)], date_header="none")
+    rig.write_config([{"number": num(1), "not_before": stamp(time.time() - 60)}, {"id": pid(2)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    rows = rig.list()
+    assert rows[num(1)]["state"] == "scheduled" and rows[pid(2)]["state"] == "scheduled", rows
+    assert not [l for l in run.lines if MSG["clock_skew"] in l], run
+    rig.assert_exactly_once(one_delete=True)
+
+
+def test_the_resync_timer_confirms_an_ordered_release(make_rig):
+    """resync_interval 1 s: the timer keeps bringing passes that look at the
+    scheduled phone, and the one after the billing period ends records it
+    released, with no DELETE sent again."""
+    rig = make_rig([phone(1)], billing_period=2.5)
+    rig.write_config([{"id": pid(1)}], extra="resync_interval = 1.0;")
+    proc = rig.start()
+    wait_for(lambda: rig.db_rows().get(pid(1), {}).get("state") == "scheduled", what="the order", timeout=20)
+    wait_for(lambda: rig.db_rows()[pid(1)]["state"] == "released", what="the resync that sees it released",
+             timeout=20)
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    err = stderr_of(proc)
+    assert err.count("(resync)") >= 2, err
+    steps = [(h["old_state"], h["new_state"]) for h in rig.db_history(pid(1)) if h["kind"] == "state"]
+    assert steps[-1] == ("scheduled", "released"), steps
+    rig.assert_exactly_once(one_delete=True)
