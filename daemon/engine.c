@@ -913,10 +913,20 @@ static int64_t due_now(Engine *e, int64_t t) {
         return reconcile_due_now(t, e->api_offset, e->offset_known);
 }
 
+/* The next wake-up is looked for from the time the last pass took its due
+ * rows at, not from now: a row that fell due while that pass ran was not
+ * among them, and from now it would look already served, so nothing would
+ * wake for it until the resync (seen as a not_before missed by minutes on a
+ * loaded machine, whose pass outlasted the wait). */
 static void arm_wake(Engine *e) {
-        int64_t t = (int64_t) now(CLOCK_REALTIME), next;
+        int64_t t = e->due.now, t_due = e->due.due_now, next;
 
-        if (ledger_next_due(e->ledger, t, due_now(e, t), e->held, &next) < 0) {
+        /* No pass yet, or a clock stepped back since: from now. */
+        if (t == 0 || t > (int64_t) now(CLOCK_REALTIME)) {
+                t = (int64_t) now(CLOCK_REALTIME);
+                t_due = due_now(e, t);
+        }
+        if (ledger_next_due(e->ledger, t, t_due, e->held, &next) < 0) {
                 disarm(e->wake);
                 return;
         }
