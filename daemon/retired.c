@@ -39,6 +39,7 @@ typedef struct Manager {
         int exit_code;
         uint64_t watchdog_usec;  /* WatchdogSec=, or 0 */
         usec_t pinged;           /* when on_ledger_progress() last pinged it */
+        bool started;            /* READY=1 was sent: no more start extensions */
         bool interruptible;      /* a stop may cut the declarations' load or plan short */
         bool interrupted;        /* and did: what it began was taken back */
         bool stopping;           /* SIGTERM or SIGINT was served: no more reloads */
@@ -47,6 +48,11 @@ typedef struct Manager {
 } Manager;
 
 #define DEBOUNCE_USEC   (500 * USEC_PER_MSEC)
+/* Until READY=1, progress holds off TimeoutStartSec= too: a million
+ * declarations on a busy machine may need longer than its 90 s, and a start
+ * killed for that starts over, forever.  Each message grants this much more
+ * from when it is sent, so a start that stops progressing still times out. */
+#define START_EXTEND_USEC (30 * USEC_PER_SEC)
 #define CANCEL_ENTRIES_MAX 100   /* cancellations one reload reports phone by phone */
 #define STOP_GRACE_USEC (5 * USEC_PER_SEC)     /* past api.timeout, before giving up on calls in flight */
 #define STATUS_SHARE    20   /* STATUS= takes at most 1/20 of the loop's time */
@@ -88,19 +94,25 @@ static void report_diag(const ConfDiag *d, const char *what) {
 
 /* Until the event loop runs, and while one of its callbacks works through a
  * million declarations, nothing else pings the watchdog or reads a signal:
- * the ledger's own progress does both.  The ping goes at a quarter of
- * WatchdogSec=; work that makes no progress in SQLite still misses it, as
- * a hang should.  A SIGTERM or SIGINT waiting (blocked, for the loop's
+ * the ledger's own progress does both, and before READY=1 extends the start
+ * timeout too.  The ping goes at a quarter of WatchdogSec= (or of the
+ * extension); work that makes no progress in SQLite still misses it, as a
+ * hang should.  A SIGTERM or SIGINT waiting (blocked, for the loop's
  * signalfd) cuts short a load or plan that may be: SQLite takes back what
  * it began, and the loop serves the stop within a second, not after the
  * million rows. */
 static bool on_ledger_progress(void *userdata) {
         Manager *m = userdata;
+        usec_t every = START_EXTEND_USEC / 4, t;
         sigset_t pending;
-        usec_t t;
 
-        if (m->watchdog_usec > 0 && (t = now(CLOCK_MONOTONIC)) - m->pinged >= m->watchdog_usec / 4) {
-                (void) sd_notify(false, "WATCHDOG=1");
+        if (m->watchdog_usec > 0 && m->watchdog_usec < START_EXTEND_USEC)
+                every = m->watchdog_usec / 4;
+        if ((m->watchdog_usec > 0 || !m->started) && (t = now(CLOCK_MONOTONIC)) - m->pinged >= every) {
+                if (m->watchdog_usec > 0)
+                        (void) sd_notify(false, "WATCHDOG=1");
+                if (!m->started)
+                        (void) sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long) START_EXTEND_USEC);
                 m->pinged = t;
         }
         if (!m->interruptible || sigpending(&pending) < 0)
@@ -743,6 +755,7 @@ static int run(void) {
                 log_notice("Dry run: observing and logging only; nothing will be released.");
 
         (void) sd_notify(false, "READY=1");
+        m.started = true;
         notify_status(&m);
         engine_request_pass(m.engine, true);
         r = sd_event_loop(m.event);

@@ -265,7 +265,10 @@ def test_a_long_start_keeps_the_watchdog_fed(make_rig, tmp_path):
     """A first start with 100,000 new declarations (drop-ins of 1,000) works
     for longer than the watchdog interval before READY=1, and before the
     event loop runs: the daemon pings meanwhile, or systemd kills it and
-    starts it again, forever."""
+    starts it again, forever.  It extends the start timeout as it goes, too
+    (EXTEND_TIMEOUT_USEC=, 30 s from each message): on a slow machine a
+    million declarations outlast TimeoutStartSec= and would meet the same
+    fate."""
     # Sanitized, the start is several times slower: fewer declarations make
     # it as long (and the test skips itself if the start is too short).
     n, per_file, watchdog = (30000 if os.environ.get("RETIRED_SANITIZED") else 100000), 1000, 1.0
@@ -283,15 +286,25 @@ def test_a_long_start_keeps_the_watchdog_fed(make_rig, tmp_path):
     sock.settimeout(120)
     t0 = time.monotonic()
     p = rig.start(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": str(int(watchdog * 1e6))})
-    pings, ready = [], None
+    pings, extends, ready = [], [], None
     try:
         while ready is None:
             lines = sock.recv(4096).decode().split("\n")
             t = time.monotonic()
             if "WATCHDOG=1" in lines:
                 pings.append(t)
+            extends += [(t, l) for l in lines if l.startswith("EXTEND_TIMEOUT_USEC=")]
             if "READY=1" in lines:
                 ready = t
+        # The loop's pings and statuses go on; an extension would now stretch
+        # RuntimeMaxSec= instead, so none comes.
+        until = time.monotonic() + 1.5
+        sock.settimeout(0.5)
+        while time.monotonic() < until:
+            try:
+                assert "EXTEND_TIMEOUT_USEC" not in sock.recv(4096).decode(), "an extension after READY=1"
+            except socket.timeout:
+                pass
     finally:
         sock.close()
         p.terminate()
@@ -307,6 +320,10 @@ def test_a_long_start_keeps_the_watchdog_fed(make_rig, tmp_path):
     gaps = [b - a for a, b in zip([t0] + pings, pings + [ready])]
     bound = max(watchdog, (ready - t0) / 4)
     assert max(gaps) < bound, "start %.2f s, %d pings, longest gap %.2f s" % (ready - t0, len(pings), max(gaps))
+    assert extends and {l for _, l in extends} == {"EXTEND_TIMEOUT_USEC=30000000"}, extends
+    times = [t for t, _ in extends]
+    gaps = [b - a for a, b in zip([t0] + times, times + [ready])]
+    assert max(gaps) < max(watchdog, (ready - t0) / 4), "longest time without an extension: %.2f s" % max(gaps)
 
 
 # ---------------------------------------------------------------- the plan as read
