@@ -53,13 +53,16 @@ def test_withdrawn_during_the_hold_nothing_is_sent(make_rig):
     p = daemon(rig)
     wait_for(lambda: rig.db_rows().get(pid(1), {}).get("state") == "pending", what="the row")
     rig.write_config([{"id": pid(2)}], safety={"hold": 3})      # pid(1) was the typo
+    # The hold runs from when the reload applies, which is after it is asked
+    # for and may be long before retirectl returns on a loaded machine.
+    t_asked = time.time()
     assert rig.ctl("reload").stdout.strip() == "reloaded"
     assert rig.db_rows()[pid(1)]["state"] == "cancelled"
-    t_applied = time.time()
     wait_for(lambda: rig.db_rows()[pid(2)]["state"] == "scheduled", timeout=30, what="pid(2) after its hold")
     deletes = rig.deletes()
     assert [d["phone_id"] for d in deletes] == [pid(2)], deletes
-    assert deletes[0]["wall"] >= t_applied + 2.5, "released before its hold ended"
+    assert deletes[0]["wall"] >= t_asked + 3, "released %.2f s after the reload was asked for, within its hold" % (
+        deletes[0]["wall"] - t_asked)
     p.terminate()
     assert p.wait(10) == 0
 
