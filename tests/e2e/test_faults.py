@@ -334,11 +334,15 @@ def test_connection_refused_for_the_delete(make_rig, closed_port):
     can tell, and once the API is back it is released, exactly once."""
     rig = make_rig([phone(1)])
     rig.fake.script(pid(1), "GET", [{"delay": 1.0}])
-    rig.write_config([{"id": pid(1)}], api={"timeout": 2.0})
+    # Not about the backoff: short, and attempts enough for a loaded machine,
+    # where the checks below may outlast several retries against the closed port.
+    retry = {"base_delay": 0.2, "max_delay": 1.0, "max_attempts": 100}
+    rig.write_config([{"id": pid(1)}], api={"timeout": 2.0}, retry=retry)
     proc = rig.start()
     # The GET has arrived (the fake holds it 1 s) once its scripted answer is used up.
     wait_for(lambda: (pid(1), "GET") not in rig.fake._scripts, what="the slow GET to arrive")
-    rig.write_config([{"id": pid(1)}], api={"base_url": "http://127.0.0.1:%d" % closed_port, "timeout": 2.0})
+    rig.write_config([{"id": pid(1)}], api={"base_url": "http://127.0.0.1:%d" % closed_port, "timeout": 2.0},
+                     retry=retry)
     proc.send_signal(signal.SIGHUP)
 
     def refused_delete():
@@ -355,7 +359,7 @@ def test_connection_refused_for_the_delete(make_rig, closed_port):
     assert MSG["retrying"] in lines[0]
 
     # The API is back.
-    rig.write_config([{"id": pid(1)}], api={"timeout": 2.0})
+    rig.write_config([{"id": pid(1)}], api={"timeout": 2.0}, retry=retry)
     proc.send_signal(signal.SIGHUP)
     wait_for(lambda: rig.db_rows()[pid(1)]["state"] == "scheduled", what="the release", timeout=30)
     proc.terminate()
