@@ -34,7 +34,7 @@ SYSTEM_WORKERS = os.environ.get("CHECK_SYSTEM_WORKERS", "3")
 
 
 def pytest(*paths, workers=None):
-    argv = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15"]
+    argv = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25"]
     if workers:
         argv += ["-n", workers]
     return argv + list(paths)
