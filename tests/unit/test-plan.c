@@ -1156,11 +1156,25 @@ static void test_a_change_that_cannot_be_read_stops_the_plan(void **state) {
         plan_free(p);
 }
 
+/* The kinds' names are what `retirectl plan --json` prints as keys: stable,
+ * and nothing (not garbage) for a kind no table has. */
+static void test_change_kinds_have_their_documented_names(void **state) {
+        static const char *const want[_CHANGE_MAX] = {
+                [CHANGE_ADD] = "add", [CHANGE_REDECLARE] = "redeclare", [CHANGE_CANCEL] = "cancel",
+                [CHANGE_UPDATE] = "update", [CHANGE_KEEP] = "keep",
+        };
+
+        for (ChangeKind k = 0; k < _CHANGE_MAX; k++)
+                assert_string_equal(change_kind_to_string(k), want[k]);
+        assert_null(change_kind_to_string(_CHANGE_MAX));
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_refused_load_keeps_the_declared_set_in_force),
                 T(test_only_declared_failed_rows_need_an_operator),
                 T(test_a_change_that_cannot_be_read_stops_the_plan),
+                cmocka_unit_test(test_change_kinds_have_their_documented_names),
                 T(test_hold_covers_what_is_added_or_changed),
                 T(test_new_declarations_are_added_as_pending),
                 T(test_undeclared_rows_not_yet_released_are_cancelled),
