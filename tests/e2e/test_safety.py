@@ -7,6 +7,7 @@ declared, never release twice, never lose a record."""
 import os
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -171,24 +172,37 @@ def test_a_second_daemon_through_another_name_is_refused(make_rig, link):
     rig = make_rig([phone(n) for n in range(1, 21)], latency=0.05)
     decl = [{"number": num(n)} for n in range(1, 21)]
     rig.write_config(decl, pace={"rate": 20.0})
+    # The first daemon must still be running when the second starts: one of
+    # its DELETEs is answered only once the test opens the gate (a run of a
+    # second would otherwise end before a sanitized second daemon on a
+    # loaded machine has opened the ledger).
+    gate = threading.Event()
+    rig.fake.script(pid(20), "DELETE", [{"gate": gate}])
     first = rig.start("--once")
-    wait_for(lambda: os.path.exists(rig.ledger) and rig.deletes(), what="the first daemon's DELETEs")
+    try:
+        wait_for(lambda: rig.fake.delete_counts.get(pid(20)), what="the first daemon's gated DELETE")
+        second = run_second(rig, link)
+    finally:
+        gate.set()
+    assert second.returncode == EXIT["setup"], second.stderr
+    assert "in use by another writer" in second.stderr, second.stderr
+    assert first.wait(30) == 0, stderr_of(first)
+    rig.assert_exactly_once(one_delete=True)
+    assert len(rig.deletes()) == 20
+
+
+def run_second(rig, link):
+    """The same config, the same ledger under another name, in a second retired."""
     other = rig.ledger + ".other"
     (os.link if link == "hard" else os.symlink)(rig.ledger, other)
-    # The same config, the same ledger under another name.
     with open(rig.config_path) as f:
         text = f.read()
     assert text.count('ledger = "%s";' % rig.ledger) == 1
     second_conf = os.path.join(rig.dir, "second.conf")
     with open(second_conf, "w") as f:
         f.write(text.replace('ledger = "%s";' % rig.ledger, 'ledger = "%s";' % other))
-    p = subprocess.run([RETIRED, "-c", second_conf, "--once"], stdin=subprocess.DEVNULL, capture_output=True,
-                       text=True, env=child_env(), timeout=10)
-    assert p.returncode == EXIT["setup"], p.stderr
-    assert "in use by another writer" in p.stderr, p.stderr
-    assert first.wait(30) == 0, stderr_of(first)
-    rig.assert_exactly_once(one_delete=True)
-    assert len(rig.deletes()) == 20
+    return subprocess.run([RETIRED, "-c", second_conf, "--once"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=child_env(), timeout=60)
 
 
 # ---------------------------------------------------------------- 8. two clocks
