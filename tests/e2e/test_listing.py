@@ -221,6 +221,24 @@ def test_more_pages_than_retired_lists_is_not_believed(make_rig):
     assert rig.deletes() == []
 
 
+def test_a_first_page_that_says_it_is_another_is_not_believed(make_rig):
+    """Asked for page 1, the API answers current_page 2 (a proxy's cache, a
+    shifted offset): nothing read after it could be trusted to cover the
+    account, so the listing ends with an error and no verdict, and no number
+    is called not in the account."""
+    rig = make_rig([phone(1)])
+    odd = {"data": [rig.fake.phone(pid(1))], "has_more": False, "current_page": 2, "total_pages": 2}
+    rig.fake.script("list", "GET", [{"status": 200, "body": json.dumps(odd)}] * 10)
+    rig.write_config([{"number": num(1)}, {"number": num(2)}], retry={"max_attempts": 2})
+    run = rig.run()
+    assert run.rc == 1, run
+    assert len(list_calls(rig)) == 2
+    assert [l for l in run.lines if "the API answered another page" in l], run
+    rows = rig.list()
+    assert {r["state"] for r in rows.values()} == {"pending"}, rows
+    assert rig.deletes() == []
+
+
 # ---------------------------------------------------------------- odd phones, flaky pages
 
 @pytest.mark.parametrize("odd", ["number_null", "id_in_capitals"])
