@@ -239,6 +239,24 @@ def test_a_first_page_that_says_it_is_another_is_not_believed(make_rig):
     assert rig.deletes() == []
 
 
+def test_an_api_that_ends_with_an_empty_page_after_has_more_is_believed_the_second_time(make_rig):
+    """By cursor, an API whose last page is always empty after a has_more
+    (a quirk the description allows): the first time it may be a cursor whose
+    phone went away, so the account is listed again; the second time it is
+    the end, and the phones listed are acted on."""
+    rig = make_rig([phone(1)], paging="cursor")
+    first = {"data": [rig.fake.phone(pid(1))], "has_more": True, "last_id": pid(1)}
+    empty = {"data": [], "has_more": False}
+    rig.fake.script("list", "GET", [{"status": 200, "body": json.dumps(b)} for b in (first, empty) * 2])
+    rig.write_config([{"number": num(1)}])
+    run = rig.run()
+    assert run.rc == 0, run
+    assert len(list_calls(rig)) == 4
+    assert len([l for l in run.lines if "the last page after has_more was empty" in l]) == 1, run
+    assert rig.list()[num(1)]["state"] == "scheduled"
+    rig.assert_exactly_once(one_delete=True)
+
+
 # ---------------------------------------------------------------- odd phones, flaky pages
 
 @pytest.mark.parametrize("odd", ["number_null", "id_in_capitals"])
