@@ -585,7 +585,9 @@ static int on_config_change(sd_event_source *s, const struct inotify_event *ev, 
         return 0;
 }
 
-#define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE)
+/* IN_ATTRIB: a file written under umask 077 and then chmod'ed (as install(1)
+ * and many hands do) is unreadable at its close, and readable only after. */
+#define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE | IN_ATTRIB)
 
 /* (Re)watches the drop-in folder: it may appear after start, or move on a
  * reload. */

@@ -455,6 +455,21 @@ def test_dropin_folder_created_after_start_is_watched(rig):
     rig.wait_state(num(13), "scheduled")
 
 
+def test_a_dropin_made_readable_after_it_was_saved_is_taken(rig):
+    """A drop-in saved unreadable to the unit's user (root's umask 077) is
+    refused, saying why; the chmod that fixes it is a change the daemon sees
+    as well, with no command."""
+    rig.write_config(decl(11))
+    rig.box.run("mkdir", "-p", DROPINS)
+    rig.start()
+    rig.wait_state(num(11), "scheduled")
+    rig.box.install(f"{DROPINS}/late.conf", releases_text(decl(12)), mode=0o600)
+    rig.box.wait_for(lambda: [m for m in rig.messages(f"MESSAGE_ID={MSG['config_rejected']}")
+                              if "late.conf" in m and "Permission denied" in m], 60, what="the refusal")
+    rig.box.run("chmod", "0644", f"{DROPINS}/late.conf")
+    rig.wait_state(num(12), "scheduled")
+
+
 # ---------------------------------------------------------------- 5. the control socket
 
 def test_retry_through_the_control_socket(rig):
