@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* Reconciliation: scheduling and I/O; the decisions are reconcile.c's.
+/* The pass: which rows are due, in what order they are met, and when the
+ * next pass comes; the engine's timers and its interface (daemon.h).  The
+ * acts and their outcomes are act.c's, the match of a listing to the
+ * declarations match.c's, the pauses pause.c's, the decisions reconcile.c's.
  *
  * A pass takes the rows that are due and observes them with the fewest
  * calls: the whole account listed first when numbers must be resolved or
@@ -10,134 +13,23 @@
  * The rows come from the ledger in batches of BATCH, by pk, and the next
  * batch is taken from the event loop only once fewer than BATCH jobs are
  * open: memory does not grow with the ledger, and signals, the control
- * socket and the watchdog are served between batches.  Each answer
- * becomes an Outcome that is committed to the ledger before the next step;
- * a DELETE goes out only after its in_flight commit, which succeeds only if
- * the row still has the declaration the DELETE was decided on and is due by
- * both clocks at that moment. */
+ * socket and the watchdog are served between batches. */
 
 #include <inttypes.h>
 #include <stdlib.h>
 #include <sys/random.h>
 
-#include "daemon.h"
+#include "engine-internal.h"
 #include "log.h"
 #include "macro.h"
 #include "messages.h"
 
-#define AUTH_PAUSE_USEC   (15 * USEC_PER_MINUTE)  /* until a reload, or this long */
-#define LEDGER_RETRY_USEC USEC_PER_MINUTE
-#define CARRIER_IDS_MAX   8                       /* ids named in an ambiguity's detail */
 #define BATCH             256u                    /* rows taken from the ledger at a time */
 #define CHECK_BATCH       4096u                   /* rows checked against a listing at a time */
 
-typedef struct Batch Batch;
+static void on_answer(Diga *d, const CallResult *r, void *userdata);
 
-typedef struct Job {
-        Engine *e;
-        Batch *batch;
-        int64_t pk, version;
-        char *key, *id, *number, *provider, *api_number, *last_error;
-        PhoneState state;            /* as committed in the ledger */
-        unsigned attempts;
-        int64_t not_before, sent_at, look_after;
-        char *rejected;              /* why the API refused this pass's DELETE, pending a look */
-        int delete_status;           /* the last DELETE's HTTP status in this pass, 0: none */
-        Call *call;                  /* queued or out, or NULL */
-        bool deleting;               /* call is the DELETE */
-        bool held;                   /* a DELETE decided while the listing runs: it waits */
-        bool stale;                  /* the declaration changed: act on nothing */
-        bool finished;
-} Job;
-
-/* Jobs taken from the ledger together; freed (from the loop) once all are finished. */
-struct Batch {
-        Batch *next;
-        size_t n, n_open;
-        Job jobs[];
-};
-
-#define FOREACH_JOB(j, b, e) \
-        for (Batch *b = (e)->batches; b; b = b->next) \
-                for (Job *j = b->jobs; j < b->jobs + b->n; j++)
-
-typedef struct PassStats {
-        unsigned calls, outcomes[_STATE_MAX];
-        size_t unconfirmed;          /* numbers absent from a listing by page, due after its check */
-        usec_t started;
-} PassStats;
-
-typedef enum Step {
-        STEP_LOOKS,                  /* rows whose DELETE may have gone out, by id, while the listing runs */
-        STEP_CHECK,                  /* each due number in the listing by page, or a cursor listing confirms */
-        STEP_REST,                   /* the other rows: matched against the listing, or looked at by id */
-        STEP_END,
-} Step;
-
-typedef enum Rest {
-        REST_UNSET,
-        REST_GET,                    /* no listing: a GET each */
-        REST_MATCH,                  /* the listing is complete: each row meets the phone it names */
-        REST_BY_ID,                  /* no listing to believe: rows by id get a GET, those by number wait */
-        REST_NONE,                   /* the API cannot be reached, or refuses the key: every row waits */
-} Rest;
-
-struct Engine {
-        sd_event *event;
-        Ledger *ledger;
-        Diga *diga;
-        Api *api;
-        Listing *listing;
-        sd_event_source *wake, *resync, *list_retry, *unpause;
-
-        /* From the config, copied so a reload never pulls it from under a pass. */
-        unsigned max_attempts;
-        usec_t base_delay, max_delay, settle, resync_interval;
-        bool dry_run;
-
-        bool running, want_pass, want_resync, stopping, paused;
-        char *pause_reason;
-        bool held;                   /* an operator's pause: no DELETE leaves */
-        bool confirming;             /* the listing running is the cursor's confirmation */
-
-        /* The pass: its due rows a set and a batch at a time. */
-        DueQuery due;
-        uint64_t counted[_DUE_MAX];  /* due at the pass's start */
-        Step step;
-        Rest rest;
-        int64_t after;               /* the last pk this step took */
-        Batch *batches;
-        size_t n_open, n_done;
-        sd_event_source *advance;    /* the next batch, from the loop */
-        int list_r;                  /* how the listing ended; 1 while none has */
-        unsigned generation;         /* bumped by each reload */
-        unsigned list_generation;    /* when the listing started */
-        PassStats stats;
-
-        unsigned list_failures;      /* listings failed in a row */
-        char *list_error;
-
-        /* The second clock: the API's Date minus ours, from the last answer. */
-        int64_t api_offset;
-        bool offset_known, skewed;
-
-        EngineIdle idle;
-        void *idle_userdata;
-};
-
-static void pass_kick(Engine *e);
-static void observe(Job *j, bool urgent);
-static void queue_delete(Job *j);
-static void ledger_pause(Engine *e, int error);
-
-static const char *const message_ids[_STATE_MAX] = {
-        [STATE_DEFERRED] = MESSAGE_DEFERRED,   [STATE_RETRYING] = MESSAGE_RETRYING,
-        [STATE_SCHEDULED] = MESSAGE_SCHEDULED, [STATE_RELEASED] = MESSAGE_RELEASED,
-        [STATE_FAILED] = MESSAGE_FAILED,       [STATE_CANCELLED] = MESSAGE_CANCELLED,
-        [STATE_UNRESOLVED] = MESSAGE_UNRESOLVED,
-};
-
-static usec_t mono_now(Engine *e) {
+usec_t mono_now(Engine *e) {
         uint64_t t;
 
         if (sd_event_now(e->event, CLOCK_MONOTONIC, &t) < 0)
@@ -145,16 +37,16 @@ static usec_t mono_now(Engine *e) {
         return t;
 }
 
-static void arm(sd_event_source *s, usec_t when) {
+void arm(sd_event_source *s, usec_t when) {
         if (sd_event_source_set_time(s, when) < 0 || sd_event_source_set_enabled(s, SD_EVENT_ONESHOT) < 0)
                 log_error("Cannot arm a timer; the engine wakes again at the next event.");
 }
 
-static void disarm(sd_event_source *s) {
+void disarm(sd_event_source *s) {
         (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
 }
 
-static World world(Engine *e) {
+World world(Engine *e) {
         int64_t t = (int64_t) now(CLOCK_REALTIME);
 
         return (World) {
@@ -164,7 +56,7 @@ static World world(Engine *e) {
         };
 }
 
-static Row row_of(const Job *j) {
+Row row_of(const Job *j) {
         return (Row) {
                 .state = j->state, .key = j->key, .id = j->id, .number = j->number, .not_before = j->not_before,
                 .attempts = j->attempts, .sent_at = j->sent_at, .look_after = j->look_after,
@@ -174,7 +66,7 @@ static Row row_of(const Job *j) {
 
 /* Marks a job finished (its row waits for nothing more in this pass).  It
  * is freed with its batch, from the loop: callers may still read it. */
-static void job_finish(Job *j) {
+void job_finish(Job *j) {
         if (j->finished)
                 return;
         j->finished = true;
@@ -194,7 +86,7 @@ static void job_done(Job *j) {
         free(j->rejected);
 }
 
-static int set_str(char **p, const char *v) {
+int set_str(char **p, const char *v) {
         char *n;
 
         if (!v || (*p && streq(*p, v)))
@@ -209,7 +101,6 @@ static int set_str(char **p, const char *v) {
 
 /* ---- the second clock ---- */
 
-static void on_answer(Diga *d, const CallResult *r, void *userdata);
 
 static void note_api_clock(Engine *e, const CallResult *r) {
         int64_t offset;
@@ -230,528 +121,6 @@ static void note_api_clock(Engine *e, const CallResult *r) {
         else if (!skewed && e->skewed)
                 log_notice("The API's clock agrees with ours again (%.0f s apart).", usec_to_sec(offset));
         e->skewed = skewed;
-}
-
-/* ---- pauses ---- */
-
-/* Stops every call: nothing queued goes out, the pass ends once the calls
- * already out are back, and a new one starts when the pause does (a reload,
- * or `usec` from now). */
-static void pause_calls(Engine *e, usec_t usec, char *reason) {
-        if (e->paused) {
-                free(reason);
-                return;
-        }
-        e->paused = true;
-        free(e->pause_reason);
-        e->pause_reason = reason;
-        diga_set_paused(e->diga, true);
-        if (e->listing)
-                listing_stop(e->listing, "calls are paused");
-        diga_drop_queued(e->diga);
-        arm(e->unpause, mono_now(e) + usec);
-}
-
-static void auth_pause(Engine *e, int status, const char *method, const char *path, const char *msg) {
-        char *reason = NULL;
-
-        if (e->paused)
-                return;
-        (void) asprintf_or_null(&reason, "the API answered %d to %s %s%s%s: the key is wrong or lacks %s",
-                                status, method, path, msg ? ": " : "", msg ? msg : "",
-                                status == 401 ? "validity" : "the phones.view/phones.delete permission");
-        log_event(LOG_CRIT, MESSAGE_AUTH_PAUSED, &(LogFields) { .http_status = status },
-                  "Paused all calls: %s. Fix the key, then reload (or wait %llu minutes).",
-                  reason ? reason : "authentication failed", (unsigned long long) (AUTH_PAUSE_USEC / USEC_PER_MINUTE));
-        pause_calls(e, AUTH_PAUSE_USEC, reason);
-}
-
-/* A step that cannot be recorded must not be followed by the next one: stop
- * calling until the ledger takes writes again. */
-static void ledger_pause(Engine *e, int error) {
-        char *reason = NULL;
-
-        if (e->paused)
-                return;
-        (void) asprintf_or_null(&reason, "the ledger cannot be written: %s (%s)", strerror(-error),
-                                ledger_errmsg(e->ledger));
-        log_crit("Paused all calls: %s. Trying again in %llu s.", reason ? reason : "ledger write failed",
-                 (unsigned long long) (LEDGER_RETRY_USEC / USEC_PER_SEC));
-        pause_calls(e, LEDGER_RETRY_USEC, reason);
-}
-
-static void resume(Engine *e) {
-        if (!e->paused)
-                return;
-        e->paused = false;
-        disarm(e->unpause);
-        log_notice("Resuming calls.");
-        diga_set_paused(e->diga, false);
-}
-
-/* ---- applying an outcome ---- */
-
-static const char *label(const Job *j) {
-        return j->number ? j->number : j->api_number ? j->api_number : j->key;
-}
-
-static void log_outcome(Job *j, PhoneState from, unsigned attempts_before, const Outcome *o, const CallResult *call) {
-        bool changed = o->to != from;
-        LogFields f = {
-                .phone_id = j->id, .phone_number = j->number ? j->number : j->api_number,
-                .outcome = o->dry_run ? "dry_run" : state_to_string(o->to),
-                .http_status = call && !call->not_sent ? call->http_status : 0,
-        };
-
-        if (o->level <= 0)
-                return;
-        /* ATTEMPT: which DELETE this was (the failures before it, plus this one). */
-        if (call && call->kind == CALL_DELETE && !call->not_sent)
-                f.attempt = attempts_before + 1;
-        /* Failed after a last look: the DELETE that failed is the story, not the look. */
-        if (o->to == STATE_FAILED && call && call->kind != CALL_DELETE) {
-                if (j->delete_status > 0)
-                        f.http_status = j->delete_status;
-                f.attempt = o->attempts;
-        }
-        if (o->dry_run)
-                log_event(o->level, MESSAGE_DRY_RUN, &f, "%s", o->detail);
-        else if (changed && message_ids[o->to])
-                log_event(o->level, message_ids[o->to], &f, "%s %s: %s", label(j), state_to_string(o->to), o->detail);
-        else
-                log_internal(o->level, 0, "%s: %s", label(j), o->detail);
-}
-
-/* Commits an outcome.  check_version: it was decided on the declaration,
- * which must still be the one in the ledger.  (An answer to a DELETE is
- * recorded whatever the declaration became: the DELETE happened.) */
-static int commit(Job *j, const Outcome *o, const CallResult *call, bool check_version) {
-        Engine *e = j->e;
-        PhoneState now_state;
-        int64_t now_version;
-        int r;
-
-        LedgerUpdate u = {
-                .pk = j->pk, .from = j->state, .to = o->to,
-                .version = check_version ? j->version : 0,
-                .sent_at = o->sent_at, .clear_sent = o->clear_sent,
-                .id = o->id, .api_number = o->api_number, .provider = o->provider,
-                .scheduled_release_at = o->scheduled,
-                .attempts = (int) o->attempts, .next_at = o->next_at,
-                .error = o->error[0] ? o->error : NULL, .detail = o->detail,
-        };
-        if (call && !call->not_sent) {
-                u.method = call->method;
-                u.path = call->path;
-                u.http_status = call->http_status;
-                u.latency_ms = call->latency_ms;
-        }
-        r = ledger_update(e->ledger, &u);
-        if (r == -ESTALE && (o->to == STATE_RELEASED || o->to == STATE_SCHEDULED) &&
-            ledger_state(e->ledger, j->pk, &now_state, &now_version) >= 0 && now_state != j->state) {
-                /* A reload moved the row (say, cancelled it) while the call was
-                 * out: what the API did is still the truth, and goes on record. */
-                u.from = now_state;
-                u.version = 0;
-                r = ledger_update(e->ledger, &u);
-                if (r >= 0)
-                        j->state = now_state;
-        }
-        if (r == -ESTALE) {
-                log_info("%s changed in the ledger meanwhile; leaving it as it is now (it is looked at again).", j->key);
-                j->stale = true;
-                return r;
-        }
-        if (r == -EPERM) {
-                /* The ledger refused a step the record may not take: a bug here,
-                 * caught there.  Nothing is lost; the row stays as it was, and
-                 * calls pause rather than meet it again at once. */
-                log_error("Refused to record %s -> %s for %s: %s.", state_to_string(j->state), state_to_string(o->to),
-                          j->key, ledger_errmsg(e->ledger));
-                ledger_pause(e, r);
-                return r;
-        }
-        if (r < 0) {
-                log_error_errno(r, "Cannot record %s -> %s for %s in the ledger: %m (%s)",
-                                state_to_string(j->state), state_to_string(o->to), j->key, ledger_errmsg(e->ledger));
-                ledger_pause(e, r);
-                return r;
-        }
-        return 0;
-}
-
-/* Applies one outcome: the ledger first, then the journal, the job, and
- * what comes next. */
-static void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version) {
-        Engine *e = j->e;
-        PhoneState from = j->state;
-        unsigned attempts_before = j->attempts;
-        int r;
-
-        if (o->rate_backoff)
-                diga_rate_backoff(e->diga);
-        if (o->hold > 0)
-                diga_hold(e->diga, mono_now(e) + (usec_t) o->hold * USEC_PER_SEC);
-        if (o->write) {
-                r = commit(j, o, call, check_version);
-                if (r < 0) {
-                        job_finish(j);
-                        return;
-                }
-                from = j->state;
-                j->state = o->to;
-                j->attempts = o->attempts;
-                if (o->sent_at > 0) {
-                        j->sent_at = o->sent_at;
-                        j->look_after = o->sent_at + (int64_t) e->settle;
-                }
-                if (o->clear_sent)
-                        j->sent_at = j->look_after = 0;
-        }
-        /* What the look found (an id for a number, the provider) goes into
-         * the ledger with the next step: the in_flight commit, at the latest. */
-        if (set_str(&j->id, j->id ? NULL : o->id) < 0 || set_str(&j->api_number, o->api_number) < 0 ||
-            set_str(&j->provider, o->provider) < 0 || set_str(&j->last_error, o->error[0] ? o->error : NULL) < 0) {
-                log_oom();
-                job_finish(j);
-                return;
-        }
-        log_outcome(j, from, attempts_before, o, call);
-        if (o->to != from)
-                e->stats.outcomes[o->to]++;
-        if (o->auth_pause && call)
-                auth_pause(e, call->http_status, call->method, call->path, NULL);
-
-        switch (o->next) {
-        case NEXT_GET:
-                j->look_after = o->look_after;
-                if (o->rejected) {
-                        free(j->rejected);
-                        j->rejected = strdup(o->error);
-                }
-                observe(j, true);
-                return;
-        case NEXT_DELETE:
-                queue_delete(j);
-                return;
-        case NEXT_NONE:
-                break;
-        }
-        job_finish(j);
-}
-
-/* ---- looks ---- */
-
-static Reply reply_of(Engine *e, const CallResult *r, char **msg) {
-        Reply reply = {
-                .kind = r->kind, .status = r->http_status, .retry_after = r->retry_after, .error = r->error,
-                .asked_at = r->asked_at, .unsent = r->unsent,
-        };
-
-        if (r->http_status != 200) {
-                reply.api = r->json && api_error_body(e->api, r->body, r->body_len, msg);
-                reply.message = *msg;
-        }
-        return reply;
-}
-
-static void on_get(Diga *d, const CallResult *r, void *userdata) {
-        Job *j = userdata;
-        Engine *e = j->e;
-        _cleanup_(remote_phone_done) RemotePhone p = {};
-        _cleanup_free_ char *why = NULL, *msg = NULL;
-        Look look = {};
-        Row row;
-        World w;
-        Outcome o;
-        int k;
-
-        j->call = NULL;
-        if (r->not_sent) {
-                job_finish(j);
-                goto out;
-        }
-        e->stats.calls++;
-        look.reply = reply_of(e, r, &msg);
-        if (r->http_status == 200) {
-                if (!r->json)
-                        look.reply.error = "not JSON";
-                else if ((k = api_parse_phone(e->api, r->body, r->body_len, &p, &why)) < 0)
-                        look.reply.error = why ? why : strerror(-k);
-                else if (j->id && !streq(p.id, j->id))
-                        look.reply.error = "the API answered with another phone";
-                else {
-                        look.reply.api = true;
-                        look.seen = &p;
-                }
-                if (!look.seen)
-                        log_warning("GET %s: unusable answer: %s", r->path, look.reply.error);
-        }
-        row = row_of(j);
-        w = world(e);
-        reconcile_look(&row, &look, &w, &o);
-        apply(j, &o, r, true);
-out:
-        pass_kick(e);
-}
-
-static void observe(Job *j, bool urgent) {
-        Engine *e = j->e;
-        int r;
-
-        if (e->stopping || e->paused || j->stale || !j->id) {
-                job_finish(j);
-                return;
-        }
-        j->deleting = false;
-        r = diga_call(e->diga, &(CallSpec) { .kind = CALL_GET, .id = j->id, .urgent = urgent, .done = on_get,
-                                             .userdata = j }, &j->call);
-        if (r < 0) {
-                log_error_errno(r, "Cannot look at %s: %m", j->key);
-                job_finish(j);
-        }
-}
-
-/* ---- the DELETE ---- */
-
-/* Right before the DELETE leaves: the ledger decides, at this moment, whether
- * it may.  The row must still be where the decision found it, with the same
- * declaration, due by both clocks. */
-static int delete_start(void *userdata) {
-        Job *j = userdata;
-        Engine *e = j->e;
-        Row row = row_of(j);
-        World w = world(e);
-        Outcome o;
-        int r;
-
-        if (e->stopping || e->paused || e->held || j->stale)
-                return -ECANCELED;
-        if (!reconcile_send(&row, &w, &o)) {
-                log_info("%s: not sent: not due yet by the API's clock (not_before, safety.hold).", j->key);
-                return -EAGAIN;
-        }
-        r = ledger_update(e->ledger, &(LedgerUpdate) {
-                .pk = j->pk, .from = j->state, .to = STATE_IN_FLIGHT, .version = j->version, .due_by = w.due_now,
-                .sent_at = o.sent_at, .next_at = o.next_at, .attempts = (int) j->attempts,
-                .id = j->id, .provider = j->provider, .api_number = j->api_number, .detail = o.detail,
-        });
-        if (r == -ESTALE) {
-                log_info("%s changed in the ledger since its DELETE was decided (a reload?): not sent.", j->key);
-                j->stale = true;
-                return r;
-        }
-        if (r < 0) {
-                log_error_errno(r, "Cannot record the DELETE of %s: %m (%s); not sent.", j->key,
-                                ledger_errmsg(e->ledger));
-                ledger_pause(e, r);
-                return r;
-        }
-        j->state = STATE_IN_FLIGHT;
-        j->sent_at = o.sent_at;
-        j->look_after = o.sent_at + (int64_t) e->settle;
-        return 0;
-}
-
-static void on_delete(Diga *d, const CallResult *r, void *userdata) {
-        Job *j = userdata;
-        Engine *e = j->e;
-        _cleanup_free_ char *msg = NULL;
-        Reply reply;
-        Row row;
-        World w;
-        Outcome o;
-
-        j->call = NULL;
-        if (r->not_sent) {
-                /* Never on the wire.  If its in_flight commit was made, the row
-                 * stays in_flight and is looked at after the settle time. */
-                job_finish(j);
-                goto out;
-        }
-        e->stats.calls++;
-        j->delete_status = r->http_status;
-        reply = reply_of(e, r, &msg);
-        row = row_of(j);
-        w = world(e);
-        reconcile_delete(&row, &reply, &w, &o);
-        apply(j, &o, r, false);
-out:
-        pass_kick(e);
-}
-
-static void queue_delete(Job *j) {
-        Engine *e = j->e;
-        int r;
-
-        if (e->stopping || e->paused || j->stale) {
-                job_finish(j);
-                return;
-        }
-        /* Nothing leaves while the account is being listed. */
-        if (e->listing && listing_running(e->listing)) {
-                j->held = true;
-                return;
-        }
-        j->held = false;
-        j->deleting = true;
-        r = diga_call(e->diga, &(CallSpec) { .kind = CALL_DELETE, .id = j->id, .start = delete_start,
-                                             .done = on_delete, .userdata = j }, &j->call);
-        if (r < 0) {
-                log_error_errno(r, "Cannot queue the release of %s: %m", j->key);
-                job_finish(j);
-        }
-}
-
-/* ---- the listing ---- */
-
-/* Only the phones the ledger has a row for are kept (in the ledger's TEMP
- * table, not the heap): the rest are only counted.  (A row of any state:
- * cheaper to ask than which are due.) */
-static int listing_keep(const RemotePhone *p, void *userdata) {
-        Engine *e = userdata;
-        int r;
-
-        if (!p)
-                return ledger_listed_clear(e->ledger);
-        r = ledger_knows_phone(e->ledger, p->id, p->number);
-        if (r <= 0)
-                return r;
-        return ledger_listed_add(e->ledger, &(ListedPhone) {
-                .id = p->id, .number = p->number, .status = p->status_name, .provider = p->provider,
-                .scheduled_release_at = p->scheduled_release_at,
-        });
-}
-
-/* A listed phone as the decisions read it, its strings its own. */
-static int remote_of(const ListedPhone *l, RemotePhone *ret) {
-        RemotePhone v = {
-                .status = remote_status_from_string(l->status), .number = (char *) l->number,
-                .status_name = (char *) l->status, .provider = (char *) l->provider,
-                .scheduled_release_at = (char *) l->scheduled_release_at,
-        };
-
-        snprintf(v.id, sizeof v.id, "%s", l->id);
-        return remote_phone_copy(ret, &v);
-}
-
-static int take_listed(const ListedPhone *l, void *userdata) {
-        return remote_of(l, userdata);
-}
-
-/* The phones carrying a number: the first live one, else the first gone,
- * and how many are live. */
-typedef struct Carriers {
-        RemotePhone live, gone;
-        bool has_live, has_gone;
-        unsigned n;
-        char ids[CARRIER_IDS_MAX * (UUID_STRING_LEN + 2) + 8];
-} Carriers;
-
-static void carriers_done(Carriers *c) {
-        remote_phone_done(&c->live);
-        remote_phone_done(&c->gone);
-}
-
-static int add_carrier(const ListedPhone *l, void *userdata) {
-        Carriers *c = userdata;
-        RemotePhone v = { .status = remote_status_from_string(l->status) };
-        int r;
-
-        if (!remote_is_live(&v)) {
-                if (c->has_gone)
-                        return 0;
-                r = remote_of(l, &c->gone);
-                c->has_gone = r >= 0;
-                return r;
-        }
-        if (!c->has_live) {
-                r = remote_of(l, &c->live);
-                if (r < 0)
-                        return r;
-                c->has_live = true;
-        }
-        if (c->n++ < CARRIER_IDS_MAX) {
-                if (c->ids[0])
-                        strcat(c->ids, ", ");
-                strncat(c->ids, l->id, UUID_STRING_LEN);
-        } else if (c->n == CARRIER_IDS_MAX + 1)
-                strcat(c->ids, ", ...");
-        return 0;
-}
-
-static const CallResult list_call = {
-        .kind = CALL_LIST, .method = "GET", .path = "/v1/phone/ (the account listed)", .http_status = 200,
-};
-
-/* A number-declared row: which phone it means.  A number can come back
- * after release under a new id: the live phone counts, a released one only
- * if nothing live has the number; two live ones are a question for an operator. */
-static void match_number(Engine *e, Job *j) {
-        _cleanup_(carriers_done) Carriers c = {};
-        const ListingStats *st = listing_stats(e->listing);
-        Look look = {
-                .reply = { .kind = CALL_LIST, .status = 200, .api = true, .asked_at = (int64_t) now(CLOCK_REALTIME) },
-                .listed = st->listed, .unreadable = st->unreadable,
-        };
-        Row row = row_of(j);
-        World w = world(e);
-        Outcome o;
-        int r;
-
-        r = ledger_listed_find(e->ledger, NULL, j->number, add_carrier, &c);
-        if (r < 0) {
-                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); it waits for the next pass.",
-                                j->key, ledger_errmsg(e->ledger));
-                job_finish(j);
-                return;
-        }
-        look.seen = c.has_live ? &c.live : c.has_gone ? &c.gone : NULL;
-        look.not_listed = !look.seen;
-        if (look.not_listed && st->pages && !e->confirming) {
-                /* Offset pages can miss a phone when two changes undo each
-                 * other's shift; only the cursor may call it absent.  This row
-                 * fell due after the check that would have asked it. */
-                e->stats.unconfirmed++;
-                e->want_pass = true;
-                job_finish(j);
-                return;
-        }
-        look.carriers = c.n;
-        look.carrier_ids = c.ids;
-        reconcile_look(&row, &look, &w, &o);
-        apply(j, &o, &list_call, true);
-}
-
-/* The listing is complete: a row meets the phone it names. */
-static void match(Engine *e, Job *j) {
-        _cleanup_(remote_phone_done) RemotePhone p = {};
-        Look look = { .reply = { .kind = CALL_LIST, .status = 200, .api = true,
-                                 .asked_at = (int64_t) now(CLOCK_REALTIME) } };
-        Row row;
-        World w;
-        Outcome o;
-        int r;
-
-        if (!j->id) {
-                match_number(e, j);
-                return;
-        }
-        r = ledger_listed_find(e->ledger, j->id, NULL, take_listed, &p);
-        if (r < 0) {
-                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); looking at it by id.", j->key,
-                                ledger_errmsg(e->ledger));
-                r = 0;
-        }
-        if (r == 0) {
-                observe(j, false);   /* not listed: ask for it by id to be sure */
-                return;
-        }
-        look.seen = &p;
-        row = row_of(j);
-        w = world(e);
-        reconcile_look(&row, &look, &w, &o);
-        apply(j, &o, &list_call, true);
 }
 
 /* The cause of a failed listing that no GET would get past. */
@@ -934,7 +303,7 @@ static void arm_wake(Engine *e) {
 }
 
 /* The next step of the pass, from the loop. */
-static void pass_kick(Engine *e) {
+void pass_kick(Engine *e) {
         if (e->running && e->advance)
                 (void) sd_event_source_set_enabled(e->advance, SD_EVENT_ONESHOT);
 }
