@@ -305,45 +305,31 @@ static void look_cancelled(const Row *row, const Look *look, const World *w, Out
         }
 }
 
-void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o) {
-        const RemotePhone *p = look->seen;
+/* No phone in the answer: refused, gone by the API's word, or no answer. */
+static void look_unseen(const Row *row, const Look *look, const World *w, Outcome *o) {
         const Reply *r = &look->reply;
 
-        start(row, w, o);
-        if (row->state == STATE_RELEASED || row->state == STATE_FAILED)
-                return;         /* past deciding: never looked at, never changed */
+        if (auth_refused(r)) {
+                o->auth_pause = true;
+                o->write = true;
+                say(o->detail, "GET refused (HTTP %d)", r->status);
+                return;
+        }
+        if (r->status == 404 && r->api) {
+                look_gone(row, look, w, o);
+                return;
+        }
+        look_failed(row, look, w, o);
+}
 
-        if (look->not_listed) {
-                look_not_listed(row, look, w, o);
-                return;
-        }
-        if (!p) {
-                if (auth_refused(r)) {
-                        o->auth_pause = true;
-                        o->write = true;
-                        say(o->detail, "GET refused (HTTP %d)", r->status);
-                        return;
-                }
-                if (r->status == 404 && r->api) {
-                        look_gone(row, look, w, o);
-                        return;
-                }
-                look_failed(row, look, w, o);
-                return;
-        }
+/* The steps below run in turn on a phone the look saw, for a row that is
+ * pending, retrying, in_flight, deferred or unresolved; each returns true
+ * once it has decided, and the order is the rule: facts first. */
 
-        if (row->state == STATE_SCHEDULED) {
-                look_scheduled(row, p, w, o);
-                return;
-        }
-        if (row->state == STATE_CANCELLED) {
-                look_cancelled(row, look, w, o);
-                return;
-        }
+/* A release the API shows is recorded, whoever did it. */
+static bool look_released_or_ordered(const Row *row, const Look *look, const World *w, Outcome *o) {
+        const RemotePhone *p = look->seen;
 
-        /* pending, retrying, in_flight, deferred, unresolved: facts first.  A
-         * release the API shows is recorded whoever did it. */
-        fields_of(p, row, o);
         if (!remote_is_live(p)) {
                 o->write = true;
                 o->to = STATE_RELEASED;
@@ -353,7 +339,7 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
                         say(o->detail, "%s at the API: the DELETE took effect", p->status_name);
                 else
                         say(o->detail, "%s at the API", p->status_name);
-                return;
+                return true;
         }
         if (p->status == REMOTE_ASSIGNED && p->scheduled_release_at) {
                 o->write = true;
@@ -362,19 +348,26 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
                 o->next_at = 0;
                 o->level = LOG_NOTICE;
                 say(o->detail, "release ordered, effective %s", p->scheduled_release_at);
-                return;
+                return true;
         }
-        /* Still live.  Whether a DELETE of ours did nothing is known only
-         * once it had time to: before that, a look proves nothing. */
-        if (waits_for_a_look(row) && r->asked_at < row->look_after) {
-                o->write = true;
-                o->next_at = row->look_after;
-                o->level = LOG_INFO;
-                say(o->detail, "still %s, but its DELETE may not have settled yet: looking again at the settle time",
-                    p->status_name);
-                return;
-        }
-        o->clear_sent = waits_for_a_look(row);
+        return false;
+}
+
+/* Still live.  Whether a DELETE of ours did nothing is known only once it
+ * had time to: before that, a look proves nothing. */
+static bool look_too_early(const Row *row, const Look *look, const World *w, Outcome *o) {
+        if (!waits_for_a_look(row) || look->reply.asked_at >= row->look_after)
+                return false;
+        o->write = true;
+        o->next_at = row->look_after;
+        o->level = LOG_INFO;
+        say(o->detail, "still %s, but its DELETE may not have settled yet: looking again at the settle time",
+            look->seen->status_name);
+        return true;
+}
+
+/* More than one live phone carries the number: nothing is released. */
+static bool look_ambiguous(const Row *row, const Look *look, const World *w, Outcome *o) {
         if (look->carriers > 1) {
                 /* No phone was meant more than another: none of their fields is the row's. */
                 o->id = o->api_number = o->provider = NULL;
@@ -385,8 +378,13 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
                 say(o->error, "ambiguous: %u live phones carry this number", look->carriers);
                 say(o->detail, "%u live phones carry this number (%s): nothing released; declare the one meant by id",
                     look->carriers, look->carrier_ids ? look->carrier_ids : "");
-                return;
+                return true;
         }
+        return false;
+}
+
+/* The phone with the declared id has another number: not the phone meant. */
+static bool look_number_disagrees(const Row *row, const RemotePhone *p, const World *w, Outcome *o) {
         if (row->number && p->number && !streq(row->number, p->number)) {
                 o->write = true;
                 o->to = STATE_FAILED;
@@ -394,35 +392,47 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
                 o->level = LOG_ERR;
                 say(o->error, "declared id and number disagree");
                 say(o->detail, "declared id %s, but the API has it as %s: nothing released", p->id, p->number);
-                return;
+                return true;
         }
+        return false;
+}
+
+/* Live, but in no status a DELETE can release: deferred to the next resync. */
+static bool look_not_releasable(const Row *row, const Look *look, const World *w, Outcome *o) {
+        const RemotePhone *p = look->seen;
+
         switch (p->status) {
         case REMOTE_RESERVED:
         case REMOTE_PENDING_VERIFICATION:
                 if (row->state == STATE_DEFERRED && !o->clear_sent)
-                        return;
+                        return true;
                 o->write = true;
                 o->to = STATE_DEFERRED;
                 o->next_at = 0;
                 o->level = LOG_NOTICE;
                 say(o->detail, "%s: cannot be released yet; will look again at the next resync", p->status_name);
-                return;
+                return true;
         case REMOTE_UNKNOWN:
                 o->clear_sent = false;   /* an unknown status proves nothing */
                 if (row->state == STATE_DEFERRED)
-                        return;
+                        return true;
                 o->write = true;
                 o->to = STATE_DEFERRED;
                 o->next_at = 0;
                 o->level = LOG_NOTICE;
                 say(o->error, "unknown status");
                 say(o->detail, "status \"%s\" is unknown to this retired: not released", p->status_name);
-                return;
+                return true;
         default:
-                break;
+                return false;
         }
+}
 
-        /* Assigned, nothing ordered. */
+/* Assigned, nothing ordered: failed, held, or on to its DELETE. */
+static void look_assigned(const Row *row, const Look *look, const World *w, Outcome *o) {
+        const RemotePhone *p = look->seen;
+        const Reply *r = &look->reply;
+
         if (row->rejected) {
                 o->write = true;
                 o->to = STATE_FAILED;
@@ -462,6 +472,37 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
         o->clear_sent = false;
         o->next = NEXT_DELETE;
         say(o->detail, "observed assigned");
+}
+
+/* A phone the look saw, for a row still to be decided on. */
+static void look_seen(const Row *row, const Look *look, const World *w, Outcome *o) {
+        fields_of(look->seen, row, o);
+        if (look_released_or_ordered(row, look, w, o) || look_too_early(row, look, w, o))
+                return;
+        /* From here on the look settles what a DELETE of ours did, unless a
+         * step below says it proves nothing. */
+        o->clear_sent = waits_for_a_look(row);
+        if (look_ambiguous(row, look, w, o) || look_number_disagrees(row, look->seen, w, o) ||
+            look_not_releasable(row, look, w, o))
+                return;
+        look_assigned(row, look, w, o);
+}
+
+void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o) {
+        start(row, w, o);
+        if (row->state == STATE_RELEASED || row->state == STATE_FAILED)
+                return;         /* past deciding: never looked at, never changed */
+
+        if (look->not_listed)
+                look_not_listed(row, look, w, o);
+        else if (!look->seen)
+                look_unseen(row, look, w, o);
+        else if (row->state == STATE_SCHEDULED)
+                look_scheduled(row, look->seen, w, o);
+        else if (row->state == STATE_CANCELLED)
+                look_cancelled(row, look, w, o);
+        else
+                look_seen(row, look, w, o);
 }
 
 /* ---- the DELETE ---- */
