@@ -527,15 +527,82 @@ static void config_destroyp(config_t **cfg) {
                 config_destroy(*cfg);
 }
 
+/* The settings read, made whole: relative paths resolved against the
+ * file's folder, unset ones defaulted, and the checks that need more than
+ * one key.  A bad setting counts in l->errors; only ENOMEM fails here. */
+static int finish_settings(Loader *l, const char *path, const char *ledger_default, const char *control_default,
+                           bool *ret_explicit_dropin) {
+        _cleanup_free_ char *dir_copy = NULL, *default_dropin = NULL;
+        Config *c = l->c;
+        const char *dir;
+
+        dir_copy = strdup(path);
+        if (!dir_copy)
+                return -ENOMEM;
+        dir = dirname(dir_copy);
+        if (asprintf(&default_dropin, "%s/releases.d", dir) < 0)
+                return -ENOMEM;
+        *ret_explicit_dropin = c->releases_dir[0] != 0;
+        if (resolve_path(dir, &c->releases_dir, default_dropin) < 0 ||
+            resolve_path(dir, &c->ledger, ledger_default) < 0 ||
+            resolve_path(dir, &c->control_socket, control_default) < 0)
+                return -ENOMEM;
+        if (c->max_delay < c->base_delay) {
+                conf_diag_add(l->d, l->file, l->retry_line,
+                              "retry.max_delay (%g) is shorter than retry.base_delay (%g)",
+                              c->max_delay, c->base_delay);
+                l->errors++;
+        }
+        /* Trailing slashes would double up when paths are appended. */
+        for (size_t n = strlen(c->base_url); n > 0 && c->base_url[n - 1] == '/'; n--)
+                c->base_url[n - 1] = 0;
+        return 0;
+}
+
+/* The declarations: the main file's, then the drop-ins', into l->sink
+ * (if any).  *tree is the main file's, still owned by the caller; it is
+ * freed here once read, so that only one file's tree is in memory at a
+ * time.  -EINVAL if any entry was bad or in conflict. */
+static int load_releases(Loader *l, config_t **tree, bool explicit_dropin) {
+        const DeclSink *sink = l->sink;
+        Config *c = l->c;
+        size_t conflicts = 0;
+        int r;
+
+        if (sink && sink->begin) {
+                r = sink->begin(sink->userdata, c);
+                if (r < 0)
+                        return r;
+        }
+        r = read_main_releases(l, *tree);
+        if (r < 0)
+                return r;
+        /* Only one file's tree at a time. */
+        config_destroy(TAKE_PTR(*tree));
+
+        r = read_dropins(l, explicit_dropin);
+        if (r < 0)
+                return r;
+        c->n_decls = l->n_read;
+        if (sink) {
+                r = sink->finish(sink->userdata, l->d, l->errors > 0, &c->n_decls);
+                if (r < 0)
+                        return r;
+                conflicts = (size_t) r;
+        }
+        if (l->errors > 0 || conflicts > 0)
+                return -EINVAL;
+        return 0;
+}
+
 static int load(const char *path, const DeclSink *sink, bool settings_only, Config **ret, ConfDiag *d) {
         _cleanup_(config_freep) Config *c = NULL;
-        _cleanup_free_ char *dir_copy = NULL, *default_dropin = NULL, *ledger_default = NULL, *control_default = NULL;
+        _cleanup_free_ char *ledger_default = NULL, *control_default = NULL;
         _cleanup_(config_destroyp) config_t *tree = NULL;
         config_t main_cfg;
-        const char *file, *dir;
+        const char *file;
         bool explicit_dropin;
         Loader l;
-        size_t conflicts = 0;
         int r;
 
         r = config_new(path, &c);
@@ -557,61 +624,24 @@ static int load(const char *path, const DeclSink *sink, bool settings_only, Conf
         if (r < 0)
                 return r;
         read_settings(&l, tree);
-
-        dir_copy = strdup(path);
-        if (!dir_copy)
-                return -ENOMEM;
-        dir = dirname(dir_copy);
-        if (asprintf(&default_dropin, "%s/releases.d", dir) < 0)
-                return -ENOMEM;
-        explicit_dropin = c->releases_dir[0] != 0;
-        if (resolve_path(dir, &c->releases_dir, default_dropin) < 0 ||
-            resolve_path(dir, &c->ledger, ledger_default) < 0 ||
-            resolve_path(dir, &c->control_socket, control_default) < 0)
-                return -ENOMEM;
-        if (c->max_delay < c->base_delay) {
-                conf_diag_add(d, file, l.retry_line, "retry.max_delay (%g) is shorter than retry.base_delay (%g)",
-                              c->max_delay, c->base_delay);
-                l.errors++;
-        }
-        /* Trailing slashes would double up when paths are appended. */
-        for (size_t n = strlen(c->base_url); n > 0 && c->base_url[n - 1] == '/'; n--)
-                c->base_url[n - 1] = 0;
+        r = finish_settings(&l, path, ledger_default, control_default, &explicit_dropin);
+        if (r < 0)
+                return r;
 
         /* Settings that do not load: the declarations are still checked,
          * for the diagnostics, but go to no sink (whose ledger path may be
          * the one that is wrong). */
         if (l.errors > 0)
-                l.sink = sink = NULL;
+                l.sink = NULL;
         if (settings_only) {
                 if (l.errors > 0)
                         return -EINVAL;
                 *ret = TAKE_PTR(c);
                 return 0;
         }
-        if (sink && sink->begin) {
-                r = sink->begin(sink->userdata, c);
-                if (r < 0)
-                        return r;
-        }
-        r = read_main_releases(&l, tree);
+        r = load_releases(&l, &tree, explicit_dropin);
         if (r < 0)
                 return r;
-        /* Only one file's tree at a time. */
-        config_destroy(TAKE_PTR(tree));
-
-        r = read_dropins(&l, explicit_dropin);
-        if (r < 0)
-                return r;
-        c->n_decls = l.n_read;
-        if (sink) {
-                r = sink->finish(sink->userdata, d, l.errors > 0, &c->n_decls);
-                if (r < 0)
-                        return r;
-                conflicts = (size_t) r;
-        }
-        if (l.errors > 0 || conflicts > 0)
-                return -EINVAL;
         *ret = TAKE_PTR(c);
         return 0;
 }

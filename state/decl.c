@@ -162,15 +162,15 @@ static int group_start(Group *g, sqlite3_stmt *st) {
         return 0;
 }
 
-/* Every group of entries sharing one number (field "number") or one id:
- * the later ones are merged into the first, or reported.  Returns the
- * number of conflicts. */
-static int merge_by(Ledger *l, const char *field, ConfDiag *d) {
+/* The statements of a merge by field: the rows of every group of more
+ * than one entry, in order (through a TEMP index on field, created here
+ * and dropped by merge_apply()), and the two that record a fix or a drop. */
+static int merge_prepare(Ledger *l, const char *field, sqlite3_stmt **ret_st, sqlite3_stmt **ret_fix,
+                         sqlite3_stmt **ret_drop) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL, *fix = NULL, *drop = NULL;
         _cleanup_free_ char *sql = NULL;
-        _cleanup_(group_done) Group g = {};
         sqlite3 *db = ledger_db(l);
-        int conflicts = 0, rc, r;
+        int rc, r;
 
         if (asprintf_or_null(&sql, "CREATE INDEX temp.decl_%1$s ON decl (%1$s, seq) WHERE %1$s IS NOT NULL", field) < 0)
                 return -ENOMEM;
@@ -192,46 +192,55 @@ static int merge_by(Ledger *l, const char *field, ConfDiag *d) {
                 rc = sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO temp.decl_drop VALUES (?1)", -1, &drop, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                const char *value = text(st, 7);
-                int64_t nb = sqlite3_column_int64(st, 4);
-                bool ok = true;
+        *ret_st = TAKE_PTR(st);
+        *ret_fix = TAKE_PTR(fix);
+        *ret_drop = TAKE_PTR(drop);
+        return 0;
+}
 
-                if (!value)
-                        return -ENOMEM;
-                if (!g.value || !streq(g.value, value)) {
-                        r = group_flush(&g, fix);
-                        if (r >= 0)
-                                r = group_start(&g, st);
-                        if (r < 0)
-                                return r;
-                        continue;
-                }
-                if (merge_field(&g.id, text(st, 1), &g.changed, &ok) < 0 ||
-                    merge_field(&g.number, text(st, 2), &g.changed, &ok) < 0 ||
-                    merge_field(&g.reason, text(st, 3), &g.changed, &ok) < 0)
-                        return -ENOMEM;
-                ok = ok && (!g.not_before || !nb || g.not_before == nb);
-                if (!ok) {
-                        conf_diag_add(d, text(st, 5), (unsigned) sqlite3_column_int(st, 6),
-                                      "%s is declared again with different fields (first at %s)", value, g.at);
-                        conflicts++;
-                } else if (!g.not_before && nb) {
-                        g.not_before = nb;
-                        g.changed = true;
-                }
-                (void) sqlite3_bind_int64(drop, 1, sqlite3_column_int64(st, 0));
-                rc = sqlite3_step(drop);
-                (void) sqlite3_reset(drop);
-                if (rc != SQLITE_DONE)
-                        return sqlite_to_errno(rc);
+/* One row of st: the first of a group starts it (flushing the one before);
+ * a later one is merged into it, or reported, and is dropped either way.
+ * Returns 1 if the row conflicts with its group, else 0. */
+static int merge_row(Group *g, sqlite3_stmt *st, sqlite3_stmt *fix, sqlite3_stmt *drop, ConfDiag *d) {
+        const char *value = text(st, 7);
+        int64_t nb = sqlite3_column_int64(st, 4);
+        bool ok = true;
+        int conflict = 0, rc, r;
+
+        if (!value)
+                return -ENOMEM;
+        if (!g->value || !streq(g->value, value)) {
+                r = group_flush(g, fix);
+                if (r >= 0)
+                        r = group_start(g, st);
+                return r < 0 ? r : 0;
         }
+        if (merge_field(&g->id, text(st, 1), &g->changed, &ok) < 0 ||
+            merge_field(&g->number, text(st, 2), &g->changed, &ok) < 0 ||
+            merge_field(&g->reason, text(st, 3), &g->changed, &ok) < 0)
+                return -ENOMEM;
+        ok = ok && (!g->not_before || !nb || g->not_before == nb);
+        if (!ok) {
+                conf_diag_add(d, text(st, 5), (unsigned) sqlite3_column_int(st, 6),
+                              "%s is declared again with different fields (first at %s)", value, g->at);
+                conflict = 1;
+        } else if (!g->not_before && nb) {
+                g->not_before = nb;
+                g->changed = true;
+        }
+        (void) sqlite3_bind_int64(drop, 1, sqlite3_column_int64(st, 0));
+        rc = sqlite3_step(drop);
+        (void) sqlite3_reset(drop);
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
-        r = group_flush(&g, fix);
-        if (r < 0)
-                return r;
-        (void) sqlite3_finalize(TAKE_PTR(st));
+        return conflict;
+}
+
+/* The fixes and drops recorded, made to temp.decl. */
+static int merge_apply(Ledger *l, const char *field) {
+        _cleanup_free_ char *sql = NULL;
+        int r;
+
         /* A merged entry may have gained an id: its key, and the row it
          * names, are then the id's. */
         r = ledger_exec(l, "UPDATE temp.decl SET id = f.id, number = f.number, reason = f.reason,"
@@ -243,10 +252,35 @@ static int merge_by(Ledger *l, const char *field, ConfDiag *d) {
         if (r < 0)
                 return r;
         /* Of no use past the merge, and a fifth of the TEMP file at a million. */
-        sql = mfree(sql);
         if (asprintf_or_null(&sql, "DROP INDEX temp.decl_%s", field) < 0)
                 return -ENOMEM;
-        r = ledger_exec(l, sql);
+        return ledger_exec(l, sql);
+}
+
+/* Every group of entries sharing one number (field "number") or one id:
+ * the later ones are merged into the first, or reported.  Returns the
+ * number of conflicts. */
+static int merge_by(Ledger *l, const char *field, ConfDiag *d) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL, *fix = NULL, *drop = NULL;
+        _cleanup_(group_done) Group g = {};
+        int conflicts = 0, rc, r;
+
+        r = merge_prepare(l, field, &st, &fix, &drop);
+        if (r < 0)
+                return r;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                r = merge_row(&g, st, fix, drop, d);
+                if (r < 0)
+                        return r;
+                conflicts += r;
+        }
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        r = group_flush(&g, fix);
+        if (r < 0)
+                return r;
+        (void) sqlite3_finalize(TAKE_PTR(st));
+        r = merge_apply(l, field);
         return r < 0 ? r : conflicts;
 }
 

@@ -240,23 +240,15 @@ static int lock_file(Ledger *l, const char *path, char **error) {
         return 0;
 }
 
-int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
-        _cleanup_(ledger_closep) Ledger *l = NULL;
+/* The connection, and the settings that every mode needs.  *ret_in_memory
+ * says whether it is the empty in-memory ledger that stands for an absent
+ * file in a read. */
+static int open_db(Ledger *l, const char *path, bool *ret_in_memory, char **error) {
         const char *open_path = path;
-        int flags, rc, r, v;
         struct stat st;
+        int flags, rc, r;
 
-        l = calloc(1, sizeof(Ledger));
-        if (!l)
-                return -ENOMEM;
-        l->mode = mode;
-        l->lock_fd = -1;
-        if (mode == LEDGER_WRITE) {
-                r = lock_file(l, path, error);
-                if (r < 0)
-                        return r;
-        }
-        if (mode == LEDGER_READ) {
+        if (l->mode == LEDGER_READ) {
                 /* A read must never create the file: an absent ledger is an
                  * empty one, so show it as such from memory. */
                 if (stat(path, &st) < 0 && errno == ENOENT) {
@@ -266,6 +258,7 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
                         flags = SQLITE_OPEN_READONLY;
         } else
                 flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+        *ret_in_memory = open_path != path;
 
         /* One thread uses a connection (libcurl's threads never touch it):
          * no mutex on every call. */
@@ -287,56 +280,92 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
                 set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                 return r;
         }
+        return 0;
+}
 
-        if (open_path != path || mode == LEDGER_WRITE) {
-                /* A ledger from a newer retired is refused before anything,
-                 * the switch to WAL included, touches it: so is one whose
-                 * version cannot be read. */
-                r = user_version(l->db, &v);
+/* A ledger this connection may write: the file in LEDGER_WRITE, or the
+ * in-memory one of a read.  It is brought to the current schema. */
+static int prepare_writable(Ledger *l, const char *path, char **error) {
+        int r, v;
+
+        /* A ledger from a newer retired is refused before anything,
+         * the switch to WAL included, touches it: so is one whose
+         * version cannot be read. */
+        r = user_version(l->db, &v);
+        if (r < 0) {
+                set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                return r;
+        }
+        if (v > LEDGER_SCHEMA_VERSION) {
+                set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
+                          "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
+                return -EPROTO;
+        }
+        if (l->mode == LEDGER_WRITE && sqlite3_db_readonly(l->db, "main") == 1) {
+                set_error(error, "%s: the ledger is read-only for this user", path);
+                return -EACCES;
+        }
+        if (l->mode == LEDGER_WRITE) {
+                r = ledger_exec(l, "PRAGMA journal_mode = WAL");
+                if (r >= 0)
+                        r = ledger_exec(l, "PRAGMA synchronous = FULL");
+                if (r >= 0)
+                        r = ledger_exec(l, "PRAGMA foreign_keys = ON");
                 if (r < 0) {
-                        set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                        set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                         return r;
-                }
-                if (v > LEDGER_SCHEMA_VERSION) {
-                        set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
-                                  "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
-                        return -EPROTO;
-                }
-                if (mode == LEDGER_WRITE && sqlite3_db_readonly(l->db, "main") == 1) {
-                        set_error(error, "%s: the ledger is read-only for this user", path);
-                        return -EACCES;
-                }
-                if (mode == LEDGER_WRITE) {
-                        r = ledger_exec(l, "PRAGMA journal_mode = WAL");
-                        if (r >= 0)
-                                r = ledger_exec(l, "PRAGMA synchronous = FULL");
-                        if (r >= 0)
-                                r = ledger_exec(l, "PRAGMA foreign_keys = ON");
-                        if (r < 0) {
-                                set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
-                                return r;
-                        }
-                }
-                r = migrate(l, path, error);
-                if (r < 0)
-                        return r;
-        } else {
-                r = user_version(l->db, &v);
-                if (r < 0) {
-                        set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
-                        return r;
-                }
-                if (v > LEDGER_SCHEMA_VERSION) {
-                        set_error(error, "%s: ledger schema version %d is newer than this retirectl understands (%d)",
-                                  path, v, LEDGER_SCHEMA_VERSION);
-                        return -EPROTO;
-                }
-                if (v != LEDGER_SCHEMA_VERSION) {
-                        set_error(error, "%s: ledger schema version %d needs migrating to %d; start retired once",
-                                  path, v, LEDGER_SCHEMA_VERSION);
-                        return -EPROTO;
                 }
         }
+        return migrate(l, path, error);
+}
+
+/* A ledger file opened read-only: it cannot be migrated here, so it must
+ * already be at the current schema. */
+static int check_readable(Ledger *l, const char *path, char **error) {
+        int r, v;
+
+        r = user_version(l->db, &v);
+        if (r < 0) {
+                set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                return r;
+        }
+        if (v > LEDGER_SCHEMA_VERSION) {
+                set_error(error, "%s: ledger schema version %d is newer than this retirectl understands (%d)",
+                          path, v, LEDGER_SCHEMA_VERSION);
+                return -EPROTO;
+        }
+        if (v != LEDGER_SCHEMA_VERSION) {
+                set_error(error, "%s: ledger schema version %d needs migrating to %d; start retired once",
+                          path, v, LEDGER_SCHEMA_VERSION);
+                return -EPROTO;
+        }
+        return 0;
+}
+
+int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
+        _cleanup_(ledger_closep) Ledger *l = NULL;
+        bool in_memory;
+        int r;
+
+        l = calloc(1, sizeof(Ledger));
+        if (!l)
+                return -ENOMEM;
+        l->mode = mode;
+        l->lock_fd = -1;
+        if (mode == LEDGER_WRITE) {
+                r = lock_file(l, path, error);
+                if (r < 0)
+                        return r;
+        }
+        r = open_db(l, path, &in_memory, error);
+        if (r < 0)
+                return r;
+        if (in_memory || mode == LEDGER_WRITE)
+                r = prepare_writable(l, path, error);
+        else
+                r = check_readable(l, path, error);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(l);
         return 0;
 }
