@@ -300,6 +300,125 @@ static void all_pages_in(Listing *ls) {
         request(ls, &ls->last);
 }
 
+/* A call that brought no page: a cursor the API dropped is the account
+ * moving, anything else is a failed page. */
+static void page_not_taken(Listing *ls, PageReq *q, const CallResult *r, const Reply *reply) {
+        /* A cursor the API no longer knows: the phone it names was
+         * removed meanwhile. */
+        if (!ls->pages && ls->cursor[0] && r->http_status == 400 && reply->api) {
+                changed(ls, "the API no longer takes the cursor");
+                return;
+        }
+        page_failed(ls, q, reply);
+}
+
+/* Page 1 tells the mode: a total_pages means page mode, none means cursor
+ * mode.  False when the listing ended. */
+static bool first_page_mode(Listing *ls, PageReq *q, const PhonePage *page) {
+        if (q != &ls->reqs[0] || q->page != 1 || ls->pages || ls->cursor[0])
+                return true;
+        if (page->total_pages < 0)
+                return true;
+        if (page->current_page != 1 || page->total_pages > LIST_MAX_PAGES) {
+                end(ls, -EBADMSG, page->total_pages > LIST_MAX_PAGES ?
+                    "the account has more pages than retired lists" : "the API answered another page");
+                return false;
+        }
+        ls->pages = ls->stats.pages = true;
+        ls->total_pages = (unsigned) page->total_pages;
+        return true;
+}
+
+/* The last page read again only to see whether it moved: its phones are in
+ * already. */
+static void last_page_again(Listing *ls, const PhonePage *page) {
+        if (page->total_pages != (int64_t) ls->total_pages) {
+                changed(ls, "the number of pages moved");
+                return;
+        }
+        if (page_print(page) != ls->last_print) {
+                changed(ls, "the last page is not what it was");
+                return;
+        }
+        end(ls, 0, NULL);
+}
+
+/* Page 1 in page mode asks for all the other pages at once. */
+static void other_pages(Listing *ls) {
+        PageReq *n;
+
+        if (ls->total_pages <= 1) {
+                /* One read of one page: nothing can have moved under it. */
+                end(ls, 0, NULL);
+                return;
+        }
+        n = reallocarray(ls->reqs, ls->total_pages, sizeof(PageReq));
+        if (!n) {
+                end(ls, -ENOMEM, "out of memory");
+                return;
+        }
+        ls->reqs = n;
+        ls->n_reqs = ls->total_pages;
+        ls->pages_left = ls->total_pages - 1;
+        for (unsigned i = 1; i < ls->total_pages; i++)
+                ls->reqs[i] = (PageReq) { .ls = ls, .page = i + 1 };
+        for (unsigned i = 1; i < ls->total_pages && ls->running; i++)
+                request(ls, &ls->reqs[i]);
+}
+
+/* By page number: each page must agree with page 1, or the account moved. */
+static void page_mode_next(Listing *ls, PageReq *q, const PhonePage *page) {
+        if (page->total_pages != (int64_t) ls->total_pages) {
+                changed(ls, "the number of pages moved");
+                return;
+        }
+        if (q->page < ls->total_pages && page->n + page->n_skipped != API_PAGE_LIMIT) {
+                changed(ls, "a page before the last is not full");
+                return;
+        }
+        if (q->page == 1) {
+                other_pages(ls);
+                return;
+        }
+        if (--ls->pages_left == 0)
+                all_pages_in(ls);
+}
+
+/* By cursor: the API decides where the listing ends, so bound it, and do not
+ * believe a listing that cannot end. */
+static void cursor_mode_next(Listing *ls, PageReq *q, const PhonePage *page) {
+        if (ls->stats.calls > LIST_MAX_PAGES * (LIST_RESTARTS + 1)) {
+                end(ls, -E2BIG, "the account has more pages than retired lists");
+                return;
+        }
+        if (page->has_more && page->n == 0) {
+                log_error("Listing phones: the API says there is more after an empty page; stopping the listing.");
+                end(ls, -EBADMSG, "the API's listing does not end (an empty page says has_more)");
+                return;
+        }
+        /* A page with phones always has a cursor: api_parse_page() takes the
+         * last phone's id when the API gives none.  (And were it empty, the
+         * next page would start over, and the phones seen twice tell.) */
+        if (page->has_more && streq(page->last_id, ls->cursor)) {
+                log_error("Listing phones: the API repeats the cursor %s; stopping the listing.", ls->cursor);
+                end(ls, -EBADMSG, "the API's list cursor does not move");
+                return;
+        }
+        if (!page->has_more) {
+                /* An empty end right after "has_more": maybe the end, maybe a
+                 * cursor whose phone went away.  Listing again tells. */
+                if (page->n == 0 && ls->cursor[0] && ls->stats.restarts < LIST_RESTARTS) {
+                        changed(ls, "the last page after has_more was empty");
+                        return;
+                }
+                end(ls, 0, NULL);
+                return;
+        }
+        memcpy(ls->cursor, page->last_id, sizeof ls->cursor);
+        *q = (PageReq) { .ls = ls };
+        request(ls, q);
+}
+
 static void on_page(Diga *d, const CallResult *r, void *userdata) {
         PageReq *q = userdata;
         Listing *ls = q->ls;
@@ -332,40 +451,15 @@ static void on_page(Diga *d, const CallResult *r, void *userdata) {
                 reply.message = msg;
         }
         if (!reply.api || r->http_status != 200) {
-                /* A cursor the API no longer knows: the phone it names was
-                 * removed meanwhile. */
-                if (!ls->pages && ls->cursor[0] && r->http_status == 400 && reply.api) {
-                        changed(ls, "the API no longer takes the cursor");
-                        return;
-                }
-                page_failed(ls, q, &reply);
+                page_not_taken(ls, q, r, &reply);
                 return;
         }
 
-        /* Page 1 tells the mode. */
-        if (q == &ls->reqs[0] && q->page == 1 && !ls->pages && !ls->cursor[0]) {
-                if (page.total_pages >= 0) {
-                        if (page.current_page != 1 || page.total_pages > LIST_MAX_PAGES) {
-                                end(ls, -EBADMSG, page.total_pages > LIST_MAX_PAGES ?
-                                    "the account has more pages than retired lists" : "the API answered another page");
-                                return;
-                        }
-                        ls->pages = ls->stats.pages = true;
-                        ls->total_pages = (unsigned) page.total_pages;
-                }
-        }
+        if (!first_page_mode(ls, q, &page))
+                return;
         q->done = true;
         if (ls->pages && q == &ls->last) {
-                /* Read again only to see whether it moved: its phones are in already. */
-                if (page.total_pages != (int64_t) ls->total_pages) {
-                        changed(ls, "the number of pages moved");
-                        return;
-                }
-                if (page_print(&page) != ls->last_print) {
-                        changed(ls, "the last page is not what it was");
-                        return;
-                }
-                end(ls, 0, NULL);
+                last_page_again(ls, &page);
                 return;
         }
         /* (Before take(), which moves the phones out of the page.) */
@@ -381,71 +475,10 @@ static void on_page(Diga *d, const CallResult *r, void *userdata) {
                 return;
         }
 
-        if (ls->pages) {
-                if (page.total_pages != (int64_t) ls->total_pages) {
-                        changed(ls, "the number of pages moved");
-                        return;
-                }
-                if (q->page < ls->total_pages && page.n + page.n_skipped != API_PAGE_LIMIT) {
-                        changed(ls, "a page before the last is not full");
-                        return;
-                }
-                if (q->page == 1) {
-                        if (ls->total_pages <= 1) {
-                                /* One read of one page: nothing can have moved under it. */
-                                end(ls, 0, NULL);
-                                return;
-                        }
-                        PageReq *n = reallocarray(ls->reqs, ls->total_pages, sizeof(PageReq));
-                        if (!n) {
-                                end(ls, -ENOMEM, "out of memory");
-                                return;
-                        }
-                        ls->reqs = n;
-                        ls->n_reqs = ls->total_pages;
-                        ls->pages_left = ls->total_pages - 1;
-                        for (unsigned i = 1; i < ls->total_pages; i++)
-                                ls->reqs[i] = (PageReq) { .ls = ls, .page = i + 1 };
-                        for (unsigned i = 1; i < ls->total_pages && ls->running; i++)
-                                request(ls, &ls->reqs[i]);
-                        return;
-                }
-                if (--ls->pages_left == 0)
-                        all_pages_in(ls);
-                return;
-        }
-
-        /* By cursor. */
-        if (ls->stats.calls > LIST_MAX_PAGES * (LIST_RESTARTS + 1)) {
-                end(ls, -E2BIG, "the account has more pages than retired lists");
-                return;
-        }
-        if (page.has_more && page.n == 0) {
-                log_error("Listing phones: the API says there is more after an empty page; stopping the listing.");
-                end(ls, -EBADMSG, "the API's listing does not end (an empty page says has_more)");
-                return;
-        }
-        /* A page with phones always has a cursor: api_parse_page() takes the
-         * last phone's id when the API gives none.  (And were it empty, the
-         * next page would start over, and the phones seen twice tell.) */
-        if (page.has_more && streq(page.last_id, ls->cursor)) {
-                log_error("Listing phones: the API repeats the cursor %s; stopping the listing.", ls->cursor);
-                end(ls, -EBADMSG, "the API's list cursor does not move");
-                return;
-        }
-        if (!page.has_more) {
-                /* An empty end right after "has_more": maybe the end, maybe a
-                 * cursor whose phone went away.  Listing again tells. */
-                if (page.n == 0 && ls->cursor[0] && ls->stats.restarts < LIST_RESTARTS) {
-                        changed(ls, "the last page after has_more was empty");
-                        return;
-                }
-                end(ls, 0, NULL);
-                return;
-        }
-        memcpy(ls->cursor, page.last_id, sizeof ls->cursor);
-        *q = (PageReq) { .ls = ls };
-        request(ls, q);
+        if (ls->pages)
+                page_mode_next(ls, q, &page);
+        else
+                cursor_mode_next(ls, q, &page);
 }
 
 static void request(Listing *ls, PageReq *q) {
