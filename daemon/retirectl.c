@@ -889,7 +889,9 @@ static int check_options(const char *verb, unsigned given) {
         return 0;
 }
 
-int main(int argc, char **argv) {
+/* Returns 1 to go on to the command, 0 when the run is done (--help,
+ * --version), or -EINVAL when the line is wrong (already said). */
+static int parse_argv(int argc, char **argv, unsigned *ret_given) {
         enum { ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION, ARG_SINCE, ARG_UNTIL, ARG_CSV, ARG_OPENMETRICS };
         static const struct option options[] = {
                 { "config",      required_argument, NULL, 'c' },
@@ -905,7 +907,6 @@ int main(int argc, char **argv) {
                 {}
         };
         unsigned given = 0;
-        const char *verb;
         int c;
 
         while ((c = getopt_long(argc, argv, "c:h", options, NULL)) >= 0)
@@ -920,7 +921,7 @@ int main(int argc, char **argv) {
                 case ARG_STATE:
                         arg_state = parse_state_arg(optarg);
                         if (arg_state < 0)
-                                return EXIT_ERROR;
+                                return -EINVAL;
                         given |= OPT_STATE;
                         break;
                 case ARG_SINCE:
@@ -929,7 +930,7 @@ int main(int argc, char **argv) {
                                 fprintf(stderr, "retirectl: %s: '%s' is not a time in UTC "
                                         "(2026-12-01T10:00:00Z, 2026-12-01 or @SECONDS)\n",
                                         c == ARG_SINCE ? "--since" : "--until", optarg);
-                                return EXIT_ERROR;
+                                return -EINVAL;
                         }
                         given |= c == ARG_SINCE ? OPT_SINCE : OPT_UNTIL;
                         break;
@@ -946,58 +947,67 @@ int main(int argc, char **argv) {
                         break;
                 case 'h':
                         help();
-                        return EXIT_OK;
+                        return 0;
                 case ARG_VERSION:
                         printf("retirectl %s\n", VERSION);
-                        return EXIT_OK;
+                        return 0;
                 default:
                         /* getopt said what was wrong. */
                         fprintf(stderr, "Try 'retirectl --help' for more information.\n");
-                        return EXIT_ERROR;
+                        return -EINVAL;
                 }
-        if (optind >= argc) {
-                help();
-                return EXIT_ERROR;
-        }
-        verb = argv[optind++];
-        if (check_options(verb, given) < 0)
-                return EXIT_ERROR;
-        if (streq(verb, "pause")) {
-                /* The reason is the rest of the line, as typed. */
-                _cleanup_free_ char *reason = NULL;
-                size_t len = 0;
+        *ret_given = given;
+        return 1;
+}
 
-                for (int i = optind; i < argc; i++)
-                        len += strlen(argv[i]) + 1;
-                if (len > PAUSE_MAX_REASON) {
-                        fprintf(stderr, "retirectl: the reason is longer than %d characters\n", PAUSE_MAX_REASON);
+/* The pause's reason is the rest of the line, as typed: the words joined
+ * by single spaces, printable, and short enough for the ledger. */
+static int join_pause_reason(char **args, int n_args, char **ret) {
+        _cleanup_free_ char *reason = NULL;
+        size_t len = 0;
+
+        for (int i = 0; i < n_args; i++)
+                len += strlen(args[i]) + 1;
+        if (len > PAUSE_MAX_REASON) {
+                fprintf(stderr, "retirectl: the reason is longer than %d characters\n", PAUSE_MAX_REASON);
+                return -EINVAL;
+        }
+        reason = calloc(1, len + 1);
+        if (!reason)
+                return -ENOMEM;
+        for (int i = 0; i < n_args; i++) {
+                for (const char *q = args[i]; *q; q++)
+                        if (!isprint((unsigned char) *q)) {
+                                fprintf(stderr, "retirectl: the reason must be printable text\n");
+                                return -EINVAL;
+                        }
+                if (i > 0)
+                        strcat(reason, " ");
+                strcat(reason, args[i]);
+        }
+        *ret = TAKE_PTR(reason);
+        return 0;
+}
+
+/* Runs the command with the words after it; returns the exit code. */
+static int dispatch_verb(const char *verb, char **args, int n_args) {
+        if (streq(verb, "pause")) {
+                _cleanup_free_ char *reason = NULL;
+
+                if (join_pause_reason(args, n_args, &reason) < 0)
                         return EXIT_ERROR;
-                }
-                reason = calloc(1, len + 1);
-                if (!reason)
-                        return EXIT_ERROR;
-                for (int i = optind; i < argc; i++) {
-                        for (const char *q = argv[i]; *q; q++)
-                                if (!isprint((unsigned char) *q)) {
-                                        fprintf(stderr, "retirectl: the reason must be printable text\n");
-                                        return EXIT_ERROR;
-                                }
-                        if (i > optind)
-                                strcat(reason, " ");
-                        strcat(reason, argv[i]);
-                }
                 return verb_control(verb, reason[0] ? reason : NULL);
         }
         if (streq(verb, "show") || streq(verb, "retry") || streq(verb, "approve")) {
-                if (optind != argc - 1) {
+                if (n_args != 1) {
                         fprintf(stderr, "retirectl: %s takes one argument (see retirectl --help)\n", verb);
                         return EXIT_ERROR;
                 }
                 if (streq(verb, "show"))
-                        return verb_show(argv[optind]);
-                return verb_control(verb, argv[optind]);
+                        return verb_show(args[0]);
+                return verb_control(verb, args[0]);
         }
-        if (optind != argc) {
+        if (n_args != 0) {
                 fprintf(stderr, "retirectl: %s takes no arguments (see retirectl --help)\n", verb);
                 return EXIT_ERROR;
         }
@@ -1015,4 +1025,22 @@ int main(int argc, char **argv) {
                 return verb_control(verb, NULL);
         fprintf(stderr, "retirectl: unknown command '%s' (see retirectl --help)\n", verb);
         return EXIT_ERROR;
+}
+
+int main(int argc, char **argv) {
+        unsigned given = 0;
+        const char *verb;
+        int r;
+
+        r = parse_argv(argc, argv, &given);
+        if (r <= 0)
+                return r < 0 ? EXIT_ERROR : EXIT_OK;
+        if (optind >= argc) {
+                help();
+                return EXIT_ERROR;
+        }
+        verb = argv[optind++];
+        if (check_options(verb, given) < 0)
+                return EXIT_ERROR;
+        return dispatch_verb(verb, argv + optind, argc - optind);
 }

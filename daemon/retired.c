@@ -644,79 +644,165 @@ static int start_failed(Manager *m) {
         return m->once ? EXIT_STOPPED : EXIT_SUCCESS;
 }
 
-static int run(void) {
-        _cleanup_(manager_free) Manager m = { .once = arg_once };
+/* Blocked from the start, for the loop's signalfd: a stop that comes while a
+ * million declarations are read waits for no more than the ledger's next
+ * progress call (a check, -n, has no loop). */
+static int block_stop_signals(void) {
         sigset_t mask;
-        int r;
 
-        if (sd_watchdog_enabled(false, &m.watchdog_usec) <= 0)
-                m.watchdog_usec = 0;
-        /* Blocked from the start, for the loop's signalfd: a stop that comes
-         * while a million declarations are read waits for no more than the
-         * ledger's next progress call (a check, -n, has no loop). */
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
         sigaddset(&mask, SIGHUP);
         if (!arg_check && sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(negative_errno(), "Cannot block signals: %m");
-        set_interruptible(&m, !arg_check);
-        r = load_config(&m, &m.config, &m.token);
-        set_interruptible(&m, false);
+        return 0;
+}
+
+/* Loads the config and the ledger at start. With no ledger yet the first
+ * load only reads, so a bad config makes no file; once the config has
+ * loaded, a second load makes the ledger (not for a check, -n). A failure
+ * here is for the caller's start_failed(). */
+static int load_at_start(Manager *m) {
+        _cleanup_free_ char *token = NULL;
+        int r;
+
+        set_interruptible(m, !arg_check);
+        r = load_config(m, &m->config, &m->token);
+        set_interruptible(m, false);
         if (r < 0)
-                return start_failed(&m);
-        if (m.ledger_read_only && !arg_check) {
-                _cleanup_free_ char *token = NULL;
-
-                m.ledger = ledger_close(m.ledger);
-                m.config = config_free(m.config);
-                m.create_ledger = true;
-                set_interruptible(&m, true);
-                r = load_config(&m, &m.config, &token);
-                set_interruptible(&m, false);
-                if (r < 0)
-                        return start_failed(&m);
-                erase_and_free(m.token);
-                m.token = TAKE_PTR(token);
-        }
-        if (arg_check) {
-                _cleanup_free_ char *warning = NULL;
-
-                if (config_token_file_warning(m.config, &warning) < 0) {
-                        (void) log_oom();
-                        return EXIT_SETUP;
-                }
-                if (warning) {
-                        fprintf(stderr, "retired: warning: %s\n", warning);
-                        (void) fflush(stderr);  /* before the verdict below, as it reads */
-                }
-                printf("%s: OK, %zu %s declared\n", arg_config, m.config->n_decls,
-                       plural(m.config->n_decls, "release", "releases"));
+                return r;
+        if (!m->ledger_read_only || arg_check)
                 return 0;
-        }
 
-        r = sd_event_default(&m.event);
+        m->ledger = ledger_close(m->ledger);
+        m->config = config_free(m->config);
+        m->create_ledger = true;
+        set_interruptible(m, true);
+        r = load_config(m, &m->config, &token);
+        set_interruptible(m, false);
+        if (r < 0)
+                return r;
+        erase_and_free(m->token);
+        m->token = TAKE_PTR(token);
+        return 0;
+}
+
+/* -n: the verdict on the config just loaded; returns the exit code. */
+static int check_report(Manager *m) {
+        _cleanup_free_ char *warning = NULL;
+
+        if (config_token_file_warning(m->config, &warning) < 0) {
+                (void) log_oom();
+                return EXIT_SETUP;
+        }
+        if (warning) {
+                fprintf(stderr, "retired: warning: %s\n", warning);
+                (void) fflush(stderr);  /* before the verdict below, as it reads */
+        }
+        printf("%s: OK, %zu %s declared\n", arg_config, m->config->n_decls,
+               plural(m->config->n_decls, "release", "releases"));
+        return 0;
+}
+
+/* The loop with its signals, watchdog and (off until needed) status timer. */
+static int setup_event_loop(Manager *m) {
+        int r;
+
+        r = sd_event_default(&m->event);
         if (r < 0)
                 return log_error_errno(r, "Cannot create the event loop: %m");
-        if ((r = sd_event_add_signal(m.event, NULL, SIGTERM, on_sigterm, &m)) < 0 ||
-            (r = sd_event_add_signal(m.event, NULL, SIGINT, on_sigterm, &m)) < 0 ||
-            (r = sd_event_add_signal(m.event, NULL, SIGHUP, on_sighup, &m)) < 0)
+        if ((r = sd_event_add_signal(m->event, NULL, SIGTERM, on_sigterm, m)) < 0 ||
+            (r = sd_event_add_signal(m->event, NULL, SIGINT, on_sigterm, m)) < 0 ||
+            (r = sd_event_add_signal(m->event, NULL, SIGHUP, on_sighup, m)) < 0)
                 return log_error_errno(r, "Cannot watch signals: %m");
 #ifdef COVERAGE
-        r = coverage_flush_start(m.event);
+        r = coverage_flush_start(m->event);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the coverage flush: %m");
 #endif
-        r = sd_event_set_watchdog(m.event, true);
+        r = sd_event_set_watchdog(m->event, true);
         if (r < 0)
                 log_warning_errno(r, "Cannot enable the watchdog ($WATCHDOG_USEC): %m");
 
-        r = sd_event_add_time_relative(m.event, &m.tick, CLOCK_MONOTONIC, USEC_PER_SEC, 100 * USEC_PER_MSEC,
-                                       on_tick, &m);
+        r = sd_event_add_time_relative(m->event, &m->tick, CLOCK_MONOTONIC, USEC_PER_SEC, 100 * USEC_PER_MSEC,
+                                       on_tick, m);
         if (r >= 0)
-                r = sd_event_source_set_enabled(m.tick, SD_EVENT_OFF);
+                r = sd_event_source_set_enabled(m->tick, SD_EVENT_OFF);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the status timer: %m");
+        return 0;
+}
+
+/* Takes the ledger's pause record over, holding the engine if it is on.
+ * Returns a negative errno (already logged) if it cannot be read at all. */
+static int read_pause_record(Manager *m) {
+        int r;
+
+        r = ledger_pause_get(m->ledger, &m->pause);
+        if (r == -EBADMSG) {
+                /* Unreadable: the safe reading of a pause is that it is on. */
+                log_warning("The ledger's pause record cannot be read; releases stay paused until 'retirectl resume'.");
+                m->pause.on = true;
+        } else if (r < 0)
+                return log_error_errno(r, "Cannot read the ledger's pause record: %m (%s)", ledger_errmsg(m->ledger));
+        if (m->pause.on) {
+                engine_hold(m->engine, true);
+                log_warning("Releases are paused (since an operator's 'retirectl pause'): no DELETE leaves until "
+                            "'retirectl resume'.");
+        }
+        return 0;
+}
+
+/* A service (not --once) takes commands and follows edits of its config. */
+static int listen_and_watch(Manager *m) {
+        int r;
+
+        if (m->once)
+                return 0;
+        r = control_open(m->event, m->config->control_socket, on_control, m, &m->control);
+        if (r < 0)
+                return log_error_errno(r, "Cannot listen on %s: %m", m->config->control_socket);
+        r = watch_config(m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot watch the config files: %m");
+        return 0;
+}
+
+/* Says READY=1 and runs the loop until a stop; returns its exit code. */
+static int go_ready(Manager *m) {
+        int r;
+
+        if (m->config->dry_run)
+                log_notice("Dry run: observing and logging only; nothing will be released.");
+
+        (void) sd_notify(false, "READY=1");
+        m->started = true;
+        notify_status(m);
+        engine_request_pass(m->engine, true);
+        r = sd_event_loop(m->event);
+        if (r < 0)
+                return log_error_errno(r, "Event loop failed: %m");
+        return r;
+}
+
+static int run(void) {
+        _cleanup_(manager_free) Manager m = { .once = arg_once };
+        int r;
+
+        if (sd_watchdog_enabled(false, &m.watchdog_usec) <= 0)
+                m.watchdog_usec = 0;
+        r = block_stop_signals();
+        if (r < 0)
+                return r;
+        if (load_at_start(&m) < 0)
+                return start_failed(&m);
+        if (arg_check)
+                return check_report(&m);
+
+        r = setup_event_loop(&m);
+        if (r < 0)
+                return r;
         r = engine_new(m.event, m.ledger, &m.engine);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the engine: %m");
@@ -726,44 +812,17 @@ static int run(void) {
                 return EXIT_SETUP;
         }
         engine_on_idle(m.engine, on_idle, &m);
-        r = ledger_pause_get(m.ledger, &m.pause);
-        if (r == -EBADMSG) {
-                /* Unreadable: the safe reading of a pause is that it is on. */
-                log_warning("The ledger's pause record cannot be read; releases stay paused until 'retirectl resume'.");
-                m.pause.on = true;
-        } else if (r < 0) {
-                (void) log_error_errno(r, "Cannot read the ledger's pause record: %m (%s)", ledger_errmsg(m.ledger));
+        if (read_pause_record(&m) < 0)
                 return EXIT_SETUP;
-        }
-        if (m.pause.on) {
-                engine_hold(m.engine, true);
-                log_warning("Releases are paused (since an operator's 'retirectl pause'): no DELETE leaves until "
-                            "'retirectl resume'.");
-        }
         set_interruptible(&m, true);
         r = apply_declarations(&m, m.config, "loaded");
         set_interruptible(&m, false);
         if (r < 0)
                 return start_failed(&m);
-        if (!m.once) {
-                r = control_open(m.event, m.config->control_socket, on_control, &m, &m.control);
-                if (r < 0)
-                        return log_error_errno(r, "Cannot listen on %s: %m", m.config->control_socket);
-                r = watch_config(&m);
-                if (r < 0)
-                        return log_error_errno(r, "Cannot watch the config files: %m");
-        }
-        if (m.config->dry_run)
-                log_notice("Dry run: observing and logging only; nothing will be released.");
-
-        (void) sd_notify(false, "READY=1");
-        m.started = true;
-        notify_status(&m);
-        engine_request_pass(m.engine, true);
-        r = sd_event_loop(m.event);
+        r = listen_and_watch(&m);
         if (r < 0)
-                return log_error_errno(r, "Event loop failed: %m");
-        return r;
+                return r;
+        return go_ready(&m);
 }
 
 static void help(void) {
