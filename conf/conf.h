@@ -64,6 +64,7 @@ struct Config {
         char *ca_file;           /* "" = the system's CA store */
         double timeout;          /* seconds per HTTP call */
         double settle_time;      /* seconds after a DELETE whose answer was lost before a look counts */
+        double auth_retry;       /* seconds every call stays paused after the API refused the key */
         double rate;             /* calls per second */
         unsigned burst;
         unsigned concurrency;

@@ -105,6 +105,7 @@ static const Key keys[] = {
         { "api",    "ca_file",          K_STR,   C(ca_file),    .check = check_ca_file },
         { "api",    "timeout",          K_FLOAT, C(timeout),          1, 600 },
         { "api",    "settle_time",      K_FLOAT, C(settle_time),      0, 86400 },
+        { "api",    "auth_retry",       K_FLOAT, C(auth_retry),       1, 86400 },
         { "pace",   "rate",             K_FLOAT, C(rate),             0.001, 10000 },
         { "pace",   "burst",            K_UINT,  C(burst),            1, 10000 },
         { "pace",   "concurrency",      K_UINT,  C(concurrency),      1, 64 },
@@ -494,7 +495,7 @@ static int config_new(const char *path, Config **ret) {
         if (!c)
                 return -ENOMEM;
         *c = (Config) {
-                .timeout = 30.0, .settle_time = 300.0, .rate = 2.0, .burst = 5, .concurrency = 4,
+                .timeout = 30.0, .settle_time = 300.0, .auth_retry = 900.0, .rate = 2.0, .burst = 5, .concurrency = 4,
                 .max_attempts = 8, .base_delay = 1.0, .max_delay = 300.0,
                 .max_new_releases = 25, .hold = 600.0, .resync_interval = 3600.0,
         };

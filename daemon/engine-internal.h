@@ -67,7 +67,7 @@ struct Engine {
 
         /* From the config, copied so a reload never pulls it from under a pass. */
         unsigned max_attempts;
-        usec_t base_delay, max_delay, settle, resync_interval;
+        usec_t base_delay, max_delay, settle, resync_interval, auth_retry;
         bool dry_run;
 
         bool running, want_pass, want_resync, stopping, paused;

@@ -668,6 +668,7 @@ int engine_set_config(Engine *e, const Config *c, const char *token) {
         e->base_delay = sec_to_usec(c->base_delay);
         e->max_delay = sec_to_usec(c->max_delay);
         e->settle = sec_to_usec(c->settle_time);
+        e->auth_retry = sec_to_usec(c->auth_retry);
         e->dry_run = c->dry_run;
         e->resync_interval = sec_to_usec(c->resync_interval);
         if (e->diga)

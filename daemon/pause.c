@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Pauses of every call: an answer refusing the key (until a reload, or
- * AUTH_PAUSE_USEC), a ledger that takes no write (LEDGER_RETRY_USEC).  An
+ * api.auth_retry), a ledger that takes no write (LEDGER_RETRY_USEC).  An
  * operator's pause is another thing: engine_hold() keeps DELETEs back. */
 
 #include "engine-internal.h"
@@ -8,7 +8,6 @@
 #include "macro.h"
 #include "messages.h"
 
-#define AUTH_PAUSE_USEC   (15 * USEC_PER_MINUTE)  /* until a reload, or this long */
 #define LEDGER_RETRY_USEC USEC_PER_MINUTE
 
 /* Stops every call: nothing queued goes out, the pass ends once the calls
@@ -38,9 +37,9 @@ void auth_pause(Engine *e, int status, const char *method, const char *path, con
                                 status, method, path, msg ? ": " : "", msg ? msg : "",
                                 status == 401 ? "validity" : "the phones.view/phones.delete permission");
         log_event(LOG_CRIT, MESSAGE_AUTH_PAUSED, &(LogFields) { .http_status = status },
-                  "Paused all calls: %s. Fix the key, then reload (or wait %llu minutes).",
-                  reason ? reason : "authentication failed", (unsigned long long) (AUTH_PAUSE_USEC / USEC_PER_MINUTE));
-        pause_calls(e, AUTH_PAUSE_USEC, reason);
+                  "Paused all calls: %s. Fix the key and restart; it is tried again in %llu s.",
+                  reason ? reason : "authentication failed", (unsigned long long) (e->auth_retry / USEC_PER_SEC));
+        pause_calls(e, e->auth_retry, reason);
 }
 
 /* A step that cannot be recorded must not be followed by the next one: stop

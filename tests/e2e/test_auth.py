@@ -104,3 +104,25 @@ def test_a_reload_with_the_right_key_resumes_a_paused_daemon(make_rig):
     assert "Resuming calls." in stderr_of(proc)
     assert [e["status"] for e in rig.deletes()] == [204]
     rig.assert_exactly_once(one_delete=True)
+
+
+def test_a_paused_daemon_tries_the_key_again_after_auth_retry(make_rig):
+    """A key refused for lack of a permission: once the permission is granted
+    in the dashboard, a running daemon goes on by itself after api.auth_retry,
+    without a reload, and the phone whose DELETE was refused is looked at
+    before it is sent again, then released once."""
+    rig = make_rig([phone(1)])
+    rig.set_token(VIEW_ONLY_TOKEN)
+    rig.write_config([{"id": pid(1)}], api={"auth_retry": 1.0})
+    proc = rig.start()
+    wait_for(lambda: MSG["auth_paused"] in stderr_of(proc), what="the pause", timeout=AUTH_TIMEOUT)
+    assert "it is tried again in 1 s" in stderr_of(proc)
+    rig.fake.configure(token=VIEW_ONLY_TOKEN, view_only_token=None)   # the key may delete now
+    wait_for(lambda: rig.db_rows()[pid(1)]["state"] == "scheduled", what="the release", timeout=20)
+    proc.terminate()
+    assert proc.wait(10) == 0, stderr_of(proc)
+    assert "Resuming calls." in stderr_of(proc)
+    assert [e["status"] for e in rig.deletes()] == [403, 204]
+    log = [(e["method"], e["status"]) for e in rig.fake.log if e["phone_id"] == pid(1)]
+    assert log[log.index(("DELETE", 403)) + 1] == ("GET", 200), log
+    rig.assert_exactly_once()

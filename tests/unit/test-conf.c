@@ -214,6 +214,8 @@ static void test_minimal_gets_every_default(void **state) {
         assert_string_equal(c->token_file, "");
         assert_string_equal(c->ca_file, "");
         assert_true(c->timeout == 30.0);
+        assert_true(c->settle_time == 300.0);
+        assert_true(c->auth_retry == 900.0);
         assert_true(c->rate == 2.0);
         assert_int_equal(c->burst, 5);
         assert_int_equal(c->concurrency, 4);
@@ -241,6 +243,7 @@ static void test_every_key_is_read(void **state) {
         assert_string_equal(c->ca_file, "/etc/passwd");
         assert_true(c->timeout == 12.5);
         assert_true(c->settle_time == 45.0);
+        assert_true(c->auth_retry == 120.0);
         assert_true(c->rate == 0.5);
         assert_int_equal(c->burst, 9);
         assert_int_equal(c->concurrency, 64);
