@@ -98,13 +98,13 @@ static int commit(Job *j, const Outcome *o, const CallResult *call, bool check_v
                  * calls pause rather than meet it again at once. */
                 log_error("Refused to record %s -> %s for %s: %s.", state_to_string(j->state), state_to_string(o->to),
                           j->key, ledger_errmsg(e->ledger));
-                ledger_pause(e, r);
+                pause_ledger(e, r);
                 return r;
         }
         if (r < 0) {
                 log_error_errno(r, "Cannot record %s -> %s for %s in the ledger: %m (%s)",
                                 state_to_string(j->state), state_to_string(o->to), j->key, ledger_errmsg(e->ledger));
-                ledger_pause(e, r);
+                pause_ledger(e, r);
                 return r;
         }
         return 0;
@@ -112,7 +112,7 @@ static int commit(Job *j, const Outcome *o, const CallResult *call, bool check_v
 
 /* Applies one outcome: the ledger first, then the journal, the job, and
  * what comes next. */
-void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version) {
+void act_apply(Job *j, const Outcome *o, const CallResult *call, bool check_version) {
         Engine *e = j->e;
         PhoneState from = j->state;
         unsigned attempts_before = j->attempts;
@@ -121,7 +121,7 @@ void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version)
         if (o->rate_backoff)
                 diga_rate_backoff(e->diga);
         if (o->hold > 0)
-                diga_hold(e->diga, mono_now(e) + (usec_t) o->hold * USEC_PER_SEC);
+                diga_hold(e->diga, engine_mono_now(e) + (usec_t) o->hold * USEC_PER_SEC);
         if (o->write) {
                 r = commit(j, o, call, check_version);
                 if (r < 0) {
@@ -140,8 +140,8 @@ void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version)
         }
         /* What the look found (an id for a number, the provider) goes into
          * the ledger with the next step: the in_flight commit, at the latest. */
-        if (set_str(&j->id, j->id ? NULL : o->id) < 0 || set_str(&j->api_number, o->api_number) < 0 ||
-            set_str(&j->provider, o->provider) < 0 || set_str(&j->last_error, o->error[0] ? o->error : NULL) < 0) {
+        if (engine_set_str(&j->id, j->id ? NULL : o->id) < 0 || engine_set_str(&j->api_number, o->api_number) < 0 ||
+            engine_set_str(&j->provider, o->provider) < 0 || engine_set_str(&j->last_error, o->error[0] ? o->error : NULL) < 0) {
                 log_oom();
                 job_finish(j);
                 return;
@@ -150,7 +150,7 @@ void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version)
         if (o->to != from)
                 e->stats.outcomes[o->to]++;
         if (o->auth_pause && call)
-                auth_pause(e, call->http_status, call->method, call->path, NULL);
+                pause_auth(e, call->http_status, call->method, call->path, NULL);
 
         switch (o->next) {
         case NEXT_GET:
@@ -159,10 +159,10 @@ void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version)
                         free(j->rejected);
                         j->rejected = strdup(o->error);
                 }
-                observe(j, true);
+                act_observe(j, true);
                 return;
         case NEXT_DELETE:
-                queue_delete(j);
+                act_delete(j);
                 return;
         case NEXT_NONE:
                 break;
@@ -217,15 +217,15 @@ static void on_get(Diga *d, const CallResult *r, void *userdata) {
                 if (!look.seen)
                         log_warning("GET %s: unusable answer: %s", r->path, look.reply.error);
         }
-        row = row_of(j);
-        w = world(e);
+        row = job_row(j);
+        w = engine_world(e);
         reconcile_look(&row, &look, &w, &o);
-        apply(j, &o, r, true);
+        act_apply(j, &o, r, true);
 out:
-        pass_kick(e);
+        engine_kick(e);
 }
 
-void observe(Job *j, bool urgent) {
+void act_observe(Job *j, bool urgent) {
         Engine *e = j->e;
         int r;
 
@@ -250,8 +250,8 @@ void observe(Job *j, bool urgent) {
 static int delete_start(void *userdata) {
         Job *j = userdata;
         Engine *e = j->e;
-        Row row = row_of(j);
-        World w = world(e);
+        Row row = job_row(j);
+        World w = engine_world(e);
         Outcome o;
         int r;
 
@@ -274,7 +274,7 @@ static int delete_start(void *userdata) {
         if (r < 0) {
                 log_error_errno(r, "Cannot record the DELETE of %s: %m (%s); not sent.", j->key,
                                 ledger_errmsg(e->ledger));
-                ledger_pause(e, r);
+                pause_ledger(e, r);
                 return r;
         }
         j->state = STATE_IN_FLIGHT;
@@ -302,15 +302,15 @@ static void on_delete(Diga *d, const CallResult *r, void *userdata) {
         e->stats.calls++;
         j->delete_status = r->http_status;
         reply = reply_of(e, r, &msg);
-        row = row_of(j);
-        w = world(e);
+        row = job_row(j);
+        w = engine_world(e);
         reconcile_delete(&row, &reply, &w, &o);
-        apply(j, &o, r, false);
+        act_apply(j, &o, r, false);
 out:
-        pass_kick(e);
+        engine_kick(e);
 }
 
-void queue_delete(Job *j) {
+void act_delete(Job *j) {
         Engine *e = j->e;
         int r;
 

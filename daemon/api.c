@@ -9,7 +9,7 @@
 #include <sqlite3.h>
 #include <stdarg.h>
 
-#include "daemon.h"
+#include "api.h"
 #include "macro.h"
 
 struct Api {

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
-#include "daemon.h"
+#include "control.h"
 #include "log.h"
 #include "macro.h"
 

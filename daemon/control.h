@@ -7,6 +7,10 @@
  * own user are answered (SO_PEERCRED). */
 
 #include <stddef.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "forward.h"
 
 #define CONTROL_MAX_LINE 512     /* bytes of a request, newline included */
 #define CONTROL_MAX_VERB 15
@@ -15,3 +19,9 @@
 /* Splits "verb [arg]\n"; -EBADMSG or -E2BIG for anything else. */
 int control_parse(const char *line, size_t len, char verb[static CONTROL_MAX_VERB + 1],
                   char arg[static CONTROL_MAX_ARG + 1]);
+
+/* Returns >= 0 (reply "ok TEXT") or < 0 (reply "error TEXT"); *text may be set. */
+typedef int (*ControlHandler)(void *userdata, uint32_t uid, const char *verb, const char *arg, char **text);
+
+int control_open(sd_event *e, const char *path, ControlHandler h, void *userdata, Control **ret);
+Control *control_free(Control *c);

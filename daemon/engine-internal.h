@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* The engine's rooms share its state: the pass (engine.c), the acts and
  * their outcomes (act.c), the match of a listing to the declarations
- * (match.c) and the pauses (pause.c).  Not an interface: daemon.h is. */
+ * (match.c) and the pauses (pause.c).  Not an interface: engine.h is. */
 #pragma once
 
-#include "daemon.h"
+#include "api.h"
+#include "diga.h"
+#include "engine.h"
+#include "listing.h"
+#include "reconcile.h"
 
 typedef struct Batch Batch;
 
@@ -102,25 +106,25 @@ struct Engine {
 
 
 /* engine.c: the pass, its jobs and timers */
-usec_t mono_now(Engine *e);
-void arm(sd_event_source *s, usec_t when);
-void disarm(sd_event_source *s);
-World world(Engine *e);
-Row row_of(const Job *j);
+usec_t engine_mono_now(Engine *e);
+void engine_arm(sd_event_source *s, usec_t when);
+void engine_disarm(sd_event_source *s);
+World engine_world(Engine *e);
+Row job_row(const Job *j);
 void job_finish(Job *j);
-int set_str(char **p, const char *v);
-void pass_kick(Engine *e);
+int engine_set_str(char **p, const char *v);
+void engine_kick(Engine *e);
 
 /* act.c: a look or a DELETE, and what its answer becomes */
-void observe(Job *j, bool urgent);
-void queue_delete(Job *j);
-void apply(Job *j, const Outcome *o, const CallResult *call, bool check_version);
+void act_observe(Job *j, bool urgent);
+void act_delete(Job *j);
+void act_apply(Job *j, const Outcome *o, const CallResult *call, bool check_version);
 
 /* match.c: a row meets the phone the listing found for it */
-int listing_keep(const RemotePhone *p, void *userdata);
-void match(Engine *e, Job *j);
+int match_keep(const RemotePhone *p, void *userdata);
+void match_job(Engine *e, Job *j);
 
 /* pause.c: every call stopped, and started again */
-void auth_pause(Engine *e, int status, const char *method, const char *path, const char *msg);
-void ledger_pause(Engine *e, int error);
-void resume(Engine *e);
+void pause_auth(Engine *e, int status, const char *method, const char *path, const char *msg);
+void pause_ledger(Engine *e, int error);
+void pause_end(Engine *e);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The pass: which rows are due, in what order they are met, and when the
- * next pass comes; the engine's timers and its interface (daemon.h).  The
+ * next pass comes; the engine's timers and its interface (engine.h).  The
  * acts and their outcomes are act.c's, the match of a listing to the
  * declarations match.c's, the pauses pause.c's, the decisions reconcile.c's.
  *
@@ -29,7 +29,7 @@
 
 static void on_answer(Diga *d, const CallResult *r, void *userdata);
 
-usec_t mono_now(Engine *e) {
+usec_t engine_mono_now(Engine *e) {
         uint64_t t;
 
         if (sd_event_now(e->event, CLOCK_MONOTONIC, &t) < 0)
@@ -37,16 +37,16 @@ usec_t mono_now(Engine *e) {
         return t;
 }
 
-void arm(sd_event_source *s, usec_t when) {
+void engine_arm(sd_event_source *s, usec_t when) {
         if (sd_event_source_set_time(s, when) < 0 || sd_event_source_set_enabled(s, SD_EVENT_ONESHOT) < 0)
                 log_error("Cannot arm a timer; the engine wakes again at the next event.");
 }
 
-void disarm(sd_event_source *s) {
+void engine_disarm(sd_event_source *s) {
         (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
 }
 
-World world(Engine *e) {
+World engine_world(Engine *e) {
         int64_t t = (int64_t) now(CLOCK_REALTIME);
 
         return (World) {
@@ -56,7 +56,7 @@ World world(Engine *e) {
         };
 }
 
-Row row_of(const Job *j) {
+Row job_row(const Job *j) {
         return (Row) {
                 .state = j->state, .key = j->key, .id = j->id, .number = j->number, .not_before = j->not_before,
                 .attempts = j->attempts, .sent_at = j->sent_at, .look_after = j->look_after,
@@ -73,7 +73,7 @@ void job_finish(Job *j) {
         j->batch->n_open--;
         j->e->n_open--;
         j->e->n_done++;
-        pass_kick(j->e);
+        engine_kick(j->e);
 }
 
 static void job_done(Job *j) {
@@ -86,7 +86,7 @@ static void job_done(Job *j) {
         free(j->rejected);
 }
 
-int set_str(char **p, const char *v) {
+int engine_set_str(char **p, const char *v) {
         char *n;
 
         if (!v || (*p && streq(*p, v)))
@@ -148,9 +148,9 @@ static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
                 free(e->list_error);
                 e->list_error = why ? strdup(why) : NULL;
                 if (r == -EACCES)
-                        auth_pause(e, 401, "GET", "/v1/phone/", why);
+                        pause_auth(e, 401, "GET", "/v1/phone/", why);
                 if (r != -ECANCELED && r != -EACCES && !e->stopping) {
-                        World w = world(e);
+                        World w = engine_world(e);
                         usec_t delay = reconcile_backoff(&w, e->list_failures, -1);
                         uint64_t waiting = e->counted[r == -EHOSTUNREACH ? DUE_REST : DUE_BY_NUMBER];
 
@@ -161,14 +161,14 @@ static void listing_done(Listing *ls, int r, const char *why, void *userdata) {
                                     plural(waiting, "phone", "phones"),
                                     r == -EHOSTUNREACH ? "" : " declared by number", plural(waiting, "waits", "wait"),
                                     usec_to_sec((int64_t) delay));
-                        arm(e->list_retry, mono_now(e) + delay);
+                        engine_arm(e->list_retry, engine_mono_now(e) + delay);
                 }
         }
         /* What was decided while the account was listed may leave now. */
         FOREACH_JOB(j, b, e)
                 if (j->held && !j->finished)
-                        queue_delete(j);
-        pass_kick(e);
+                        act_delete(j);
+        engine_kick(e);
 }
 
 static int on_list_retry(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -195,9 +195,9 @@ static int add_job(const Phone *p, void *userdata) {
                 .not_before = p->hold_until > p->not_before ? p->hold_until : p->not_before, .sent_at = p->sent_at,
                 .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0,
         };
-        if (set_str(&j->key, p->key) < 0 || set_str(&j->id, p->id) < 0 || set_str(&j->number, p->number) < 0 ||
-            set_str(&j->provider, p->provider) < 0 || set_str(&j->api_number, p->api_number) < 0 ||
-            set_str(&j->last_error, p->last_error) < 0) {
+        if (engine_set_str(&j->key, p->key) < 0 || engine_set_str(&j->id, p->id) < 0 || engine_set_str(&j->number, p->number) < 0 ||
+            engine_set_str(&j->provider, p->provider) < 0 || engine_set_str(&j->api_number, p->api_number) < 0 ||
+            engine_set_str(&j->last_error, p->last_error) < 0) {
                 job_done(j);
                 return -ENOMEM;
         }
@@ -296,14 +296,14 @@ static void arm_wake(Engine *e) {
                 t_due = due_now(e, t);
         }
         if (ledger_next_due(e->ledger, t, t_due, e->held, &next) < 0) {
-                disarm(e->wake);
+                engine_disarm(e->wake);
                 return;
         }
-        arm(e->wake, (usec_t) (next > 0 ? next : 1));
+        engine_arm(e->wake, (usec_t) (next > 0 ? next : 1));
 }
 
 /* The next step of the pass, from the loop. */
-void pass_kick(Engine *e) {
+void engine_kick(Engine *e) {
         if (e->running && e->advance)
                 (void) sd_event_source_set_enabled(e->advance, SD_EVENT_ONESHOT);
 }
@@ -331,7 +331,7 @@ static void pass_start(Engine *e) {
                 return;
         }
         e->running = true;
-        e->stats = (PassStats) { .started = mono_now(e) };
+        e->stats = (PassStats) { .started = engine_mono_now(e) };
         e->step = STEP_LOOKS;
         e->rest = REST_UNSET;
         e->after = 0;
@@ -339,9 +339,9 @@ static void pass_start(Engine *e) {
         log_info("Pass: %" PRIu64 " %s to look at%s.", total, plural(total, "phone", "phones"),
                  resync ? " (resync)" : "");
 
-        w = world(e);
+        w = engine_world(e);
         if (e->counted[DUE_REST] > 0 && want_listing(e)) {
-                r = listing_new(e->event, e->diga, e->api, &w, listing_keep, listing_done, e, &e->listing);
+                r = listing_new(e->event, e->diga, e->api, &w, match_keep, listing_done, e, &e->listing);
                 if (r < 0) {
                         log_error_errno(r, "Cannot list the account: %m");
                         e->list_r = r;
@@ -351,7 +351,7 @@ static void pass_start(Engine *e) {
                         listing_start(e->listing);
                 }
         }
-        pass_kick(e);
+        engine_kick(e);
         if (e->idle)
                 e->idle(e, e->idle_userdata);
 }
@@ -364,7 +364,7 @@ static bool exiting(Engine *e) {
 }
 
 static void pass_end(Engine *e) {
-        usec_t dt = mono_now(e) - e->stats.started;
+        usec_t dt = engine_mono_now(e) - e->stats.started;
 
         if (e->stats.unconfirmed > 0)
                 log_info("%zu %s fell due after the listing was checked and %s not in it: the next pass lists "
@@ -473,9 +473,9 @@ static int step_rest(Engine *e) {
         }
         for (size_t i = 0; i < b->n; i++)
                 if (e->rest == REST_MATCH)
-                        match(e, &b->jobs[i]);
+                        match_job(e, &b->jobs[i]);
                 else
-                        observe(&b->jobs[i], false);
+                        act_observe(&b->jobs[i], false);
         return r == (int) BATCH;
 }
 
@@ -490,7 +490,7 @@ static int step_looks(Engine *e) {
                 return 0;
         }
         for (size_t i = 0; i < b->n; i++)
-                observe(&b->jobs[i], true);
+                act_observe(&b->jobs[i], true);
         return r == (int) BATCH;
 }
 
@@ -524,7 +524,7 @@ static int on_advance(sd_event_source *s, void *userdata) {
                         break;
                 }
                 if (r > 0) {
-                        pass_kick(e);
+                        engine_kick(e);
                         return 0;
                 }
                 e->step++;
@@ -572,7 +572,7 @@ void engine_declarations_changed(Engine *e) {
         if (dropped > 0)
                 log_info("Reload: %zu queued releases dropped; their rows are looked at again with the new declarations.",
                          dropped);
-        pass_kick(e);
+        engine_kick(e);
 }
 
 static int on_wake(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -583,7 +583,7 @@ static int on_wake(sd_event_source *s, uint64_t usec, void *userdata) {
 static int on_resync(sd_event_source *s, uint64_t usec, void *userdata) {
         Engine *e = userdata;
 
-        arm(s, usec + e->resync_interval);
+        engine_arm(s, usec + e->resync_interval);
         engine_request_pass(e, true);
         return 0;
 }
@@ -591,14 +591,14 @@ static int on_resync(sd_event_source *s, uint64_t usec, void *userdata) {
 static int on_unpause(sd_event_source *s, uint64_t usec, void *userdata) {
         Engine *e = userdata;
 
-        resume(e);
+        pause_end(e);
         engine_request_pass(e, false);
         return 0;
 }
 
 static void on_answer(Diga *d, const CallResult *r, void *userdata) {
         note_api_clock(userdata, r);
-        pass_kick(userdata);    /* the pass may end once no call is out */
+        engine_kick(userdata);    /* the pass may end once no call is out */
 }
 
 int engine_new(sd_event *ev, Ledger *l, Engine **ret) {
@@ -680,25 +680,25 @@ int engine_set_config(Engine *e, const Config *c, const char *token) {
         }
         if (r < 0)
                 return r;
-        arm(e->resync, mono_now(e) + e->resync_interval);
+        engine_arm(e->resync, engine_mono_now(e) + e->resync_interval);
         /* A new config may carry a new key: try again at once. */
         e->list_failures = 0;
-        resume(e);
+        pause_end(e);
         return 0;
 }
 
 bool engine_stop(Engine *e) {
         e->stopping = true;
-        disarm(e->wake);
-        disarm(e->resync);
-        disarm(e->list_retry);
+        engine_disarm(e->wake);
+        engine_disarm(e->resync);
+        engine_disarm(e->list_retry);
         if (e->listing)
                 listing_stop(e->listing, "stopping");
         diga_drop_queued(e->diga);
         FOREACH_JOB(j, b, e)
                 if (j->held)
                         job_finish(j);
-        pass_kick(e);
+        engine_kick(e);
         return !engine_busy(e);
 }
 
@@ -761,7 +761,7 @@ bool engine_progress(Engine *e, EngineProgress *ret) {
 
         if (!e->running)
                 return false;
-        dt = mono_now(e) - e->stats.started;
+        dt = engine_mono_now(e) - e->stats.started;
         /* Counted at the start; rows that fell due since come on top. */
         total = (size_t) (e->counted[DUE_LOOKS] + e->counted[DUE_REST]);
         if (total < e->n_done + e->n_open)

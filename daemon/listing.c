@@ -26,7 +26,9 @@
 
 #include <math.h>
 
-#include "daemon.h"
+#include "api.h"
+#include "diga.h"
+#include "listing.h"
 #include "log.h"
 #include "macro.h"
 

@@ -6,6 +6,8 @@
  * negative errno they were given, so callers can `return log_…_errno(r, …)`. */
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <syslog.h>
 
 #include "macro.h"

@@ -13,7 +13,7 @@
 /* Only the phones the ledger has a row for are kept (in the ledger's TEMP
  * table, not the heap): the rest are only counted.  (A row of any state:
  * cheaper to ask than which are due.) */
-int listing_keep(const RemotePhone *p, void *userdata) {
+int match_keep(const RemotePhone *p, void *userdata) {
         Engine *e = userdata;
         int r;
 
@@ -99,8 +99,8 @@ static void match_number(Engine *e, Job *j) {
                 .reply = { .kind = CALL_LIST, .status = 200, .api = true, .asked_at = (int64_t) now(CLOCK_REALTIME) },
                 .listed = st->listed, .unreadable = st->unreadable,
         };
-        Row row = row_of(j);
-        World w = world(e);
+        Row row = job_row(j);
+        World w = engine_world(e);
         Outcome o;
         int r;
 
@@ -125,11 +125,11 @@ static void match_number(Engine *e, Job *j) {
         look.carriers = c.n;
         look.carrier_ids = c.ids;
         reconcile_look(&row, &look, &w, &o);
-        apply(j, &o, &list_call, true);
+        act_apply(j, &o, &list_call, true);
 }
 
 /* The listing is complete: a row meets the phone it names. */
-void match(Engine *e, Job *j) {
+void match_job(Engine *e, Job *j) {
         _cleanup_(remote_phone_done) RemotePhone p = {};
         Look look = { .reply = { .kind = CALL_LIST, .status = 200, .api = true,
                                  .asked_at = (int64_t) now(CLOCK_REALTIME) } };
@@ -149,13 +149,13 @@ void match(Engine *e, Job *j) {
                 r = 0;
         }
         if (r == 0) {
-                observe(j, false);   /* not listed: ask for it by id to be sure */
+                act_observe(j, false);   /* not listed: ask for it by id to be sure */
                 return;
         }
         look.seen = &p;
-        row = row_of(j);
-        w = world(e);
+        row = job_row(j);
+        w = engine_world(e);
         reconcile_look(&row, &look, &w, &o);
-        apply(j, &o, &list_call, true);
+        act_apply(j, &o, &list_call, true);
 }
 

@@ -5,7 +5,7 @@
 
 #include <math.h>
 
-#include "daemon.h"
+#include "pacer.h"
 
 /* After a 429 the rate is cut (pacer_backoff) and climbs back linearly, a
  * twentieth of the way per second, so a throttled API is not hit at full

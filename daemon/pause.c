@@ -25,10 +25,10 @@ static void pause_calls(Engine *e, usec_t usec, char *reason) {
         if (e->listing)
                 listing_stop(e->listing, "calls are paused");
         diga_drop_queued(e->diga);
-        arm(e->unpause, mono_now(e) + usec);
+        engine_arm(e->unpause, engine_mono_now(e) + usec);
 }
 
-void auth_pause(Engine *e, int status, const char *method, const char *path, const char *msg) {
+void pause_auth(Engine *e, int status, const char *method, const char *path, const char *msg) {
         char *reason = NULL;
 
         if (e->paused)
@@ -44,7 +44,7 @@ void auth_pause(Engine *e, int status, const char *method, const char *path, con
 
 /* A step that cannot be recorded must not be followed by the next one: stop
  * calling until the ledger takes writes again. */
-void ledger_pause(Engine *e, int error) {
+void pause_ledger(Engine *e, int error) {
         char *reason = NULL;
 
         if (e->paused)
@@ -56,11 +56,11 @@ void ledger_pause(Engine *e, int error) {
         pause_calls(e, LEDGER_RETRY_USEC, reason);
 }
 
-void resume(Engine *e) {
+void pause_end(Engine *e) {
         if (!e->paused)
                 return;
         e->paused = false;
-        disarm(e->unpause);
+        engine_disarm(e->unpause);
         log_notice("Resuming calls.");
         diga_set_paused(e->diga, false);
 }

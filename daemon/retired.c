@@ -12,14 +12,22 @@
 #include <time.h>
 #include <systemd/sd-daemon.h>
 
-#include "daemon.h"
+#include "control.h"
+#include "engine.h"
 #include "log.h"
 #include "macro.h"
 #include "messages.h"
+#include "token.h"
 
 #ifdef COVERAGE
 #include <gcov.h>
 #endif
+
+/* The exit codes (retired(8)), for batch jobs that run --once. */
+#define EXIT_SETTLED   0   /* every declared phone released, scheduled or waiting for its time */
+#define EXIT_STOPPED   1   /* stopped before that (API unreachable, paused): run again later */
+#define EXIT_OPERATOR  2   /* some phones need an operator: failed or unresolved */
+#define EXIT_SETUP     3   /* a config, ledger or key error: nothing was done */
 
 typedef struct Manager {
         sd_event *event;

@@ -49,7 +49,7 @@ MSG = _message_ids()
 
 def _exit_codes():
     """retired's exit codes by lowercase name ("settled", "stopped", "operator", "setup")."""
-    with open(os.path.join(HERE, "..", "..", "daemon", "daemon.h")) as f:
+    with open(os.path.join(HERE, "..", "..", "daemon", "retired.c")) as f:
         return {k.lower(): int(v) for k, v in re.findall(r"#define\s+EXIT_(\w+)\s+(\d+)", f.read())}
 
 

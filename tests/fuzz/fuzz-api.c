@@ -11,7 +11,7 @@
  * prepared statements) is made in LLVMFuzzerInitialize and reused, as the
  * daemon does.
  *
- * Checked: a parser returns 0 or -EBADMSG with a reason, as daemon.h says
+ * Checked: a parser returns 0 or -EBADMSG with a reason, as api.h says
  * on
  * success a page has n <= API_PAGE_LIMIT (100), every id passes
  * uuid_is_valid(), every phone has a number (<= CONF_MAX_SIP) and a status
@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "api.h"
 #include "macro.h"
 
 static Api *api;
@@ -53,7 +53,7 @@ static void check_phone(const RemotePhone *p) {
 }
 
 static void check_result(int r, const char *why) {
-        /* daemon.h: "0, or -EBADMSG with *why saying what is wrong with the
+        /* api.h: "0, or -EBADMSG with *why saying what is wrong with the
          * body".  Nothing runs out of memory here, so -ENOMEM would be wrong. */
         CHECK(r == 0 || r == -EBADMSG);
         if (r == -EBADMSG)

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "control.h"
 #include "macro.h"
 
 #define CHECK(cond) do { if (!(cond)) { \

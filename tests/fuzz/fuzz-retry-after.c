@@ -40,7 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "diga.h"
 #include "log.h"
 #include "macro.h"
 

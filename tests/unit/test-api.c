@@ -5,7 +5,7 @@
 
 #include "unit.h"
 
-#include "daemon.h"
+#include "api.h"
 #include "macro.h"
 
 #define ID1 "00000000-05e7-4bed-8000-000000000001"

@@ -13,7 +13,7 @@
 #include <malloc.h>
 #include <sqlite3.h>
 
-#include "daemon.h"
+#include "api.h"
 #include "internal.h"   /* ledger_db(), to read the file as it is */
 #include "macro.h"
 

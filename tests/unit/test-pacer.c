@@ -3,7 +3,7 @@
 
 #include "unit.h"
 
-#include "daemon.h"
+#include "pacer.h"
 #include "macro.h"
 
 #define S(x) ((usec_t) ((x) * (double) USEC_PER_SEC))
