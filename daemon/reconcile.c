@@ -520,71 +520,61 @@ bool reconcile_send(const Row *row, const World *w, Outcome *o) {
         return true;
 }
 
-void reconcile_delete(const Row *row, const Reply *r, const World *w, Outcome *o) {
-        char why[OUTCOME_TEXT];
-        usec_t delay;
+/* What a DELETE's answer says.  The first row that matches decides, read
+ * top to bottom as tests/reconcile/delete.txt reads; an answer no row names
+ * leaves the DELETE's effect unknown.  A 2xx other than the documented 204
+ * is not taken on trust, nor a 404 that is not the API's own. */
+typedef enum Said {
+        SAID_UNKNOWN,                /* a look after the settle time (or the backoff) settles it */
+        SAID_ORDERED,                /* netelip orders the release for the end of the billing period */
+        SAID_RELEASED,               /* custom releases at once */
+        SAID_ACCEPTED,               /* a provider we do not know: look at once at what it did */
+        SAID_GONE,                   /* the phone is not there: released before, by us or anyone */
+        SAID_AUTH,                   /* the key is refused: every call pauses */
+        SAID_NOTHING_DONE,           /* the API's 408/429: it did nothing, try again after the backoff */
+        SAID_REFUSED,                /* another 4xx of the API's: look before deciding */
+} Said;
 
-        start(row, w, o);
-        o->write = true;
-        (void) describe(r, why);
+#define ANY -1
+static const struct {
+        int status_min, status_max;
+        int api;                     /* the body is the API's own: 1, 0, or ANY */
+        const char *provider;        /* NULL: any */
+        Said said;
+} delete_answers[] = {
+        { 204, 204, ANY, "netelip", SAID_ORDERED },
+        { 204, 204, ANY, "custom",  SAID_RELEASED },
+        { 204, 204, ANY, NULL,      SAID_ACCEPTED },
+        { 404, 404, 1,   NULL,      SAID_GONE },
+        { 401, 401, ANY, NULL,      SAID_AUTH },
+        { 403, 403, ANY, NULL,      SAID_AUTH },
+        { 408, 408, 1,   NULL,      SAID_NOTHING_DONE },
+        { 429, 429, 1,   NULL,      SAID_NOTHING_DONE },
+        { 400, 499, 1,   NULL,      SAID_REFUSED },
+};
+#undef ANY
 
-        if (r->status == 204) {
-                if (row->provider && streq(row->provider, "netelip")) {
-                        o->to = STATE_SCHEDULED;
-                        o->level = LOG_NOTICE;
-                        say(o->detail, "release ordered (netelip: takes effect at the end of the billing period)");
-                } else if (row->provider && streq(row->provider, "custom")) {
-                        o->to = STATE_RELEASED;
-                        o->level = LOG_NOTICE;
-                        say(o->detail, "released");
-                } else {
-                        /* The API took it; what it did depends on a provider we do not know. */
-                        o->next = NEXT_GET;
-                        o->look_after = w->now;
-                        say(o->detail, "DELETE answered 204 (provider %s): looking at what it did",
-                            row->provider ? row->provider : "unknown");
-                }
-                o->next_at = 0;
-                return;
-        }
-        if (r->status == 404 && r->api) {
-                o->to = STATE_RELEASED;
-                o->next_at = 0;
-                o->level = LOG_NOTICE;
-                say(o->detail, "already gone (HTTP 404)");
-                return;
-        }
-        if (auth_refused(r)) {
-                /* Not done, if the API said so; a look ends it once calls resume. */
-                o->auth_pause = true;
-                o->next_at = r->api ? w->now : row->look_after;
-                say(o->detail, "DELETE refused (%s)", why);
-                return;
-        }
+static Said said_of(const Row *row, const Reply *r) {
+        for (const __typeof__(delete_answers[0]) *a = delete_answers; a < delete_answers + ELEMENTSOF(delete_answers); a++)
+                if (r->status >= a->status_min && r->status <= a->status_max &&
+                    (a->api < 0 || a->api == (int) r->api) &&
+                    (!a->provider || (row->provider && streq(row->provider, a->provider))))
+                        return a->said;
+        return SAID_UNKNOWN;
+}
+
+/* Not done, or not known to be: a later attempt, or the look that must
+ * come first when the DELETE may have worked all the same. */
+static void delete_again(const Row *row, const Reply *r, Said said, const char *why, const World *w, Outcome *o) {
         effects_of(r, o);
-        if (r->api && r->status >= 400 && r->status < 500 && r->status != 408 && r->status != 429) {
-                /* Refused for a reason we do not know: look before deciding. */
-                o->attempts = row->attempts + 1;
-                o->next = NEXT_GET;
-                o->look_after = w->now;
-                o->rejected = true;
-                o->next_at = w->now;
-                say(o->error, "DELETE answered %s", why);
-                say(o->detail, "DELETE answered %s; looking at the phone", why);
-                return;
-        }
-
-        /* Anything else leaves its effect unknown, unless the API itself said
-         * it did nothing (its 429, 408) or the request never left.  (The row
-         * keeps its sent_at all the same: a look, not this, settles it.) */
         o->attempts = row->attempts + 1;
         o->to = STATE_RETRYING;
-        say(o->error, "%s", why);
-        delay = reconcile_backoff(w, o->attempts, r->retry_after);
-        o->next_at = w->now + (int64_t) delay;
-        if (!(r->api && (r->status == 429 || r->status == 408)) && !r->unsent && o->next_at < row->look_after)
-                o->next_at = row->look_after;
         o->level = LOG_WARNING;
+        say(o->error, "%s", why);
+        o->next_at = w->now + (int64_t) reconcile_backoff(w, o->attempts, r->retry_after);
+        /* (The row keeps its sent_at all the same: a look, not this, settles it.) */
+        if (said == SAID_UNKNOWN && !r->unsent && o->next_at < row->look_after)
+                o->next_at = row->look_after;
         if (o->attempts >= w->max_attempts)
                 say(o->detail, "DELETE /v1/phone/%s failed (%s); giving up after %u attempts once a look shows the "
                     "phone still assigned (in %.1f s)", row->id, why, o->attempts, usec_to_sec(o->next_at - w->now));
@@ -595,6 +585,59 @@ void reconcile_delete(const Row *row, const Reply *r, const World *w, Outcome *o
         else
                 say(o->detail, "DELETE /v1/phone/%s failed (%s); next attempt in %.1f s", row->id, why,
                     usec_to_sec(o->next_at - w->now));
+}
+
+void reconcile_delete(const Row *row, const Reply *r, const World *w, Outcome *o) {
+        Said said = said_of(row, r);
+        char why[OUTCOME_TEXT];
+
+        start(row, w, o);
+        o->write = true;
+        (void) describe(r, why);
+
+        switch (said) {
+        case SAID_ORDERED:
+                o->to = STATE_SCHEDULED;
+                o->level = LOG_NOTICE;
+                o->next_at = 0;
+                say(o->detail, "release ordered (netelip: takes effect at the end of the billing period)");
+                return;
+        case SAID_RELEASED:
+        case SAID_GONE:
+                o->to = STATE_RELEASED;
+                o->level = LOG_NOTICE;
+                o->next_at = 0;
+                say(o->detail, said == SAID_GONE ? "already gone (HTTP 404)" : "released");
+                return;
+        case SAID_ACCEPTED:
+                o->next = NEXT_GET;
+                o->look_after = w->now;
+                o->next_at = 0;
+                say(o->detail, "DELETE answered 204 (provider %s): looking at what it did",
+                    row->provider ? row->provider : "unknown");
+                return;
+        case SAID_AUTH:
+                /* Not done, if the API said so; a look ends it once calls resume. */
+                o->auth_pause = true;
+                o->next_at = r->api ? w->now : row->look_after;
+                say(o->detail, "DELETE refused (%s)", why);
+                return;
+        case SAID_REFUSED:
+                /* Refused for a reason we do not know: look before deciding. */
+                effects_of(r, o);
+                o->attempts = row->attempts + 1;
+                o->next = NEXT_GET;
+                o->look_after = w->now;
+                o->rejected = true;
+                o->next_at = w->now;
+                say(o->error, "DELETE answered %s", why);
+                say(o->detail, "DELETE answered %s; looking at the phone", why);
+                return;
+        case SAID_NOTHING_DONE:
+        case SAID_UNKNOWN:
+                delete_again(row, r, said, why, w, o);
+                return;
+        }
 }
 
 /* ---- the listing ---- */
