@@ -68,6 +68,7 @@ STAGES = {
     "unit":       (MAKE + ["unit"], ["build"], {}, "cmocka: config, ledger, plan, decision tables, pacer"),
     "unit-san":   (MAKE + ["unit", "SANITIZE=1"], ["build-san"], {}, "the same, sanitized"),
     "fake":       (pytest("tests/fake-diga"), [], {}, "the fake Diga API's own tests"),
+    "house":      ([PY, "tests/house/limits.py"], [], {}, "no file above 1,100 lines, no function above 80"),
     "e2e":        (pytest("tests/e2e", workers=E2E_WORKERS), ["build"], {}, "retired against the fake"),
     "e2e-core":   (pytest("-m", "not slow", "tests/e2e", workers=E2E_WORKERS), ["build"], {},
                    "retired against the fake, but the tests at scale"),
@@ -85,7 +86,7 @@ STAGES = {
 }
 # The edit loop: the e2e tests but those marked slow (at scale: see
 # tests/e2e/conftest.py), which make check runs.
-FAST = ["build", "unit", "fake", "e2e-core"]
+FAST = ["build", "house", "unit", "fake", "e2e-core"]
 
 
 def closure(names):
