@@ -109,7 +109,16 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAE
 # them through its __wrap_ functions.
 $(BUILD)/tests/test-faults: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
 
-unit-build: $(UNIT_BIN)
+# The clock tests' LD_PRELOAD shim (tests/e2e/clockshim.c): never
+# sanitized (a preloaded ASan runtime would have to come first), so that
+# the sanitized daemon can take it too.
+CLOCKSHIM  := $(BUILD)/tests/clockshim.so
+$(CLOCKSHIM): tests/e2e/clockshim.c | $(BUILD)/.dir
+	@mkdir -p $(dir $@)
+	@echo "  CCLD    $<"
+	@$(CC) -std=c17 -O2 -Wall -Wextra $(WERROR) -shared -fPIC -pthread -o $@ $< -ldl
+
+unit-build: $(UNIT_BIN) $(CLOCKSHIM)
 
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
@@ -154,7 +163,7 @@ COV_JOBS   ?= 2
 COV_GCOVR  := gcovr -r . --object-directory $(BUILD) --filter daemon/ --filter state/ --filter conf/
 ifeq ($(COVERAGE),1)
 export RETIRED_COVERAGE := 1
-coverage: all $(UNIT_BIN)
+coverage: all $(UNIT_BIN) $(CLOCKSHIM)
 	@find $(BUILD) -name '*.gcda' -delete
 	@$(MAKE) --no-print-directory unit; u=$$?; \
 	 $(PYTEST) -n $(COV_JOBS) tests/e2e; e=$$?; \

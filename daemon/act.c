@@ -258,7 +258,7 @@ static int delete_start(void *userdata) {
         if (e->stopping || e->paused || e->held || j->stale)
                 return -ECANCELED;
         if (!reconcile_send(&row, &w, &o)) {
-                log_info("%s: not sent: not due yet by the API's clock (not_before, safety.hold).", j->key);
+                log_info("%s: not sent: %s.", j->key, o.detail);
                 return -EAGAIN;
         }
         r = ledger_update(e->ledger, &(LedgerUpdate) {

@@ -20,6 +20,7 @@ typedef struct Job {
         PhoneState state;            /* as committed in the ledger */
         unsigned attempts;
         int64_t not_before, sent_at, look_after;
+        int64_t hold_boot_until;     /* usec, CLOCK_BOOTTIME (Row) */
         char *rejected;              /* why the API refused this pass's DELETE, pending a look */
         int delete_status;           /* the last DELETE's HTTP status in this pass, 0: none */
         Call *call;                  /* queued or out, or NULL */
@@ -67,7 +68,7 @@ struct Engine {
         Diga *diga;
         Api *api;
         Listing *listing;
-        sd_event_source *wake, *resync, *list_retry, *unpause;
+        sd_event_source *wake, *hold_end, *resync, *list_retry, *unpause;
 
         /* From the config, copied so a reload never pulls it from under a pass. */
         unsigned max_attempts;
@@ -81,6 +82,7 @@ struct Engine {
 
         /* The pass: its due rows a set and a batch at a time. */
         DueQuery due;
+        int64_t hold_from;           /* usec, CLOCK_BOOTTIME: when the pass took its due rows */
         uint64_t counted[_DUE_MAX];  /* due at the pass's start */
         Step step;
         Rest rest;

@@ -51,6 +51,7 @@ World engine_world(Engine *e) {
 
         return (World) {
                 .now = t, .due_now = reconcile_due_now(t, e->api_offset, e->offset_known),
+                .boot_now = (int64_t) now(CLOCK_BOOTTIME),
                 .max_attempts = e->max_attempts, .base_delay = e->base_delay, .max_delay = e->max_delay,
                 .settle = e->settle, .jitter = drand48(), .dry_run = e->dry_run,
         };
@@ -59,6 +60,7 @@ World engine_world(Engine *e) {
 Row job_row(const Job *j) {
         return (Row) {
                 .state = j->state, .key = j->key, .id = j->id, .number = j->number, .not_before = j->not_before,
+                .hold_boot_until = j->hold_boot_until,
                 .attempts = j->attempts, .sent_at = j->sent_at, .look_after = j->look_after,
                 .provider = j->provider, .last_error = j->last_error, .rejected = j->rejected,
         };
@@ -191,8 +193,8 @@ static int add_job(const Phone *p, void *userdata) {
         *j = (Job) {
                 .e = e, .batch = ld->b, .pk = p->pk, .version = p->version, .state = p->state,
                 .attempts = p->attempts,
-                /* Held or not yet declared due: the same wait for the decisions. */
-                .not_before = p->hold_until > p->not_before ? p->hold_until : p->not_before, .sent_at = p->sent_at,
+                .not_before = p->not_before, .sent_at = p->sent_at,
+                .hold_boot_until = p->hold_boot_until,
                 .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0,
         };
         if (engine_set_str(&j->key, p->key) < 0 || engine_set_str(&j->id, p->id) < 0 || engine_set_str(&j->number, p->number) < 0 ||
@@ -295,11 +297,17 @@ static void arm_wake(Engine *e) {
                 t = (int64_t) now(CLOCK_REALTIME);
                 t_due = due_now(e, t);
         }
-        if (ledger_next_due(e->ledger, t, t_due, e->held, &next) < 0) {
+        if (ledger_next_due(e->ledger, t, t_due, e->held, &next) >= 0)
+                engine_arm(e->wake, (usec_t) (next > 0 ? next : 1));
+        else
                 engine_disarm(e->wake);
-                return;
-        }
-        engine_arm(e->wake, (usec_t) (next > 0 ? next : 1));
+        /* A hold ends by the boot-time clock, whatever the wall clock does
+         * meanwhile; looked for from the pass's time too. */
+        if (!e->held && ledger_next_hold_end(e->ledger, e->hold_from > 0 ? e->hold_from : (int64_t) now(CLOCK_BOOTTIME),
+                                             &next) >= 0)
+                engine_arm(e->hold_end, (usec_t) next);
+        else
+                engine_disarm(e->hold_end);
 }
 
 /* The next step of the pass, from the loop. */
@@ -317,6 +325,7 @@ static void pass_start(Engine *e) {
 
         e->want_pass = e->want_resync = false;
         e->due = (DueQuery) { .now = t, .due_now = due_now(e, t), .resync = resync };
+        e->hold_from = (int64_t) now(CLOCK_BOOTTIME);
         r = ledger_due_count(e->ledger, &e->due, e->counted);
         if (r < 0) {
                 log_error_errno(r, "Cannot count the due phones in the ledger: %m (%s)", ledger_errmsg(e->ledger));
@@ -617,6 +626,8 @@ int engine_new(sd_event *ev, Ledger *l, Engine **ret) {
         if (r >= 0)
                 r = sd_event_add_time(ev, &e->wake, CLOCK_REALTIME, UINT64_MAX, USEC_PER_MSEC, on_wake, e);
         if (r >= 0)
+                r = sd_event_add_time(ev, &e->hold_end, CLOCK_BOOTTIME, UINT64_MAX, USEC_PER_MSEC, on_wake, e);
+        if (r >= 0)
                 r = sd_event_add_time(ev, &e->list_retry, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_list_retry, e);
         if (r >= 0)
                 r = sd_event_add_time(ev, &e->unpause, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_SEC, on_unpause, e);
@@ -650,6 +661,7 @@ Engine *engine_free(Engine *e) {
         diga_free(e->diga);
         api_free(e->api);
         (void) sd_event_source_disable_unref(e->wake);
+        (void) sd_event_source_disable_unref(e->hold_end);
         (void) sd_event_source_disable_unref(e->list_retry);
         (void) sd_event_source_disable_unref(e->unpause);
         (void) sd_event_source_disable_unref(e->resync);
@@ -690,6 +702,7 @@ int engine_set_config(Engine *e, const Config *c, const char *token) {
 bool engine_stop(Engine *e) {
         e->stopping = true;
         engine_disarm(e->wake);
+        engine_disarm(e->hold_end);
         engine_disarm(e->resync);
         engine_disarm(e->list_retry);
         if (e->listing)
@@ -792,7 +805,7 @@ int engine_status(Engine *e, char *buf, size_t size) {
                 else
                         snprintf(progress, sizeof progress, "pass since %s: %zu/%zu; ", at, pr.done, pr.total);
         }
-        if (ledger_count_held(e->ledger, due_now(e, t), &held, &first) >= 0 && held > 0) {
+        if (ledger_count_held(e->ledger, t, &held, &first) >= 0 && held > 0) {
                 (void) rfc3339_format(first, at);
                 snprintf(hold, sizeof hold, "%" PRIu64 " held (safety.hold), the first may go from %s; ", held, at);
         }

@@ -124,6 +124,16 @@ int64_t reconcile_due_now(int64_t local, int64_t api_offset, bool offset_known) 
         return api_offset < 0 ? local + api_offset : local;
 }
 
+/* Not yet: not_before by both clocks (the date the operator wrote), or the
+ * hold by the boot-time clock (a duration, which no clock step shortens). */
+static const char *not_due(const Row *row, const World *w) {
+        if (row->hold_boot_until > w->boot_now)
+                return "still within its safety.hold";
+        if (row->not_before > 0 && row->not_before * (int64_t) USEC_PER_SEC > w->due_now)
+                return "not due yet by the API's clock (not_before)";
+        return NULL;
+}
+
 static void start(const Row *row, const World *w, Outcome *o) {
         *o = (Outcome) { .to = row->state, .attempts = row->attempts, .next_at = -1 };
 }
@@ -451,10 +461,10 @@ static void look_assigned(const Row *row, const Look *look, const World *w, Outc
                     row->last_error ? ": " : "", row->last_error ? row->last_error : "");
                 return;
         }
-        if (row->not_before > 0 && row->not_before * (int64_t) USEC_PER_SEC > w->due_now) {
-                /* Due by our clock, not by the API's: wait for both. */
+        if (not_due(row, w)) {
+                /* Due by our clock, not by the API's or the boot's: wait for all. */
                 o->write = r->kind == CALL_GET || o->clear_sent;
-                say(o->detail, "assigned; not due yet by the API's clock (not_before, safety.hold)");
+                say(o->detail, "assigned; %s", not_due(row, w));
                 return;
         }
         if (w->dry_run) {
@@ -509,8 +519,10 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
 
 bool reconcile_send(const Row *row, const World *w, Outcome *o) {
         start(row, w, o);
-        if (row->not_before > 0 && row->not_before * (int64_t) USEC_PER_SEC > w->due_now)
+        if (not_due(row, w)) {
+                say(o->detail, "%s", not_due(row, w));
                 return false;
+        }
         o->write = true;
         o->to = STATE_IN_FLIGHT;
         o->sent_at = w->now;

@@ -63,8 +63,9 @@ typedef struct Row {
         PhoneState state;
         const char *key, *id;    /* id: declared or resolved, or NULL */
         const char *number;      /* as declared, or NULL */
-        int64_t not_before;      /* seconds since the epoch it may go from (not_before, or the
-                                  * end of its safety.hold when later), 0: none */
+        int64_t not_before;      /* seconds since the epoch it may go from, 0: none */
+        int64_t hold_boot_until; /* usec, CLOCK_BOOTTIME: its safety.hold by the clock no step
+                                  * moves, 0: none, INT64_MAX: not started in this boot yet */
         unsigned attempts;       /* failed calls so far */
         int64_t sent_at;         /* usec: a DELETE left then and no look settled it; 0: none */
         int64_t look_after;      /* usec: a look asked from then on tells what that DELETE did */
@@ -76,6 +77,7 @@ typedef struct Row {
 typedef struct World {
         int64_t now;             /* usec, CLOCK_REALTIME */
         int64_t due_now;         /* usec: the time not_before is held against (both clocks) */
+        int64_t boot_now;        /* usec, CLOCK_BOOTTIME: the time a hold is held against */
         unsigned max_attempts;
         usec_t base_delay, max_delay;
         usec_t settle;           /* api.settle_time */

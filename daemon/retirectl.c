@@ -371,6 +371,12 @@ static int verb_status(void) {
         return EXIT_OK;
 }
 
+/* The honest end of its hold: by the boot-time clock too, which no clock
+ * step moves (the wall clock's hold_until alone may be long over). */
+static int64_t held_until(const Phone *p) {
+        return phone_held_until(p, (int64_t) now(CLOCK_REALTIME), (int64_t) now(CLOCK_BOOTTIME));
+}
+
 static void print_phone_json(const Phone *p, bool close) {
         printf("{\"key\": ");
         json_str(p->key);
@@ -385,7 +391,7 @@ static void print_phone_json(const Phone *p, bool close) {
         printf(", \"not_before\": ");
         json_time(p->not_before);
         printf(", \"held_until\": ");
-        json_time(p->hold_until);
+        json_time(held_until(p));
         printf(", \"next_attempt_at\": ");
         json_time(p->next_at / (int64_t) USEC_PER_SEC);
         printf(", \"provider\": ");
@@ -414,7 +420,7 @@ static int list_one(const Phone *p, void *userdata) {
         } else
                 printf("%-36s %-10s %3u %-16s %-36s %-20s %-20s %s\n", p->key, state_to_string(p->state),
                        p->attempts, p->number ? p->number : p->api_number ? p->api_number : "-", p->id ? p->id : "-",
-                       time_str(p->hold_until > p->not_before ? p->hold_until : p->not_before, buf),
+                       time_str(held_until(p) > p->not_before ? held_until(p) : p->not_before, buf),
                        time_str(p->released_at / (int64_t) USEC_PER_SEC, rb),
                        p->reason ? p->reason : "");
         (*n)++;
@@ -508,7 +514,7 @@ static int verb_show(const char *what) {
                        "next attempt: %s\nscheduled:    %s\nreleased at:  %s\nlast error:   %s\n"
                        "declared at:  %s\nupdated:      %s\nhistory:\n",
                        p.key, state_to_string(p.state), p.attempts, strna(p.number ? p.number : p.api_number), strna(p.id),
-                       strna(p.provider), strna(p.reason), time_str(p.not_before, nb), time_str(p.hold_until, hb),
+                       strna(p.provider), strna(p.reason), time_str(p.not_before, nb), time_str(held_until(&p), hb),
                        time_str(p.next_at / (int64_t) USEC_PER_SEC, buf), strna(p.scheduled_release_at),
                        time_str(p.released_at / (int64_t) USEC_PER_SEC, rb), strna(p.last_error), strna(p.declared_at),
                        time_str(p.updated_at / (int64_t) USEC_PER_SEC, ub));

@@ -142,6 +142,31 @@ static int restore_declarations(Manager *m) {
         return ledger_decls_restore(m->ledger);
 }
 
+/* A clock that went back since the last run (a machine booted with its
+ * clock slow, not yet put right) dates what is recorded now before what
+ * was; holds do not mind (they run on the boot-time clock), but a reader
+ * of the history should know.  A hold stamped in another boot starts again:
+ * that boot's clock says nothing about this one. */
+static void note_clocks(Manager *m) {
+        char was[21], is[21];
+        int64_t last, t = (int64_t) now(CLOCK_REALTIME);
+        uint64_t n;
+        int r;
+
+        if (ledger_last_recorded(m->ledger, &last) >= 0 && t < last &&
+            rfc3339_format(t / (int64_t) USEC_PER_SEC, is) >= 0 && rfc3339_format(last / (int64_t) USEC_PER_SEC, was) >= 0)
+                log_warning("The clock says %s, earlier than the last step on record (%s): it went back since. "
+                            "Holds run on the boot-time clock and stay whole; history entries from now on may "
+                            "be dated before earlier ones (their seq keeps the order).", is, was);
+        r = ledger_holds_restart(m->ledger, &n);
+        if (r < 0)
+                log_error_errno(r, "Cannot start the holds of another boot again: %m (%s); they wait until it can.",
+                                ledger_errmsg(m->ledger));
+        else if (n > 0)
+                log_notice("%" PRIu64 " %s from another boot (the machine restarted since) started again from now, whole.",
+                           n, n == 1 ? "hold" : "holds");
+}
+
 /* At start, the ledger the config names: opened as soon as the settings
  * are read, for the declarations to go into. */
 static int open_ledger(void *userdata, const Config *c, Ledger **ret) {
@@ -160,6 +185,8 @@ static int open_ledger(void *userdata, const Config *c, Ledger **ret) {
                 return log_error_errno(r, "Cannot open the ledger %s: %m", c->ledger);
         }
         ledger_on_progress(m->ledger, on_ledger_progress, m);
+        if (!m->ledger_read_only)
+                note_clocks(m);
         *ret = m->ledger;
         return 0;
 }

@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <systemd/sd-id128.h>
 #include <time.h>
 
 #include "internal.h"
@@ -22,6 +23,7 @@ struct Ledger {
         sqlite3_stmt *cached[_STMT_MAX];   /* asked once per listed phone, or per row of a pass */
         bool (*progress)(void *userdata);
         void *progress_userdata;
+        char boot_id[SD_ID128_STRING_MAX];   /* boot_id() in SQL */
 };
 
 static const char *const state_names[_STATE_MAX] = {
@@ -134,6 +136,26 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS (max(not_before, hold_until)) VIRTUAL;"
         /* The status counts the held rows once a second during a pass. */
         "CREATE INDEX phones_held ON phones(hold_until) WHERE state = 'pending' AND hold_until != 0;",
+
+        /* 4: the hold measured as a duration.  The wall clock is stepped
+         * (a clock a day slow at boot, put right by NTP), and hold_until,
+         * stamped on it, could then be over at once, or last a day; so a
+         * hold runs on CLOCK_BOOTTIME, which only moves forward and counts
+         * suspend: hold_boot_until in the boot hold_boot names, hold_len
+         * seconds long, to start it again after a reboot (that boot's clock
+         * says nothing here).  hold_until only tells the date, and due_at,
+         * which held by it, goes: a row may go from not_before.  A hold from
+         * before is kept for what is left of it by the wall clock, from now. */
+        "ALTER TABLE phones ADD COLUMN hold_boot TEXT;"
+        "ALTER TABLE phones ADD COLUMN hold_boot_until INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE phones ADD COLUMN hold_len INTEGER NOT NULL DEFAULT 0;"
+        "UPDATE phones SET hold_len = hold_until - CAST(strftime('%s', 'now') AS INTEGER), hold_boot = boot_id(),"
+        "  hold_boot_until = boot_usec() + (hold_until - CAST(strftime('%s', 'now') AS INTEGER)) * 1000000"
+        "  WHERE state IN ('pending', 'retrying') AND sent_at = 0"
+        "  AND hold_until > CAST(strftime('%s', 'now') AS INTEGER);"
+        "CREATE INDEX phones_boot_held ON phones(hold_boot_until)"
+        "  WHERE hold_boot_until != 0 AND state IN ('pending', 'retrying');"
+        "ALTER TABLE phones DROP COLUMN due_at;",
 };
 
 int sqlite_to_errno(int rc) {
@@ -240,6 +262,32 @@ static int lock_file(Ledger *l, const char *path, char **error) {
         return 0;
 }
 
+/* boot_id() and boot_usec(), for the hold (migration 4): the boot-time
+ * clock counts the real time a hold lasts, and means something only in the
+ * boot it was read in. */
+static void sql_boot_id(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+        sqlite3_result_text(ctx, sqlite3_user_data(ctx), -1, SQLITE_STATIC);
+}
+
+static void sql_boot_usec(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+        sqlite3_result_int64(ctx, (int64_t) now(CLOCK_BOOTTIME));
+}
+
+static int add_boot_functions(Ledger *l) {
+        sd_id128_t boot;
+        int rc;
+
+        /* Without the kernel's boot id, this process's own random one: every
+         * hold then starts again at the next start, which is only longer. */
+        if (sd_id128_get_boot(&boot) < 0 && sd_id128_randomize(&boot) < 0)
+                return -EIO;
+        (void) sd_id128_to_string(boot, l->boot_id);
+        rc = sqlite3_create_function(l->db, "boot_id", 0, SQLITE_UTF8, l->boot_id, sql_boot_id, NULL, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_create_function(l->db, "boot_usec", 0, SQLITE_UTF8, NULL, sql_boot_usec, NULL, NULL);
+        return sqlite_to_errno(rc);
+}
+
 /* The connection, and the settings that every mode needs.  *ret_in_memory
  * says whether it is the empty in-memory ledger that stands for an absent
  * file in a read. */
@@ -271,6 +319,11 @@ static int open_db(Ledger *l, const char *path, bool *ret_in_memory, char **erro
         (void) sqlite3_extended_result_codes(l->db, 1);
         /* Set before switching to WAL: the switch itself may need to wait. */
         (void) sqlite3_busy_timeout(l->db, 5000);
+        r = add_boot_functions(l);
+        if (r < 0) {
+                set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                return r;
+        }
         /* The declared set and the plan are TEMP tables: in an unlinked
          * file (in the unit's private /var/tmp), of which a bounded cache
          * is in memory, so a million declarations cost no more memory
@@ -423,9 +476,22 @@ void phone_done(Phone *p) {
         *p = (Phone) {};
 }
 
+int64_t phone_held_until(const Phone *p, int64_t now_usec, int64_t boot_usec) {
+        int64_t left;
+
+        if (p->hold_boot_until == 0)
+                return 0;
+        /* Stamped in another boot: it starts again, whole, at the next start. */
+        left = p->hold_boot_until == INT64_MAX ? p->hold_len * (int64_t) USEC_PER_SEC :
+               p->hold_boot_until > boot_usec ? p->hold_boot_until - boot_usec : 0;
+        return left > 0 ? (now_usec + left + (int64_t) USEC_PER_SEC - 1) / (int64_t) USEC_PER_SEC : 0;
+}
+
 #define PHONE_COLUMNS \
         "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, " \
-        "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number, hold_until"
+        "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number, hold_until, " \
+        "hold_len, CASE WHEN hold_boot_until = 0 THEN 0 WHEN hold_boot IS boot_id() THEN hold_boot_until" \
+        " ELSE 9223372036854775807 END"
 /* For the operator's views: when the row became released, from the history
  * (one step at most leads there: a released row stays released). */
 #define PHONE_COLUMNS_RELEASED_AT \
@@ -451,7 +517,9 @@ static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .sent_at = sqlite3_column_int64(st, 15),
                 .api_number = col_strdup(st, 16),
                 .hold_until = sqlite3_column_int64(st, 17),
-                .released_at = sqlite3_column_count(st) > 18 ? sqlite3_column_int64(st, 18) : 0,
+                .hold_len = sqlite3_column_int64(st, 18),
+                .hold_boot_until = sqlite3_column_int64(st, 19),
+                .released_at = sqlite3_column_count(st) > 20 ? sqlite3_column_int64(st, 20) : 0,
         };
         if (!p.key || (sqlite3_column_type(st, 2) != SQLITE_NULL && !p.id) ||
             (sqlite3_column_type(st, 3) != SQLITE_NULL && !p.number) ||
@@ -546,10 +614,22 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
         return each_phone(st, cb, userdata);
 }
 
+/* A hold not over by the boot-time clock: stamped in another boot, it has
+ * not been started again in this one yet (ledger_holds_restart()). */
+#define HELD_BY_BOOT \
+        "(hold_boot_until != 0 AND (hold_boot IS NOT boot_id() OR hold_boot_until > boot_usec()))"
+
+/* When the boot-time hold ends, in seconds on our clock ?1 (usec): in
+ * another boot, it starts again from the next start. */
+#define HOLD_END_WALL \
+        "CASE WHEN hold_boot_until = 0 THEN 0" \
+        " WHEN hold_boot IS boot_id() THEN (?1 + max(hold_boot_until - boot_usec(), 0) + 999999) / 1000000" \
+        " ELSE (?1 + 999999) / 1000000 + hold_len END"
+
 /* ?1 our clock, ?2 resync, ?3 the due clock (usec). */
 #define DUE_WHERE \
         "((sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1)" \
-        " OR (due_at <= ?3 / 1000000 AND" \
+        " OR (not_before <= ?3 / 1000000 AND NOT " HELD_BY_BOOT " AND" \
         "  (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)" \
         "   OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved')))))"
 
@@ -563,7 +643,7 @@ static const char *const due_sets[_DUE_MAX] = {
 int ledger_due(Ledger *l, const DueQuery *q, int64_t after, unsigned limit,
                int (*cb)(const Phone *p, void *userdata), void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        char sql[512];
+        char sql[1024];
         int rc;
 
         if (q->set < 0 || q->set >= _DUE_MAX)
@@ -634,33 +714,58 @@ int ledger_knows_phone(Ledger *l, const char *id, const char *number) {
 }
 
 int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, bool looks_only, int64_t *ret) {
-        /* due_at is on the due clock; ?2 turns it into ours. */
+        /* not_before is on the due clock; ?2 turns it into ours.  A row held
+         * by the boot-time clock wakes by ledger_next_hold_end() instead. */
         return query_int(l, "SELECT min(t) FROM ("
-                         " SELECT max(next_at, due_at * 1000000 + ?2) AS t FROM phones WHERE state = 'retrying'"
-                         "  AND (NOT ?3 OR sent_at != 0)"
+                         " SELECT max(next_at, not_before * 1000000 + ?2) AS t FROM phones WHERE state = 'retrying'"
+                         "  AND (NOT ?3 OR sent_at != 0) AND NOT " HELD_BY_BOOT
                          " UNION ALL SELECT next_at FROM phones WHERE sent_at != 0 AND state IN ('in_flight', 'cancelled')"
-                         " UNION ALL SELECT due_at * 1000000 + ?2 FROM phones WHERE state = 'pending' AND NOT ?3"
-                         "  AND due_at * 1000000 > ?1 - ?2)", ret, 3, now, now - due_now, (int64_t) looks_only);
+                         " UNION ALL SELECT not_before * 1000000 + ?2 FROM phones WHERE state = 'pending' AND NOT ?3"
+                         "  AND not_before * 1000000 > ?1 - ?2)", ret, 3, now, now - due_now, (int64_t) looks_only);
 }
 
-int ledger_count_held(Ledger *l, int64_t due_now, uint64_t *ret, int64_t *ret_first) {
-        int64_t n, first = 0;
+int ledger_next_hold_end(Ledger *l, int64_t after, int64_t *ret) {
+        return query_int(l, "SELECT min(hold_boot_until) FROM phones INDEXED BY phones_boot_held"
+                         " WHERE hold_boot_until != 0 AND state IN ('pending', 'retrying') AND sent_at = 0"
+                         " AND hold_boot IS boot_id() AND hold_boot_until > ?1", ret, 1, after);
+}
+
+int ledger_holds_restart(Ledger *l, uint64_t *ret) {
         int r;
 
-        /* INDEXED BY: without statistics the planner would walk every pending
-         * row of a million-row ledger, once a second during a pass. */
-        r = query_int(l, "SELECT count(*) FROM phones INDEXED BY phones_held WHERE state = 'pending' AND hold_until != 0"
-                      " AND hold_until > ?1 / 1000000 AND hold_until >= not_before", &n, 1, due_now);
+        r = ledger_exec(l, "UPDATE phones INDEXED BY phones_boot_held"
+                        " SET hold_boot = boot_id(), hold_boot_until = boot_usec() + hold_len * 1000000"
+                        " WHERE hold_boot_until != 0 AND state IN ('pending', 'retrying') AND sent_at = 0"
+                        " AND hold_boot IS NOT boot_id()");
         if (r < 0)
                 return r;
-        if (n > 0) {
-                r = query_int(l, "SELECT min(hold_until) FROM phones INDEXED BY phones_held WHERE state = 'pending' AND hold_until != 0"
-                              " AND hold_until > ?1 / 1000000 AND hold_until >= not_before", &first, 1, due_now);
-                if (r < 0)
-                        return r;
-        }
-        *ret = (uint64_t) n;
-        *ret_first = first;
+        *ret = (uint64_t) sqlite3_changes(l->db);
+        return 0;
+}
+
+int ledger_last_recorded(Ledger *l, int64_t *ret) {
+        return query_int(l, "SELECT coalesce((SELECT at FROM history ORDER BY seq DESC LIMIT 1), 0)", ret, 0);
+}
+
+int ledger_count_held(Ledger *l, int64_t now, uint64_t *ret, int64_t *ret_first) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc;
+
+        /* Held by the hold rather than by its not_before: the hold ends
+         * later.  The status asks once a second during a pass: the partial
+         * index keeps that to the rows held. */
+        rc = sqlite3_prepare_v2(l->db, "SELECT count(*), coalesce(min(e), 0) FROM ("
+                                " SELECT not_before, " HOLD_END_WALL " AS e FROM phones INDEXED BY phones_boot_held"
+                                " WHERE hold_boot_until != 0 AND state IN ('pending', 'retrying') AND sent_at = 0"
+                                " AND " HELD_BY_BOOT ") WHERE e >= not_before", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        (void) sqlite3_bind_int64(st, 1, now);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+                return sqlite_row_errno(rc);
+        *ret = (uint64_t) sqlite3_column_int64(st, 0);
+        *ret_first = sqlite3_column_int64(st, 1);
         return 0;
 }
 
@@ -672,7 +777,7 @@ int ledger_count_unsettled(Ledger *l, int64_t due_now, bool due_pending, unsigne
         r = query_int(l, "SELECT count(*) FROM phones WHERE (state = 'in_flight')"
                       " OR (state IN ('retrying', 'cancelled') AND sent_at != 0 AND attempts <= ?3)"
                       " OR (state = 'retrying' AND sent_at = 0)"
-                      " OR (?2 AND state = 'pending' AND due_at <= ?1 / 1000000)",
+                      " OR (?2 AND state = 'pending' AND not_before <= ?1 / 1000000 AND NOT " HELD_BY_BOOT ")",
                       &v, 3, due_now, (int64_t) due_pending, (int64_t) max_attempts);
         if (r < 0)
                 return r;
@@ -875,9 +980,11 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                                 " last_error = CASE WHEN ?3 = 'released' THEN NULL ELSE coalesce(?9, last_error) END,"
                                 " updated_at = ?10,"
                                 " api_number = coalesce(?11, api_number),"
-                                " sent_at = CASE WHEN ?14 > 0 THEN ?14 WHEN ?15 THEN 0 ELSE sent_at END"
+                                " sent_at = CASE WHEN ?14 > 0 THEN ?14 WHEN ?15 THEN 0 ELSE sent_at END,"
+                                /* Its DELETE leaves: the hold is over for good. */
+                                " hold_boot_until = CASE WHEN ?13 > 0 THEN 0 ELSE hold_boot_until END"
                                 " WHERE pk = ?1 AND state = ?2 AND (?12 <= 0 OR version = ?12)"
-                                " AND (?13 <= 0 OR due_at * 1000000 <= ?13)", -1, &st, NULL);
+                                " AND (?13 <= 0 OR (not_before * 1000000 <= ?13 AND NOT " HELD_BY_BOOT "))", -1, &st, NULL);
         if (rc != SQLITE_OK) {
                 r = sqlite_to_errno(rc);
                 goto fail;

@@ -311,7 +311,8 @@ static int step_one(sqlite3 *db, sqlite3_stmt *st) {
 typedef struct Apply {
         Ledger *ledger;
         sqlite3_stmt *const *st;
-        int64_t t, hold_until;
+        int64_t t, hold_until;      /* usec; seconds by the wall clock */
+        int64_t hold;               /* seconds */
 } Apply;
 
 static int apply_one(const Change *c, void *userdata) {
@@ -354,8 +355,10 @@ static int apply_one(const Change *c, void *userdata) {
                 (void) sqlite3_bind_text(s, 9, c->id, -1, SQLITE_STATIC);
         }
         (void) sqlite3_bind_int64(s, 7, t);
-        if (c->kind != CHANGE_CANCEL)
+        if (c->kind != CHANGE_CANCEL) {
                 (void) sqlite3_bind_int64(s, 10, hold_until);
+                (void) sqlite3_bind_int64(s, 11, a->hold);
+        }
         r = step_one(db, s);
         if (r < 0)
                 return r;
@@ -375,20 +378,33 @@ static int apply_one(const Change *c, void *userdata) {
         "  THEN NULL ELSE id END," \
         " number = ?8, version = version + 1"
 
+/* What the DELETE acts on changed (in an UPDATE, a column is its old value). */
+#define TARGET_CHANGED "(not_before != ?5 OR number IS NOT ?8 OR (?9 IS NOT NULL AND id IS NOT ?9))"
+/* The hold (?11 seconds) on the boot-time clock, which no clock step moves:
+ * the wall clock's hold_until only says the date, or holds longer. */
+#define HOLD_BOOT_NEW "CASE WHEN ?11 > 0 THEN boot_usec() + ?11 * 1000000 ELSE 0 END"
+
 int plan_apply(Ledger *l, const Plan *p, bool approved) {
         static const char *const sql[_CHANGE_MAX] = {
                 [CHANGE_ADD] = "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
-                               " created_at, updated_at, hold_until)"
-                               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?10)",
+                               " created_at, updated_at, hold_until, hold_boot, hold_boot_until, hold_len)"
+                               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?10,"
+                               " CASE WHEN ?11 > 0 THEN boot_id() END, " HOLD_BOOT_NEW ", ?11)",
                 [CHANGE_REDECLARE] = "UPDATE phones SET state = ?3, attempts = 0, next_at = 0, reason = ?4,"
                                      " not_before = ?5, declared_at = ?6, updated_at = ?7, hold_until = ?10,"
+                                     " hold_boot = CASE WHEN ?11 > 0 THEN boot_id() END,"
+                                     " hold_boot_until = " HOLD_BOOT_NEW ", hold_len = ?11,"
                                      ID_NUMBER_SET " WHERE pk = ?1 AND state = ?2",
-                /* A new reason alone changes nothing the DELETE acts on: no new hold. */
+                /* A new reason alone changes nothing the DELETE acts on: no new
+                 * hold.  A new one never shortens the one running. */
                 [CHANGE_UPDATE] = "UPDATE phones SET reason = ?4, not_before = ?5, declared_at = ?6, updated_at = ?7,"
                                   " state = ?3, attempts = CASE WHEN ?3 = state THEN attempts ELSE 0 END,"
                                   " next_at = CASE WHEN ?3 = state THEN next_at ELSE 0 END,"
-                                  " hold_until = CASE WHEN not_before != ?5 OR number IS NOT ?8"
-                                  "  OR (?9 IS NOT NULL AND id IS NOT ?9) THEN max(hold_until, ?10) ELSE hold_until END,"
+                                  " hold_until = CASE WHEN " TARGET_CHANGED " THEN max(hold_until, ?10) ELSE hold_until END,"
+                                  " hold_boot_until = CASE WHEN " TARGET_CHANGED " AND ?11 > 0 THEN max(" HOLD_BOOT_NEW ","
+                                  "  CASE WHEN hold_boot IS boot_id() THEN hold_boot_until ELSE 0 END) ELSE hold_boot_until END,"
+                                  " hold_len = CASE WHEN " TARGET_CHANGED " AND ?11 > 0 THEN max(hold_len, ?11) ELSE hold_len END,"
+                                  " hold_boot = CASE WHEN " TARGET_CHANGED " AND ?11 > 0 THEN boot_id() ELSE hold_boot END,"
                                   ID_NUMBER_SET " WHERE pk = ?1 AND state = ?2",
                 /* A DELETE of it may be out: what it did is looked at now. */
                 [CHANGE_CANCEL] = "UPDATE phones SET state = 'cancelled', updated_at = ?7, version = version + 1,"
@@ -423,7 +439,8 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
         for (int k = 0; k < _CHANGE_MAX && r >= 0; k++)
                 if (sql[k] && !(hold && (k == CHANGE_ADD || k == CHANGE_REDECLARE)))
                         r = foreach_kind(l, (ChangeKind) k, -1, apply_one,
-                                         &(Apply) { .ledger = l, .st = st, .t = t, .hold_until = hold_until });
+                                         &(Apply) { .ledger = l, .st = st, .t = t, .hold_until = hold_until,
+                                                    .hold = p->hold });
         /* The rows just added are the ones these declarations now name: in
          * the same transaction, so that the declared set and the rows it
          * names are taken back together if anything fails. */

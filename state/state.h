@@ -12,7 +12,7 @@
 
 #include "conf.h"
 
-#define LEDGER_SCHEMA_VERSION 3
+#define LEDGER_SCHEMA_VERSION 4
 
 typedef enum PhoneState {
         STATE_PENDING,
@@ -70,7 +70,11 @@ typedef struct Phone {
         int64_t version;           /* of the declaration; every plan change bumps it */
         int64_t sent_at;           /* usec: when a DELETE left whose effect no look has settled; 0 = none */
         char *api_number;          /* the number as the API gave it */
-        int64_t hold_until;        /* seconds: held (safety.hold) until then, 0 = none */
+        int64_t hold_until;        /* seconds: the hold's end as the wall clock said when it began
+                                    * (the date only: hold_boot_until decides), 0 = none */
+        int64_t hold_len;          /* seconds the hold lasts, to start it again after a reboot */
+        int64_t hold_boot_until;   /* usec, CLOCK_BOOTTIME: held until then too; 0 = none,
+                                    * INT64_MAX: stamped in another boot, not started again yet */
         char *provider;
         char *scheduled_release_at;
         char *last_error;
@@ -81,6 +85,9 @@ typedef struct Phone {
 } Phone;
 
 void phone_done(Phone *p);
+/* When its hold ends by the boot-time clock, in seconds on our clock
+ * (now_usec on CLOCK_REALTIME, boot_usec on CLOCK_BOOTTIME); 0: not held. */
+int64_t phone_held_until(const Phone *p, int64_t now_usec, int64_t boot_usec);
 
 typedef struct History {
         int64_t seq, at;
@@ -183,7 +190,8 @@ int ledger_pause_clear(Ledger *l);
  * come; and on a resync the deferred, scheduled and unresolved ones too.
  * `now` is our clock (for next_at), `due_now` the one not_before is held
  * against (both clocks, see reconcile_due_now()); both usec since the epoch.
- * A row may go once not_before and its hold (due_at) have come.
+ * A row may go once not_before (by both clocks) and its hold (by the
+ * boot-time clock) have come.
  *
  * A pass takes them by set, in batches: up to `limit` rows with a pk above
  * `after`, in pk order. */
@@ -223,12 +231,23 @@ int ledger_listed_add(Ledger *l, const ListedPhone *p);
  * order listed; cb may be NULL.  How many, or -errno. */
 int ledger_listed_find(Ledger *l, const char *id, const char *number,
                        int (*cb)(const ListedPhone *p, void *userdata), void *userdata);
-/* When, on our clock, the next retry, look or due_at falls due (usec since
+/* When, on our clock, the next retry, look or not_before falls due (usec since
  * the epoch), or -ENOENT when nothing waits for time. */
 int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, bool looks_only, int64_t *ret);
-/* Pending rows whose hold (safety.hold) has not ended by due_now (usec), and
- * the end of the first one (seconds). */
-int ledger_count_held(Ledger *l, int64_t due_now, uint64_t *ret, int64_t *ret_first);
+/* Rows whose hold (safety.hold) has not ended by the boot-time clock and
+ * ends after their not_before, and the end of the first one (seconds on
+ * our clock, `now` in usec). */
+int ledger_count_held(Ledger *l, int64_t now, uint64_t *ret, int64_t *ret_first);
+/* When the first hold that ends after `after` ends, by the boot-time clock
+ * (usec, CLOCK_BOOTTIME), or -ENOENT. */
+int ledger_next_hold_end(Ledger *l, int64_t after, int64_t *ret);
+/* Starts again every hold stamped in another boot (that boot's clock says
+ * nothing here): the whole hold, from now.  Called at each start; *ret:
+ * how many. */
+int ledger_holds_restart(Ledger *l, uint64_t *ret);
+/* The time of the last step on record (usec, as our clock read it then), 0
+ * when none. */
+int ledger_last_recorded(Ledger *l, int64_t *ret);
 /* Rows still waiting for a call: in_flight, retrying, cancelled ones whose
  * DELETE may have gone out, and (with due_pending) pending rows whose
  * not_before has come.  Rows whose DELETE may have gone out and whose looks

@@ -239,9 +239,11 @@ def _read(path):
 def test_start_reaches_active_as_dynamic_user(rig):
     rig.write_config(decl(1), decl(20))
     rig.start()  # returns once the daemon sent READY=1 (Type=notify)
-    props = rig.props("ActiveState", "SubState", "Type", "NRestarts", "UID", "GID")
+    props = rig.props("ActiveState", "SubState", "Type", "NRestarts", "UID", "GID", "After", "Wants")
     assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
     assert props["NRestarts"] == "0"
+    # After the clock is set, but not bound to it: a host that never syncs still runs it.
+    assert "time-sync.target" in props["After"].split() and "time-sync.target" not in props["Wants"].split()
     # STATUS= follows READY=1 in its own message: poll for it.
     rig.box.wait_for(lambda: STATUS_RE.fullmatch(rig.status()), 60, what="a STATUS= with the counts")
     rig.wait_status(counts(scheduled=1, released=1))

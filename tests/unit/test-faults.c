@@ -816,7 +816,7 @@ static void test_ledger_open(void **state) {
                         version = query_text(l, "PRAGMA user_version");
                         mode = query_text(l, "PRAGMA journal_mode");
                         ok = query_text(l, "PRAGMA integrity_check");
-                        assert_string_equal(version, "3");
+                        assert_int_equal(atoi(version), LEDGER_SCHEMA_VERSION);
                         assert_string_equal(mode, "wal");
                         assert_string_equal(ok, "ok");
                         ledger_close(l);

@@ -4,6 +4,8 @@
 
 #include "unit.h"
 
+#include <inttypes.h>
+
 #include <sqlite3.h>
 
 #include "macro.h"
@@ -818,6 +820,146 @@ static void test_update_checks_version_and_due_time(void **state) {
                          .sent_at = 1 }), 0);
 }
 
+/* ---- the hold on the boot-time clock (schema 4) -------------------------- */
+
+static int64_t boot_usec(void) {
+        return (int64_t) now(CLOCK_BOOTTIME);
+}
+
+static void hold_row(Ledger *l, const char *key, int64_t hold_until, const char *boot, int64_t boot_until, int64_t len) {
+        sqlite3_stmt *st;
+
+        assert_int_equal(sqlite3_prepare_v2(ledger_db(l), "UPDATE phones SET hold_until = ?2,"
+                                            " hold_boot = coalesce(?3, boot_id()), hold_boot_until = ?4, hold_len = ?5"
+                                            " WHERE key = ?1", -1, &st, NULL), SQLITE_OK);
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, hold_until);
+        sqlite3_bind_text(st, 3, boot, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, boot_until);
+        sqlite3_bind_int64(st, 5, len);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_finalize(st);
+}
+
+static int count_due(Ledger *l, int64_t t) {
+        uint64_t n[_DUE_MAX] = {};
+
+        assert_int_equal(ledger_due_count(l, &(DueQuery) { .now = t, .due_now = t }, n), 0);
+        return (int) (n[DUE_LOOKS] + n[DUE_REST]);
+}
+
+/* A row declared while the clock was a day slow: its hold_until is a day
+ * in the past once the clock is right, but its hold by the boot-time clock
+ * is not over, and it is neither due, nor counted settled, nor let through
+ * at the in_flight commit; the engine wakes at the hold's end. */
+static void test_a_hold_is_kept_by_the_boot_clock_when_the_wall_clock_says_over(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "k", UUID_A, NULL, STATE_PENDING);
+        int64_t t = (int64_t) now(CLOCK_REALTIME), end = boot_usec() + 20 * (int64_t) USEC_PER_SEC, next = 0, first = 0;
+        uint64_t held = 0, unsettled = 0;
+
+        hold_row(f->l, "k", t / (int64_t) USEC_PER_SEC - 86400 + 20, NULL, end, 20);
+        assert_int_equal(count_due(f->l, t), 0);
+        assert_int_equal(ledger_count_unsettled(f->l, t, true, 3, &unsettled, NULL), 0);
+        assert_int_equal(unsettled, 0);
+        assert_int_equal(ledger_count_held(f->l, t, &held, &first), 0);
+        assert_int_equal(held, 1);
+        assert_true(first >= t / (int64_t) USEC_PER_SEC + 19 && first <= t / (int64_t) USEC_PER_SEC + 21);
+        assert_int_equal(ledger_next_hold_end(f->l, boot_usec(), &next), 0);
+        assert_int_equal(next, end);
+        assert_int_equal(ledger_next_due(f->l, t, t, false, &next), -ENOENT);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT,
+                         .version = 1, .due_by = t, .attempts = -1, .next_at = -1, .sent_at = t }), -ESTALE);
+        assert_int_equal(state_of(f->l, "k"), STATE_PENDING);
+
+        /* Over by the boot-time clock: due, and its DELETE may leave. */
+        hold_row(f->l, "k", t / (int64_t) USEC_PER_SEC - 86400 + 20, NULL, boot_usec() - 1, 20);
+        assert_int_equal(count_due(f->l, t), 1);
+        assert_int_equal(ledger_next_hold_end(f->l, boot_usec(), &next), -ENOENT);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT,
+                         .version = 1, .due_by = t, .attempts = -1, .next_at = -1, .sent_at = t }), 0);
+        assert_int_equal(query_int(f->path, "SELECT hold_boot_until FROM phones WHERE key = 'k'"), 0);
+}
+
+/* A clock a day fast at the declaration, put right since: hold_until is a
+ * day ahead, but the hold is a duration, over when the boot-time clock says
+ * so.  Not a day's wait. */
+static void test_a_hold_is_not_lengthened_by_the_wall_clock(void **state) {
+        Fixture *f = *state;
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+
+        add_phone(f->l, "k", UUID_A, NULL, STATE_PENDING);
+        hold_row(f->l, "k", t / (int64_t) USEC_PER_SEC + 86400, NULL, boot_usec() - 1, 20);
+        assert_int_equal(count_due(f->l, t), 1);
+}
+
+/* A hold stamped in another boot says nothing about this one: held until
+ * started again, then held for its whole length from now; a row whose
+ * DELETE left, or that is past deciding, is not held again. */
+static void test_holds_of_another_boot_start_again_whole(void **state) {
+        Fixture *f = *state;
+        int64_t t = (int64_t) now(CLOCK_REALTIME), before, next = 0;
+        uint64_t n = 0;
+        Phone p = {};
+
+        add_phone(f->l, "other", UUID_A, NULL, STATE_PENDING);
+        add_phone(f->l, "this", UUID_B, NULL, STATE_PENDING);
+        add_phone(f->l, "gone", "9f4b1a0e-6a42-4c1e-9a47-3f3c2b1d0e01", NULL, STATE_RELEASED);
+        hold_row(f->l, "other", 1, "0123456789abcdef0123456789abcdef", 5, 30);
+        hold_row(f->l, "this", 1, NULL, boot_usec() + 7 * (int64_t) USEC_PER_SEC, 30);
+        hold_row(f->l, "gone", 1, "0123456789abcdef0123456789abcdef", 5, 30);
+        assert_int_equal(count_due(f->l, t), 0);
+        assert_int_equal(ledger_find(f->l, "other", &p), 0);
+        assert_true(p.hold_boot_until == INT64_MAX);
+        phone_done(&p);
+
+        before = boot_usec();
+        assert_int_equal(ledger_holds_restart(f->l, &n), 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(ledger_find(f->l, "other", &p), 0);
+        assert_true(p.hold_boot_until >= before + 30 * (int64_t) USEC_PER_SEC &&
+                    p.hold_boot_until <= boot_usec() + 30 * (int64_t) USEC_PER_SEC);
+        phone_done(&p);
+        assert_int_equal(ledger_next_hold_end(f->l, boot_usec(), &next), 0);
+        assert_true(next < before + 8 * (int64_t) USEC_PER_SEC);   /* "this", untouched */
+        assert_int_equal(ledger_holds_restart(f->l, &n), 0);
+        assert_int_equal(n, 0);
+        assert_int_equal(query_int(f->path, "SELECT hold_boot_until FROM phones WHERE key = 'gone'"), 5);
+}
+
+/* A version 3 file with a row still in its hold: kept held for what is left
+ * of it by the wall clock, from now, on the boot-time clock. */
+static void test_migration_to_version_4_keeps_the_holds_running(void **state) {
+        Fixture *f = *state;
+        int64_t t = (int64_t) now(CLOCK_REALTIME) / (int64_t) USEC_PER_SEC, before;
+        Phone p = {};
+
+        add_phone(f->l, "held", UUID_A, NULL, STATE_PENDING);
+        add_phone(f->l, "over", UUID_B, NULL, STATE_PENDING);
+        assert_int_equal(ledger_exec(f->l, "DROP INDEX phones_boot_held; ALTER TABLE phones DROP COLUMN hold_boot;"
+                                     " ALTER TABLE phones DROP COLUMN hold_boot_until; ALTER TABLE phones DROP COLUMN hold_len;"
+                                     " ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS"
+                                     " (max(not_before, hold_until)) VIRTUAL"), 0);
+        char sql[160];
+        snprintf(sql, sizeof sql, "UPDATE phones SET hold_until = CASE key WHEN 'held' THEN %" PRId64 " ELSE %" PRId64 " END",
+                 t + 100, t - 100);
+        assert_int_equal(ledger_exec(f->l, sql), 0);
+        f->l = ledger_close(f->l);
+        set_user_version(f->path, 3);
+
+        before = boot_usec();
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        assert_int_equal(query_int(f->path, "PRAGMA user_version"), 4);
+        assert_int_equal(ledger_find(f->l, "held", &p), 0);
+        assert_true(p.hold_len >= 99 && p.hold_len <= 100);
+        assert_true(p.hold_boot_until >= before + 98 * (int64_t) USEC_PER_SEC &&
+                    p.hold_boot_until <= boot_usec() + 100 * (int64_t) USEC_PER_SEC);
+        phone_done(&p);
+        assert_int_equal(ledger_find(f->l, "over", &p), 0);
+        assert_int_equal(p.hold_boot_until, 0);
+        phone_done(&p);
+}
+
 /* ---- one writer per file ------------------------------------------------ */
 
 static void test_one_writer_per_file_by_any_name(void **state) {
@@ -914,14 +1056,16 @@ static void test_migration_to_version_3_drops_the_errors_of_released_rows(void *
                                             503, 10, "HTTP 503"), 0);
         assert_int_equal(ledger_history_add(f->l, released, 6, "state", "retrying", "released", NULL, NULL, 0, 0,
                                             "gone"), 0);
-        /* What version 3 added, gone: a version 2 file. */
-        assert_int_equal(ledger_exec(f->l, "DROP INDEX history_deletes; DROP INDEX history_released; DROP INDEX phones_held;"
-                                     " ALTER TABLE phones DROP COLUMN due_at; ALTER TABLE phones DROP COLUMN hold_until"), 0);
+        /* What versions 3 and 4 added, gone: a version 2 file. */
+        assert_int_equal(ledger_exec(f->l, "DROP INDEX phones_boot_held; ALTER TABLE phones DROP COLUMN hold_boot;"
+                                     " ALTER TABLE phones DROP COLUMN hold_boot_until; ALTER TABLE phones DROP COLUMN hold_len;"
+                                     " DROP INDEX history_deletes; DROP INDEX history_released; DROP INDEX phones_held;"
+                                     " ALTER TABLE phones DROP COLUMN hold_until"), 0);
         f->l = ledger_close(f->l);
         set_user_version(f->path, 2);
 
         assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
-        assert_int_equal(query_int(f->path, "PRAGMA user_version"), 3);
+        assert_int_equal(query_int(f->path, "PRAGMA user_version"), LEDGER_SCHEMA_VERSION);
         v = query_text(f->path, "SELECT last_error FROM phones WHERE key = '+34910000001'");
         assert_null(v);
         v = query_text(f->path, "SELECT last_error FROM phones WHERE key = '+34910000002'");
@@ -1299,6 +1443,11 @@ int main(void) {
                 T(test_audit_gives_every_step_with_its_phone_and_attempt),
                 T(test_audit_by_time),
                 T(test_retry_says_what_it_did),
+                cmocka_unit_test_setup_teardown(test_a_hold_is_kept_by_the_boot_clock_when_the_wall_clock_says_over,
+                                                setup, teardown),
+                cmocka_unit_test_setup_teardown(test_a_hold_is_not_lengthened_by_the_wall_clock, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_holds_of_another_boot_start_again_whole, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migration_to_version_4_keeps_the_holds_running, setup, teardown),
                 cmocka_unit_test(test_state_names),
                 cmocka_unit_test(test_sqlite_codes_to_errno),
         };

@@ -13,7 +13,9 @@
  *   page: status=429 attempts=0
  *   expect: to=scheduled write=1 next=none detail~"release ordered"
  *
- * Times are seconds ("now", "now+300" and "sent+300" work too); `to=row`
+ * Times are seconds ("now", "now+300", "sent+300" and, on the boot-time
+ * clock, "boot+20" work too; a hold_boot of "other" is one stamped in
+ * another boot); `to=row`
  * expects the row's own state.  A value
  * written a|b|c makes one case per alternative (several such fields make
  * their cross product), so a row of the table can cover every state or
@@ -171,7 +173,7 @@ static void load(const char *path) {
 
 typedef struct Ctx {
         const Case *c;
-        int64_t now, sent;
+        int64_t now, sent, boot;
 } Ctx;
 
 static const char *get(const Line *l, const char *key) {
@@ -199,7 +201,11 @@ static int64_t usec_of(const Ctx *x, const char *v) {
         } else if (strncmp(v, "sent", 4) == 0) {
                 base = x->sent;
                 v += 4;
-        }
+        } else if (strncmp(v, "boot", 4) == 0) {
+                base = x->boot;
+                v += 4;
+        } else if (streq(v, "other"))
+                return INT64_MAX;   /* a hold stamped in another boot */
         if (!*v)
                 return base;
         d = strtod(v, NULL);
@@ -279,8 +285,9 @@ static void run_case(void **state) {
         if (!lx)
                 fail_msg("%s (%s): no expect: line", c->where, c->name);
         x.now = time_or(&x, lw, "now", 1800000000 * (int64_t) USEC_PER_SEC);   /* 2027-01-15 */
+        x.boot = time_or(&x, lw, "boot_now", 3600 * (int64_t) USEC_PER_SEC);   /* an hour after boot */
         w = (World) {
-                .now = x.now, .due_now = time_or(&x, lw, "due_now", x.now),
+                .now = x.now, .due_now = time_or(&x, lw, "due_now", x.now), .boot_now = x.boot,
                 .max_attempts = (unsigned) num_or(lw, "max_attempts", 3),
                 .base_delay = (usec_t) time_or(&x, lw, "base_delay", (int64_t) USEC_PER_SEC),
                 .max_delay = (usec_t) time_or(&x, lw, "max_delay", 60 * (int64_t) USEC_PER_SEC),
@@ -293,6 +300,7 @@ static void run_case(void **state) {
                 .state = lr ? state_of(c, str_or(lr, "state", "pending")) : STATE_PENDING,
                 .key = str_or(lr, "key", "k"), .id = str_or(lr, "id", ID), .number = str_or(lr, "number", NULL),
                 .not_before = time_or(&x, lr, "not_before", 0) / (int64_t) USEC_PER_SEC,
+                .hold_boot_until = time_or(&x, lr, "hold_boot", 0),
                 .attempts = (unsigned) num_or(lr, "attempts", 0), .sent_at = x.sent,
                 .look_after = time_or(&x, lr, "look_after", x.sent ? x.sent + (int64_t) w.settle : 0),
                 .provider = str_or(lr, "provider", NULL), .last_error = str_or(lr, "last_error", NULL),
