@@ -117,8 +117,8 @@ $(BUILD)/tests/test-log: UNIT_OBJ := $(BUILD)/daemon/log.o
 $(BUILD)/tests/test-log: UNIT_LDFLAGS := -Wl,--wrap=sd_journal_sendv_with_location
 
 # test-control runs the control socket in its own event loop; its __wrap_
-# functions say who the peer is, shorten the 5 s client timeout, and fail the
-# calls a test chooses.
+# functions say who the peer is, keep each client's timer so that a test can
+# make it due, and fail the calls a test chooses.
 $(BUILD)/tests/test-control: $(BUILD)/daemon/control.o $(BUILD)/daemon/log.o
 $(BUILD)/tests/test-control: UNIT_OBJ := $(BUILD)/daemon/control.o $(BUILD)/daemon/log.o
 $(BUILD)/tests/test-control: UNIT_LDFLAGS := -Wl,--wrap=getsockopt,--wrap=accept4,--wrap=sd_event_add_io,--wrap=sd_event_add_time_relative
