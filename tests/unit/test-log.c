@@ -175,6 +175,8 @@ static int teardown(void **state) {
         if (saved_stderr >= 0)
                 stderr_back();
         sent_clear();
+        /* log_setup() buffers stderr; cmocka's reports come in their place unbuffered. */
+        (void) setvbuf(stderr, NULL, _IONBF, 0);
         return 0;
 }
 
