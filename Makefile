@@ -103,11 +103,25 @@ UNIT_DAEMON_OBJ := $(BUILD)/daemon/reconcile.o $(BUILD)/daemon/pacer.o $(BUILD)/
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAEMON_OBJ) $(HEADERS) | $(BUILD)/.dir
 	@mkdir -p $(dir $@)
 	@echo "  CCLD    $<"
-	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm $(UNIT_LDFLAGS)
+	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_OBJ) $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm $(UNIT_LDFLAGS)
 
 # test-faults fails the SQLite calls it chooses: the code under test makes
 # them through its __wrap_ functions.
 $(BUILD)/tests/test-faults: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
+
+# test-log reads the journal entries log.c sends through its
+# __wrap_sd_journal_sendv_with_location (what sd_journal_sendv() is once
+# <systemd/sd-journal.h> adds the caller's place), and fails the send where it chooses.
+$(BUILD)/tests/test-log: $(BUILD)/daemon/log.o
+$(BUILD)/tests/test-log: UNIT_OBJ := $(BUILD)/daemon/log.o
+$(BUILD)/tests/test-log: UNIT_LDFLAGS := -Wl,--wrap=sd_journal_sendv_with_location
+
+# test-control runs the control socket in its own event loop; its __wrap_
+# functions say who the peer is, keep each client's timer so that a test can
+# make it due, and fail the calls a test chooses.
+$(BUILD)/tests/test-control: $(BUILD)/daemon/control.o $(BUILD)/daemon/log.o
+$(BUILD)/tests/test-control: UNIT_OBJ := $(BUILD)/daemon/control.o $(BUILD)/daemon/log.o
+$(BUILD)/tests/test-control: UNIT_LDFLAGS := -Wl,--wrap=getsockopt,--wrap=accept4,--wrap=sd_event_add_io,--wrap=sd_event_add_time_relative
 
 # The clock tests' LD_PRELOAD shim (tests/e2e/clockshim.c): never
 # sanitized (a preloaded ASan runtime would have to come first), so that
