@@ -635,10 +635,11 @@ static void test_diagnostics_are_capped(void **state) {
 static void test_escaped_backslash_before_x00_is_text(void **state) {
         Config *c = load_ok(CORPUS "/good/nul-escaped-backslash.conf");
 
-        assert_int_equal(c->n_decls, 3);
+        assert_int_equal(c->n_decls, 4);
         assert_string_equal(loaded.v[0].reason, "OPS-1 \\x00 is four characters");
         assert_string_equal(loaded.v[1].reason, "C:\\");
         assert_string_equal(loaded.v[2].reason, "\\\\x00 \\X00");
+        assert_string_equal(loaded.v[3].reason, "A00 \\x0 \\xg");
         config_free(c);
 }
 
