@@ -286,12 +286,14 @@ typedef enum { TEXT_CODE, TEXT_STRING, TEXT_COMMENT } TextState;
  * that gives a 0 byte) into nothing in 1.5, Debian 12's, and into a NUL that
  * ends the string in 1.7, and hands us only the C string: so
  * "+3491000\x000012" would be read as another phone, and a reason cut short,
- * without a word.  No check on the value can see that, so the escape is
- * refused where it is written, in the text, which every string of every
- * file goes through whatever its key.  This follows the scanner's rules for
- * comments, strings and the escapes that hide a backslash or a quote (so
- * \\x00 is the text \x00), carrying *st from line to line; returns the
- * line's first NUL escape inside a string, or NULL. */
+ * without a word.  No check on the value can see that, and libconfig keeps
+ * no literal to compare it with, only a line: so the escape is refused where
+ * it is written, in the text, by read_tree()'s first pass, which every file
+ * goes through (main file, drop-ins, settings-only loads) whatever the key
+ * that holds the string.  This follows the scanner's rules for comments,
+ * strings and the escapes that hide a backslash or a quote (so \\x00 is the
+ * text \x00), carrying *st from line to line; returns the line's first NUL
+ * escape inside a string, or NULL. */
 static const char *find_nul_escape(const char *p, TextState *st) {
         const char *found = NULL;
 
