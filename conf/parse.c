@@ -2,6 +2,7 @@
 /* Reads retired.conf and releases.d/NAME.conf.  Every problem is reported with
  * the file and line libconfig gives us, and any problem rejects the load. */
 
+#include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <libconfig.h>
@@ -277,13 +278,63 @@ static int read_releases(Loader *l, const config_setting_t *s, const char *file)
         return 0;
 }
 
+/* Where a line starts in libconfig's scanner (lib/scanner.l): strings and
+ * comments may span lines. */
+typedef enum { TEXT_CODE, TEXT_STRING, TEXT_COMMENT } TextState;
+
+/* libconfig turns the escape \x00 (or \X00: two hex digits, its only escape
+ * that gives a 0 byte) into nothing in 1.5, Debian 12's, and into a NUL that
+ * ends the string in 1.7, and hands us only the C string: so
+ * "+3491000\x000012" would be read as another phone, and a reason cut short,
+ * without a word.  No check on the value can see that, and libconfig keeps
+ * no literal to compare it with, only a line: so the escape is refused where
+ * it is written, in the text, by read_tree()'s first pass, which every file
+ * goes through (main file, drop-ins, settings-only loads) whatever the key
+ * that holds the string.  This follows the scanner's rules for comments,
+ * strings and the escapes that hide a backslash or a quote (so \\x00 is the
+ * text \x00), carrying *st from line to line; returns the line's first NUL
+ * escape inside a string, or NULL. */
+static const char *find_nul_escape(const char *p, TextState *st) {
+        const char *found = NULL;
+
+        for (; *p; p++)
+                switch (*st) {
+                case TEXT_CODE:
+                        if (*p == '#' || (p[0] == '/' && p[1] == '/'))
+                                return found;   /* a comment to the end of the line */
+                        if (p[0] == '/' && p[1] == '*')
+                                *st = TEXT_COMMENT, p++;
+                        else if (*p == '"')
+                                *st = TEXT_STRING;
+                        break;
+                case TEXT_COMMENT:
+                        if (p[0] == '*' && p[1] == '/')
+                                *st = TEXT_CODE, p++;
+                        break;
+                case TEXT_STRING:
+                        if (*p == '"')
+                                *st = TEXT_CODE;
+                        else if (*p == '\\' && (p[1] == 'x' || p[1] == 'X') &&
+                                 isxdigit((unsigned char) p[2]) && isxdigit((unsigned char) p[3])) {
+                                if (p[2] == '0' && p[3] == '0' && !found)
+                                        found = p;
+                                p += 3;
+                        } else if (*p == '\\' && (p[1] == '\\' || p[1] == '"'))
+                                p++;
+                        break;
+                }
+        return found;
+}
+
 /* Reads one file into a libconfig tree.  We open it ourselves so that its
  * type and size are checked on what we read, and refuse @include: libconfig
  * 1.5 would follow it past every check here (and exit() on a folder). */
 static int read_tree(Loader *l, const char *path, config_t *cfg) {
         _cleanup_fclose_ FILE *f = NULL;
         _cleanup_free_ char *buf = NULL;
-        unsigned line = 1;
+        TextState text = TEXT_CODE;
+        unsigned line = 1, nul_escapes = 0;
+        const char *nul;
         struct stat st;
         size_t cap = 0;
         ssize_t n;
@@ -321,10 +372,18 @@ static int read_tree(Loader *l, const char *path, config_t *cfg) {
                                       "releases_dir");
                         return -EINVAL;
                 }
+                if ((nul = find_nul_escape(buf, &text))) {
+                        conf_diag_add(l->d, path, line, "%.4s in a string: no setting may hold a NUL (libconfig "
+                                      "would drop it silently); for the text %.4s write \\%.4s", nul, nul, nul);
+                        nul_escapes++;
+                }
                 line++;
         }
         if (ferror(f))
                 return -EIO;
+        /* Refused before libconfig reads it: its strings are not what was written. */
+        if (nul_escapes > 0)
+                return -EINVAL;
         rewind(f);
         if (config_read(cfg, f) != CONFIG_TRUE) {
                 const char *ef = config_error_file(cfg);

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import EXIT, MSG, num, phone
+from conftest import EXIT, MSG, num, phone, pid
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
@@ -73,3 +73,28 @@ def test_plain_http_to_a_remote_host_is_refused(make_rig):
     run = rig.run()
     assert run.rc == EXIT["setup"], run
     assert any("https://" in line for line in run.lines), run
+
+
+def test_an_escaped_nul_in_a_number_is_refused_and_nothing_released(make_rig):
+    """libconfig reads "+3491000\\x000012" as +34910000012, a phone of the
+    account: the NUL is refused with FILE:LINE by the check, by retired -n and
+    by a run, and neither that phone nor the ledger is touched."""
+    rig = make_rig([phone(1), phone(12)])
+    rig.write_config([{"number": num(1)}])
+    assert rig.run().rc == EXIT["settled"]
+    rows, history = rig.db_rows(), rig.db_history(num(1))
+    path = rig.write_config([{"number": num(1)}, {"number": "NUMBER"}])
+    with open(path) as f:
+        text = f.read().replace('"NUMBER"', '"+3491000\\x000012"')
+    with open(path, "w") as f:
+        f.write(text)
+    line = next(i for i, l in enumerate(text.split("\n"), 1) if "\\x00" in l)
+    want = "%s:%d: \\x00 in a string: no setting may hold a NUL" % (path, line)
+
+    p = rig.ctl("check", check=False)
+    assert p.returncode == 1 and want in p.stderr, p.stderr
+    for args in (("-n",), ("--once",)):
+        run = rig.run(*args, once=False)
+        assert run.rc == EXIT["setup"] and any(want in l for l in run.lines), (args, run)
+    assert rig.deletes(pid(12)) == [] and rig.fake.requests(pid(12)) == []
+    assert rig.db_rows() == rows and rig.db_history(num(1)) == history

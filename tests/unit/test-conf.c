@@ -628,6 +628,21 @@ static void test_diagnostics_are_capped(void **state) {
         tmpdir_remove(dir);
 }
 
+/* ---- NUL in a string ---------------------------------------------------- */
+
+/* The bad corpus (nul-*.conf, bad-nul-dropin/) holds the refusals; this is
+ * the text that looks like them and is not one, read as written. */
+static void test_escaped_backslash_before_x00_is_text(void **state) {
+        Config *c = load_ok(CORPUS "/good/nul-escaped-backslash.conf");
+
+        assert_int_equal(c->n_decls, 4);
+        assert_string_equal(loaded.v[0].reason, "OPS-1 \\x00 is four characters");
+        assert_string_equal(loaded.v[1].reason, "C:\\");
+        assert_string_equal(loaded.v[2].reason, "\\\\x00 \\X00");
+        assert_string_equal(loaded.v[3].reason, "A00 \\x0 \\xg");
+        config_free(c);
+}
+
 /* ---- the test list ------------------------------------------------------ */
 
 typedef struct Tests {
@@ -735,6 +750,7 @@ int main(void) {
                 cmocka_unit_test(test_reason_length_limit),
                 cmocka_unit_test(test_file_size_limit),
                 cmocka_unit_test(test_diagnostics_are_capped),
+                cmocka_unit_test(test_escaped_backslash_before_x00_is_text),
         };
         Tests t = {};
         int r;
