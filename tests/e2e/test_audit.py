@@ -195,7 +195,11 @@ def export_after(rig, cursor, fmt="--csv"):
         assert {r["clock_back"] for r in rows} <= {"0", "1"}
         rows = [dict(r, seq=int(r["seq"]), clock_back=r["clock_back"] == "1") for r in rows]
     else:
-        rows = json.loads(ctl_raw(rig, "history", fmt, "--after-seq", str(cursor)))
+        out = ctl_raw(rig, "history", fmt, "--after-seq", str(cursor)).decode()
+        rows = json.loads(out)
+        # The README's cron job reads the cursor with sed: each object on a
+        # line of its own, beginning with its seq.
+        assert [int(m) for m in re.findall(r'^\{"seq":([0-9]*),', out, re.M)] == [r["seq"] for r in rows]
     return rows, rows[-1]["seq"] if rows else cursor
 
 
