@@ -24,6 +24,7 @@ static int arg_state = -1;
 static bool arg_csv = false;
 static bool arg_openmetrics = false;
 static int64_t arg_since = 0, arg_until = 0;   /* usec; 0 = open */
+static int64_t arg_after_seq = 0;              /* 0 = from the first step */
 
 /* Exit codes, like `terraform plan -detailed-exitcode` for plan. */
 enum { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_CHANGES = 2 };
@@ -551,11 +552,32 @@ static void csv_int(int64_t v, bool present) {
         putchar(',');
 }
 
+/* Where a step's recorded time is earlier than that of the step before
+ * it: the wall clock was set back in between, and an auditor reading the
+ * times should know that the order is the seq's, not theirs. */
+#define CLOCK_BACK_MARK "[clock back] "
+
+/* The export's head, once its first row (or its end) comes: a cursor the
+ * ledger refuses prints nothing on stdout, nothing to take for an export. */
+static void audit_head(void) {
+        if (arg_json)
+                putchar('[');
+        else if (arg_csv)
+                /* clock_back last: a reader that takes the columns by position
+                 * finds the ones it knew where they were. */
+                fputs("seq,time,key,id,number,kind,from,to,method,path,http_status,latency_ms,attempt,reason,detail,"
+                      "clock_back\r\n", stdout);
+        else
+                printf("%-8s %-24s %-36s %3s %s\n", "SEQ", "TIME", "KEY", "TRY", "STEP");
+}
+
 static int audit_one(const AuditStep *a, void *userdata) {
         const History *h = &a->h;
         bool call = streq(h->kind, "call");
         size_t *n = userdata;
 
+        if (*n == 0)
+                audit_head();
         if (arg_json)
                 printf("%s%s", *n ? ",\n" : "\n", a->json);
         else if (arg_csv) {
@@ -573,14 +595,16 @@ static int audit_one(const AuditStep *a, void *userdata) {
                 csv_int(h->latency_ms, call);
                 csv_int(a->attempt, true);
                 csv_field(a->reason, false);
-                csv_field(h->detail, true);
+                csv_field(h->detail, false);
+                csv_field(a->clock_back ? "1" : "0", true);
         } else if (call)
-                printf("%-24s %-36s %3u call  %s %s -> %s%.0d (%" PRId64 " ms)%s%s\n", a->time, a->key, a->attempt,
+                printf("%-8" PRId64 " %-24s %-36s %3u %scall  %s %s -> %s%.0d (%" PRId64 " ms)%s%s\n", h->seq, a->time,
+                       a->key, a->attempt, a->clock_back ? CLOCK_BACK_MARK : "",
                        h->method, h->path, h->http_status ? "" : "no answer", h->http_status, h->latency_ms,
                        h->detail ? " " : "", h->detail ? h->detail : "");
         else
-                printf("%-24s %-36s %3u state %s -> %s%s%s\n", a->time, a->key, a->attempt,
-                       h->old_state ? h->old_state : "(new)", h->new_state,
+                printf("%-8" PRId64 " %-24s %-36s %3u %sstate %s -> %s%s%s\n", h->seq, a->time, a->key, a->attempt,
+                       a->clock_back ? CLOCK_BACK_MARK : "", h->old_state ? h->old_state : "(new)", h->new_state,
                        h->detail ? ": " : "", h->detail ? h->detail : "");
         (*n)++;
         return 0;
@@ -591,21 +615,24 @@ static int audit_one(const AuditStep *a, void *userdata) {
 static int verb_history(void) {
         _cleanup_(config_freep) Config *c = NULL;
         _cleanup_(ledger_closep) Ledger *l = NULL;
-        AuditFilter f = { .since = arg_since, .until = arg_until, .state = arg_state, .json = arg_json };
+        AuditFilter f = { .since = arg_since, .until = arg_until, .after_seq = arg_after_seq, .state = arg_state,
+                          .json = arg_json };
         size_t n = 0;
         int r;
 
         if (open_ledger(&l, &c) < 0)
                 return EXIT_ERROR;
-        if (arg_json)
-                putchar('[');
-        else if (arg_csv)
-                fputs("seq,time,key,id,number,kind,from,to,method,path,http_status,latency_ms,attempt,reason,detail\r\n", stdout);
-        else
-                printf("%-24s %-36s %3s %s\n", "TIME", "KEY", "TRY", "STEP");
         r = ledger_audit(l, &f, audit_one, &n);
-        if (arg_json)
+        if (r >= 0 && n == 0)
+                audit_head();
+        if (arg_json && (r >= 0 || n > 0))
                 printf("%s]\n", n ? "\n" : "");
+        if (r == -ERANGE) {
+                fprintf(stderr, "retirectl: --after-seq %" PRId64 ": the ledger holds no step numbered that or later "
+                        "(a cursor kept for another ledger, or this ledger restored from an older copy?)\n",
+                        arg_after_seq);
+                return EXIT_ERROR;
+        }
         if (r < 0) {
                 fprintf(stderr, "retirectl: cannot read the history: %s (%s)\n", strerror(-r), ledger_errmsg(l));
                 return EXIT_ERROR;
@@ -789,6 +816,8 @@ static void help(void) {
                "      --since TIME    with history: steps at or after TIME\n"
                "      --until TIME    with history: steps before TIME\n"
                "                      (TIME: 2026-12-01T10:00:00Z, 2026-12-01 or @SECONDS, UTC)\n"
+               "      --after-seq N   with history: steps numbered after N (the seq of the last step\n"
+               "                      exported), whatever the clock did: exports chained so miss nothing\n"
                "      --csv           with history: CSV (RFC 4180)\n"
                "      --openmetrics   with status: the Prometheus/OpenMetrics text format\n"
                "  -h, --help          this text\n"
@@ -829,6 +858,22 @@ static int parse_time_arg(const char *s, int64_t *ret) {
         return 0;
 }
 
+/* --after-seq: a seq, digits only (no sign, no blank: strtoll would take
+ * them), up to the largest a SQLite rowid can be. */
+static int parse_seq_arg(const char *s, int64_t *ret) {
+        char *end;
+        long long v;
+
+        if (!isdigit((unsigned char) s[0]))
+                return -EINVAL;
+        errno = 0;
+        v = strtoll(s, &end, 10);
+        if (errno != 0 || *end)
+                return -EINVAL;
+        *ret = (int64_t) v;
+        return 0;
+}
+
 static int parse_state_arg(const char *s) {
         int state = state_from_string(s);
 
@@ -846,7 +891,7 @@ static int parse_state_arg(const char *s) {
  * take no options but -c and --ledger. */
 enum {
         OPT_JSON = 1 << 0, OPT_STATE = 1 << 1, OPT_SINCE = 1 << 2, OPT_UNTIL = 1 << 3,
-        OPT_CSV = 1 << 4, OPT_OPENMETRICS = 1 << 5,
+        OPT_CSV = 1 << 4, OPT_OPENMETRICS = 1 << 5, OPT_AFTER_SEQ = 1 << 6,
 };
 
 /* Whether word is one of the words of a list such as "plan, status". */
@@ -871,6 +916,7 @@ static int check_options(const char *verb, unsigned given) {
                 { OPT_SINCE,       "--since",       "history" },
                 { OPT_UNTIL,       "--until",       "history" },
                 { OPT_CSV,         "--csv",         "history" },
+                { OPT_AFTER_SEQ,   "--after-seq",   "history" },
                 { OPT_OPENMETRICS, "--openmetrics", "status" },
         };
 
@@ -888,6 +934,14 @@ static int check_options(const char *verb, unsigned given) {
                         given & OPT_CSV ? "--csv" : "--openmetrics");
                 return -EINVAL;
         }
+        /* A cursor exists to miss nothing; a time window after it would miss
+         * the steps recorded while the clock was behind. */
+        if ((given & OPT_AFTER_SEQ) && (given & (OPT_SINCE | OPT_UNTIL))) {
+                fprintf(stderr, "retirectl: --after-seq and %s exclude each other: a time window misses the steps "
+                        "recorded while the clock was set back (see retirectl --help)\n",
+                        given & OPT_SINCE ? "--since" : "--until");
+                return -EINVAL;
+        }
         if (arg_since > 0 && arg_until > 0 && arg_until <= arg_since) {
                 fprintf(stderr, "retirectl: --until must come after --since\n");
                 return -EINVAL;
@@ -898,7 +952,10 @@ static int check_options(const char *verb, unsigned given) {
 /* Returns 1 to go on to the command, 0 when the run is done (--help,
  * --version), or -EINVAL when the line is wrong (already said). */
 static int parse_argv(int argc, char **argv, unsigned *ret_given) {
-        enum { ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION, ARG_SINCE, ARG_UNTIL, ARG_CSV, ARG_OPENMETRICS };
+        enum {
+                ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION, ARG_SINCE, ARG_UNTIL, ARG_CSV, ARG_OPENMETRICS,
+                ARG_AFTER_SEQ,
+        };
         static const struct option options[] = {
                 { "config",      required_argument, NULL, 'c' },
                 { "json",        no_argument,       NULL, ARG_JSON },
@@ -907,6 +964,7 @@ static int parse_argv(int argc, char **argv, unsigned *ret_given) {
                 { "since",       required_argument, NULL, ARG_SINCE },
                 { "until",       required_argument, NULL, ARG_UNTIL },
                 { "csv",         no_argument,       NULL, ARG_CSV },
+                { "after-seq",   required_argument, NULL, ARG_AFTER_SEQ },
                 { "openmetrics", no_argument,       NULL, ARG_OPENMETRICS },
                 { "help",        no_argument,       NULL, 'h' },
                 { "version",     no_argument,       NULL, ARG_VERSION },
@@ -939,6 +997,14 @@ static int parse_argv(int argc, char **argv, unsigned *ret_given) {
                                 return -EINVAL;
                         }
                         given |= c == ARG_SINCE ? OPT_SINCE : OPT_UNTIL;
+                        break;
+                case ARG_AFTER_SEQ:
+                        if (parse_seq_arg(optarg, &arg_after_seq) < 0) {
+                                fprintf(stderr, "retirectl: --after-seq: '%s' is not a step number "
+                                        "(the seq of a step: 0, 1, 2, ...)\n", optarg);
+                                return -EINVAL;
+                        }
+                        given |= OPT_AFTER_SEQ;
                         break;
                 case ARG_CSV:
                         arg_csv = true;

@@ -845,26 +845,49 @@ int ledger_history(Ledger *l, int64_t pk, int (*cb)(const History *h, void *user
 }
 
 /* CROSS JOIN keeps the history the outer loop: its rows come in seq order
- * straight from the table, never gathered into a sorter.  The attempt is
- * counted on the index of a phone's history, per row. */
+ * straight from the table, never gathered into a sorter, and after_seq is a
+ * range of its rowid, so an export from a cursor reads only what is new.
+ * The attempt is counted on the index of a phone's history, per row; the
+ * step before, for clock_back, is found by rowid, per row.
+ *
+ * seq is a cursor that cannot miss: SQLite has one writer at a time and
+ * AUTOINCREMENT never hands out a number again, so every read sees a prefix
+ * of the sequence, and a step recorded later has a greater seq, whatever the
+ * wall clock said when it was recorded. */
 int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, void *userdata), void *userdata) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc, r;
+
+        /* A cursor the history never reached was not taken from this
+         * ledger (or the ledger is an older copy of it): an export from it
+         * would be empty today and skip steps later, without a word. */
+        if (f->after_seq > 0) {
+                int64_t reached;
+
+                r = query_int(l, "SELECT EXISTS (SELECT 1 FROM history WHERE seq >= ?)", &reached, 1, f->after_seq);
+                if (r < 0)
+                        return r;
+                if (!reached)
+                        return -ERANGE;
+        }
 
         rc = sqlite3_prepare_v2(l->db,
                                 "SELECT s.*, CASE WHEN ?4 THEN json_object('seq', seq, 'time', time, 'key', key,"
                                 "  'id', id, 'number', number, 'kind', kind, 'from', old_state, 'to', new_state,"
                                 "  'method', method, 'path', path, 'http_status', http_status,"
-                                "  'latency_ms', latency_ms, 'attempt', attempt, 'reason', reason, 'detail', detail) END"
+                                "  'latency_ms', latency_ms, 'attempt', attempt, 'reason', reason, 'detail', detail,"
+                                "  'clock_back', json(CASE WHEN clock_back THEN 'true' ELSE 'false' END)) END"
                                 " FROM (SELECT h.seq, h.at, h.kind, h.old_state, h.new_state, h.method, h.path,"
                                 "  h.http_status, h.latency_ms, h.detail, p.key, p.id,"
                                 "  coalesce(p.number, p.api_number) AS number,"
                                 "  strftime('%Y-%m-%dT%H:%M:%fZ', h.at / 1000 / 1000.0, 'unixepoch') AS time,"
                                 "  (SELECT count(*) FROM history d WHERE d.phone = h.phone AND d.seq <= h.seq"
-                                "   AND d.method = 'DELETE') AS attempt, p.reason"
+                                "   AND d.method = 'DELETE') AS attempt, p.reason,"
+                                "  coalesce(h.at < (SELECT b.at FROM history b WHERE b.seq < h.seq"
+                                "   ORDER BY b.seq DESC LIMIT 1), 0) AS clock_back"
                                 "  FROM history h CROSS JOIN phones p ON p.pk = h.phone"
                                 "  WHERE (?1 <= 0 OR h.at >= ?1) AND (?2 <= 0 OR h.at < ?2)"
-                                "  AND (?3 IS NULL OR h.new_state = ?3)"
+                                "  AND (?3 IS NULL OR h.new_state = ?3) AND h.seq > ?5"
                                 "  ORDER BY h.seq) s", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -873,6 +896,7 @@ int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, 
         if (f->state >= 0)
                 (void) sqlite3_bind_text(st, 3, state_to_string(f->state), -1, SQLITE_STATIC);
         (void) sqlite3_bind_int(st, 4, f->json);
+        (void) sqlite3_bind_int64(st, 5, f->after_seq > 0 ? f->after_seq : 0);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 AuditStep a = {
                         .h = {
@@ -893,7 +917,8 @@ int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, 
                         .time = (const char *) sqlite3_column_text(st, 13),
                         .attempt = (unsigned) sqlite3_column_int(st, 14),
                         .reason = (const char *) sqlite3_column_text(st, 15),
-                        .json = (const char *) sqlite3_column_text(st, 16),
+                        .clock_back = sqlite3_column_int(st, 16) != 0,
+                        .json = (const char *) sqlite3_column_text(st, 17),
                 };
                 /* NOT NULL columns read as NULL only when SQLite ran out of memory;
                  * a time does when a hand-edited row holds one past year 9999. */

@@ -108,6 +108,8 @@ int ledger_history(Ledger *l, int64_t pk, int (*cb)(const History *h, void *user
  * history of any length takes no more memory than one row. */
 typedef struct AuditFilter {
         int64_t since, until;      /* usec: steps at or after since and before until; 0 = open */
+        int64_t after_seq;         /* > 0: only steps numbered after it; -ERANGE when the history
+                                    * holds no step numbered that or later */
         int state;                 /* >= 0: only steps into this state */
         bool json;                 /* fill AuditStep.json */
 } AuditFilter;
@@ -118,6 +120,7 @@ typedef struct AuditStep {
         const char *key, *id, *number;   /* number: as declared, else as the API gave it */
         const char *reason;        /* the phone's declared reason (as declared now), for the audit trail */
         unsigned attempt;          /* DELETEs of this phone on record up to and including this step */
+        bool clock_back;           /* h.at is earlier than the step numbered before it, exported or not */
         const char *json;          /* the step as one JSON object, with AuditFilter.json */
 } AuditStep;
 

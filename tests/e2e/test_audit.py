@@ -1,6 +1,6 @@
 """The audit views of a real ledger after a real run: retirectl history as CSV,
-JSON and text, its filters, released_at, the stale error a release drops, and
-status --openmetrics."""
+JSON and text, its filters, exports chained by --after-seq across a clock set
+back, released_at, the stale error a release drops, and status --openmetrics."""
 
 import csv
 import datetime
@@ -18,7 +18,7 @@ from conftest import EXIT, RETIRECTL, child_env, num, phone, pid
 
 REASON = 'OPS-1, "shop" closed\nsecond line'
 HEADER = ["seq", "time", "key", "id", "number", "kind", "from", "to", "method", "path", "http_status",
-          "latency_ms", "attempt", "reason", "detail"]
+          "latency_ms", "attempt", "reason", "detail", "clock_back"]
 STATES = ["pending", "deferred", "in_flight", "retrying", "scheduled", "released", "failed", "cancelled",
           "unresolved"]
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -102,8 +102,10 @@ def test_history_json_says_the_same_as_the_csv(rig):
     for j, c in zip(steps, rows):
         assert set(j) == set(HEADER)
         for k in HEADER:
-            assert ("" if j[k] is None else str(j[k])) == c[k], (k, j, c)
+            want = "" if j[k] is None else str(int(j[k])) if isinstance(j[k], bool) else str(j[k])
+            assert want == c[k], (k, j, c)
     assert isinstance(steps[0]["seq"], int) and steps[0]["from"] is None
+    assert all(j["clock_back"] is False for j in steps), "the clock went only forward in this run"
     # Nothing to export is an empty array.
     assert json.loads(ctl_raw(rig, "history", "--json", "--since", "9999-12-31")) == []
 
@@ -126,11 +128,20 @@ def test_history_filters(rig):
     assert history_csv(rig, "--since", "1999-01-01", "--state", "deferred")[0] == \
         [r for r in rows if r["to"] == "deferred"]
 
+    # From a cursor: the steps numbered after it, with --state those into it.
+    assert history_csv(rig, "--after-seq", "0")[0] == rows
+    cut = len(rows) // 2
+    assert history_csv(rig, "--after-seq", rows[cut]["seq"])[0] == rows[cut + 1:]
+    assert history_csv(rig, "--after-seq", rows[cut]["seq"], "--state", "deferred")[0] == \
+        [r for r in rows[cut + 1:] if r["to"] == "deferred"]
+    assert history_csv(rig, "--after-seq", rows[-1]["seq"])[0] == []
+
 
 def test_history_text_is_for_people(rig):
     out = rig.ctl("history").stdout.splitlines()
-    assert out[0].split() == ["TIME", "KEY", "TRY", "STEP"]
+    assert out[0].split() == ["SEQ", "TIME", "KEY", "TRY", "STEP"]
     assert len(out) == 1 + len(all_steps(rig))
+    assert [int(line.split()[0]) for line in out[1:]] == [s for s, _ in all_steps(rig)]
     assert any(num(1) in line and "DELETE" in line and "-> 503" in line for line in out)
 
 
@@ -155,6 +166,127 @@ def test_bad_input_is_refused_saying_why(rig, args, says):
     assert p.stdout == ""
     assert says in p.stderr, p.stderr
     assert len(p.stderr.splitlines()) <= 2, p.stderr
+
+
+DAY = 86400 * 1_000_000
+
+
+def add_looks(rig, key, ats):
+    """History rows written with sqlite3 straight into the ledger retired made,
+    as a daemon records its looks at a phone (the history is append-only by
+    trigger: an INSERT is what it allows); their seqs.  Only so can a test give
+    a step a recorded time of its choosing: retired's clock is the host's."""
+    con = sqlite3.connect(rig.ledger)
+    try:
+        pk, phone_id = con.execute("SELECT pk, id FROM phones WHERE key = ?", (key,)).fetchone()
+        with con:
+            return [con.execute("INSERT INTO history (phone, at, kind, method, path, http_status, latency_ms, detail)"
+                                " VALUES (?, ?, 'call', 'GET', ?, 200, 1, 'observed reserved')",
+                                (pk, at, "/v1/phone/" + phone_id)).lastrowid for at in ats]
+    finally:
+        con.close()
+
+
+def export_after(rig, cursor, fmt="--csv"):
+    """One export of a chain, as the README's daily one: its rows and the
+    cursor for the next (the last row's seq, or the same when none came)."""
+    if fmt == "--csv":
+        rows = history_csv(rig, "--after-seq", str(cursor))[0]
+        assert {r["clock_back"] for r in rows} <= {"0", "1"}
+        rows = [dict(r, seq=int(r["seq"]), clock_back=r["clock_back"] == "1") for r in rows]
+    else:
+        out = ctl_raw(rig, "history", fmt, "--after-seq", str(cursor)).decode()
+        rows = json.loads(out)
+        # The README's cron job reads the cursor with sed: each object on a
+        # line of its own, beginning with its seq.
+        assert [int(m) for m in re.findall(r'^\{"seq":([0-9]*),', out, re.M)] == [r["seq"] for r in rows]
+    return rows, rows[-1]["seq"] if rows else cursor
+
+
+def test_exports_chained_by_seq_miss_nothing_when_the_clock_steps_back(rig):
+    """Daily exports, each from the last seq of the one before, across a clock
+    set back a day and put right again: every step comes out once, in order,
+    with the time it was recorded at, and the first step recorded behind the
+    one before it is flagged.  The steps of the clock set back are written
+    into the ledger by hand (see add_looks): the deferred phone's looks on
+    two resyncs."""
+    steps = all_steps(rig)
+    day1, cursor = export_after(rig, 0)
+    assert [r["seq"] for r in day1] == [s for s, _ in steps]
+    assert not any(r["clock_back"] for r in day1)
+    assert export_after(rig, cursor) == ([], cursor), "nothing new, nothing out; the cursor stays"
+
+    # Recorded after day 1's export, timed a day before everything in it:
+    # a time window after day 1 never sees them.
+    last_at = steps[-1][1]
+    back = add_looks(rig, num(3), [last_at - DAY + i * 1000 for i in range(3)])
+    window = history_csv(rig, "--since", "@%d" % (last_at // 1_000_000))[0]
+    assert not {int(r["seq"]) for r in window} & set(back)
+
+    day2, cursor = export_after(rig, cursor, "--json")
+    assert [r["seq"] for r in day2] == back
+    assert [r["clock_back"] for r in day2] == [True, False, False], \
+        "the step back is flagged against day 1's last step, which this export leaves out"
+    assert [parse_time(r["time"]) for r in day2] == \
+        [EPOCH + datetime.timedelta(milliseconds=(last_at - DAY + i * 1000) // 1000) for i in range(3)]
+    assert all(r["key"] == num(3) and r["method"] == "GET" for r in day2)
+
+    # The clock put right: later than the step before, no flag.
+    right = add_looks(rig, num(3), [last_at + 1000, last_at + 2000])
+    day3, cursor = export_after(rig, cursor)
+    assert [r["seq"] for r in day3] == right and not any(r["clock_back"] for r in day3)
+
+    chained = [r["seq"] for r in day1 + day2 + day3]
+    assert chained == [s for s, _ in all_steps(rig)], "every step once, in order"
+
+    # For people: the seq first, the step back marked.
+    text = rig.ctl("history", "--after-seq", str(day1[-1]["seq"])).stdout.splitlines()
+    assert [int(line.split()[0]) for line in text[1:]] == back + right
+    assert [int(line.split()[0]) for line in text[1:] if "[clock back]" in line] == back[:1]
+
+    # A cursor this history never reached comes from elsewhere: said, and
+    # nothing on stdout that could pass for an export.
+    p = rig.ctl("history", "--csv", "--after-seq", str(cursor + 1), check=False)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert "--after-seq %d: the ledger holds no step numbered that or later" % (cursor + 1) in p.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["history", "--after-seq", "x"], "--after-seq: 'x' is not a step number"),
+    (["history", "--after-seq", "-1"], "--after-seq: '-1' is not a step number"),
+    (["history", "--after-seq=-1"], "'-1' is not a step number"),
+    (["history", "--after-seq", ""], "'' is not a step number"),
+    (["history", "--after-seq", "+1"], "'+1' is not a step number"),
+    (["history", "--after-seq", " 1"], "' 1' is not a step number"),
+    (["history", "--after-seq", "1 "], "'1 ' is not a step number"),
+    (["history", "--after-seq", "0x10"], "'0x10' is not a step number"),
+    (["history", "--after-seq", "9223372036854775808"], "'9223372036854775808' is not a step number"),
+    (["history", "--after-seq", "1" * 30], "is not a step number"),
+    (["history", "--after-seq", "1", "--since", "2026-12-01"], "--after-seq and --since exclude each other"),
+    (["history", "--until", "2026-12-01", "--after-seq", "1"], "--after-seq and --until exclude each other"),
+    (["list", "--after-seq", "1"], "--after-seq does not work with list, only with history"),
+    # Read as numbers, past what an absent ledger (an empty history) reached.
+    (["history", "--after-seq", "1"], "--after-seq 1: the ledger holds no step numbered that or later"),
+    (["history", "--after-seq", "9223372036854775807"], "the ledger holds no step numbered that or later"),
+])
+def test_a_bad_cursor_is_refused_saying_why(tmp_path, args, says):
+    """No run needed: retirectl alone, on an absent ledger (read as empty)."""
+    p = subprocess.run([RETIRECTL, "-c", str(tmp_path / "none.conf"), "--ledger", str(tmp_path / "none.db")] + args,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+                       timeout=30, text=True)
+    assert p.returncode == 1, p
+    assert p.stdout == ""
+    assert says in p.stderr, p.stderr
+    assert len(p.stderr.splitlines()) <= 2, p.stderr
+    assert not os.path.exists(tmp_path / "none.db")
+
+
+def test_a_cursor_at_the_start_of_an_empty_history_is_an_empty_export(tmp_path):
+    p = subprocess.run([RETIRECTL, "--ledger", str(tmp_path / "none.db"), "history", "--csv", "--after-seq", "0"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+                       timeout=30)
+    assert (p.returncode, p.stderr) == (0, b"")
+    assert p.stdout == (",".join(HEADER) + "\r\n").encode()
 
 
 def test_a_released_phone_shows_when_and_no_stale_error(rig):

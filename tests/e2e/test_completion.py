@@ -54,7 +54,9 @@ def test_commands():
 
 def test_each_command_has_its_options():
     assert complete("retirectl", "history", "--") == sorted(
-        ["--config", "--ledger", "--help", "--version", "--json", "--csv", "--state", "--since", "--until"])
+        ["--config", "--ledger", "--help", "--version", "--json", "--csv", "--state", "--since", "--until",
+         "--after-seq"])
+    assert complete("retirectl", "history", "--af") == ["--after-seq"]
     assert "--openmetrics" in complete("retirectl", "status", "--")
     assert "--csv" not in complete("retirectl", "status", "--")
     assert complete("retirectl", "list", "--s") == ["--state"]
@@ -67,6 +69,9 @@ def test_states():
     # --state=re: bash splits it into --state, = and re.
     assert complete("retirectl", "history", "--state", "=", "re") == ["released", "retrying"]
     assert complete("retirectl", "history", "--since", "") == []
+    assert complete("retirectl", "history", "--after-seq", "") == []
+    # The cursor is the option's value, not the command.
+    assert complete("retirectl", "--after-seq", "12", "history", "--c") == ["--config", "--csv"]
 
 
 def test_keys_from_the_ledger(rig):

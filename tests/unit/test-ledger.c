@@ -1165,6 +1165,7 @@ typedef struct Audit {
                 char *time, *key, *number, *kind, *new_state, *method, *detail, *reason, *json;
                 int http_status;
                 unsigned attempt;
+                bool clock_back;
         } row[16];
         size_t n;
 } Audit;
@@ -1186,6 +1187,7 @@ static int collect_audit(const AuditStep *a, void *userdata) {
         au->row[au->n].json = dup_or_null(a->json);
         au->row[au->n].http_status = a->h.http_status;
         au->row[au->n].attempt = a->attempt;
+        au->row[au->n].clock_back = a->clock_back;
         au->n++;
         return 0;
 }
@@ -1309,6 +1311,66 @@ static void test_audit_by_time(void **state) {
         assert_int_equal(ledger_history_stats(f->l, &steps, &last), 0);
         assert_int_equal(steps, 3);
         assert_int_equal(last, 3000000);
+}
+
+/* A cursor on the sequence: what was recorded after it, whatever the wall
+ * clock said, each step recorded earlier than the one before it flagged
+ * (against the step before it in the ledger, exported or not). */
+static void test_audit_after_seq_and_the_clock_stepping_back(void **state) {
+        Fixture *f = *state;
+        int64_t a = add_phone(f->l, "+34910000001", NULL, "+34910000001", STATE_PENDING);
+        /* 1 s, 3 s, back to 2 s, 2.5 s, the same 2.5 s, 4 s after the epoch. */
+        static const int64_t at[] = { 1000000, 3000000, 2000000, 2500000, 2500000, 4000000 };
+        static const bool back[] = { false, false, true, false, false, false };
+        int64_t seq[ELEMENTSOF(at)];
+        Audit au = {};
+
+        for (size_t i = 0; i < ELEMENTSOF(at); i++) {
+                assert_int_equal(ledger_history_add(f->l, a, at[i], "state", NULL, i == 3 ? "released" : "pending",
+                                                    NULL, NULL, 0, 0, NULL), 0);
+                seq[i] = sqlite3_last_insert_rowid(ledger_db(f->l));
+        }
+
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = -1 }, collect_audit, &au), 0);
+        assert_int_equal(au.n, ELEMENTSOF(at));
+        for (size_t i = 0; i < au.n; i++) {
+                assert_int_equal(au.row[i].seq, seq[i]);
+                /* at as recorded, the step back too */
+                assert_int_equal(au.row[i].at, at[i]);
+                assert_int_equal(au.row[i].clock_back, back[i]);
+        }
+        audit_done(&au);
+
+        /* After the second step: the rest, in order; the first of them flagged
+         * against the step before it, which this export leaves out. */
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .after_seq = seq[1], .state = -1, .json = true },
+                                      collect_audit, &au), 0);
+        assert_int_equal(au.n, 4);
+        for (size_t i = 0; i < au.n; i++)
+                assert_int_equal(au.row[i].seq, seq[i + 2]);
+        assert_true(au.row[0].clock_back);
+        assert_non_null(strstr(au.row[0].json, "\"clock_back\":true}"));
+        assert_false(au.row[1].clock_back);
+        assert_non_null(strstr(au.row[1].json, "\"clock_back\":false}"));
+        audit_done(&au);
+
+        /* With a state: the steps into it after the cursor. */
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .after_seq = seq[2], .state = STATE_RELEASED },
+                                      collect_audit, &au), 0);
+        assert_int_equal(au.n, 1);
+        assert_int_equal(au.row[0].seq, seq[3]);
+        audit_done(&au);
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .after_seq = seq[3], .state = STATE_RELEASED },
+                                      collect_audit, &au), 0);
+        assert_int_equal(au.n, 0);
+
+        /* The last step: nothing new, which is no error; one past it was
+         * never reached by this history. */
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .after_seq = seq[5], .state = -1 }, collect_audit, &au), 0);
+        assert_int_equal(au.n, 0);
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .after_seq = seq[5] + 1, .state = -1 },
+                                      collect_audit, &au), -ERANGE);
+        assert_int_equal(au.n, 0);
 }
 
 /* ---- retry -------------------------------------------------------------- */
@@ -1442,6 +1504,7 @@ int main(void) {
                 T(test_released_at_is_the_step_into_released),
                 T(test_audit_gives_every_step_with_its_phone_and_attempt),
                 T(test_audit_by_time),
+                T(test_audit_after_seq_and_the_clock_stepping_back),
                 T(test_retry_says_what_it_did),
                 cmocka_unit_test_setup_teardown(test_a_hold_is_kept_by_the_boot_clock_when_the_wall_clock_says_over,
                                                 setup, teardown),
