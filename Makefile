@@ -66,9 +66,10 @@ deps:
 	fi
 
 CONF_SRC   := conf/syntax.c conf/parse.c
-STATE_SRC  := state/ledger.c state/plan.c state/decl.c state/listed.c
+STATE_SRC  := state/ledger.c state/history.c state/plan.c state/decl.c state/listed.c
 CORE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CONF_SRC) $(STATE_SRC))
-RETIRED_SRC := $(filter-out daemon/retirectl.c,$(wildcard daemon/*.c))
+RETIRECTL_OBJ := $(BUILD)/daemon/retirectl.o $(BUILD)/daemon/retirectl-control.o
+RETIRED_SRC := $(filter-out daemon/retirectl%,$(wildcard daemon/*.c))
 RETIRED_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(RETIRED_SRC))
 HEADERS    := $(wildcard conf/*.h state/*.h daemon/*.h)
 
@@ -83,7 +84,7 @@ $(BUILD)/.dir:
 $(BUILD)/libcore.a: $(CORE_OBJ)
 	$(AR) rcs $@ $^
 
-$(BUILD)/retirectl: $(BUILD)/daemon/retirectl.o $(BUILD)/libcore.a
+$(BUILD)/retirectl: $(RETIRECTL_OBJ) $(BUILD)/libcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/retired: $(RETIRED_OBJ) $(BUILD)/libcore.a

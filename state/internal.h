@@ -26,8 +26,10 @@ typedef enum LedgerStmt {
 int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **ret);
 sqlite3 *ledger_db(Ledger *l);
 int ledger_exec(Ledger *l, const char *sql);
-/* The first column of the first row; -ENOENT when it is NULL. */
+/* The first column of the first row; -ENOENT when it is NULL.  The _intv
+ * form binds n int64_t arguments to ?1...?n. */
 int ledger_query_int(Ledger *l, const char *sql, int64_t *ret);
+int ledger_query_intv(Ledger *l, const char *sql, int64_t *ret, int n, ...);
 int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, const char *old_state,
                        const char *new_state, const char *method, const char *path, int http_status,
                        int64_t latency_ms, const char *detail);
