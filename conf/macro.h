@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +48,10 @@ static inline int streq_ptr(const char *a, const char *b) {
 }
 static inline const char *strna(const char *s) { return s ? s : "n/a"; }
 static inline const char *strempty(const char *s) { return s ? s : ""; }
+static inline bool startswith(const char *s, const char *prefix) {
+        return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
 
 /* asprintf() that leaves NULL, not an undefined pointer, when it fails:
  * 0 or -ENOMEM. */

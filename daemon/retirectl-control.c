@@ -14,16 +14,15 @@
 #include "retirectl.h"
 #include "state.h"
 
-/* Sends one request to the daemon.  -ECONNREFUSED/-ENOENT: nobody listens. */
-int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size) {
+/* One connection, one request.  > 0: refused before it was read (busy),
+ * worth sending again; 0: a reply; < 0: see control_request(). */
+static int ask_once(const char *path, const char *line, unsigned timeout, char *reply, size_t size) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        /* A reload of a million declarations takes seconds; the rest answer at once. */
-        struct timeval tv = { .tv_sec = streq(verb, "reload") ? 300 : 10 };
+        struct timeval tv = { .tv_sec = timeout };
         _cleanup_close_ int fd = -1;
-        _cleanup_free_ char *line = NULL;
-        size_t len = 0;
+        size_t len = 0, k = strlen(line);
+        bool sent;
         ssize_t n;
-        int k;
 
         if (strlen(path) >= sizeof sa.sun_path)
                 return -ENAMETOOLONG;
@@ -35,19 +34,69 @@ int control_request(const char *path, const char *verb, const char *arg, char *r
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
                 return negative_errno();
         if (connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
-                return negative_errno();
-        if (asprintf_or_null(&line, "%s%s%s\n", verb, arg ? " " : "", arg ? arg : "") < 0)
-                return -ENOMEM;
-        k = (int) strlen(line);
-        if (send(fd, line, (size_t) k, MSG_NOSIGNAL) != k)
-                return negative_errno();
-        while (len < size - 1 && (n = recv(fd, reply + len, size - 1 - len, 0)) > 0)
+                return errno == EAGAIN || errno == ETIMEDOUT ? 1 : negative_errno();
+        /* A daemon that closed before reading may still have said why. */
+        sent = send(fd, line, k, MSG_NOSIGNAL) == (ssize_t) k;
+        while (len < size - 1 && !memchr(reply, '\n', len) &&
+               (n = recv(fd, reply + len, size - 1 - len, 0)) > 0)
                 len += (size_t) n;
         reply[len] = 0;
-        if (len == 0)
-                return -EPROTO;
-        reply[strcspn(reply, "\n")] = 0;
-        return 0;
+        if (startswith(reply, CONTROL_BUSY))
+                return 1;
+        if (memchr(reply, '\n', len)) {
+                reply[strcspn(reply, "\n")] = 0;
+                return 0;
+        }
+        if (!sent)
+                return -ENOTCONN;
+        return len == 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT : -EPROTO;
+}
+
+int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size) {
+        /* A reload of a million declarations takes seconds; the rest answer at once. */
+        unsigned timeout = streq(verb, "reload") ? 300 : 10;
+        _cleanup_free_ char *line = NULL;
+        usec_t wait = 10 * USEC_PER_MSEC;
+        int r;
+
+        if (asprintf_or_null(&line, "%s%s%s\n", verb, arg ? " " : "", arg ? arg : "") < 0)
+                return -ENOMEM;
+        /* Only a request refused unread is sent again: it did nothing. */
+        for (unsigned i = 0;; i++) {
+                r = ask_once(path, line, timeout, reply, size);
+                if (r <= 0)
+                        return r;
+                if (i + 1 >= CONTROL_BUSY_TRIES)
+                        return -EBUSY;
+                (void) usleep((useconds_t) wait);
+                wait = MIN(wait * 2, 500 * USEC_PER_MSEC);
+        }
+}
+
+int control_failed(const char *path, const char *verb, int r) {
+        switch (r) {
+        case -EBUSY:
+                fprintf(stderr, "retirectl: the daemon's socket %s stayed busy (%u tries): '%s' was not delivered "
+                        "and did nothing; run it again\n", path, CONTROL_BUSY_TRIES, verb);
+                return EXIT_UNDELIVERED;
+        case -ETIMEDOUT:
+                fprintf(stderr, "retirectl: no answer from the daemon on %s: '%s' may have been carried out; "
+                        "look with 'retirectl status' (or show KEY) before sending it again\n", path, verb);
+                return EXIT_NO_ANSWER;
+        case -EPROTO:
+                fprintf(stderr, "retirectl: the daemon on %s closed the connection before its answer was whole "
+                        "(stopped or restarted?): '%s' may have been carried out; look with 'retirectl status' "
+                        "(or show KEY) before sending it again\n", path, verb);
+                return EXIT_NO_ANSWER;
+        case -ENOTCONN:
+                fprintf(stderr, "retirectl: the daemon on %s closed the connection before reading '%s': "
+                        "not delivered, it did nothing; run it again\n", path, verb);
+                return EXIT_UNDELIVERED;
+        default:
+                fprintf(stderr, "retirectl: cannot reach the daemon on %s: %s; '%s' was not delivered%s\n", path,
+                        strerror(-r), verb, r == -EACCES ? " (only root and the daemon's own user may use it)" : "");
+                return EXIT_UNDELIVERED;
+        }
 }
 
 /* With no daemon running, the pause goes in the ledger for the next start. */
@@ -125,10 +174,8 @@ int verb_control(const char *verb, const char *arg) {
                 fprintf(ok ? stdout : stderr, "%s%s\n", ok ? "" : "retirectl: ", text + strspn(text, " "));
                 return ok ? EXIT_OK : EXIT_ERROR;
         }
-        if (r != -ECONNREFUSED && r != -ENOENT) {
-                fprintf(stderr, "retirectl: %s: %s\n", c->control_socket, strerror(-r));
-                return EXIT_ERROR;
-        }
+        if (r != -ECONNREFUSED && r != -ENOENT)
+                return control_failed(c->control_socket, verb, r);
         if (streq(verb, "reload")) {
                 fprintf(stderr, "retirectl: no retired listens on %s: nothing to reload\n", c->control_socket);
                 return EXIT_ERROR;

@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <getopt.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <time.h>
 
@@ -317,6 +318,7 @@ static int verb_status(void) {
         _cleanup_(pause_done) Pause pause = {};
         uint64_t counts[_STATE_MAX], total = 0;
         char at[21] = "?", daemon[CONTROL_MAX_LINE + 64];
+        const char *no_daemon = NULL;
         int r;
 
         if (open_ledger(&l, &c) < 0)
@@ -335,10 +337,18 @@ static int verb_status(void) {
                 return EXIT_ERROR;
         }
         (void) rfc3339_format(pause.at / (int64_t) USEC_PER_SEC, at);
-        /* The daemon's own line (its pass, progress, pauses), when one runs. */
-        if (control_request(c->control_socket, "status", NULL, daemon, sizeof daemon) < 0 ||
-            strncmp(daemon, "ok ", 3) != 0)
+        /* The daemon's own line (its pass, progress, pauses), when one runs;
+         * else why there is none, never silently. */
+        r = control_request(c->control_socket, "status", NULL, daemon, sizeof daemon);
+        if (r >= 0 && startswith(daemon, "ok "))
+                memmove(daemon, daemon + 3, strlen(daemon + 3) + 1);
+        else {
+                no_daemon = r == -ECONNREFUSED || r == -ENOENT ? "not running" :
+                            r == -EBUSY ? "did not answer: its socket stayed busy" :
+                            r == -ETIMEDOUT ? "did not answer in time" :
+                            r >= 0 ? "answered with an error" : "did not answer";
                 daemon[0] = 0;
+        }
         if (arg_json) {
                 printf("{\"counts\": {");
                 for (int s = 0; s < _STATE_MAX; s++)
@@ -353,14 +363,16 @@ static int verb_status(void) {
                 } else
                         printf("null");
                 printf(", \"daemon\": ");
-                json_str(daemon[0] ? daemon + 3 : NULL);
+                json_str(daemon[0] ? daemon : NULL);
+                printf(", \"daemon_error\": ");
+                json_str(no_daemon);
                 printf("}\n");
                 return EXIT_OK;
         }
         if (pause.on)
                 printf("PAUSED by uid %" PRIu32 " since %s%s%s%s: no DELETE leaves until 'retirectl resume'\n",
                        pause.uid, at, pause.reason ? " (" : "", strempty(pause.reason), pause.reason ? ")" : "");
-        printf("daemon      %s\n", daemon[0] ? daemon + 3 : "not running");
+        printf("daemon      %s\n", daemon[0] ? daemon : no_daemon);
         for (int s = 0; s < _STATE_MAX; s++)
                 printf("%-11s %8" PRIu64 "\n", state_to_string(s), counts[s]);
         printf("%-11s %8" PRIu64 "\n", "total", total);
@@ -950,6 +962,8 @@ int main(int argc, char **argv) {
         const char *verb;
         int r;
 
+        /* A daemon gone mid-request is an answer to report, not a death. */
+        (void) signal(SIGPIPE, SIG_IGN);
         r = parse_argv(argc, argv, &given);
         if (r <= 0)
                 return r < 0 ? EXIT_ERROR : EXIT_OK;

@@ -10,8 +10,15 @@
 #include "conf.h"
 #include "state.h"
 
-/* Exit codes, like `terraform plan -detailed-exitcode` for plan. */
-enum { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_CHANGES = 2 };
+/* Exit codes (retirectl(1)); 2 like `terraform plan -detailed-exitcode`.
+ * 3 and 4 are apart from 1 (refused by the daemon, or any other error):
+ * a request not delivered did nothing and may be sent again; one sent but
+ * not answered may have been carried out, and must not be. */
+enum { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_CHANGES = 2, EXIT_UNDELIVERED = 3, EXIT_NO_ANSWER = 4 };
+
+/* Times a request refused unread ("busy") is sent, 10 ms apart and twice
+ * that each time, up to 0.5 s: about 3 s in all. */
+#define CONTROL_BUSY_TRIES 10
 
 extern const char *arg_config;     /* -c */
 extern const char *arg_ledger;     /* --ledger, or NULL: the config's */
@@ -23,8 +30,13 @@ int load_config(Config **ret);
 /* The config, its declarations into *l (opened from the config when NULL). */
 int load_declarations(Ledger **l, Config **ret);
 
-/* One request to the daemon, one reply line into reply (without "\n").
- * -ECONNREFUSED/-ENOENT: nobody listens. */
+/* One request to the daemon, one reply line into reply (without "\n"),
+ * sent again only while the daemon refuses it unread.  -ECONNREFUSED or
+ * -ENOENT: nobody listens; -EBUSY: refused unread every time; -ENOTCONN:
+ * closed before it was read; -ETIMEDOUT, -EPROTO: sent, and no (whole)
+ * answer: it may have been carried out. */
 int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size);
+/* Says what a failed control_request() means and what to do; the exit code. */
+int control_failed(const char *path, const char *verb, int r);
 /* retry, approve, reload, pause, resume (retirectl-control.c). */
 int verb_control(const char *verb, const char *arg);

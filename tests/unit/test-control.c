@@ -8,10 +8,9 @@
  * is not a request, too long, or never finished is answered without reaching
  * the handler (or not answered at all); a client gone early cannot hurt the
  * daemon; only root and the daemon's own user are served; and no client
- * leaves a file descriptor behind.  What control.c does today that issue 30
- * will change (a newcomer refused `busy` while 16 silent clients hold the
- * table; 5 s for a client however it trickles) is in the second group, named
- * for it, so that the rework flips those tests and no others.
+ * leaves a file descriptor behind.  The second group is the flood of issue
+ * 30: a full table makes room for a newcomer, a request gets through many
+ * silent clients, and a silent client has less time than a begun one.
  *
  * This binary is linked with -Wl,--wrap for the calls below (see the
  * Makefile), so a test can say which uid the kernel reports for the peer,
@@ -529,9 +528,9 @@ static void test_a_client_gone_before_its_answer(void **state) {
         assert_string_equal(h.arg, "OPS-1300");
 }
 
-/* However many clients connect, the daemon keeps 16 at most open (the rest
- * are closed: today with "busy", see below), so a flood of clients cannot
- * take its file descriptors. */
+/* However many clients connect, the daemon keeps 16 at most open (the
+ * oldest silent ones make room), so a flood of clients cannot take its file
+ * descriptors. */
 static void test_the_daemon_holds_16_clients_at_most(void **state) {
         Peer *p[3 * TABLE];
         int before;
@@ -552,9 +551,9 @@ static void test_the_daemon_holds_16_clients_at_most(void **state) {
 
 /* ---- the time a client has ------------------------------------------------------------------ */
 
-/* A client that does not finish its line in time is dropped without an
- * answer, and its request never acts; its place is free again. */
-static void test_a_client_too_slow_is_dropped_without_an_answer(void **state) {
+/* A client that does not finish its line in time is told so, and its
+ * request never acts; its place is free again. */
+static void test_a_client_too_slow_is_told_and_its_request_never_acts(void **state) {
         Peer *silent, *slow;
 
         silent = peer_new();
@@ -565,8 +564,8 @@ static void test_a_client_too_slow_is_dropped_without_an_answer(void **state) {
         assert_true(waiting(slow));
         expire(0);
         expire(1);
-        assert_string_equal(peer_reply(silent), "");
-        assert_string_equal(peer_reply(slow), "");
+        assert_string_equal(peer_reply(silent), "error timeout nothing sent within 1 s; the request was not read\n");
+        assert_string_equal(peer_reply(slow), "error timeout no complete request within 5 s; it was not read\n");
         peer_free(silent);
         peer_free(slow);
         assert_int_equal(h.calls, 0);
@@ -589,8 +588,8 @@ static void stderr_back(void) {
         stderr_saved = -1;
 }
 
-/* Another user is not answered, whatever the socket's mode lets through,
- * and the journal says who was refused; root is. */
+/* Another user is refused, whatever the socket's mode lets through, told
+ * so in one line, and the journal says who was refused; root is served. */
 static void test_only_root_and_the_daemons_user_are_served(void **state) {
         _cleanup_free_ char *journal = NULL, *reply = NULL;
         _cleanup_close_ int log = memfd_create("stderr", MFD_CLOEXEC);
@@ -605,7 +604,7 @@ static void test_only_root_and_the_daemons_user_are_served(void **state) {
         stderr_to(log);
         (void) peer_reply(p);
         stderr_back();
-        assert_string_equal(p->buf, "");
+        assert_string_equal(p->buf, "error refused: only root and the daemon's own user may use this socket\n");
         assert_int_equal(h.calls, 0);
         peer_free(p);
         assert_int_equal(fstat(log, &st), 0);
@@ -751,54 +750,122 @@ static void test_control_open_fails_cleanly(void **state) {
         assert_null(control_free(NULL));
 }
 
-/* ---- today's behaviour that issue 30 changes ------------------------------------------------------ */
+/* ---- a flood of clients (issue 30) ----------------------------------------------------------- */
 
-/* TODAY (issue 30 calls it wrong): with 16 silent clients in the table a
- * newcomer is refused "error busy" before its request is read, so the
- * operator's `pause` fails while a hung script holds the socket.  When issue
- * 30 lets the operator's verbs through, this test flips: the newcomer gets
- * its answer. */
-static void test_today_a_newcomer_is_refused_busy_while_the_table_is_full(void **state) {
-        Peer *silent[TABLE], *newcomer, *next;
+static Peer **silent_table(void) {
+        Peer **p = calloc(TABLE, sizeof(Peer *));
 
+        assert_non_null(p);
         for (int i = 0; i < TABLE; i++) {
+                p[i] = peer_new();
+                drain();
+        }
+        return p;
+}
+
+static void silent_free(Peer **p) {
+        for (int i = 0; i < TABLE; i++)
+                peer_free(p[i]);
+        free(p);
+}
+
+/* With 16 silent clients in the table, the operator's `pause` is answered:
+ * the oldest silent client makes room, told that its request (none) was not
+ * read, so that a client that retries on "busy" cannot act twice. */
+static void test_a_full_table_makes_room_for_the_newcomer(void **state) {
+        Peer **silent = silent_table(), *newcomer;
+
+        newcomer = peer_new();
+        peer_send(newcomer, "pause OPS-1300\n", 15);
+        assert_string_equal(peer_reply(newcomer), "ok\n");
+        assert_int_equal(h.calls, 1);
+        assert_string_equal(h.verb, "pause");
+        assert_string_equal(peer_reply(silent[0]),
+                            "error busy the socket had too many clients; the request was not read, send it again\n");
+        for (int i = 1; i < TABLE; i++)
+                assert_true(waiting(silent[i]));
+        peer_free(newcomer);
+        silent_free(silent);
+}
+
+/* The oldest that has sent nothing goes before one that has begun its line. */
+static void test_room_is_made_from_the_silent_first(void **state) {
+        Peer *begun = peer_new(), *silent[TABLE - 1], *newcomer;
+
+        drain();
+        peer_send(begun, "sta", 3);
+        drain();
+        for (int i = 0; i < TABLE - 1; i++) {
                 silent[i] = peer_new();
                 drain();
         }
         newcomer = peer_new();
-        peer_send(newcomer, "pause OPS-1300\n", 15);
-        assert_string_equal(peer_reply(newcomer), "error busy\n");
-        assert_int_equal(h.calls, 0);           /* refused unread: retrying it cannot act twice */
+        peer_send(newcomer, "status\n", 7);
+        assert_string_equal(peer_reply(newcomer), "ok\n");
+        assert_true(waiting(begun) || begun->len == 0);
+        assert_false(begun->eof);
+        assert_true(peer_reply(silent[0])[0] == 'e');
+        peer_send(begun, "tus\n", 4);
+        assert_string_equal(peer_reply(begun), "ok\n");
+        assert_int_equal(h.calls, 2);
+        peer_free(begun);
         peer_free(newcomer);
-
-        /* One place freed, the next newcomer is served. */
-        peer_free(silent[0]);
-        drain();
-        next = peer_new();
-        peer_send(next, "pause OPS-1300\n", 15);
-        assert_string_equal(peer_reply(next), "ok\n");
-        assert_int_equal(h.calls, 1);
-        peer_free(next);
-
-        for (int i = 1; i < TABLE; i++)
+        for (int i = 0; i < TABLE - 1; i++)
                 peer_free(silent[i]);
 }
 
-/* With the table full, a newcomer that gave up before the daemon could take
- * it does not kill the daemon with SIGPIPE (today the daemon answers it
- * "busy"), and the table serves again once its clients leave. */
-static void test_a_newcomer_gone_while_the_table_is_full_is_harmless(void **state) {
-        Peer *silent[TABLE], *gone, *next;
+/* A flood of newcomers that send nothing, many times the table, cannot keep
+ * out a request: it is read before the next newcomer is accepted. */
+static void test_a_request_gets_through_a_flood(void **state) {
+        Peer *flood[4 * TABLE], *operator;
+        size_t n = 0;
 
-        for (int i = 0; i < TABLE; i++) {
-                silent[i] = peer_new();
-                drain();
-        }
+        for (; n < 2 * TABLE; n++)
+                flood[n] = peer_new();
+        operator = peer_new();
+        peer_send(operator, "resume\n", 7);
+        for (; n < ELEMENTSOF(flood); n++)
+                flood[n] = peer_new();
+        assert_string_equal(peer_reply(operator), "ok\n");
+        assert_int_equal(h.calls, 1);
+        assert_string_equal(h.verb, "resume");
+        peer_free(operator);
+        for (size_t i = 0; i < n; i++)
+                peer_free(flood[i]);
+}
+
+/* A client that has sent nothing has 1 s; once it has begun, its line may
+ * take until 5 s after its connection. */
+static void test_a_silent_client_has_1_s_and_a_begun_one_5_s(void **state) {
+        uint64_t armed, moved;
+        Peer *p;
+
+        p = peer_new();
+        drain();
+        assert_int_equal(w.timer_calls, 1);
+        assert_int_equal(w.timeout, 1 * USEC_PER_SEC);
+        assert_int_equal(sd_event_source_get_time(w.timer[0], &armed), 0);
+        peer_send(p, "pa", 2);
+        assert_true(waiting(p));
+        assert_int_equal(sd_event_source_get_time(w.timer[0], &moved), 0);
+        assert_int_equal(moved, armed + 4 * USEC_PER_SEC);
+        peer_send(p, "use", 3);
+        assert_true(waiting(p));
+        expire(0);
+        assert_string_equal(peer_reply(p), "error timeout no complete request within 5 s; it was not read\n");
+        assert_int_equal(h.calls, 0);
+        peer_free(p);
+}
+
+/* With the table full, a newcomer that gave up before the daemon could take
+ * it does not kill the daemon with SIGPIPE, and the table serves again. */
+static void test_a_newcomer_gone_while_the_table_is_full_is_harmless(void **state) {
+        Peer **silent = silent_table(), *gone, *next;
+
         gone = peer_new();
         peer_free(gone);
         drain();
-        for (int i = 0; i < TABLE; i++)
-                peer_free(silent[i]);
+        silent_free(silent);
         drain();
         next = peer_new();
         peer_send(next, "status\n", 7);
@@ -806,29 +873,19 @@ static void test_a_newcomer_gone_while_the_table_is_full_is_harmless(void **stat
         peer_free(next);
 }
 
-/* TODAY: a client has 5 s from its connection to finish its line, however
- * it trickles (the timer is armed once, at accept); issue 30 may give a
- * silent client less. */
-static void test_today_a_client_has_5_s_from_its_connection(void **state) {
-        uint64_t armed, still;
-        Peer *p;
+/* The daemon stopping with clients still connected frees them all. */
+static void test_clients_left_at_the_end_are_freed(void **state) {
+        Peer *p[3];
 
-        p = peer_new();
-        drain();
-        assert_int_equal(w.timer_calls, 1);
-        assert_int_equal(w.timeout, 5 * USEC_PER_SEC);
-        assert_int_equal(sd_event_source_get_time(w.timer[0], &armed), 0);
-        peer_send(p, "pa", 2);
-        assert_true(waiting(p));
-        peer_send(p, "use", 3);
-        assert_true(waiting(p));
-        assert_int_equal(sd_event_source_get_time(w.timer[0], &still), 0);
-        assert_int_equal(still, armed);
-        expire(0);
-        assert_string_equal(peer_reply(p), "");
-        assert_int_equal(w.timer_calls, 1);
-        assert_int_equal(h.calls, 0);
-        peer_free(p);
+        for (size_t i = 0; i < ELEMENTSOF(p); i++) {
+                p[i] = peer_new();
+                drain();
+        }
+        F.c = control_free(F.c);
+        for (size_t i = 0; i < ELEMENTSOF(p); i++) {
+                assert_string_equal(peer_reply(p[i]), "");
+                peer_free(p[i]);
+        }
 }
 
 int main(void) {
@@ -844,7 +901,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_a_client_gone_before_its_newline_asks_nothing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_a_client_gone_before_its_answer, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_the_daemon_holds_16_clients_at_most, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_a_client_too_slow_is_dropped_without_an_answer, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_a_client_too_slow_is_told_and_its_request_never_acts, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_only_root_and_the_daemons_user_are_served, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_the_daemons_own_user_is_served, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_a_failed_accept_loses_no_client, setup, teardown),
@@ -855,15 +912,16 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_a_newcomer_gone_while_the_table_is_full_is_harmless, setup,
                                                 teardown),
         };
-        const struct CMUnitTest today[] = {
-                cmocka_unit_test_setup_teardown(test_today_a_newcomer_is_refused_busy_while_the_table_is_full, setup,
-                                                teardown),
-                cmocka_unit_test_setup_teardown(test_today_a_client_has_5_s_from_its_connection, setup, teardown),
+        const struct CMUnitTest flood[] = {
+                cmocka_unit_test_setup_teardown(test_a_full_table_makes_room_for_the_newcomer, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_room_is_made_from_the_silent_first, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_a_request_gets_through_a_flood, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_a_silent_client_has_1_s_and_a_begun_one_5_s, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_clients_left_at_the_end_are_freed, setup, teardown),
         };
         int failed;
 
         failed = cmocka_run_group_tests_name("test-control", contract, NULL, NULL);
-        failed += cmocka_run_group_tests_name("test-control: today's busy and timeout, which issue 30 changes",
-                                              today, NULL, NULL);
+        failed += cmocka_run_group_tests_name("test-control: a flood of clients", flood, NULL, NULL);
         return failed;
 }
