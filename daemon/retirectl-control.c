@@ -41,7 +41,7 @@ static int ask_once(const char *path, const char *line, unsigned timeout, char *
                (n = recv(fd, reply + len, size - 1 - len, 0)) > 0)
                 len += (size_t) n;
         reply[len] = 0;
-        if (startswith(reply, CONTROL_BUSY))
+        if (len >= strlen(CONTROL_BUSY) && startswith(reply, CONTROL_BUSY))
                 return 1;
         if (memchr(reply, '\n', len)) {
                 reply[strcspn(reply, "\n")] = 0;

@@ -834,6 +834,27 @@ static void test_a_request_gets_through_a_flood(void **state) {
                 peer_free(flood[i]);
 }
 
+/* A client's line that came while newcomers queue is read before the next
+ * of them is accepted: the table filling up cannot push it out unread. */
+static void test_a_line_that_came_is_read_before_the_next_newcomer(void **state) {
+        Peer *operator = peer_new(), *silent[TABLE - 1], *newcomer[4];
+
+        drain();                                /* accepted, nothing sent yet */
+        for (int i = 0; i < TABLE - 1; i++)
+                silent[i] = peer_new();
+        drain();                                /* the table is full */
+        peer_send(operator, "pause OPS-1300\n", 15);
+        for (size_t i = 0; i < ELEMENTSOF(newcomer); i++)
+                newcomer[i] = peer_new();       /* queued with the line, before the loop runs */
+        assert_string_equal(peer_reply(operator), "ok\n");
+        assert_int_equal(h.calls, 1);
+        peer_free(operator);
+        for (size_t i = 0; i < ELEMENTSOF(newcomer); i++)
+                peer_free(newcomer[i]);
+        for (int i = 0; i < TABLE - 1; i++)
+                peer_free(silent[i]);
+}
+
 /* A client that has sent nothing has 1 s; once it has begun, its line may
  * take until 5 s after its connection. */
 static void test_a_silent_client_has_1_s_and_a_begun_one_5_s(void **state) {
@@ -916,6 +937,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_a_full_table_makes_room_for_the_newcomer, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_room_is_made_from_the_silent_first, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_a_request_gets_through_a_flood, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_a_line_that_came_is_read_before_the_next_newcomer, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_a_silent_client_has_1_s_and_a_begun_one_5_s, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_clients_left_at_the_end_are_freed, setup, teardown),
         };
