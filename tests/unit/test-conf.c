@@ -234,6 +234,20 @@ static void test_minimal_gets_every_default(void **state) {
         config_free(c);
 }
 
+static void test_empty_paths_are_the_defaults(void **state) {
+        Config *c;
+
+        unsetenv("STATE_DIRECTORY");
+        unsetenv("RUNTIME_DIRECTORY");
+        c = load_ok(CORPUS "/good/empty-paths.conf");
+        assert_string_equal(c->token_file, "");
+        assert_string_equal(c->ca_file, "");
+        assert_string_equal(c->ledger, "/var/lib/retired/ledger.db");
+        assert_string_equal(c->releases_dir, CORPUS "/good/releases.d");
+        assert_string_equal(c->control_socket, "/run/retired/control");
+        config_free(c);
+}
+
 static void test_every_key_is_read(void **state) {
         Config *c = load_ok(CORPUS "/good/every-key.conf");
 
@@ -434,6 +448,47 @@ static void test_explicit_releases_dir_must_exist(void **state) {
 }
 
 /* ---- drop-ins ----------------------------------------------------------- */
+
+static void test_releases_dir_must_be_a_folder(void **state) {
+        char *dir = tmpdir_new(), *main, *want;
+        ConfDiag d = {};
+
+        main = write_in(dir, "retired.conf", "releases_dir = \"retired.conf\";\n");
+        assert_int_equal(load_fail(main, &d), -ENOTDIR);
+        assert_true(asprintf(&want, "%s: cannot read folder: Not a directory", main) >= 0);
+        if (!diag_has(&d, want))
+                print_diag(&d);
+        assert_true(diag_has(&d, want));
+        free(want);
+        conf_diag_done(&d);
+        free(main);
+        tmpdir_remove(dir);
+}
+
+/* A drop-in that cannot be looked at is an error that names it, not a file
+ * skipped: its releases would be cancelled as no longer declared. */
+static void test_a_dropin_that_cannot_be_looked_at_is_named(void **state) {
+        char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main, *loop, *want;
+        ConfDiag d = {};
+
+        assert_int_equal(mkdir(rd, 0755), 0);
+        main = write_in(dir, "retired.conf", "");
+        free(write_in(rd, "a.conf", "releases = ( { number = \"+34 910 000 001\"; } );\n"));
+        loop = path_join(rd, "b.conf");
+        assert_int_equal(symlink("b.conf", loop), 0);
+
+        assert_int_equal(load_fail(main, &d), -ELOOP);
+        assert_true(asprintf(&want, "%s: cannot stat: %s", loop, strerror(ELOOP)) >= 0);
+        if (!diag_has(&d, want))
+                print_diag(&d);
+        assert_true(diag_has(&d, want));
+        free(want);
+        conf_diag_done(&d);
+        free(loop);
+        free(main);
+        free(rd);
+        tmpdir_remove(dir);
+}
 
 static void test_dropins_order_and_selection(void **state) {
         char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main, *p, *sub;
@@ -643,6 +698,98 @@ static void test_escaped_backslash_before_x00_is_text(void **state) {
         config_free(c);
 }
 
+/* ---- settings only ------------------------------------------------------ */
+
+/* What the ledger's views load: the settings are checked as strictly, the
+ * declarations not at all (a broken one must not hide the record). */
+static void test_settings_only(void **state) {
+        char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *want;
+        ConfDiag d = {};
+        Config *c = NULL;
+
+        write_file(path, "ledger = \"state/ledger.db\";\nreleases = ( { id = \"not-a-uuid\"; } );\n");
+        assert_int_equal(config_load_settings(path, &c, &d), 0);
+        assert_int_equal(d.n, 0);
+        assert_non_null(c);
+        assert_int_equal(c->n_decls, 0);
+        assert_true(asprintf(&want, "%s/state/ledger.db", dir) >= 0);
+        assert_string_equal(c->ledger, want);
+        free(want);
+        c = config_free(c);
+
+        write_file(path, "releases = ( { number = \"112\"; } );\npace: {\n  rate = 0.0;\n};\n");
+        assert_int_equal(config_load_settings(path, &c, &d), -EINVAL);
+        assert_null(c);
+        assert_true(asprintf(&want, "%s:3: pace.rate: 0 is out of range (0.001 to 10000)", path) >= 0);
+        assert_int_equal(d.n, 1);
+        assert_string_equal(d.lines[0], want);
+        free(want);
+        conf_diag_done(&d);
+        free(path);
+        tmpdir_remove(dir);
+}
+
+/* ---- the key file ------------------------------------------------------- */
+
+/* retirectl check and retired -n warn when api.token_file names a key the
+ * shipped unit (a dynamic user) could not read; no key file, no warning. */
+static void test_token_file_warning(void **state) {
+        char *dir = tmpdir_new(), *key = write_in(dir, "api-token", "secret\n"), *missing = path_join(dir, "nope");
+        char *w = NULL, *want;
+        Config *c;
+
+        assert_int_equal(config_defaults("/etc/retired/retired.conf", &c), 0);
+        assert_int_equal(config_token_file_warning(c, &w), 0);
+        assert_null(w);
+
+        free(c->token_file);
+        c->token_file = strdup(missing);
+        assert_int_equal(config_token_file_warning(c, &w), 0);
+        assert_true(asprintf(&want, "api.token_file %s: No such file or directory", missing) >= 0);
+        assert_string_equal(w, want);
+        free(want);
+        w = mfree(w);
+
+        free(c->token_file);
+        c->token_file = strdup(key);
+        assert_int_equal(config_token_file_warning(c, &w), 0);
+        if (geteuid() == 0) {
+                /* Root's own file: the dynamic user could not read it. */
+                assert_true(asprintf(&want, "api.token_file %s is root's own: the shipped unit runs as a "
+                                     "dynamic user that cannot read it; leave token_file empty and let "
+                                     "LoadCredential= hand the unit the key", key) >= 0);
+                assert_string_equal(w, want);
+                free(want);
+        } else
+                assert_null(w);
+        free(w);
+        config_free(c);
+        free(missing);
+        free(key);
+        tmpdir_remove(dir);
+}
+
+/* ---- the ledger behind the sink ----------------------------------------- */
+
+static int open_refused(void *userdata, const Config *c, Ledger **ret) {
+        return -EPROTO;
+}
+
+/* A ledger that cannot be opened (here: newer than this retired) stops the
+ * load with its error, and nothing is handed out. */
+static void test_a_ledger_that_cannot_be_opened_stops_the_load(void **state) {
+        DeclLoad dl = { .open = open_refused };
+        DeclSink sink = decl_load_sink(&dl);
+        ConfDiag d = {};
+        Config *c = NULL;
+
+        assert_int_equal(config_load(CORPUS "/good/numbers.conf", &sink, &c, &d), -EPROTO);
+        assert_null(c);
+        assert_null(dl.ledger);
+        decl_load_done(&dl);
+        conf_diag_done(&d);
+}
+
 /* ---- the test list ------------------------------------------------------ */
 
 typedef struct Tests {
@@ -734,6 +881,7 @@ int main(void) {
                 cmocka_unit_test(test_corpus_is_there),
                 cmocka_unit_test(test_minimal_gets_every_default),
                 cmocka_unit_test(test_every_key_is_read),
+                cmocka_unit_test(test_empty_paths_are_the_defaults),
                 cmocka_unit_test(test_numbers_are_normalised),
                 cmocka_unit_test(test_sip_identifiers_are_kept_as_written),
                 cmocka_unit_test(test_ids_become_the_key),
@@ -744,6 +892,8 @@ int main(void) {
                 cmocka_unit_test(test_missing_file),
                 cmocka_unit_test(test_main_file_must_be_a_regular_file),
                 cmocka_unit_test(test_explicit_releases_dir_must_exist),
+                cmocka_unit_test(test_releases_dir_must_be_a_folder),
+                cmocka_unit_test(test_a_dropin_that_cannot_be_looked_at_is_named),
                 cmocka_unit_test(test_dropins_order_and_selection),
                 cmocka_unit_test(test_dropin_merges_with_main_file),
                 cmocka_unit_test(test_too_many_releases),
@@ -751,6 +901,9 @@ int main(void) {
                 cmocka_unit_test(test_file_size_limit),
                 cmocka_unit_test(test_diagnostics_are_capped),
                 cmocka_unit_test(test_escaped_backslash_before_x00_is_text),
+                cmocka_unit_test(test_settings_only),
+                cmocka_unit_test(test_token_file_warning),
+                cmocka_unit_test(test_a_ledger_that_cannot_be_opened_stops_the_load),
         };
         Tests t = {};
         int r;
