@@ -558,6 +558,79 @@ static void test_reload(void **state) {
         base = NULL;
 }
 
+/* ---- loading declarations that merge -------------------------------------- */
+
+/* Two phones each declared twice, the later entry adding to the first: both
+ * groups are merged (decl.c's fix and drop statements), 5 and 7 go in as
+ * they are. */
+static const char merge_text[] = "releases = (" DECL(3) DECL(5) "{ number = \"" NUM(3) "\"; reason = \"three\"; }, "
+                                 DECL(6) DECL(7) "{ number = \"" NUM(6) "\"; reason = \"six\";"
+                                 " not_before = \"2026-12-31T23:00:00Z\"; } );\n";
+
+/* The declared set, "KEY:REASON:NOT_BEFORE KEY:..." in declaration order. */
+static int print_decl(const Decl *d, void *userdata) {
+        fprintf(userdata, "%s:%s:%" PRId64 " ", d->key, strempty(d->reason), d->not_before);
+        return 0;
+}
+
+static char *declared(Fixture *f) {
+        char *text = NULL;
+        size_t size = 0;
+        FILE *m = open_memstream(&text, &size);
+
+        assert_non_null(m);
+        assert_int_equal(ledger_decls_foreach(f->l, print_decl, m), 0);
+        assert_int_equal(fclose(m), 0);
+        return text;
+}
+
+/* Only the TEMP tables change: a fresh ledger once, then the set 1-5 in
+ * force before each try (still a load per try: the codes in rotation). */
+static void merge_prepare(Fixture **f) {
+        _cleanup_(config_freep) Config *c = NULL;
+        int r;
+
+        if (!*f)
+                *f = fixture_new(NULL);
+        c = load(*f, base_text, &r);
+        assert_int_equal(r, 0);
+        assert_int_equal(ledger_decls_keep((*f)->l), 0);
+}
+
+static int merge_run(Fixture *f) {
+        _cleanup_(config_freep) Config *c = NULL;
+        int r;
+
+        c = load(f, merge_text, &r);
+        assert_true(r < 0 || c->n_decls == 4);
+        return r;
+}
+
+static void merge_done(Fixture *f) {
+        _cleanup_free_ char *set = declared(f);
+
+        assert_string_equal(set, NUM(3) ":three:0 " NUM(5) "::0 " NUM(6) ":six:1798758000 " NUM(7) "::0 ");
+        assert_int_equal(ledger_decls_keep(f->l), 0);
+}
+
+/* A load that failed brings the set in force back, whole. */
+static void merge_failed(Fixture *f) {
+        _cleanup_free_ char *set = declared(f);
+
+        assert_string_equal(set, NUM(1) "::0 " NUM(2) "::0 " NUM(3) "::0 " NUM(4) "::0 " NUM(5) "::0 ");
+}
+
+/* Loading declarations into the ledger's TEMP tables, duplicates merged
+ * there: any of its calls failing fails the load with the fault's error,
+ * and the set in force is the one before, not a half-merged one. */
+static void test_loading_declarations_that_merge(void **state) {
+        Fixture *f = NULL;
+
+        fault_loop(&f, &(Op) { "loading declarations that merge", merge_prepare, merge_run, merge_done,
+                               merge_failed, true });
+        fixture_free(f);
+}
+
 /* ---- the in_flight commit, and recording an outcome ---------------------- */
 
 /* Each try takes a row of its own, in the state the operation starts from,
@@ -840,6 +913,7 @@ int main(void) {
                 cmocka_unit_test(test_ledger_open),
                 cmocka_unit_test(test_plan_apply),
                 cmocka_unit_test(test_reload),
+                cmocka_unit_test(test_loading_declarations_that_merge),
                 cmocka_unit_test(test_in_flight_commit),
                 cmocka_unit_test(test_recording_an_outcome),
                 cmocka_unit_test(test_operator_retry),
