@@ -855,6 +855,258 @@ static void test_operator_retry(void **state) {
         fixture_free(f);
 }
 
+/* ---- reading the ledger ----------------------------------------------------- */
+
+/* Each read prints what it found to `out`; a read that stops early prints
+ * less, so an error taken for the end of a walk shows as a short answer. */
+static int print_phone(const Phone *p, void *userdata) {
+        fprintf(userdata, "%s %s|", p->key, state_to_string(p->state));
+        return 0;
+}
+
+static int print_history(const History *h, void *userdata) {
+        fprintf(userdata, "%s %s|", h->kind, strempty(h->new_state));
+        return 0;
+}
+
+static int print_step(const AuditStep *a, void *userdata) {
+        fprintf(userdata, "%s %s %u|", a->key, a->time, a->attempt);
+        return 0;
+}
+
+static int print_listed(const ListedPhone *p, void *userdata) {
+        fprintf(userdata, "%s %s|", p->id, strempty(p->status));
+        return 0;
+}
+
+static int print_declared(const Decl *d, void *userdata) {
+        fprintf(userdata, "%s %s:%u|", d->key, d->file, d->line);
+        return 0;
+}
+
+static int read_counts(Ledger *l, FILE *out) {
+        uint64_t counts[_STATE_MAX];
+        int r = ledger_counts(l, counts);
+
+        for (int s = 0; r >= 0 && s < _STATE_MAX; s++)
+                fprintf(out, "%" PRIu64 " ", counts[s]);
+        return r;
+}
+
+static int read_list(Ledger *l, FILE *out) {
+        return ledger_list(l, -1, print_phone, out);
+}
+
+static int read_due(Ledger *l, FILE *out) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+        DueQuery q = { .set = DUE_REST, .now = t, .due_now = t, .resync = true };
+        uint64_t n[_DUE_MAX];
+        int r = ledger_due(l, &q, 0, 100, print_phone, out);
+
+        if (r >= 0)
+                r = ledger_due_count(l, &q, n);
+        if (r >= 0)
+                fprintf(out, "%" PRIu64 " %" PRIu64, n[DUE_LOOKS], n[DUE_REST]);
+        return r;
+}
+
+static int read_find(Ledger *l, FILE *out) {
+        _cleanup_(phone_done) Phone p = {};
+        int r = ledger_find(l, NUM(2), &p);
+
+        if (r >= 0)
+                print_phone(&p, out);
+        return r;
+}
+
+static int read_state(Ledger *l, FILE *out) {
+        PhoneState s;
+        int64_t version;
+        int r = ledger_state(l, 2, &s, &version);
+
+        if (r >= 0)
+                fprintf(out, "%s %" PRId64, state_to_string(s), version);
+        return r;
+}
+
+static int read_history(Ledger *l, FILE *out) {
+        uint64_t steps;
+        int64_t last;
+        int r = ledger_history(l, 2, print_history, out);
+
+        if (r >= 0)
+                r = ledger_history_stats(l, &steps, &last);
+        if (r >= 0)
+                fprintf(out, "%" PRIu64 " %d", steps, last > 0);
+        return r;
+}
+
+static int read_audit(Ledger *l, FILE *out) {
+        return ledger_audit(l, &(AuditFilter) { .state = -1, .json = true }, print_step, out);
+}
+
+static int read_pause(Ledger *l, FILE *out) {
+        _cleanup_(pause_done) Pause p = {};
+        int r = ledger_pause_get(l, &p);
+
+        if (r >= 0)
+                fprintf(out, "%d %" PRIu32 " %s", p.on, p.uid, strempty(p.reason));
+        return r;
+}
+
+static int read_counters(Ledger *l, FILE *out) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME), next;
+        uint64_t held, unsettled, stuck, operator;
+        int64_t first;
+        int r;
+
+        r = ledger_next_due(l, t, t, false, &next);
+        if (r >= 0)
+                r = ledger_count_held(l, t, &held, &first);
+        if (r >= 0)
+                r = ledger_count_unsettled(l, t, true, 5, &unsettled, &stuck);
+        if (r >= 0)
+                r = ledger_decls_needing_operator(l, &operator);
+        if (r >= 0)
+                fprintf(out, "%d %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64, next > 0, held, unsettled, stuck,
+                        operator);
+        return r;
+}
+
+static int read_listed(Ledger *l, FILE *out) {
+        int r = ledger_listed_find(l, NULL, NUM(1), print_listed, out);
+
+        if (r >= 0)
+                r = ledger_listed_find(l, "00000000-0000-4000-8000-000000000002", NULL, print_listed, out);
+        if (r >= 0)
+                r = ledger_knows_phone(l, "00000000-0000-4000-8000-000000000009", NUM(3));
+        if (r >= 0)
+                fprintf(out, "%d", r);
+        return r;
+}
+
+static int read_declared(Ledger *l, FILE *out) {
+        return ledger_decls_foreach(l, print_declared, out);
+}
+
+/* A listing keeps each phone some row names in a TEMP table of the ledger's
+ * connection, and the pass finds it there: on a connection opened anew
+ * (its statements prepared anew), a failed call fails the keeping or the
+ * finding with the fault's error, never a count of none, which would make
+ * the phone look absent from the account. */
+static void listed_prepare(Fixture **f) {
+        if (!*f)
+                *f = fixture_new(NULL);
+        else {
+                ledger_close((*f)->l);
+                fixture_open(*f);
+        }
+        assert_int_equal(ledger_listed_clear((*f)->l), 0);
+}
+
+static int listed_run(Fixture *f) {
+        int r;
+
+        r = ledger_listed_add(f->l, &(ListedPhone) { .id = "00000000-0000-4000-8000-000000000001", .number = NUM(1),
+                                                     .status = "assigned" });
+        if (r >= 0)
+                r = ledger_listed_find(f->l, "00000000-0000-4000-8000-000000000001", NULL, NULL, NULL);
+        if (r >= 0)
+                r = ledger_listed_find(f->l, NULL, NUM(1), NULL, NULL);
+        return r < 0 ? r : r == 1 ? 0 : -EUCLEAN;
+}
+
+static void listed_done(Fixture *f) {
+        assert_int_equal(ledger_listed_find(f->l, NULL, NUM(1), NULL, NULL), 1);
+}
+
+static void test_keeping_and_finding_a_listed_phone(void **state) {
+        Fixture *f = NULL;
+
+        fault_loop(&f, &(Op) { "keeping and finding a listed phone", listed_prepare, listed_run, listed_done,
+                               NULL, false });
+        fixture_free(f);
+}
+
+/* Every read the daemon and retirectl make, with each of its calls failed
+ * in turn, with each code: the fault is reported with its errno, never
+ * taken for the end of a walk or for "none" (a short answer would count
+ * rows as absent), and the read then gives the whole answer again. */
+static void test_reads(void **state) {
+        static const struct { const char *name; int (*read)(Ledger *l, FILE *out); } reads[] = {
+                { "ledger_counts", read_counts },
+                { "ledger_list", read_list },
+                { "ledger_due, ledger_due_count", read_due },
+                { "ledger_find", read_find },
+                { "ledger_state", read_state },
+                { "ledger_history, ledger_history_stats", read_history },
+                { "ledger_audit", read_audit },
+                { "ledger_pause_get", read_pause },
+                { "the pass's counters", read_counters },
+                { "ledger_listed_find, ledger_knows_phone", read_listed },
+                { "ledger_decls_foreach", read_declared },
+        };
+        _cleanup_free_ char *later = NULL;
+        Fixture *f = fixture_new(NULL);
+
+        /* Rows in several states, with history, a pause, a listing kept,
+         * and the declarations in force. */
+        assert_true(asprintf(&later, SAFETY "releases = (" DECL(1) DECL(2) DECL(3)
+                             "{ number = \"" NUM(4) "\"; not_before = \"2999-01-01T00:00:00Z\"; } );\n") >= 0);
+        sync_to(f, later);
+        move(f, NUM(2), STATE_PENDING, STATE_IN_FLIGHT);
+        move(f, NUM(3), STATE_PENDING, STATE_FAILED);
+        assert_int_equal(ledger_pause_set(f->l, 1000, 1, "OPS-1"), 0);
+        assert_int_equal(ledger_listed_clear(f->l), 0);
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = "00000000-0000-4000-8000-000000000001",
+                                                                 .number = NUM(1), .status = "assigned" }), 0);
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = "00000000-0000-4000-8000-000000000002",
+                                                                 .number = NUM(2), .status = "reserved" }), 0);
+
+        for (size_t i = 0; i < ELEMENTSOF(reads); i++) {
+                _cleanup_free_ char *whole = NULL;
+                unsigned points = 0;
+                size_t size;
+                FILE *m;
+
+                m = open_memstream(&whole, &size);
+                assert_non_null(m);
+                assert_int_equal(reads[i].read(f->l, m), reads[i].read == read_listed ? 1 : 0);
+                assert_int_equal(fclose(m), 0);
+                assert_true(size > 0);
+
+                for (size_t c = 0; c < ELEMENTSOF(codes); c++)
+                        for (unsigned n = 1;; n++) {
+                                _cleanup_free_ char *got = NULL;
+                                int r;
+
+                                m = open_memstream(&got, &size);
+                                assert_non_null(m);
+                                fault_arm(n, codes[c].code);
+                                r = reads[i].read(f->l, m);
+                                if (!fault_disarm()) {
+                                        assert_int_equal(fclose(m), 0);
+                                        assert_true(r >= 0);
+                                        assert_string_equal(got, whole);
+                                        points = n - 1;
+                                        break;
+                                }
+                                fault_reported(r, codes[c].error);
+                                assert_int_equal(fclose(m), 0);
+                                got = mfree(got);
+                                /* Nothing was left half-done: the read goes through whole. */
+                                m = open_memstream(&got, &size);
+                                assert_non_null(m);
+                                assert_true(reads[i].read(f->l, m) >= 0);
+                                assert_int_equal(fclose(m), 0);
+                                assert_string_equal(got, whole);
+                        }
+                print_message("  %s: %u calls failed in turn, with each code\n", reads[i].name, points);
+        }
+        check(f);
+        fixture_free(f);
+}
+
 /* ---- opening the ledger ---------------------------------------------------- */
 
 /* Creating a ledger, and opening one made before: a fault fails the open
@@ -917,6 +1169,8 @@ int main(void) {
                 cmocka_unit_test(test_in_flight_commit),
                 cmocka_unit_test(test_recording_an_outcome),
                 cmocka_unit_test(test_operator_retry),
+                cmocka_unit_test(test_keeping_and_finding_a_listed_phone),
+                cmocka_unit_test(test_reads),
         };
 
         return cmocka_run_group_tests_name("test-faults", tests, NULL, NULL);
