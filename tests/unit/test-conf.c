@@ -604,6 +604,45 @@ static void test_too_many_releases(void **state) {
         tmpdir_remove(dir);
 }
 
+/* More drop-ins than CONF_MAX_DROPIN: refused before any is read, with the
+ * folder named.  (On tmpfs when there is one: ten thousand files.) */
+static void test_too_many_dropins(void **state) {
+        char tmpl[] = "/dev/shm/retired-unit-XXXXXX", *dir, *rd, *main, *want;
+        ConfDiag d = {};
+        int dfd;
+
+        dir = mkdtemp(tmpl) ? strdup(tmpl) : tmpdir_new();
+        assert_non_null(dir);
+        rd = path_join(dir, "releases.d");
+        assert_int_equal(mkdir(rd, 0755), 0);
+        main = write_in(dir, "retired.conf", "");
+        dfd = open(rd, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(dfd >= 0);
+        /* The first one would fail the load if it were read. */
+        for (unsigned i = 0; i <= CONF_MAX_DROPIN; i++) {
+                char name[32];
+                int fd;
+
+                snprintf(name, sizeof name, "%05u.conf", i);
+                fd = openat(dfd, name, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+                assert_true(fd >= 0);
+                if (i == 0)
+                        assert_int_equal(write(fd, "x", 1), 1);
+                close(fd);
+        }
+        close(dfd);
+
+        assert_int_equal(load_fail(main, &d), -E2BIG);
+        assert_true(asprintf(&want, "%s: more than %u files", rd, CONF_MAX_DROPIN) >= 0);
+        assert_int_equal(d.n, 1);
+        assert_string_equal(d.lines[0], want);
+        free(want);
+        conf_diag_done(&d);
+        free(main);
+        free(rd);
+        tmpdir_remove(dir);
+}
+
 static void test_reason_length_limit(void **state) {
         char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *text, *want;
         char reason[CONF_MAX_REASON + 2];
@@ -897,6 +936,7 @@ int main(void) {
                 cmocka_unit_test(test_dropins_order_and_selection),
                 cmocka_unit_test(test_dropin_merges_with_main_file),
                 cmocka_unit_test(test_too_many_releases),
+                cmocka_unit_test(test_too_many_dropins),
                 cmocka_unit_test(test_reason_length_limit),
                 cmocka_unit_test(test_file_size_limit),
                 cmocka_unit_test(test_diagnostics_are_capped),
