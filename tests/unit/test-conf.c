@@ -17,6 +17,8 @@
 #include "unit.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <sys/wait.h>
 
 #include "conf.h"
 #include "macro.h"
@@ -808,6 +810,113 @@ static void test_token_file_warning(void **state) {
         tmpdir_remove(dir);
 }
 
+/* What an operator who is not root is told, for a key file and a CA bundle
+ * only root may read.  As root (as here, and in the package build) it runs
+ * in a child whose real and effective uid are nobody's; the child only
+ * reports, through a pipe, and the checks are made here. */
+#define NOBODY 65534
+
+#ifdef COVERAGE
+/* The child leaves by _exit(), which writes no coverage counts: it writes
+ * them as root again (its saved uid), the owner of the count files. */
+void __gcov_dump(void);
+#define child_exit(code) ((void) seteuid(0), __gcov_dump(), _exit(code))
+#else
+#define child_exit(code) _exit(code)
+#endif
+
+typedef struct Unreadable {
+        const char *key, *conf;
+} Unreadable;
+
+static void report_unreadable(const Unreadable *u, FILE *out) {
+        ConfDiag d = {};
+        Config *c = NULL;
+        char *w = NULL;
+        int r;
+
+        r = config_defaults("/etc/retired/retired.conf", &c);
+        if (r >= 0) {
+                free(c->token_file);
+                c->token_file = strdup(u->key);
+                r = config_token_file_warning(c, &w);
+                fprintf(out, "%d %u %s\n", r, (unsigned) geteuid(), strna(w));
+                free(w);
+                c = config_free(c);
+        }
+        r = config_load_settings(u->conf, &c, &d);
+        fprintf(out, "%d %s\n", r, d.n > 0 ? d.lines[0] : "(none)");
+        conf_diag_done(&d);
+        config_free(c);
+}
+
+static void test_what_a_user_who_cannot_read_is_told(void **state) {
+        char *dir = tmpdir_new(), *key = write_in(dir, "api-token", "secret\n");
+        char *ca = write_in(dir, "ca.pem", "-----BEGIN CERTIFICATE-----\n"), *text, *conf, *out = NULL, *want;
+        bool root = geteuid() == 0;
+        size_t size = 0;
+        int pipefd[2], status;
+        unsigned uid;
+        FILE *f;
+        pid_t pid;
+
+        assert_true(asprintf(&text, "api: { ca_file = \"%s\"; };\n", ca) >= 0);
+        conf = write_in(dir, "retired.conf", text);
+        free(text);
+        /* The folder and the config are everyone's; the key and the bundle
+         * root's alone (or, not as root, no one's). */
+        assert_int_equal(chmod(dir, 0755), 0);
+        assert_int_equal(chmod(key, root ? 0600 : 0), 0);
+        assert_int_equal(chmod(ca, root ? 0600 : 0), 0);
+
+        assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                FILE *o = fdopen(pipefd[1], "w");
+
+                if (!o)
+                        _exit(2);
+                if (root && (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
+                             setresuid(NOBODY, NOBODY, 0) < 0))
+                        _exit(77);
+                report_unreadable(&(Unreadable) { .key = key, .conf = conf }, o);
+                child_exit(fclose(o) == 0 ? 0 : 2);
+        }
+        close(pipefd[1]);
+        f = open_memstream(&out, &size);
+        assert_non_null(f);
+        for (;;) {
+                char buf[512];
+                ssize_t n = read(pipefd[0], buf, sizeof buf);
+
+                assert_true(n >= 0);
+                if (n == 0)
+                        break;
+                fwrite(buf, 1, (size_t) n, f);
+        }
+        assert_int_equal(fclose(f), 0);
+        close(pipefd[0]);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        if (WEXITSTATUS(status) == 77) {
+                print_message("  cannot become uid %u here\n", NOBODY);
+                skip();
+        }
+        assert_int_equal(WEXITSTATUS(status), 0);
+
+        uid = root ? NOBODY : (unsigned) geteuid();
+        assert_true(asprintf(&want, "0 %u api.token_file %s cannot be read by uid %u\n"
+                             "-22 %s:1: api.ca_file: \"%s\": not a readable file\n", uid, key, uid, conf, ca) >= 0);
+        assert_string_equal(out, want);
+        free(want);
+        free(out);
+        free(conf);
+        free(ca);
+        free(key);
+        tmpdir_remove(dir);
+}
+
 /* ---- the ledger behind the sink ----------------------------------------- */
 
 static int open_refused(void *userdata, const Config *c, Ledger **ret) {
@@ -943,6 +1052,7 @@ int main(void) {
                 cmocka_unit_test(test_escaped_backslash_before_x00_is_text),
                 cmocka_unit_test(test_settings_only),
                 cmocka_unit_test(test_token_file_warning),
+                cmocka_unit_test(test_what_a_user_who_cannot_read_is_told),
                 cmocka_unit_test(test_a_ledger_that_cannot_be_opened_stops_the_load),
         };
         Tests t = {};
