@@ -17,6 +17,8 @@
 #include "unit.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <sys/wait.h>
 
 #include "conf.h"
 #include "macro.h"
@@ -234,6 +236,20 @@ static void test_minimal_gets_every_default(void **state) {
         config_free(c);
 }
 
+static void test_empty_paths_are_the_defaults(void **state) {
+        Config *c;
+
+        unsetenv("STATE_DIRECTORY");
+        unsetenv("RUNTIME_DIRECTORY");
+        c = load_ok(CORPUS "/good/empty-paths.conf");
+        assert_string_equal(c->token_file, "");
+        assert_string_equal(c->ca_file, "");
+        assert_string_equal(c->ledger, "/var/lib/retired/ledger.db");
+        assert_string_equal(c->releases_dir, CORPUS "/good/releases.d");
+        assert_string_equal(c->control_socket, "/run/retired/control");
+        config_free(c);
+}
+
 static void test_every_key_is_read(void **state) {
         Config *c = load_ok(CORPUS "/good/every-key.conf");
 
@@ -435,6 +451,47 @@ static void test_explicit_releases_dir_must_exist(void **state) {
 
 /* ---- drop-ins ----------------------------------------------------------- */
 
+static void test_releases_dir_must_be_a_folder(void **state) {
+        char *dir = tmpdir_new(), *main, *want;
+        ConfDiag d = {};
+
+        main = write_in(dir, "retired.conf", "releases_dir = \"retired.conf\";\n");
+        assert_int_equal(load_fail(main, &d), -ENOTDIR);
+        assert_true(asprintf(&want, "%s: cannot read folder: Not a directory", main) >= 0);
+        if (!diag_has(&d, want))
+                print_diag(&d);
+        assert_true(diag_has(&d, want));
+        free(want);
+        conf_diag_done(&d);
+        free(main);
+        tmpdir_remove(dir);
+}
+
+/* A drop-in that cannot be looked at is an error that names it, not a file
+ * skipped: its releases would be cancelled as no longer declared. */
+static void test_a_dropin_that_cannot_be_looked_at_is_named(void **state) {
+        char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main, *loop, *want;
+        ConfDiag d = {};
+
+        assert_int_equal(mkdir(rd, 0755), 0);
+        main = write_in(dir, "retired.conf", "");
+        free(write_in(rd, "a.conf", "releases = ( { number = \"+34 910 000 001\"; } );\n"));
+        loop = path_join(rd, "b.conf");
+        assert_int_equal(symlink("b.conf", loop), 0);
+
+        assert_int_equal(load_fail(main, &d), -ELOOP);
+        assert_true(asprintf(&want, "%s: cannot stat: %s", loop, strerror(ELOOP)) >= 0);
+        if (!diag_has(&d, want))
+                print_diag(&d);
+        assert_true(diag_has(&d, want));
+        free(want);
+        conf_diag_done(&d);
+        free(loop);
+        free(main);
+        free(rd);
+        tmpdir_remove(dir);
+}
+
 static void test_dropins_order_and_selection(void **state) {
         char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main, *p, *sub;
         static const struct { const char *name, *number; } read[] = {
@@ -549,6 +606,45 @@ static void test_too_many_releases(void **state) {
         tmpdir_remove(dir);
 }
 
+/* More drop-ins than CONF_MAX_DROPIN: refused before any is read, with the
+ * folder named.  (On tmpfs when there is one: ten thousand files.) */
+static void test_too_many_dropins(void **state) {
+        char tmpl[] = "/dev/shm/retired-unit-XXXXXX", *dir, *rd, *main, *want;
+        ConfDiag d = {};
+        int dfd;
+
+        dir = mkdtemp(tmpl) ? strdup(tmpl) : tmpdir_new();
+        assert_non_null(dir);
+        rd = path_join(dir, "releases.d");
+        assert_int_equal(mkdir(rd, 0755), 0);
+        main = write_in(dir, "retired.conf", "");
+        dfd = open(rd, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(dfd >= 0);
+        /* The first one would fail the load if it were read. */
+        for (unsigned i = 0; i <= CONF_MAX_DROPIN; i++) {
+                char name[32];
+                int fd;
+
+                snprintf(name, sizeof name, "%05u.conf", i);
+                fd = openat(dfd, name, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+                assert_true(fd >= 0);
+                if (i == 0)
+                        assert_int_equal(write(fd, "x", 1), 1);
+                close(fd);
+        }
+        close(dfd);
+
+        assert_int_equal(load_fail(main, &d), -E2BIG);
+        assert_true(asprintf(&want, "%s: more than %u files", rd, CONF_MAX_DROPIN) >= 0);
+        assert_int_equal(d.n, 1);
+        assert_string_equal(d.lines[0], want);
+        free(want);
+        conf_diag_done(&d);
+        free(main);
+        free(rd);
+        tmpdir_remove(dir);
+}
+
 static void test_reason_length_limit(void **state) {
         char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *text, *want;
         char reason[CONF_MAX_REASON + 2];
@@ -643,6 +739,205 @@ static void test_escaped_backslash_before_x00_is_text(void **state) {
         config_free(c);
 }
 
+/* ---- settings only ------------------------------------------------------ */
+
+/* What the ledger's views load: the settings are checked as strictly, the
+ * declarations not at all (a broken one must not hide the record). */
+static void test_settings_only(void **state) {
+        char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *want;
+        ConfDiag d = {};
+        Config *c = NULL;
+
+        write_file(path, "ledger = \"state/ledger.db\";\nreleases = ( { id = \"not-a-uuid\"; } );\n");
+        assert_int_equal(config_load_settings(path, &c, &d), 0);
+        assert_int_equal(d.n, 0);
+        assert_non_null(c);
+        assert_int_equal(c->n_decls, 0);
+        assert_true(asprintf(&want, "%s/state/ledger.db", dir) >= 0);
+        assert_string_equal(c->ledger, want);
+        free(want);
+        c = config_free(c);
+
+        write_file(path, "releases = ( { number = \"112\"; } );\npace: {\n  rate = 0.0;\n};\n");
+        assert_int_equal(config_load_settings(path, &c, &d), -EINVAL);
+        assert_null(c);
+        assert_true(asprintf(&want, "%s:3: pace.rate: 0 is out of range (0.001 to 10000)", path) >= 0);
+        assert_int_equal(d.n, 1);
+        assert_string_equal(d.lines[0], want);
+        free(want);
+        conf_diag_done(&d);
+        free(path);
+        tmpdir_remove(dir);
+}
+
+/* ---- the key file ------------------------------------------------------- */
+
+/* retirectl check and retired -n warn when api.token_file names a key the
+ * shipped unit (a dynamic user) could not read; no key file, no warning. */
+static void test_token_file_warning(void **state) {
+        char *dir = tmpdir_new(), *key = write_in(dir, "api-token", "secret\n"), *missing = path_join(dir, "nope");
+        char *w = NULL, *want;
+        Config *c;
+
+        assert_int_equal(config_defaults("/etc/retired/retired.conf", &c), 0);
+        assert_int_equal(config_token_file_warning(c, &w), 0);
+        assert_null(w);
+
+        free(c->token_file);
+        c->token_file = strdup(missing);
+        assert_int_equal(config_token_file_warning(c, &w), 0);
+        assert_true(asprintf(&want, "api.token_file %s: No such file or directory", missing) >= 0);
+        assert_string_equal(w, want);
+        free(want);
+        w = mfree(w);
+
+        free(c->token_file);
+        c->token_file = strdup(key);
+        assert_int_equal(config_token_file_warning(c, &w), 0);
+        if (geteuid() == 0) {
+                /* Root's own file: the dynamic user could not read it. */
+                assert_true(asprintf(&want, "api.token_file %s is root's own: the shipped unit runs as a "
+                                     "dynamic user that cannot read it; leave token_file empty and let "
+                                     "LoadCredential= hand the unit the key", key) >= 0);
+                assert_string_equal(w, want);
+                free(want);
+        } else
+                assert_null(w);
+        free(w);
+        config_free(c);
+        free(missing);
+        free(key);
+        tmpdir_remove(dir);
+}
+
+/* What an operator who is not root is told, for a key file and a CA bundle
+ * only root may read.  As root (as here, and in the package build) it runs
+ * in a child whose real and effective uid are nobody's; the child only
+ * reports, through a pipe, and the checks are made here. */
+#define NOBODY 65534
+
+#ifdef COVERAGE
+/* The child leaves by _exit(), which writes no coverage counts: it writes
+ * them as root again (its saved uid), the owner of the count files. */
+void __gcov_dump(void);
+#define child_exit(code) ((void) seteuid(0), __gcov_dump(), _exit(code))
+#else
+#define child_exit(code) _exit(code)
+#endif
+
+typedef struct Unreadable {
+        const char *key, *conf;
+} Unreadable;
+
+static void report_unreadable(const Unreadable *u, FILE *out) {
+        ConfDiag d = {};
+        Config *c = NULL;
+        char *w = NULL;
+        int r;
+
+        r = config_defaults("/etc/retired/retired.conf", &c);
+        if (r >= 0) {
+                free(c->token_file);
+                c->token_file = strdup(u->key);
+                r = config_token_file_warning(c, &w);
+                fprintf(out, "%d %u %s\n", r, (unsigned) geteuid(), strna(w));
+                free(w);
+                c = config_free(c);
+        }
+        r = config_load_settings(u->conf, &c, &d);
+        fprintf(out, "%d %s\n", r, d.n > 0 ? d.lines[0] : "(none)");
+        conf_diag_done(&d);
+        config_free(c);
+}
+
+static void test_what_a_user_who_cannot_read_is_told(void **state) {
+        char *dir = tmpdir_new(), *key = write_in(dir, "api-token", "secret\n");
+        char *ca = write_in(dir, "ca.pem", "-----BEGIN CERTIFICATE-----\n"), *text, *conf, *out = NULL, *want;
+        bool root = geteuid() == 0;
+        size_t size = 0;
+        int pipefd[2], status;
+        unsigned uid;
+        FILE *f;
+        pid_t pid;
+
+        assert_true(asprintf(&text, "api: { ca_file = \"%s\"; };\n", ca) >= 0);
+        conf = write_in(dir, "retired.conf", text);
+        free(text);
+        /* The folder and the config are everyone's; the key and the bundle
+         * root's alone (or, not as root, no one's). */
+        assert_int_equal(chmod(dir, 0755), 0);
+        assert_int_equal(chmod(key, root ? 0600 : 0), 0);
+        assert_int_equal(chmod(ca, root ? 0600 : 0), 0);
+
+        assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                FILE *o = fdopen(pipefd[1], "w");
+
+                if (!o)
+                        _exit(2);
+                if (root && (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
+                             setresuid(NOBODY, NOBODY, 0) < 0))
+                        _exit(77);
+                report_unreadable(&(Unreadable) { .key = key, .conf = conf }, o);
+                child_exit(fclose(o) == 0 ? 0 : 2);
+        }
+        close(pipefd[1]);
+        f = open_memstream(&out, &size);
+        assert_non_null(f);
+        for (;;) {
+                char buf[512];
+                ssize_t n = read(pipefd[0], buf, sizeof buf);
+
+                assert_true(n >= 0);
+                if (n == 0)
+                        break;
+                fwrite(buf, 1, (size_t) n, f);
+        }
+        assert_int_equal(fclose(f), 0);
+        close(pipefd[0]);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        if (WEXITSTATUS(status) == 77) {
+                print_message("  cannot become uid %u here\n", NOBODY);
+                skip();
+        }
+        assert_int_equal(WEXITSTATUS(status), 0);
+
+        uid = root ? NOBODY : (unsigned) geteuid();
+        assert_true(asprintf(&want, "0 %u api.token_file %s cannot be read by uid %u\n"
+                             "-22 %s:1: api.ca_file: \"%s\": not a readable file\n", uid, key, uid, conf, ca) >= 0);
+        assert_string_equal(out, want);
+        free(want);
+        free(out);
+        free(conf);
+        free(ca);
+        free(key);
+        tmpdir_remove(dir);
+}
+
+/* ---- the ledger behind the sink ----------------------------------------- */
+
+static int open_refused(void *userdata, const Config *c, Ledger **ret) {
+        return -EPROTO;
+}
+
+/* A ledger that cannot be opened (here: newer than this retired) stops the
+ * load with its error, and nothing is handed out. */
+static void test_a_ledger_that_cannot_be_opened_stops_the_load(void **state) {
+        DeclLoad dl = { .open = open_refused };
+        DeclSink sink = decl_load_sink(&dl);
+        ConfDiag d = {};
+        Config *c = NULL;
+
+        assert_int_equal(config_load(CORPUS "/good/numbers.conf", &sink, &c, &d), -EPROTO);
+        assert_null(c);
+        assert_null(dl.ledger);
+        decl_load_done(&dl);
+        conf_diag_done(&d);
+}
+
 /* ---- the test list ------------------------------------------------------ */
 
 typedef struct Tests {
@@ -734,6 +1029,7 @@ int main(void) {
                 cmocka_unit_test(test_corpus_is_there),
                 cmocka_unit_test(test_minimal_gets_every_default),
                 cmocka_unit_test(test_every_key_is_read),
+                cmocka_unit_test(test_empty_paths_are_the_defaults),
                 cmocka_unit_test(test_numbers_are_normalised),
                 cmocka_unit_test(test_sip_identifiers_are_kept_as_written),
                 cmocka_unit_test(test_ids_become_the_key),
@@ -744,13 +1040,20 @@ int main(void) {
                 cmocka_unit_test(test_missing_file),
                 cmocka_unit_test(test_main_file_must_be_a_regular_file),
                 cmocka_unit_test(test_explicit_releases_dir_must_exist),
+                cmocka_unit_test(test_releases_dir_must_be_a_folder),
+                cmocka_unit_test(test_a_dropin_that_cannot_be_looked_at_is_named),
                 cmocka_unit_test(test_dropins_order_and_selection),
                 cmocka_unit_test(test_dropin_merges_with_main_file),
                 cmocka_unit_test(test_too_many_releases),
+                cmocka_unit_test(test_too_many_dropins),
                 cmocka_unit_test(test_reason_length_limit),
                 cmocka_unit_test(test_file_size_limit),
                 cmocka_unit_test(test_diagnostics_are_capped),
                 cmocka_unit_test(test_escaped_backslash_before_x00_is_text),
+                cmocka_unit_test(test_settings_only),
+                cmocka_unit_test(test_token_file_warning),
+                cmocka_unit_test(test_what_a_user_who_cannot_read_is_told),
+                cmocka_unit_test(test_a_ledger_that_cannot_be_opened_stops_the_load),
         };
         Tests t = {};
         int r;

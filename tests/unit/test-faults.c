@@ -558,6 +558,79 @@ static void test_reload(void **state) {
         base = NULL;
 }
 
+/* ---- loading declarations that merge -------------------------------------- */
+
+/* Two phones each declared twice, the later entry adding to the first: both
+ * groups are merged (decl.c's fix and drop statements), 5 and 7 go in as
+ * they are. */
+static const char merge_text[] = "releases = (" DECL(3) DECL(5) "{ number = \"" NUM(3) "\"; reason = \"three\"; }, "
+                                 DECL(6) DECL(7) "{ number = \"" NUM(6) "\"; reason = \"six\";"
+                                 " not_before = \"2026-12-31T23:00:00Z\"; } );\n";
+
+/* The declared set, "KEY:REASON:NOT_BEFORE KEY:..." in declaration order. */
+static int print_decl(const Decl *d, void *userdata) {
+        fprintf(userdata, "%s:%s:%" PRId64 " ", d->key, strempty(d->reason), d->not_before);
+        return 0;
+}
+
+static char *declared(Fixture *f) {
+        char *text = NULL;
+        size_t size = 0;
+        FILE *m = open_memstream(&text, &size);
+
+        assert_non_null(m);
+        assert_int_equal(ledger_decls_foreach(f->l, print_decl, m), 0);
+        assert_int_equal(fclose(m), 0);
+        return text;
+}
+
+/* Only the TEMP tables change: a fresh ledger once, then the set 1-5 in
+ * force before each try (still a load per try: the codes in rotation). */
+static void merge_prepare(Fixture **f) {
+        _cleanup_(config_freep) Config *c = NULL;
+        int r;
+
+        if (!*f)
+                *f = fixture_new(NULL);
+        c = load(*f, base_text, &r);
+        assert_int_equal(r, 0);
+        assert_int_equal(ledger_decls_keep((*f)->l), 0);
+}
+
+static int merge_run(Fixture *f) {
+        _cleanup_(config_freep) Config *c = NULL;
+        int r;
+
+        c = load(f, merge_text, &r);
+        assert_true(r < 0 || c->n_decls == 4);
+        return r;
+}
+
+static void merge_done(Fixture *f) {
+        _cleanup_free_ char *set = declared(f);
+
+        assert_string_equal(set, NUM(3) ":three:0 " NUM(5) "::0 " NUM(6) ":six:1798758000 " NUM(7) "::0 ");
+        assert_int_equal(ledger_decls_keep(f->l), 0);
+}
+
+/* A load that failed brings the set in force back, whole. */
+static void merge_failed(Fixture *f) {
+        _cleanup_free_ char *set = declared(f);
+
+        assert_string_equal(set, NUM(1) "::0 " NUM(2) "::0 " NUM(3) "::0 " NUM(4) "::0 " NUM(5) "::0 ");
+}
+
+/* Loading declarations into the ledger's TEMP tables, duplicates merged
+ * there: any of its calls failing fails the load with the fault's error,
+ * and the set in force is the one before, not a half-merged one. */
+static void test_loading_declarations_that_merge(void **state) {
+        Fixture *f = NULL;
+
+        fault_loop(&f, &(Op) { "loading declarations that merge", merge_prepare, merge_run, merge_done,
+                               merge_failed, true });
+        fixture_free(f);
+}
+
 /* ---- the in_flight commit, and recording an outcome ---------------------- */
 
 /* Each try takes a row of its own, in the state the operation starts from,
@@ -782,6 +855,258 @@ static void test_operator_retry(void **state) {
         fixture_free(f);
 }
 
+/* ---- reading the ledger ----------------------------------------------------- */
+
+/* Each read prints what it found to `out`; a read that stops early prints
+ * less, so an error taken for the end of a walk shows as a short answer. */
+static int print_phone(const Phone *p, void *userdata) {
+        fprintf(userdata, "%s %s|", p->key, state_to_string(p->state));
+        return 0;
+}
+
+static int print_history(const History *h, void *userdata) {
+        fprintf(userdata, "%s %s|", h->kind, strempty(h->new_state));
+        return 0;
+}
+
+static int print_step(const AuditStep *a, void *userdata) {
+        fprintf(userdata, "%s %s %u|", a->key, a->time, a->attempt);
+        return 0;
+}
+
+static int print_listed(const ListedPhone *p, void *userdata) {
+        fprintf(userdata, "%s %s|", p->id, strempty(p->status));
+        return 0;
+}
+
+static int print_declared(const Decl *d, void *userdata) {
+        fprintf(userdata, "%s %s:%u|", d->key, d->file, d->line);
+        return 0;
+}
+
+static int read_counts(Ledger *l, FILE *out) {
+        uint64_t counts[_STATE_MAX];
+        int r = ledger_counts(l, counts);
+
+        for (int s = 0; r >= 0 && s < _STATE_MAX; s++)
+                fprintf(out, "%" PRIu64 " ", counts[s]);
+        return r;
+}
+
+static int read_list(Ledger *l, FILE *out) {
+        return ledger_list(l, -1, print_phone, out);
+}
+
+static int read_due(Ledger *l, FILE *out) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME);
+        DueQuery q = { .set = DUE_REST, .now = t, .due_now = t, .resync = true };
+        uint64_t n[_DUE_MAX];
+        int r = ledger_due(l, &q, 0, 100, print_phone, out);
+
+        if (r >= 0)
+                r = ledger_due_count(l, &q, n);
+        if (r >= 0)
+                fprintf(out, "%" PRIu64 " %" PRIu64, n[DUE_LOOKS], n[DUE_REST]);
+        return r;
+}
+
+static int read_find(Ledger *l, FILE *out) {
+        _cleanup_(phone_done) Phone p = {};
+        int r = ledger_find(l, NUM(2), &p);
+
+        if (r >= 0)
+                print_phone(&p, out);
+        return r;
+}
+
+static int read_state(Ledger *l, FILE *out) {
+        PhoneState s;
+        int64_t version;
+        int r = ledger_state(l, 2, &s, &version);
+
+        if (r >= 0)
+                fprintf(out, "%s %" PRId64, state_to_string(s), version);
+        return r;
+}
+
+static int read_history(Ledger *l, FILE *out) {
+        uint64_t steps;
+        int64_t last;
+        int r = ledger_history(l, 2, print_history, out);
+
+        if (r >= 0)
+                r = ledger_history_stats(l, &steps, &last);
+        if (r >= 0)
+                fprintf(out, "%" PRIu64 " %d", steps, last > 0);
+        return r;
+}
+
+static int read_audit(Ledger *l, FILE *out) {
+        return ledger_audit(l, &(AuditFilter) { .state = -1, .json = true }, print_step, out);
+}
+
+static int read_pause(Ledger *l, FILE *out) {
+        _cleanup_(pause_done) Pause p = {};
+        int r = ledger_pause_get(l, &p);
+
+        if (r >= 0)
+                fprintf(out, "%d %" PRIu32 " %s", p.on, p.uid, strempty(p.reason));
+        return r;
+}
+
+static int read_counters(Ledger *l, FILE *out) {
+        int64_t t = (int64_t) now(CLOCK_REALTIME), next;
+        uint64_t held, unsettled, stuck, operator;
+        int64_t first;
+        int r;
+
+        r = ledger_next_due(l, t, t, false, &next);
+        if (r >= 0)
+                r = ledger_count_held(l, t, &held, &first);
+        if (r >= 0)
+                r = ledger_count_unsettled(l, t, true, 5, &unsettled, &stuck);
+        if (r >= 0)
+                r = ledger_decls_needing_operator(l, &operator);
+        if (r >= 0)
+                fprintf(out, "%d %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64, next > 0, held, unsettled, stuck,
+                        operator);
+        return r;
+}
+
+static int read_listed(Ledger *l, FILE *out) {
+        int r = ledger_listed_find(l, NULL, NUM(1), print_listed, out);
+
+        if (r >= 0)
+                r = ledger_listed_find(l, "00000000-0000-4000-8000-000000000002", NULL, print_listed, out);
+        if (r >= 0)
+                r = ledger_knows_phone(l, "00000000-0000-4000-8000-000000000009", NUM(3));
+        if (r >= 0)
+                fprintf(out, "%d", r);
+        return r;
+}
+
+static int read_declared(Ledger *l, FILE *out) {
+        return ledger_decls_foreach(l, print_declared, out);
+}
+
+/* A listing keeps each phone some row names in a TEMP table of the ledger's
+ * connection, and the pass finds it there: on a connection opened anew
+ * (its statements prepared anew), a failed call fails the keeping or the
+ * finding with the fault's error, never a count of none, which would make
+ * the phone look absent from the account. */
+static void listed_prepare(Fixture **f) {
+        if (!*f)
+                *f = fixture_new(NULL);
+        else {
+                ledger_close((*f)->l);
+                fixture_open(*f);
+        }
+        assert_int_equal(ledger_listed_clear((*f)->l), 0);
+}
+
+static int listed_run(Fixture *f) {
+        int r;
+
+        r = ledger_listed_add(f->l, &(ListedPhone) { .id = "00000000-0000-4000-8000-000000000001", .number = NUM(1),
+                                                     .status = "assigned" });
+        if (r >= 0)
+                r = ledger_listed_find(f->l, "00000000-0000-4000-8000-000000000001", NULL, NULL, NULL);
+        if (r >= 0)
+                r = ledger_listed_find(f->l, NULL, NUM(1), NULL, NULL);
+        return r < 0 ? r : r == 1 ? 0 : -EUCLEAN;
+}
+
+static void listed_done(Fixture *f) {
+        assert_int_equal(ledger_listed_find(f->l, NULL, NUM(1), NULL, NULL), 1);
+}
+
+static void test_keeping_and_finding_a_listed_phone(void **state) {
+        Fixture *f = NULL;
+
+        fault_loop(&f, &(Op) { "keeping and finding a listed phone", listed_prepare, listed_run, listed_done,
+                               NULL, false });
+        fixture_free(f);
+}
+
+/* Every read the daemon and retirectl make, with each of its calls failed
+ * in turn, with each code: the fault is reported with its errno, never
+ * taken for the end of a walk or for "none" (a short answer would count
+ * rows as absent), and the read then gives the whole answer again. */
+static void test_reads(void **state) {
+        static const struct { const char *name; int (*read)(Ledger *l, FILE *out); } reads[] = {
+                { "ledger_counts", read_counts },
+                { "ledger_list", read_list },
+                { "ledger_due, ledger_due_count", read_due },
+                { "ledger_find", read_find },
+                { "ledger_state", read_state },
+                { "ledger_history, ledger_history_stats", read_history },
+                { "ledger_audit", read_audit },
+                { "ledger_pause_get", read_pause },
+                { "the pass's counters", read_counters },
+                { "ledger_listed_find, ledger_knows_phone", read_listed },
+                { "ledger_decls_foreach", read_declared },
+        };
+        _cleanup_free_ char *later = NULL;
+        Fixture *f = fixture_new(NULL);
+
+        /* Rows in several states, with history, a pause, a listing kept,
+         * and the declarations in force. */
+        assert_true(asprintf(&later, SAFETY "releases = (" DECL(1) DECL(2) DECL(3)
+                             "{ number = \"" NUM(4) "\"; not_before = \"2999-01-01T00:00:00Z\"; } );\n") >= 0);
+        sync_to(f, later);
+        move(f, NUM(2), STATE_PENDING, STATE_IN_FLIGHT);
+        move(f, NUM(3), STATE_PENDING, STATE_FAILED);
+        assert_int_equal(ledger_pause_set(f->l, 1000, 1, "OPS-1"), 0);
+        assert_int_equal(ledger_listed_clear(f->l), 0);
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = "00000000-0000-4000-8000-000000000001",
+                                                                 .number = NUM(1), .status = "assigned" }), 0);
+        assert_int_equal(ledger_listed_add(f->l, &(ListedPhone) { .id = "00000000-0000-4000-8000-000000000002",
+                                                                 .number = NUM(2), .status = "reserved" }), 0);
+
+        for (size_t i = 0; i < ELEMENTSOF(reads); i++) {
+                _cleanup_free_ char *whole = NULL;
+                unsigned points = 0;
+                size_t size;
+                FILE *m;
+
+                m = open_memstream(&whole, &size);
+                assert_non_null(m);
+                assert_int_equal(reads[i].read(f->l, m), reads[i].read == read_listed ? 1 : 0);
+                assert_int_equal(fclose(m), 0);
+                assert_true(size > 0);
+
+                for (size_t c = 0; c < ELEMENTSOF(codes); c++)
+                        for (unsigned n = 1;; n++) {
+                                _cleanup_free_ char *got = NULL;
+                                int r;
+
+                                m = open_memstream(&got, &size);
+                                assert_non_null(m);
+                                fault_arm(n, codes[c].code);
+                                r = reads[i].read(f->l, m);
+                                if (!fault_disarm()) {
+                                        assert_int_equal(fclose(m), 0);
+                                        assert_true(r >= 0);
+                                        assert_string_equal(got, whole);
+                                        points = n - 1;
+                                        break;
+                                }
+                                fault_reported(r, codes[c].error);
+                                assert_int_equal(fclose(m), 0);
+                                got = mfree(got);
+                                /* Nothing was left half-done: the read goes through whole. */
+                                m = open_memstream(&got, &size);
+                                assert_non_null(m);
+                                assert_true(reads[i].read(f->l, m) >= 0);
+                                assert_int_equal(fclose(m), 0);
+                                assert_string_equal(got, whole);
+                        }
+                print_message("  %s: %u calls failed in turn, with each code\n", reads[i].name, points);
+        }
+        check(f);
+        fixture_free(f);
+}
+
 /* ---- opening the ledger ---------------------------------------------------- */
 
 /* Creating a ledger, and opening one made before: a fault fails the open
@@ -840,9 +1165,12 @@ int main(void) {
                 cmocka_unit_test(test_ledger_open),
                 cmocka_unit_test(test_plan_apply),
                 cmocka_unit_test(test_reload),
+                cmocka_unit_test(test_loading_declarations_that_merge),
                 cmocka_unit_test(test_in_flight_commit),
                 cmocka_unit_test(test_recording_an_outcome),
                 cmocka_unit_test(test_operator_retry),
+                cmocka_unit_test(test_keeping_and_finding_a_listed_phone),
+                cmocka_unit_test(test_reads),
         };
 
         return cmocka_run_group_tests_name("test-faults", tests, NULL, NULL);

@@ -259,6 +259,8 @@ static void test_newer_schema_is_refused_by_both_modes(void **state) {
                         print_message("  mode %d: %s\n", mode, error);
                 assert_non_null(strstr(error, f->path));
                 assert_non_null(strstr(error, want));
+                /* Newer, not older: "start retired once" would not help. */
+                assert_non_null(strstr(error, " is newer than this retire"));
                 free(error);
         }
         /* Refusing did not migrate or rewrite anything. */
@@ -304,6 +306,62 @@ static void test_refused_file_is_left_untouched(void **state) {
 
         assert_int_equal(r, -EPROTO);
         assert_true(same);
+}
+
+/* A file that is not SQLite at all (a mistyped path, say the config): both
+ * modes refuse it, naming it, and leave it as it was, with nothing beside it. */
+static void test_a_file_that_is_not_a_ledger_is_refused_untouched(void **state) {
+        static const char text[] = "pace: { rate = 2.0; };\nreleases = ( { number = \"+34 910 000 001\"; } );\n";
+        char *dir = tmpdir_new(), *path = write_in(dir, "retired.conf", text);
+
+        for (int mode = LEDGER_READ; mode <= LEDGER_WRITE; mode++) {
+                char *error = NULL, *after, *want;
+                Ledger *l = NULL;
+
+                assert_int_equal(ledger_open(path, (LedgerMode) mode, &l, &error), -EBADMSG);
+                assert_null(l);
+                assert_true(asprintf(&want, "%s: ", path) >= 0);
+                if (!error || strncmp(error, want, strlen(want)) != 0 || !strstr(error, ": file is not a database"))
+                        print_message("  mode %d: %s\n", mode, strna(error));
+                assert_true(strncmp(error, want, strlen(want)) == 0);
+                assert_non_null(strstr(error, ": file is not a database"));
+                free(want);
+                free(error);
+                after = read_all(path, NULL);
+                assert_string_equal(after, text);
+                free(after);
+                assert_int_equal(count_entries(dir), 1);
+        }
+        free(path);
+        tmpdir_remove(dir);
+}
+
+/* Only a ledger that is not there reads as empty: a path that cannot name a
+ * file (under a regular file) is an error for a reader too, and the writer
+ * says what the system said. */
+static void test_a_path_under_a_file_is_an_error(void **state) {
+        char *dir = tmpdir_new(), *file = write_in(dir, "plain", "x"), *path = path_join(file, "ledger.db");
+        char *error = NULL, *want;
+        Ledger *l = NULL;
+
+        assert_int_equal(ledger_open(path, LEDGER_READ, &l, &error), -ENOENT);
+        assert_null(l);
+        assert_true(asprintf(&want, "%s: cannot open ledger: ", path) >= 0);
+        assert_non_null(error);
+        assert_true(strncmp(error, want, strlen(want)) == 0);
+        free(want);
+        error = mfree(error);
+
+        assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, &error), -ENOTDIR);
+        assert_null(l);
+        assert_true(asprintf(&want, "%s: cannot open the ledger: Not a directory", path) >= 0);
+        assert_string_equal(error, want);
+        free(want);
+        free(error);
+        assert_int_equal(count_entries(dir), 1);
+        free(path);
+        free(file);
+        tmpdir_remove(dir);
 }
 
 static void test_older_schema_needs_the_daemon(void **state) {
@@ -551,6 +609,46 @@ static void test_counts_and_list(void **state) {
         assert_int_equal(calls, 1);
 }
 
+/* A state no retired writes (put there by a program that set the CHECK
+ * constraints aside) is refused by every read of the row, never taken for
+ * some state. */
+static void test_a_row_in_an_unknown_state_is_refused(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "+34910000001", NULL, "+34910000001", STATE_PENDING), pks[8] = {};
+        uint64_t counts[_STATE_MAX], due[_DUE_MAX];
+        DueQuery q = { .set = DUE_REST, .now = 1, .due_now = 1 };
+        PhoneState s = STATE_FAILED;
+        int64_t version = 0;
+        Phone p;
+
+        assert_int_equal(ledger_state(f->l, pk, &s, &version), 0);
+        assert_int_equal(s, STATE_PENDING);
+        assert_int_equal(version, 1);
+        assert_int_equal(ledger_state(f->l, pk, NULL, NULL), 0);
+        assert_int_equal(ledger_state(f->l, pk + 1, &s, NULL), -ENOENT);
+        assert_int_equal(ledger_due_count(f->l, &q, due), 0);
+        assert_int_equal(due[DUE_REST], 1);
+
+        assert_int_equal(sqlite3_exec(ledger_db(f->l), "PRAGMA ignore_check_constraints = ON;"
+                                      " UPDATE phones SET state = 'done' WHERE key = '+34910000001';"
+                                      " PRAGMA ignore_check_constraints = OFF", NULL, NULL, NULL), SQLITE_OK);
+
+        s = STATE_FAILED;
+        assert_int_equal(ledger_state(f->l, pk, &s, NULL), -EBADMSG);
+        assert_int_equal(s, STATE_FAILED);
+        assert_int_equal(ledger_find(f->l, "+34910000001", &p), -EBADMSG);
+        assert_int_equal(ledger_list(f->l, -1, count_phone, pks), -EBADMSG);
+        assert_int_equal(pks[0], 0);
+        assert_int_equal(ledger_counts(f->l, counts), -EBADMSG);
+        /* Due for nothing: the walk of a pass never meets it... */
+        q.set = DUE_REST;
+        assert_int_equal(ledger_due(f->l, &q, 0, 10, count_phone, pks), 0);
+        assert_int_equal(pks[0], 0);
+        /* ...and a set no pass has is refused. */
+        q.set = _DUE_MAX;
+        assert_int_equal(ledger_due(f->l, &q, 0, 10, count_phone, pks), -EINVAL);
+}
+
 /* Which rows a pass takes, in which set, and that batches by pk add up to
  * one walk.  (now = due_now = 1000 s; a row's next_at in usec.) */
 static void test_due_rows_by_set_and_batch(void **state) {
@@ -632,6 +730,11 @@ static int listed_ids(const ListedPhone *p, void *userdata) {
         return 0;
 }
 
+static int listed_stop(const ListedPhone *p, void *userdata) {
+        strcpy(userdata, p->id);
+        return -ECANCELED;
+}
+
 /* What a listing kept: read back by id and by number (in the order listed),
  * the same id listed again replaces itself, and a restart forgets it all. */
 static void test_listed_phones_by_id_and_number(void **state) {
@@ -650,6 +753,12 @@ static void test_listed_phones_by_id_and_number(void **state) {
         assert_int_equal(ledger_listed_find(f->l, UUID_C, NULL, listed_ids, ids), 1);
         assert_string_equal(ids, UUID_C "reserved;");
         assert_int_equal(ledger_listed_find(f->l, NULL, "+3", NULL, NULL), 0);
+        /* Counted without a callback; a callback's error stops the walk and
+         * comes back, and the next find starts afresh. */
+        assert_int_equal(ledger_listed_find(f->l, NULL, "+1", NULL, NULL), 2);
+        assert_int_equal(ledger_listed_find(f->l, NULL, "+1", listed_stop, ids), -ECANCELED);
+        assert_string_equal(ids, UUID_B);
+        assert_int_equal(ledger_listed_find(f->l, NULL, "+1", NULL, NULL), 2);
         assert_int_equal(ledger_listed_clear(f->l), 0);
         assert_int_equal(ledger_listed_find(f->l, UUID_A, NULL, NULL, NULL), 0);
         assert_int_equal(ledger_listed_find(f->l, NULL, "+1", NULL, NULL), 0);
@@ -1274,8 +1383,19 @@ static void test_audit_gives_every_step_with_its_phone_and_attempt(void **state)
         audit_done(&au);
 }
 
+static int stop_audit(const AuditStep *a, void *userdata) {
+        ++*(int *) userdata;
+        return -ECANCELED;
+}
+
+static int stop_history(const History *h, void *userdata) {
+        ++*(int *) userdata;
+        return -ECANCELED;
+}
+
 static void test_audit_by_time(void **state) {
         Fixture *f = *state;
+        int calls = 0;
         int64_t a = add_phone(f->l, "+34910000001", NULL, "+34910000001", STATE_PENDING);
         uint64_t steps;
         int64_t last;
@@ -1307,6 +1427,11 @@ static void test_audit_by_time(void **state) {
         audit_done(&au);
         assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = STATE_FAILED }, collect_audit, &au), 0);
         assert_int_equal(au.n, 0);
+        /* The callback can stop either walk; its error comes back. */
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = -1 }, stop_audit, &calls), -ECANCELED);
+        assert_int_equal(calls, 1);
+        assert_int_equal(ledger_history(f->l, a, stop_history, &calls), -ECANCELED);
+        assert_int_equal(calls, 2);
 
         assert_int_equal(ledger_history_stats(f->l, &steps, &last), 0);
         assert_int_equal(steps, 3);
@@ -1373,6 +1498,58 @@ static void test_audit_after_seq_and_the_clock_stepping_back(void **state) {
         assert_int_equal(au.n, 0);
 }
 
+/* A step whose time no RFC 3339 string can hold (a hand-edited row in
+ * year 10000) stops the export with an error, after the steps before it:
+ * an audit trail is never printed with a hole or a made-up time. */
+static void test_audit_refuses_a_time_it_cannot_write(void **state) {
+        Fixture *f = *state;
+        int64_t a = add_phone(f->l, "+34910000001", NULL, "+34910000001", STATE_PENDING);
+        Audit au = {};
+
+        assert_int_equal(ledger_history_add(f->l, a, 1000000, "state", NULL, "pending", NULL, NULL, 0, 0, NULL), 0);
+        /* 10000-01-01T00:00:00Z */
+        assert_int_equal(ledger_history_add(f->l, a, 253402300800LL * 1000000, "state", "pending", "failed",
+                                            NULL, NULL, 0, 0, NULL), 0);
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = -1 }, collect_audit, &au), -EBADMSG);
+        assert_int_equal(au.n, 1);
+        assert_string_equal(au.row[0].time, "1970-01-01T00:00:01.000Z");
+        audit_done(&au);
+        /* The filter that leaves it out reads the rest. */
+        assert_int_equal(ledger_audit(f->l, &(AuditFilter) { .state = STATE_PENDING }, collect_audit, &au), 0);
+        assert_int_equal(au.n, 1);
+        audit_done(&au);
+}
+
+/* ---- a stop during long work --------------------------------------------- */
+
+static bool stop_now(void *userdata) {
+        ++*(unsigned *) userdata;
+        return true;
+}
+
+/* retired's stop cuts a long load or plan short through the progress
+ * callback: the statement fails with -EINTR and takes back what it began;
+ * with the callback gone, the same work goes through. */
+static void test_progress_callback_interrupts_and_takes_back(void **state) {
+        static const char sql[] = "INSERT INTO meta (name, value) SELECT 'sum', sum(x) FROM (WITH RECURSIVE"
+                                  " c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT x FROM c)";
+        Fixture *f = *state;
+        unsigned calls = 0;
+        char *v = NULL;
+
+        ledger_on_progress(f->l, stop_now, &calls);
+        assert_int_equal(ledger_exec(f->l, sql), -EINTR);
+        assert_int_equal(calls, 1);
+        assert_int_equal(ledger_meta_get(f->l, "sum", &v), -ENOENT);
+
+        ledger_on_progress(f->l, NULL, NULL);
+        assert_int_equal(ledger_exec(f->l, sql), 0);
+        assert_int_equal(calls, 1);
+        assert_int_equal(ledger_meta_get(f->l, "sum", &v), 0);
+        assert_string_equal(v, "20000100000");
+        free(v);
+}
+
 /* ---- retry -------------------------------------------------------------- */
 
 static void test_retry_says_what_it_did(void **state) {
@@ -1404,6 +1581,7 @@ static void test_state_names(void **state) {
                 assert_int_equal(state_from_string(names[s]), s);
         }
         assert_null(state_to_string(_STATE_MAX));
+        assert_null(state_to_string(_STATE_INVALID));
         assert_int_equal(state_from_string("Pending"), _STATE_INVALID);
         assert_int_equal(state_from_string(NULL), _STATE_INVALID);
 }
@@ -1439,10 +1617,21 @@ static void test_pause_is_kept_and_read_back(void **state) {
         assert_int_equal(ledger_pause_set(f->l, 0, 1, long_reason), -E2BIG);
         free(long_reason);
 
-        assert_int_equal(ledger_meta_set(f->l, "pause", "not a pause"), 0);
-        assert_int_equal(ledger_pause_get(f->l, &p), -EBADMSG);
-        assert_true(p.on);
-        pause_done(&p);
+        /* Not a pause record, a uid past 32 bits, a time past int64_t: each
+         * reads as paused, with the error. */
+        {
+                static const char *const bad[] = {
+                        "not a pause", "1000", "4294967296 1 x", "1 9223372036854775808 x", "",
+                };
+
+                for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                        assert_int_equal(ledger_meta_set(f->l, "pause", bad[i]), 0);
+                        p = (Pause) {};
+                        assert_int_equal(ledger_pause_get(f->l, &p), -EBADMSG);
+                        assert_true(p.on);
+                        pause_done(&p);
+                }
+        }
 
         assert_int_equal(ledger_pause_clear(f->l), 0);
         assert_int_equal(ledger_pause_get(f->l, &p), 0);
@@ -1466,6 +1655,13 @@ static void test_sqlite_codes_to_errno(void **state) {
         assert_int_equal(sqlite_to_errno(SQLITE_BUSY_SNAPSHOT), -EBUSY);
         assert_int_equal(sqlite_to_errno(SQLITE_CONSTRAINT_TRIGGER), -EPERM);
         assert_int_equal(sqlite_to_errno(SQLITE_CONSTRAINT_UNIQUE), -EEXIST);
+        assert_int_equal(sqlite_to_errno(SQLITE_LOCKED_SHAREDCACHE), -EBUSY);
+        assert_int_equal(sqlite_to_errno(SQLITE_READONLY_DBMOVED), -EACCES);
+        assert_int_equal(sqlite_to_errno(SQLITE_PERM), -EACCES);
+        assert_int_equal(sqlite_to_errno(SQLITE_AUTH), -EACCES);
+        assert_int_equal(sqlite_to_errno(SQLITE_CANTOPEN_ISDIR), -ENOENT);
+        assert_int_equal(sqlite_to_errno(SQLITE_CORRUPT_INDEX), -EBADMSG);
+        assert_int_equal(sqlite_to_errno(SQLITE_NOTADB), -EBADMSG);
         /* A step that must give a row and gives none failed too. */
         assert_int_equal(sqlite_row_errno(SQLITE_DONE), -ENODATA);
         assert_int_equal(sqlite_row_errno(SQLITE_NOMEM), -ENOMEM);
@@ -1482,12 +1678,15 @@ int main(void) {
                 T(test_newer_schema_is_refused_by_both_modes),
                 cmocka_unit_test(test_refused_file_is_left_untouched),
                 cmocka_unit_test(test_older_schema_needs_the_daemon),
+                cmocka_unit_test(test_a_file_that_is_not_a_ledger_is_refused_untouched),
+                cmocka_unit_test(test_a_path_under_a_file_is_an_error),
                 T(test_history_and_rows_cannot_be_removed),
                 T(test_update_from_wrong_state_is_stale_and_writes_nothing),
                 T(test_update_records_call_and_state_together),
                 T(test_update_in_the_same_state_records_the_call_only),
                 T(test_find_by_key_id_and_written_number),
                 T(test_counts_and_list),
+                T(test_a_row_in_an_unknown_state_is_refused),
                 T(test_due_rows_by_set_and_batch),
                 T(test_listed_phones_by_id_and_number),
                 T(test_meta),
@@ -1505,6 +1704,8 @@ int main(void) {
                 T(test_audit_gives_every_step_with_its_phone_and_attempt),
                 T(test_audit_by_time),
                 T(test_audit_after_seq_and_the_clock_stepping_back),
+                T(test_audit_refuses_a_time_it_cannot_write),
+                T(test_progress_callback_interrupts_and_takes_back),
                 T(test_retry_says_what_it_did),
                 cmocka_unit_test_setup_teardown(test_a_hold_is_kept_by_the_boot_clock_when_the_wall_clock_says_over,
                                                 setup, teardown),
