@@ -10,13 +10,21 @@
  * be noticed: an id seen twice (a phone added before a page already read),
  * a total_pages that moved, a page before the last that is not full, or a
  * last page that is not the same at the end as when it was first read (a
- * phone added or removed anywhere shifts it).  A cursor listing notices an
- * id seen twice (an API that starts over) and a 400 to its cursor (the
- * phone it names is gone).  On any of these the listing starts again, once;
- * a second change fails it.  A failed listing is never a verdict: the rows
- * it concerns stay as they are and are looked at in a later pass.  It ends
- * with -EHOSTUNREACH when the API did not answer at all (the engine then
- * sends no GET either), -EACCES when it refused the key.
+ * phone added or removed anywhere shifts it).  On any of these the listing
+ * starts again by cursor, which new phones do not shift: an account that
+ * keeps changing is listed all the same, one page after another.
+ *
+ * A cursor listing walks the ids in order.  A phone seen again (the API
+ * went back) is only counted once.  A cursor the API no longer takes (a 400:
+ * the phone it names is gone), or an empty end right after "has_more"
+ * (maybe the end, maybe a cursor whose phone went away), steps back to the
+ * cursor before it, from where the walk goes on; the same answer at the
+ * same cursor after a step back is believed (an empty end) or starts the
+ * listing again (a 400).  A listing that starts again a second time fails.
+ * A failed listing is never a verdict: the rows it concerns stay as they
+ * are and are looked at in a later pass.  It ends with -EHOSTUNREACH when
+ * the API did not answer at all (the engine then sends no GET either),
+ * -EACCES when it refused the key.
  *
  * What it cannot notice: two changes that undo each other's shift (a phone
  * removed and another added) between the reads of two pages.  A cursor
@@ -34,6 +42,7 @@
 
 #define LIST_MAX_PAGES  10000u      /* 1,000,000 phones: past this a listing is not believed */
 #define LIST_RESTARTS   1u          /* times a listing starts again after the account changed */
+#define LIST_BACK       8u          /* cursors kept to step back to */
 
 /* The ids seen in this listing, 16 bytes each, open addressing. */
 typedef struct IdSet {
@@ -67,6 +76,10 @@ struct Listing {
         PageReq last;               /* page mode: the last page, asked again at the end */
         uint64_t last_print;        /* the last page's ids as first read */
         char cursor[UUID_STRING_LEN + 1];
+        char back[LIST_BACK][UUID_STRING_LEN + 1];   /* the cursors before it, newest last */
+        unsigned n_back;
+        char empty_at[UUID_STRING_LEN + 1];          /* the cursor an empty end came after */
+        char refused_at[UUID_STRING_LEN + 1];        /* the cursor the API answered 400 to */
         IdSet seen;
         ListingStats stats;
 };
@@ -186,9 +199,11 @@ static void reset(Listing *ls) {
         kept_clear(ls);
         ls->pages = false;
         ls->total_pages = ls->pages_left = 0;
-        ls->cursor[0] = 0;
+        ls->cursor[0] = ls->empty_at[0] = ls->refused_at[0] = 0;
+        ls->n_back = 0;
         ls->last_print = 0;
         ls->stats.listed = ls->stats.unreadable = 0;
+        ls->stats.pages = false;
 }
 
 static int begin(Listing *ls) {
@@ -213,7 +228,11 @@ static void changed(Listing *ls, const char *what) {
                 return;
         }
         ls->stats.restarts++;
-        log_notice("Listing phones: the account changed while it was listed (%s); listing it again.", what);
+        /* Offset pages shift at every change; a cursor does not. */
+        if (ls->pages)
+                ls->cursor_only = true;
+        log_notice("Listing phones: the account changed while it was listed (%s); listing it again%s.", what,
+                   ls->pages ? " by cursor, which new phones do not shift" : "");
         reset(ls);
         r = begin(ls);
         if (r < 0)
@@ -232,8 +251,10 @@ static uint64_t page_print(const PhonePage *p) {
         return h ^ (p->n + p->n_skipped);
 }
 
-/* 0, or 1 when an id repeats (the account changed), or -errno. */
+/* 0, or 1 when an id repeats in page mode (the account changed), or -errno. */
 static int take(Listing *ls, PhonePage *p) {
+        size_t again = 0;
+
         for (size_t i = 0; i < p->n_skipped; i++)
                 log_warning("Listing phones: skipped a phone that cannot be read (%s); the rest of the page counts.",
                             p->skipped[i]);
@@ -244,13 +265,20 @@ static int take(Listing *ls, PhonePage *p) {
 
                 if (r < 0)
                         return r;
-                if (r == 0)
+                if (r == 0 && ls->pages)
                         return 1;
+                if (r == 0) {
+                        again++;        /* by cursor: the API went back, and the walk goes on */
+                        continue;
+                }
                 ls->stats.listed++;
                 r = ls->keep(ph, ls->userdata);
                 if (r < 0)
                         return r;
         }
+        if (again > 0)
+                log_info("Listing phones: %zu %s listed before came again (the API went back); counted once.",
+                         again, again == 1 ? "phone" : "phones");
         return 0;
 }
 
@@ -302,13 +330,44 @@ static void all_pages_in(Listing *ls) {
         request(ls, &ls->last);
 }
 
+/* By cursor: ask again after the cursor before this one (or from the
+ * start); the phones seen again are counted once. */
+static void step_back(Listing *ls, PageReq *q, const char *why) {
+        log_info("Listing phones: %s (%s); going on from the cursor before it.", why, ls->cursor);
+        if (ls->n_back > 0)
+                memcpy(ls->cursor, ls->back[--ls->n_back], sizeof ls->cursor);
+        else
+                ls->cursor[0] = 0;
+        *q = (PageReq) { .ls = ls };
+        request(ls, q);
+}
+
+/* By cursor: the next page is after this one's last phone. */
+static void step_forward(Listing *ls, PageReq *q, const char *next) {
+        if (ls->cursor[0]) {
+                if (ls->n_back == LIST_BACK) {
+                        memmove(ls->back[0], ls->back[1], (LIST_BACK - 1) * sizeof ls->back[0]);
+                        ls->n_back--;
+                }
+                memcpy(ls->back[ls->n_back++], ls->cursor, sizeof ls->cursor);
+        }
+        memcpy(ls->cursor, next, sizeof ls->cursor);
+        *q = (PageReq) { .ls = ls };
+        request(ls, q);
+}
+
 /* A call that brought no page: a cursor the API dropped is the account
  * moving, anything else is a failed page. */
 static void page_not_taken(Listing *ls, PageReq *q, const CallResult *r, const Reply *reply) {
         /* A cursor the API no longer knows: the phone it names was
          * removed meanwhile. */
         if (!ls->pages && ls->cursor[0] && r->http_status == 400 && reply->api) {
-                changed(ls, "the API no longer takes the cursor");
+                if (streq(ls->refused_at, ls->cursor)) {
+                        changed(ls, "the API refuses the cursor again");
+                        return;
+                }
+                memcpy(ls->refused_at, ls->cursor, sizeof ls->refused_at);
+                step_back(ls, q, "the API no longer takes the cursor");
                 return;
         }
         page_failed(ls, q, reply);
@@ -408,17 +467,17 @@ static void cursor_mode_next(Listing *ls, PageReq *q, const PhonePage *page) {
         }
         if (!page->has_more) {
                 /* An empty end right after "has_more": maybe the end, maybe a
-                 * cursor whose phone went away.  Listing again tells. */
-                if (page->n == 0 && ls->cursor[0] && ls->stats.restarts < LIST_RESTARTS) {
-                        changed(ls, "the last page after has_more was empty");
+                 * cursor whose phone went away.  A step back tells: the same
+                 * empty end after the same cursor again is the end. */
+                if (page->n == 0 && ls->cursor[0] && !streq(ls->empty_at, ls->cursor)) {
+                        memcpy(ls->empty_at, ls->cursor, sizeof ls->empty_at);
+                        step_back(ls, q, "an empty last page after has_more");
                         return;
                 }
                 end(ls, 0, NULL);
                 return;
         }
-        memcpy(ls->cursor, page->last_id, sizeof ls->cursor);
-        *q = (PageReq) { .ls = ls };
-        request(ls, q);
+        step_forward(ls, q, page->last_id);
 }
 
 static void on_page(Diga *d, const CallResult *r, void *userdata) {

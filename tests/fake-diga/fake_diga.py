@@ -39,7 +39,7 @@ PAGING = ("both", "cursor")
 PROVIDERS = ("netelip", "custom")
 KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode",
          "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset",
-         "date_header", "gone_cursor", "paging")
+         "date_header", "gone_cursor", "paging", "churn")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
                "drop_mid_body", "trickle", "huge", "delay", "apply", "apply_late", "error_code", "message",
                "gate"}
@@ -341,7 +341,7 @@ class FakeDiga:
                  rate_limit=None, rate_burst=None, retry_after_mode="seconds", billing_period=3600.0,
                  custom_release="released", token="test-token", view_only_token="view-only-token",
                  date_offset=0.0, date_header="real", gone_cursor="value", paging="both",
-                 log_path=None, host="127.0.0.1", port=0):
+                 churn=None, log_path=None, host="127.0.0.1", port=0):
         self.lock = threading.Lock()
         self.host, self.port, self.url = host, port, None
         self.phones = {}                              # id -> phone dict (the public fields)
@@ -361,7 +361,8 @@ class FakeDiga:
                        rate_burst=rate_burst, retry_after_mode=retry_after_mode,
                        billing_period=billing_period, custom_release=custom_release,
                        token=token, view_only_token=view_only_token, date_offset=date_offset,
-                       date_header=date_header, gone_cursor=gone_cursor, paging=paging)
+                       date_header=date_header, gone_cursor=gone_cursor, paging=paging, churn=churn)
+        self._churn_rng, self._churned = random.Random("churn-%s" % seed), 0
         self.add_phones(make_account(n_phones, seed) if phones is None else phones)
 
     # ---- public API for in-process tests
@@ -422,6 +423,16 @@ class FakeDiga:
                     raise ValueError("gone_cursor must be one of %s" % ", ".join(GONE_CURSOR))
             elif k == "paging" and v not in PAGING:
                 raise ValueError("paging must be both or cursor")
+            elif k == "churn":
+                # A busy account: before each list request, `add` new assigned phones
+                # appear and `remove` phones not in `protect` go (a page boundary moves).
+                if v is not None and not (isinstance(v, dict) and set(v) <= {"add", "remove", "protect"} and
+                                          all(isinstance(v.get(n, 0), int) and v.get(n, 0) >= 0
+                                              for n in ("add", "remove"))):
+                    raise ValueError("churn must be null or {add, remove, protect}")
+                if v is not None:
+                    v = {"add": v.get("add", 0), "remove": v.get("remove", 0),
+                         "protect": sorted(norm_uuid(i) for i in v.get("protect", []))}
             elif k == "rate_limit":
                 v = float(v) if v else None           # 0/None: no rate limit
                 if v is not None and v < 0:
@@ -696,7 +707,21 @@ class FakeDiga:
         self.release_counts[pid] = self.release_counts.get(pid, 0) + 1
         return Reply(204)
 
+    def _churn(self):
+        """The account moves under the listing (self.lock held)."""
+        if not self.churn:
+            return
+        protect = set(self.churn["protect"])
+        for _ in range(self.churn["add"]):
+            self._churned += 1
+            self._put(_defaults(900000 + self._churned, _seeded_uuid(self._churn_rng)))
+        for _ in range(self.churn["remove"]):
+            ids = [i for i in self._ids if i not in protect]
+            if ids:
+                self._drop(ids[self._churn_rng.randrange(len(ids))])
+
     def _list(self, params):
+        self._churn()
         ids = self._by_status[params["status"]] if params["status"] else self._ids
         pred = self._filter(params)
         limit, page, total_pages = params["limit"], params["page"], None

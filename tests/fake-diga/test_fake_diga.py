@@ -133,6 +133,26 @@ def test_paging_sees_every_phone_once(fake, cli):
     assert ids == sorted(ids, reverse=True)        # default order desc
 
 
+def test_churn_moves_the_account_at_each_list_request(fake, cli):
+    """A busy account: each list request first adds and removes phones;
+    the protected ones stay, GETs and DELETEs do not churn."""
+    keep = pick(fake, n=3)
+    before = set(fake.phones)
+    fake.configure(churn={"add": 5, "remove": 2, "protect": keep})
+    r = cli.req("GET", "/v1/phone/?limit=10&page=1&order=asc")
+    assert r.status == 200 and r.json["total_pages"] == math.ceil(253 / 10)
+    after = set(fake.phones)
+    assert len(after - before) == 5 and len(before - after) == 2 and set(keep) <= after
+    assert all(fake.phones[i]["status"] == "assigned" for i in after - before)
+    assert cli.req("GET", "/v1/phone/" + keep[0]).status == 200
+    assert set(fake.phones) == after
+    fake.configure(churn=None)
+    cli.req("GET", "/v1/phone/?limit=10")
+    assert set(fake.phones) == after
+    with pytest.raises(ValueError):
+        fake.configure(churn={"add": -1})
+
+
 def test_paging_asc_before_and_page(cli):
     p1 = cli.req("GET", "/v1/phone/?limit=10&order=asc").json
     p2 = cli.req("GET", "/v1/phone/?limit=10&order=asc&after=" + p1["last_id"]).json
