@@ -622,8 +622,11 @@ void reconcile_delete(const Row *row, const Reply *r, const World *w, Outcome *o
                 say(o->detail, said == SAID_GONE ? "already gone (HTTP 404)" : "released");
                 return;
         case SAID_ACCEPTED:
+                /* What it did shows at once, unless it works in the background:
+                 * then only a look from the settle time on may say it did
+                 * nothing and send it again (look_too_early). */
                 o->next = NEXT_GET;
-                o->look_after = w->now;
+                o->look_after = row->look_after;
                 o->next_at = 0;
                 say(o->detail, "DELETE answered 204 (provider %s): looking at what it did",
                     row->provider ? row->provider : "unknown");

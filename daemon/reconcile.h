@@ -104,7 +104,7 @@ typedef struct Outcome {
         bool clear_sent;         /* this look settled the last DELETE: it released nothing */
         const char *id, *api_number, *provider, *scheduled;   /* to record; NULL: keep */
         Next next;
-        int64_t look_after;      /* with NEXT_GET: the answer lets the look decide at once */
+        int64_t look_after;      /* with NEXT_GET: from when the look may find that the DELETE did nothing */
         bool rejected;           /* with NEXT_GET: `error` is why the DELETE was refused */
 
         /* Beyond this phone. */
