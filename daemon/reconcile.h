@@ -72,6 +72,7 @@ typedef struct Row {
         const char *provider;    /* as last seen */
         const char *last_error;
         const char *rejected;    /* why the API refused this pass's DELETE, before the look */
+        int answered;            /* the HTTP status of this pass's DELETE, before the look; 0: none */
 } Row;
 
 typedef struct World {
