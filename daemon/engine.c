@@ -63,6 +63,7 @@ Row job_row(const Job *j) {
                 .hold_boot_until = j->hold_boot_until,
                 .attempts = j->attempts, .sent_at = j->sent_at, .look_after = j->look_after,
                 .provider = j->provider, .last_error = j->last_error, .rejected = j->rejected,
+                .answered = j->delete_status,
         };
 }
 

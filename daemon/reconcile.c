@@ -4,10 +4,14 @@
  *
  * - Released stays released; scheduled only becomes released.  What the API
  *   shows later never rewrites the record of an ordered release.
- * - An answer that is not clearly the API's (no answer, a 5xx, a body that
- *   is not its JSON, a 404 from a proxy) leaves a DELETE's effect unknown:
- *   the phone is looked at no sooner than api.settle_time after the DELETE
- *   left, and only a look from then on may find it still releasable.
+ * - An answer that is not clearly the API's (no answer, a 5xx, a 404 from
+ *   a proxy) leaves a DELETE's effect unknown: the phone is looked at no
+ *   sooner than api.settle_time after the DELETE left, and only a look from
+ *   then on may find it still releasable.
+ * - A 2xx, whatever its body, is the API saying it acted: the phone is
+ *   looked at at once and what it shows is recorded; one it still shows
+ *   assigned (an API at work in the background) is looked at again at the
+ *   settle time, never sent again before.
  * - A look or an answer that cannot be trusted is never a verdict: it is
  *   tried again, and counted as an attempt only for phones waiting to act.
  * - A phone is released only when its row, its declaration and both clocks
@@ -149,6 +153,12 @@ static void effects_of(const Reply *r, Outcome *o) {
  * failed: it is not failed, only looked at again. */
 static bool waits_for_a_look(const Row *row) {
         return row->sent_at != 0;
+}
+
+/* The 2xx this pass's DELETE was answered with, 0 for any other answer:
+ * the API took the release on, and the look is to see what it did. */
+static int accepted_with(const Row *row) {
+        return row->answered >= 200 && row->answered <= 299 ? row->answered : 0;
 }
 
 static void fields_of(const RemotePhone *p, const Row *row, Outcome *o) {
@@ -370,6 +380,15 @@ static bool look_too_early(const Row *row, const Look *look, const World *w, Out
                 return false;
         o->write = true;
         o->next_at = row->look_after;
+        if (accepted_with(row)) {
+                /* Not yet done, or done in the background: the settle time tells. */
+                o->level = LOG_NOTICE;
+                say(o->error, "HTTP %d (accepted, but still %s)", accepted_with(row), look->seen->status_name);
+                say(o->detail, "HTTP %d: accepted, looking again at the settle time (in %.1f s): the API still "
+                    "shows it %s, and it is sent again only if it is still assigned then", accepted_with(row),
+                    usec_to_sec(o->next_at - w->now), look->seen->status_name);
+                return true;
+        }
         o->level = LOG_INFO;
         say(o->detail, "still %s, but its DELETE may not have settled yet: looking again at the settle time",
             look->seen->status_name);
@@ -452,12 +471,12 @@ static void look_assigned(const Row *row, const Look *look, const World *w, Outc
                 say(o->detail, "%s; the phone is still assigned: needs an operator", row->rejected);
                 return;
         }
-        if (o->clear_sent && row->attempts >= w->max_attempts) {
+        if (o->clear_sent && o->attempts >= w->max_attempts) {
                 o->write = true;
                 o->to = STATE_FAILED;
                 o->next_at = 0;
                 o->level = LOG_ERR;
-                say(o->detail, "giving up after %u attempts%s%s; the phone is still assigned", row->attempts,
+                say(o->detail, "giving up after %u attempts%s%s; the phone is still assigned", o->attempts,
                     row->last_error ? ": " : "", row->last_error ? row->last_error : "");
                 return;
         }
@@ -487,7 +506,14 @@ static void look_assigned(const Row *row, const Look *look, const World *w, Outc
 /* A phone the look saw, for a row still to be decided on. */
 static void look_seen(const Row *row, const Look *look, const World *w, Outcome *o) {
         fields_of(look->seen, row, o);
-        if (look_released_or_ordered(row, look, w, o) || look_too_early(row, look, w, o))
+        if (look_released_or_ordered(row, look, w, o))
+                return;
+        /* A DELETE accepted that the phone does not show (yet) counts as an
+         * attempt: an API that accepts every DELETE and never acts ends
+         * failed after retry.max_attempts, like one that errs. */
+        if (accepted_with(row))
+                o->attempts = row->attempts + 1;
+        if (look_too_early(row, look, w, o))
                 return;
         /* From here on the look settles what a DELETE of ours did, unless a
          * step below says it proves nothing. */
@@ -534,13 +560,16 @@ bool reconcile_send(const Row *row, const World *w, Outcome *o) {
 
 /* What a DELETE's answer says.  The first row that matches decides, read
  * top to bottom as tests/reconcile/delete.txt reads; an answer no row names
- * leaves the DELETE's effect unknown.  A 2xx other than the documented 204
- * is not taken on trust, nor a 404 that is not the API's own. */
+ * leaves the DELETE's effect unknown.  Only the documented 204 of a provider
+ * we know is recorded as it stands; any other 2xx (whatever its body, the
+ * API's error JSON included: the status is the API's word, the body not
+ * read) is a release the API took on, looked at at once.  A 404 that is not
+ * the API's own is not taken on trust. */
 typedef enum Said {
         SAID_UNKNOWN,                /* a look after the settle time (or the backoff) settles it */
         SAID_ORDERED,                /* netelip orders the release for the end of the billing period */
         SAID_RELEASED,               /* custom releases at once */
-        SAID_ACCEPTED,               /* a provider we do not know: look at once at what it did */
+        SAID_ACCEPTED,               /* any other 2xx: the API acted; look at once at what it did */
         SAID_GONE,                   /* the phone is not there: released before, by us or anyone */
         SAID_AUTH,                   /* the key is refused: every call pauses */
         SAID_NOTHING_DONE,           /* the API's 408/429: it did nothing, try again after the backoff */
@@ -556,7 +585,7 @@ static const struct {
 } delete_answers[] = {
         { 204, 204, ANY, "netelip", SAID_ORDERED },
         { 204, 204, ANY, "custom",  SAID_RELEASED },
-        { 204, 204, ANY, NULL,      SAID_ACCEPTED },
+        { 200, 299, ANY, NULL,      SAID_ACCEPTED },
         { 404, 404, 1,   NULL,      SAID_GONE },
         { 401, 401, ANY, NULL,      SAID_AUTH },
         { 403, 403, ANY, NULL,      SAID_AUTH },
@@ -622,10 +651,14 @@ void reconcile_delete(const Row *row, const Reply *r, const World *w, Outcome *o
                 say(o->detail, said == SAID_GONE ? "already gone (HTTP 404)" : "released");
                 return;
         case SAID_ACCEPTED:
+                /* What it did shows at once, unless it works in the background:
+                 * then only a look from the settle time on may say it did
+                 * nothing and send it again (look_too_early). */
                 o->next = NEXT_GET;
-                o->look_after = w->now;
+                o->look_after = row->look_after;
                 o->next_at = 0;
-                say(o->detail, "DELETE answered 204 (provider %s): looking at what it did",
+                o->level = LOG_INFO;
+                say(o->detail, "DELETE answered %s (provider %s): accepted; looking at the phone now", why,
                     row->provider ? row->provider : "unknown");
                 return;
         case SAID_AUTH:

@@ -72,6 +72,7 @@ typedef struct Row {
         const char *provider;    /* as last seen */
         const char *last_error;
         const char *rejected;    /* why the API refused this pass's DELETE, before the look */
+        int answered;            /* the HTTP status of this pass's DELETE, before the look; 0: none */
 } Row;
 
 typedef struct World {
@@ -104,7 +105,7 @@ typedef struct Outcome {
         bool clear_sent;         /* this look settled the last DELETE: it released nothing */
         const char *id, *api_number, *provider, *scheduled;   /* to record; NULL: keep */
         Next next;
-        int64_t look_after;      /* with NEXT_GET: the answer lets the look decide at once */
+        int64_t look_after;      /* with NEXT_GET: from when the look may find that the DELETE did nothing */
         bool rejected;           /* with NEXT_GET: `error` is why the DELETE was refused */
 
         /* Beyond this phone. */

@@ -73,6 +73,7 @@ def calls_of(rig, call):
 #   "retried": the call failed, was made again, and the phone was released after it.
 #   "ignored": a DELETE answered 2xx: the release is recorded whatever the body, not re-sent.
 #   "ok":      not a failure at all (a slow answer within api.timeout).
+#   "accepted": a DELETE answered 2xx: the API acted; one GET records what it did.
 def _json_as_text(rig, call):
     return {"status": 200, "body": real_body(rig, call), "content_type": "text/plain"}
 
@@ -106,10 +107,9 @@ FAULTS = {
     "trickle_fast":   (lambda rig, call: {"trickle": 0.3}, None, "ok"),
 }
 
-# A DELETE is documented to answer 204.  A 200 with a body is not taken on trust:
-# its effect is unknown, so the phone is looked at once the settle time has
-# passed, and the DELETE is not sent again when the look finds the release
-# (the fake applied it, "apply").
+# A DELETE is documented to answer 204.  A 200, whatever its body, is the API
+# saying it acted (issue 26): the phone is looked at at once, the look records
+# the release (the fake applied it, "apply"), and nothing is sent again.
 DELETE_2XX_BODY = {"truncated_json", "malformed_json", "html_200", "json_as_text"}
 
 # Retry-After the daemon must wait at least (seconds; arrival times at the fake
@@ -130,10 +130,10 @@ def retry_lines(run, call):
 def test_fault_once_then_released(make_rig, call, fault):
     make_answer, reason, how = FAULTS[fault]
     if call == "delete" and fault in DELETE_2XX_BODY:
-        how, reason = "looked", r"HTTP 200"
+        how, reason = "accepted", r"DELETE answered HTTP 200 \(provider netelip\): accepted"
     rig = make_rig([phone(1), phone(2, provider="custom")])
     answer = make_answer(rig, call)
-    if how == "looked":
+    if how == "accepted":
         answer = dict(answer, apply=True)
     rig.fake.script(script_key(call), METHOD[call], [answer])
     # Phone 2 is declared the same way: a bystander the fault must not hold back.
@@ -151,7 +151,7 @@ def test_fault_once_then_released(make_rig, call, fault):
 
     # A DELETE that was applied (its answer lost, slow or not the API's) is never
     # sent again; one that was not is sent again, after a look found it assigned.
-    applied = call == "delete" and (how == "looked" or fault in ("timeout", "trickle_slow", "cut_mid_body"))
+    applied = call == "delete" and (how == "accepted" or fault in ("timeout", "trickle_slow", "cut_mid_body"))
     n_deletes = rig.fake.delete_counts.get(pid(1), 0)
     if call != "delete" or how == "ok" or applied:
         assert n_deletes == 1, "DELETEs of phone 1: %d" % n_deletes
@@ -159,10 +159,17 @@ def test_fault_once_then_released(make_rig, call, fault):
         assert n_deletes == 2, "DELETEs of phone 1: %d" % n_deletes
 
     lines = retry_lines(run, call)
-    if how == "ok":
+    if how in ("ok", "accepted"):
         assert lines == [], run
         # (A fault that is not one is not logged as a warning either.)
         assert not run.events(MSG["retrying"]), run
+    if how == "accepted":
+        # Recorded from one look right after the DELETE, the answer on record.
+        t_delete = rig.deletes(pid(1))[0]["t"]
+        assert len([e for e in rig.fake.log if e["method"] == "GET" and e["t"] > t_delete]) == 1, rig.fake.log
+        hist = rig.show(key_of(call))["history"]
+        assert any(re.search(reason, e["detail"] or "") for e in hist), hist
+    if how in ("ok", "accepted"):
         return
     assert len(lines) == 1, "expected one line telling the %s failed:\n%s" % (call, run.stderr)
     assert re.search(reason, lines[0]), "the line does not name the fault (%s): %s" % (reason, lines[0])
@@ -211,8 +218,11 @@ PERSISTENT = {
 @pytest.mark.parametrize("call,fault", [(c, f) for c in ("get", "delete") for f in PERSISTENT])
 def test_fault_every_time_ends_failed(make_rig, call, fault):
     answer, reason = PERSISTENT[fault]
-    if call == "delete" and fault == "truncated_json":
-        reason = r"HTTP 200"      # a DELETE's body is not read: a 200 is not its documented 204
+    accepted = call == "delete" and fault == "truncated_json"
+    if accepted:
+        # A DELETE's body is not read: a 200 is the API saying it acted, and a
+        # look that shows it still assigned says it did not.
+        reason = r"HTTP 200 \(accepted, but still assigned\)"
     rig = make_rig([phone(1)])
     rig.fake.script(script_key(call), METHOD[call], [answer] * 50)
     rig.write_config(declare(call), api={"timeout": timeout_for(fault)}, retry={"max_attempts": 3})
@@ -233,9 +243,14 @@ def test_fault_every_time_ends_failed(make_rig, call, fault):
     # failed it.  A GET's attempt 2 is retrying -> retrying: a plain line.  Each
     # DELETE leaves from in_flight, so each failed one is a retrying event; the
     # last waits for a look, after the settle time, that finds it assigned.
+    # An accepted DELETE is not a failed call: the row stays in_flight (no
+    # retrying event), each one counted by the look that shows it assigned.
     retrying = run.events(MSG["retrying"], OUTCOME="retrying")
-    assert retrying and re.search(reason, retrying[0]["line"]), run
-    assert len(retrying) == (3 if call == "delete" else 1), run
+    if accepted:
+        assert retrying == [], run
+    else:
+        assert retrying and re.search(reason, retrying[0]["line"]), run
+        assert len(retrying) == (3 if call == "delete" else 1), run
     if call == "get":
         assert len(calls_of(rig, call)) == 3
         assert rig.deletes() == []

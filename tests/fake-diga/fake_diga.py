@@ -41,8 +41,8 @@ KNOBS = ("latency", "error_rate", "rate_limit", "rate_burst", "retry_after_mode"
          "billing_period", "custom_release", "token", "view_only_token", "seed", "date_offset",
          "date_header", "gone_cursor", "paging", "churn")
 ANSWER_KEYS = {"status", "body", "content_type", "retry_after", "headers", "drop",
-               "drop_mid_body", "trickle", "huge", "delay", "apply", "apply_late", "error_code", "message",
-               "gate"}
+               "drop_mid_body", "trickle", "huge", "delay", "apply", "apply_late", "apply_after",
+               "error_code", "message", "gate"}
 
 # Pydantic accepts the hyphenated and the plain 32-hex forms, in any case.
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1"
@@ -349,6 +349,7 @@ class FakeDiga:
         self._by_status = {s: [] for s in STATUSES}   # same, per status, for ?status=
         self._enc = {}                                # id -> cached JSON bytes
         self._sched, self._heap = {}, []              # pending netelip releases: id -> ts, (ts, id) heap
+        self._later, self._later_seq = [], itertools.count()   # background releases (apply_after): (ts, seq, id)
         self._clock_offset = 0.0                      # /_fake/advance moves the fake's clock
         self._scripts = {}                            # (id|"list"|"*", METHOD) -> [answers]
         self.violations, self.release_counts, self.delete_counts = [], {}, {}
@@ -474,6 +475,13 @@ class FakeDiga:
                 a = {"status": a}
             if not isinstance(a, dict) or not set(a) <= ANSWER_KEYS:
                 raise ValueError("bad scripted answer %r" % (a,))
+            if "apply_after" in a:
+                after = a["apply_after"]
+                if isinstance(after, bool) or not isinstance(after, (int, float)) or \
+                        not (math.isfinite(after) and after >= 0):
+                    raise ValueError("apply_after must be a number of seconds >= 0")
+                if method.upper() != "DELETE" or a.get("apply_late"):
+                    raise ValueError("apply_after is for a DELETE, and not with apply_late")
             norm.append(dict(a))
         with self.lock:
             if norm:
@@ -552,7 +560,15 @@ class FakeDiga:
         self._sched.pop(pid, None)
 
     def _settle(self, now):
-        """Complete the scheduled netelip releases that are due (lazy, O(k log n))."""
+        """Complete the background releases (apply_after), then the scheduled netelip
+        releases that are due (lazy, O(k log n))."""
+        while self._later and self._later[0][0] <= now:
+            ts, _, pid = heapq.heappop(self._later)
+            p = self.phones.get(pid)
+            if p is not None:
+                # As the API's worker would, when it gets to it: the real rules
+                # then (a phone released meanwhile stays as it is).
+                self._release(pid, p, ts)
         while self._heap and self._heap[0][0] <= now:
             ts, pid = heapq.heappop(self._heap)
             if self._sched.get(pid) != ts:
@@ -657,15 +673,18 @@ class FakeDiga:
         """A DELETE for a phone already released or scheduled is a client bug, whatever
         the answer turns out to be (409, scripted, or a 404 after a 'gone' release)."""
         p, prior = self.phones.get(pid), self.release_counts.get(pid, 0)
+        background = any(x[2] == pid for x in self._later)
         if p is None:
             bad = prior > 0
         else:
-            bad = p["status"] in ("released", "finished") or \
+            # A release accepted and still at work in the background counts:
+            # a second DELETE then is a second release of the same phone.
+            bad = p["status"] in ("released", "finished") or background or \
                 (p["status"] == "assigned" and bool(p.get("scheduled_release_at")))
         if bad:
             self.violations.append({
                 "kind": "double_release", "phone_id": pid, "phone_status": p and p["status"],
-                "scheduled_release_at": p and p.get("scheduled_release_at"),
+                "scheduled_release_at": p and p.get("scheduled_release_at"), "background": background,
                 "prior_releases": prior, "t": entry["t"], "wall": entry["wall"]})
 
     def _next_answer(self, key, method):
@@ -776,8 +795,13 @@ class FakeDiga:
         replaces = any(k in ans for k in ("status", "body", "huge")) or ans.get("drop")
         real = None
         late = route == "delete" and ans.get("apply_late") and ans.get("apply", not replaces)
-        if (route != "delete" or ans.get("apply", not replaces)) and not late:
+        background = route == "delete" and "apply_after" in ans and ans.get("apply", not replaces)
+        if (route != "delete" or ans.get("apply", not replaces)) and not late and not background:
             real = self._real(route, pid, params, now)
+        if background:
+            # An API that accepts now and releases later: the answer goes at
+            # once, the release happens apply_after seconds on (the fake's clock).
+            heapq.heappush(self._later, (now + float(ans["apply_after"]), next(self._later_seq), pid))
         if ans.get("drop"):
             r = Reply(None)
             r.drop = True

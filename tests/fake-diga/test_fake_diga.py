@@ -910,3 +910,84 @@ def test_a_gated_answer_waits_for_its_gate(fake):
     gate.set()
     t.join(5)
     assert out["r"].status == 204 and fake.release_counts == {pid: 1}
+
+
+# A DELETE answered 200 or 202 with each kind of body, the release done all the same.
+ACCEPTED_BODIES = {
+    "empty": {},
+    "json": {"body": {"id": "(the phone)", "status": "released"}},
+    "error_json": {"body": {"status": "error", "error_code": "RELEASE_QUEUED", "message": "queued"}},
+    "html": {"body": "<html><body>Accepted</body></html>", "content_type": "text/html"},
+}
+
+
+@pytest.mark.parametrize("kind", list(ACCEPTED_BODIES))
+@pytest.mark.parametrize("status", [200, 202])
+def test_delete_answered_2xx_with_a_body_and_applied(fake, cli, status, kind):
+    pid = pick(fake, provider="custom")
+    fake.script(pid, "DELETE", [dict(ACCEPTED_BODIES[kind], status=status, apply=True)])
+    r = cli.req("DELETE", "/v1/phone/" + pid)
+    assert r.status == status
+    want = ACCEPTED_BODIES[kind].get("body", "")
+    assert r.body == (want.encode() if isinstance(want, str) else json.dumps(want).encode())
+    assert r.headers["Content-Type"] == ACCEPTED_BODIES[kind].get("content_type", "application/json")
+    assert fake.phone(pid)["status"] == "released" and fake.release_counts == {pid: 1}
+
+
+@pytest.mark.parametrize("provider,done", [("custom", "released"), ("netelip", "assigned")])
+def test_apply_after_releases_in_the_background(fake, cli, provider, done):
+    """apply_after: answered at once, released that many seconds later on the fake's clock."""
+    pid = pick(fake, provider=provider)
+    fake.script(pid, "DELETE", [{"status": 202, "body": {"status": "accepted"}, "apply": True,
+                                 "apply_after": 3600}])
+    t0 = time.monotonic()
+    r = cli.req("DELETE", "/v1/phone/" + pid)
+    assert r.status == 202 and r.json == {"status": "accepted"}
+    assert time.monotonic() - t0 < 5, "the answer waited for the release"
+    p = cli.req("GET", "/v1/phone/" + pid).json
+    assert p["status"] == "assigned" and p["scheduled_release_at"] is None and fake.release_counts == {}
+    fake.advance(3599)
+    assert cli.req("GET", "/v1/phone/" + pid).json["status"] == "assigned"
+    assert cli.req("POST", "/_fake/advance", body={"seconds": 2}).status == 200
+    p = cli.req("GET", "/v1/phone/" + pid).json
+    assert p["status"] == done and fake.release_counts == {pid: 1}
+    if provider == "netelip":          # ordered when the worker got to it, from then on
+        assert parse_ts(p["scheduled_release_at"]) == pytest.approx(fake.now() - 1 + 3600, abs=5)
+    assert fake.violations == [] and fake.delete_counts == {pid: 1}
+
+
+def test_apply_after_on_the_wall_clock_too(fake, cli):
+    pid = pick(fake, provider="custom")
+    fake.script(pid, "DELETE", [{"status": 200, "apply": True, "apply_after": 0.3}])
+    t0 = time.monotonic()
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 200
+    deadline = t0 + 10
+    while cli.req("GET", "/v1/phone/" + pid).json["status"] == "assigned":
+        assert time.monotonic() < deadline, "never released"
+        time.sleep(0.02)
+    assert time.monotonic() - t0 >= 0.3 and fake.release_counts == {pid: 1}
+
+
+def test_a_second_delete_during_a_background_release_is_a_violation(fake, cli):
+    pid = pick(fake, provider="custom")
+    fake.script(pid, "DELETE", [{"status": 202, "apply": True, "apply_after": 3600}])
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 202
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 204     # the real release, now
+    assert len(fake.violations) == 1 and fake.violations[0]["background"] is True
+    fake.advance(3601)                 # the worker then finds it released: nothing more
+    assert fake.release_counts == {pid: 1} and fake.phone(pid)["status"] == "released"
+
+
+def test_apply_after_without_apply_or_with_bad_values(fake, cli):
+    pid = pick(fake, provider="custom")
+    fake.script(pid, "DELETE", [{"status": 202, "apply_after": 1}])   # a 202 that does nothing
+    assert cli.req("DELETE", "/v1/phone/" + pid).status == 202
+    fake.advance(10)
+    assert fake.phone(pid)["status"] == "assigned" and fake.release_counts == {}
+    for bad in (-1, "5", True, float("inf")):
+        with pytest.raises(ValueError):
+            fake.script(pid, "DELETE", [{"apply": True, "apply_after": bad}])
+    with pytest.raises(ValueError):
+        fake.script(pid, "DELETE", [{"apply": True, "apply_after": 1, "apply_late": True}])
+    with pytest.raises(ValueError):
+        fake.script(pid, "GET", [{"apply_after": 1}])

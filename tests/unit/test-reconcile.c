@@ -304,7 +304,7 @@ static void run_case(void **state) {
                 .attempts = (unsigned) num_or(lr, "attempts", 0), .sent_at = x.sent,
                 .look_after = time_or(&x, lr, "look_after", x.sent ? x.sent + (int64_t) w.settle : 0),
                 .provider = str_or(lr, "provider", NULL), .last_error = str_or(lr, "last_error", NULL),
-                .rejected = str_or(lr, "rejected", NULL),
+                .rejected = str_or(lr, "rejected", NULL), .answered = (int) num_or(lr, "answered", 0),
         };
 
         if (ll) {
