@@ -38,7 +38,13 @@ typedef struct Decl {
 } Decl;
 
 typedef struct Config Config;
-typedef struct ConfDiag ConfDiag;
+
+/* Diagnostics in the "FILE:LINE: message" form, in the order found. */
+typedef struct ConfDiag {
+        char **lines;
+        size_t n;
+        size_t dropped;          /* past CONF_MAX_DIAG */
+} ConfDiag;
 
 /* Where the declarations go as they are read, so that no more than one
  * file's worth is ever held in memory (state/ puts them in the ledger's
@@ -79,16 +85,12 @@ struct Config {
         char *control_socket;    /* the daemon's control socket */
 
         size_t n_decls;          /* distinct declarations (as many as read, without a sink) */
+        /* What loaded but may not be what was meant, "FILE:LINE: message",
+         * for `retirectl check` (ids in capitals, read in lowercase). */
+        ConfDiag notes;
 
         char **files;            /* every file read, for Decl.file */
         size_t n_files;
-};
-
-/* Diagnostics in the "FILE:LINE: message" form, in the order found. */
-struct ConfDiag {
-        char **lines;
-        size_t n;
-        size_t dropped;          /* past CONF_MAX_DIAG */
 };
 
 void conf_diag_done(ConfDiag *d);
@@ -114,7 +116,9 @@ static inline void config_freep(Config **c) { if (*c) config_free(*c); }
 
 
 /* Validation helpers shared with state/ and daemon/. */
-bool uuid_is_valid(const char *s);
+bool uuid_is_valid(const char *s);            /* lowercase, the canonical form */
+/* s a UUID in any case: true, with its lowercase form in ret. */
+bool uuid_canonical(const char *s, char ret[static UUID_STRING_LEN + 1]);
 int number_normalize(const char *in, char **ret);
 int rfc3339_parse(const char *s, int64_t *ret);
 int rfc3339_format(int64_t t, char buf[static 21]);

@@ -118,3 +118,30 @@ def test_undeclared_while_retrying_after_an_applied_delete(make_rig):
     assert len(rig.deletes(pid(1))) == 1
     assert rig.list()[num(1)]["state"] == "scheduled", \
         "the ledger must not say 'cancelled' for a phone the API released"
+
+
+def test_an_id_in_capitals_is_the_same_phone(make_rig):
+    """An id pasted from a dashboard in capitals is the phone's id: declared that way
+    and in lowercase it is one phone, released once, and `show` and `retry` find it
+    in capitals too."""
+    rig = make_rig([phone(1), phone(2)])
+    upper = pid(1).upper()
+    rig.fake.script(pid(1), "DELETE", [409])
+    path = rig.write_config([{"id": upper, "reason": "from a dashboard"}, {"id": pid(1)}, {"number": num(2)}])
+    line = next(i for i, text in enumerate(open(path).read().splitlines(), 1) if upper in text)
+    check = rig.ctl("check")
+    assert "%s:%d: 1 id in capitals" % (path, line) in check.stderr, check.stderr
+    assert "2 releases declared" in check.stdout, check.stdout
+
+    assert rig.run().rc == EXIT["operator"]
+    rows = rig.list()
+    assert sorted(rows) == sorted([pid(1), num(2)]) and rows[pid(1)]["state"] == "failed", rows
+    assert rig.show(upper)["key"] == pid(1)
+    rig.ctl("retry", upper)
+    assert rig.list()[pid(1)]["state"] == "pending"
+    run = rig.run()
+    assert run.rc == 0, run
+    assert rig.list()[pid(1)]["state"] == "scheduled"
+    assert [e["status"] for e in rig.deletes(pid(1))] == [409, 204]
+    rig.assert_exactly_once()
+

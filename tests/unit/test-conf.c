@@ -336,6 +336,32 @@ static void test_ids_become_the_key(void **state) {
         config_free(c);
 }
 
+/* As dashboards and spreadsheets show them: kept in lowercase, the one
+ * spelling of the ledger and the journal, so that both spellings are one
+ * phone (merged, not two declarations), and said once per file. */
+static void test_ids_in_any_case(void **state) {
+        Config *c = load_ok(CORPUS "/good/ids-any-case.conf");
+
+        assert_int_equal(c->n_decls, 3);
+        assert_string_equal(loaded.v[0].key, UUID_A);
+        assert_string_equal(loaded.v[0].id, UUID_A);
+        assert_string_equal(loaded.v[0].reason, "from a dashboard");
+        assert_int_equal(loaded.v[0].line, 4);
+        assert_string_equal(loaded.v[1].key, "0000000a-000b-400c-8d0e-00000000000f");
+        assert_string_equal(loaded.v[1].id, "0000000a-000b-400c-8d0e-00000000000f");
+        assert_string_equal(loaded.v[1].number, "+34910000011");
+        assert_string_equal(loaded.v[2].key, "abcdef01-2345-4678-9abc-def012345678");
+        assert_int_equal(c->notes.n, 1);
+        assert_string_equal(c->notes.lines[0], CORPUS "/good/ids-any-case.conf:4: 3 ids in capitals (the first "
+                            "here), read in lowercase as the ledger and the journal write them");
+        config_free(c);
+
+        /* In lowercase already: nothing to say. */
+        c = load_ok(CORPUS "/good/ids.conf");
+        assert_int_equal(c->notes.n, 0);
+        config_free(c);
+}
+
 static void test_not_before_forms(void **state) {
         Config *c = load_ok(CORPUS "/good/not-before.conf");
 
@@ -1033,6 +1059,7 @@ int main(void) {
                 cmocka_unit_test(test_numbers_are_normalised),
                 cmocka_unit_test(test_sip_identifiers_are_kept_as_written),
                 cmocka_unit_test(test_ids_become_the_key),
+                cmocka_unit_test(test_ids_in_any_case),
                 cmocka_unit_test(test_not_before_forms),
                 cmocka_unit_test(test_duplicates_are_merged),
                 cmocka_unit_test(test_loopback_base_urls),
