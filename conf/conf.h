@@ -51,15 +51,16 @@ typedef struct ConfDiag {
  * temporary tables).  begin() is called once the main file's settings are
  * known (the ledger's path among them), before the first declaration;
  * add() once per declaration, whose strings live only for the call;
- * finish() after the last file, to merge what several files declare twice
- * and report in d what conflicts (returning how many), and to tell the
- * number of distinct declarations; rejected says the files are refused
- * already, for other reasons, and nothing of them may stay.  Each returns
- * < 0 on failure. */
+ * finish() after the last file, to merge what several entries declare twice
+ * and report in d what conflicts (returning how many), in warnings what
+ * agrees (one phone declared more than once), and to tell the number of
+ * distinct declarations; rejected says the files are refused already, for
+ * other reasons, and nothing of them may stay.  Each returns < 0 on
+ * failure. */
 typedef struct DeclSink {
         int (*begin)(void *userdata, const Config *c);
         int (*add)(void *userdata, const Decl *d);
-        int (*finish)(void *userdata, ConfDiag *d, bool rejected, size_t *ret_n);
+        int (*finish)(void *userdata, ConfDiag *d, ConfDiag *warnings, bool rejected, size_t *ret_n);
         void *userdata;
 } DeclSink;
 
@@ -85,8 +86,11 @@ struct Config {
         char *control_socket;    /* the daemon's control socket */
 
         size_t n_decls;          /* distinct declarations (as many as read, without a sink) */
-        /* What loaded but may not be what was meant, "FILE:LINE: message",
-         * for `retirectl check` (ids in capitals, read in lowercase). */
+        /* What loaded but may not be what was meant, "FILE:LINE: message":
+         * warnings, to be shown wherever the set is loaded (one phone
+         * declared more than once: by the sink only); notes, for
+         * `retirectl check` (ids in capitals, read in lowercase). */
+        ConfDiag warnings;
         ConfDiag notes;
 
         char **files;            /* every file read, for Decl.file */
@@ -94,6 +98,7 @@ struct Config {
 };
 
 void conf_diag_done(ConfDiag *d);
+/* file NULL: a line with no place. */
 void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 

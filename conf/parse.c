@@ -669,7 +669,7 @@ static int load_releases(Loader *l, config_t **tree, bool explicit_dropin) {
                 return r;
         c->n_decls = l->n_read;
         if (sink) {
-                r = sink->finish(sink->userdata, l->d, l->errors > 0, &c->n_decls);
+                r = sink->finish(sink->userdata, l->d, &c->warnings, l->errors > 0, &c->n_decls);
                 if (r < 0)
                         return r;
                 conflicts = (size_t) r;
@@ -752,6 +752,7 @@ Config *config_free(Config *c) {
         free(c->releases_dir);
         free(c->control_socket);
         conf_diag_done(&c->notes);
+        conf_diag_done(&c->warnings);
         free(c);
         return NULL;
 }

@@ -31,7 +31,9 @@ void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt
         va_end(ap);
         if (r < 0)
                 return;
-        if (line > 0)
+        if (!file)
+                l = TAKE_PTR(msg);
+        else if (line > 0)
                 r = asprintf(&l, "%s:%u: %s", file, line, msg);
         else
                 r = asprintf(&l, "%s: %s", file, msg);

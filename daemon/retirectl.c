@@ -71,6 +71,8 @@ static void print_warnings(const Config *c, bool notes) {
                 fprintf(stderr, "retirectl: note: %s\n", c->notes.lines[i]);
         if (notes && c->notes.dropped)
                 fprintf(stderr, "retirectl: note: (%zu more not shown)\n", c->notes.dropped);
+        for (size_t i = 0; i < c->warnings.n; i++)
+                fprintf(stderr, "retirectl: warning: %s\n", c->warnings.lines[i]);
 }
 
 int load(const DeclSink *sink, bool settings_only, Config **ret) {
@@ -250,6 +252,7 @@ static int verb_plan(void) {
 
         if (load_declarations(&l, &c) < 0)
                 return EXIT_ERROR;
+        print_warnings(c, false);
         r = plan_compute(l, c, &p);
         if (r < 0) {
                 fprintf(stderr, "retirectl: cannot compute the plan: %s (%s)\n", strerror(-r), ledger_errmsg(l));

@@ -145,3 +145,30 @@ def test_an_id_in_capitals_is_the_same_phone(make_rig):
     assert [e["status"] for e in rig.deletes(pid(1))] == [409, 204]
     rig.assert_exactly_once()
 
+
+def test_a_phone_declared_ten_thousand_times_is_one_delete_and_one_warning(make_rig):
+    """A list pasted over and over: one phone, one DELETE, and check, plan and the
+    daemon's load line each say so once, with the count and the first places."""
+    copies = 10000
+    rig = make_rig([phone(1)])
+    path = rig.write_config([{"number": num(1)}] * copies)
+    lines = [i for i, text in enumerate(open(path).read().splitlines(), 1) if num(1) in text]
+    assert len(lines) == copies
+    said = "%s:%d: %s is declared %d times, also at %s:%d, %s:%d and %d more places" % (
+        path, lines[0], num(1), copies, path, lines[1], path, lines[2], copies - 3)
+
+    check = rig.ctl("check")
+    assert check.stderr.count("declared %d times" % copies) == 1 and said in check.stderr, check.stderr
+    assert "OK, 1 release declared" in check.stdout, check.stdout
+    plan = rig.ctl("plan", check=False)
+    assert plan.returncode == 2, plan
+    assert plan.stderr.count("declared %d times" % copies) == 1 and said in plan.stderr, plan.stderr
+    assert plan.stdout.count("+ add") == 1, plan.stdout
+
+    run = rig.run()
+    assert run.rc == 0, run
+    loaded = run.events(MSG["config_loaded"])
+    assert len(loaded) == 1 and said in loaded[0]["line"], run
+    assert run.stderr.count("declared %d times" % copies) == 1, run
+    assert len(rig.deletes(pid(1))) == 1
+    rig.assert_exactly_once(one_delete=True)
