@@ -38,22 +38,29 @@ typedef struct Decl {
 } Decl;
 
 typedef struct Config Config;
-typedef struct ConfDiag ConfDiag;
+
+/* Diagnostics in the "FILE:LINE: message" form, in the order found. */
+typedef struct ConfDiag {
+        char **lines;
+        size_t n;
+        size_t dropped;          /* past CONF_MAX_DIAG */
+} ConfDiag;
 
 /* Where the declarations go as they are read, so that no more than one
  * file's worth is ever held in memory (state/ puts them in the ledger's
  * temporary tables).  begin() is called once the main file's settings are
  * known (the ledger's path among them), before the first declaration;
  * add() once per declaration, whose strings live only for the call;
- * finish() after the last file, to merge what several files declare twice
- * and report in d what conflicts (returning how many), and to tell the
- * number of distinct declarations; rejected says the files are refused
- * already, for other reasons, and nothing of them may stay.  Each returns
- * < 0 on failure. */
+ * finish() after the last file, to merge what several entries declare twice
+ * and report in d what conflicts (returning how many), in warnings what
+ * agrees (one phone declared more than once), and to tell the number of
+ * distinct declarations; rejected says the files are refused already, for
+ * other reasons, and nothing of them may stay.  Each returns < 0 on
+ * failure. */
 typedef struct DeclSink {
         int (*begin)(void *userdata, const Config *c);
         int (*add)(void *userdata, const Decl *d);
-        int (*finish)(void *userdata, ConfDiag *d, bool rejected, size_t *ret_n);
+        int (*finish)(void *userdata, ConfDiag *d, ConfDiag *warnings, bool rejected, size_t *ret_n);
         void *userdata;
 } DeclSink;
 
@@ -79,19 +86,19 @@ struct Config {
         char *control_socket;    /* the daemon's control socket */
 
         size_t n_decls;          /* distinct declarations (as many as read, without a sink) */
+        /* What loaded but may not be what was meant, "FILE:LINE: message":
+         * warnings, to be shown wherever the set is loaded (one phone
+         * declared more than once: by the sink only); notes, for
+         * `retirectl check` (ids in capitals, read in lowercase). */
+        ConfDiag warnings;
+        ConfDiag notes;
 
         char **files;            /* every file read, for Decl.file */
         size_t n_files;
 };
 
-/* Diagnostics in the "FILE:LINE: message" form, in the order found. */
-struct ConfDiag {
-        char **lines;
-        size_t n;
-        size_t dropped;          /* past CONF_MAX_DIAG */
-};
-
 void conf_diag_done(ConfDiag *d);
+/* file NULL: a line with no place. */
 void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 
@@ -114,7 +121,9 @@ static inline void config_freep(Config **c) { if (*c) config_free(*c); }
 
 
 /* Validation helpers shared with state/ and daemon/. */
-bool uuid_is_valid(const char *s);
+bool uuid_is_valid(const char *s);            /* lowercase, the canonical form */
+/* s a UUID in any case: true, with its lowercase form in ret. */
+bool uuid_canonical(const char *s, char ret[static UUID_STRING_LEN + 1]);
 int number_normalize(const char *in, char **ret);
 int rfc3339_parse(const char *s, int64_t *ret);
 int rfc3339_format(int64_t t, char buf[static 21]);

@@ -24,6 +24,8 @@ typedef struct Loader {
         size_t errors;      /* d->n may be capped; this is not */
         size_t n_read;      /* declarations read, before any merge */
         unsigned retry_line;   /* where the retry group is, for cross-key checks */
+        size_t capital_ids;    /* ids in capitals in the file being read */
+        unsigned capital_line; /* the first of them */
 } Loader;
 
 static void bad(Loader *l, const config_setting_t *s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -196,11 +198,28 @@ static int decl_push(Loader *l, const Decl *d) {
         return l->sink->add(l->sink->userdata, d);
 }
 
+/* An id written in capitals is read in lowercase, the one spelling the
+ * ledger, the plan and the journal use: counted per file, so that a file
+ * pasted from a dashboard gets one note, not one per line. */
+static void capital_id(Loader *l, unsigned line) {
+        if (l->capital_ids++ == 0)
+                l->capital_line = line;
+}
+
+static void note_capital_ids(Loader *l, const char *file) {
+        if (l->capital_ids > 0)
+                conf_diag_add(&l->c->notes, file, l->capital_line,
+                              "%zu %s in capitals (the first here), read in lowercase as the ledger and the "
+                              "journal write them", l->capital_ids, l->capital_ids == 1 ? "id" : "ids");
+        l->capital_ids = 0;
+}
+
 /* The strings are libconfig's, alive as long as the file's tree: only the
- * normalised number is our own. */
+ * normalised number and id are our own. */
 static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
         Decl d = { .file = file, .line = config_setting_source_line(e) };
         _cleanup_free_ char *number = NULL;
+        char id[UUID_STRING_LEN + 1];
         size_t before = l->errors;
         int r;
 
@@ -222,10 +241,13 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
                         continue;
                 }
                 if (streq(name, "id")) {
-                        if (!uuid_is_valid(v))
-                                bad(l, s, "id: \"%.40s\" is not a lowercase UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)", v);
-                        else
-                                d.id = v;
+                        if (!uuid_canonical(v, id))
+                                bad(l, s, "id: \"%.40s\" is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)", v);
+                        else {
+                                d.id = id;
+                                if (!streq(id, v))
+                                        capital_id(l, config_setting_source_line(s));
+                        }
                 } else if (streq(name, "number")) {
                         number = mfree(number);
                         r = number_normalize(v, &number);
@@ -441,6 +463,7 @@ static int read_main_releases(Loader *l, config_t *cfg) {
                 if (streq(config_setting_name(s), "releases"))
                         r = read_releases(l, s, l->c->files[0]);
         }
+        note_capital_ids(l, l->c->files[0]);
         return r;
 }
 
@@ -476,6 +499,7 @@ static int read_dropin(Loader *l, const char *path) {
                                 bad(l, s, "unknown setting '%s' (a releases.d file holds only 'releases')",
                                     config_setting_name(s));
                 }
+                note_capital_ids(l, file);
         }
         config_destroy(&cfg);
         return r;
@@ -645,7 +669,7 @@ static int load_releases(Loader *l, config_t **tree, bool explicit_dropin) {
                 return r;
         c->n_decls = l->n_read;
         if (sink) {
-                r = sink->finish(sink->userdata, l->d, l->errors > 0, &c->n_decls);
+                r = sink->finish(sink->userdata, l->d, &c->warnings, l->errors > 0, &c->n_decls);
                 if (r < 0)
                         return r;
                 conflicts = (size_t) r;
@@ -727,6 +751,8 @@ Config *config_free(Config *c) {
         free(c->ledger);
         free(c->releases_dir);
         free(c->control_socket);
+        conf_diag_done(&c->notes);
+        conf_diag_done(&c->warnings);
         free(c);
         return NULL;
 }

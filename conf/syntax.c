@@ -31,7 +31,9 @@ void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt
         va_end(ap);
         if (r < 0)
                 return;
-        if (line > 0)
+        if (!file)
+                l = TAKE_PTR(msg);
+        else if (line > 0)
                 r = asprintf(&l, "%s:%u: %s", file, line, msg);
         else
                 r = asprintf(&l, "%s: %s", file, msg);
@@ -57,6 +59,18 @@ bool uuid_is_valid(const char *s) {
                         return false;
         }
         return true;
+}
+
+/* Dashboards and spreadsheets show UUIDs in capitals, and the API accepts
+ * either case (RFC 4122 says to compare them without it): one phone must
+ * have one spelling everywhere (ledger keys, the plan, every comparison),
+ * the lowercase one. */
+bool uuid_canonical(const char *s, char ret[static UUID_STRING_LEN + 1]) {
+        if (!s || strlen(s) != UUID_STRING_LEN)
+                return false;
+        for (size_t i = 0; i <= UUID_STRING_LEN; i++)
+                ret[i] = (char) tolower((unsigned char) s[i]);
+        return uuid_is_valid(ret);
 }
 
 /* Numbers are compared after dropping the punctuation people write them

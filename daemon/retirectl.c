@@ -64,6 +64,17 @@ static void print_diag(const ConfDiag *d) {
                 fprintf(stderr, "(%zu more problems not shown)\n", d->dropped);
 }
 
+/* What loaded but may not be what was meant: on stderr, so that the plan's
+ * lines and its JSON stay what they were. */
+static void print_warnings(const Config *c, bool notes) {
+        for (size_t i = 0; notes && i < c->notes.n; i++)
+                fprintf(stderr, "retirectl: note: %s\n", c->notes.lines[i]);
+        if (notes && c->notes.dropped)
+                fprintf(stderr, "retirectl: note: (%zu more not shown)\n", c->notes.dropped);
+        for (size_t i = 0; i < c->warnings.n; i++)
+                fprintf(stderr, "retirectl: warning: %s\n", c->warnings.lines[i]);
+}
+
 int load(const DeclSink *sink, bool settings_only, Config **ret) {
         _cleanup_(conf_diag_done) ConfDiag d = {};
         int r = settings_only ? config_load_settings(arg_config, ret, &d) : config_load(arg_config, sink, ret, &d);
@@ -146,6 +157,7 @@ static int verb_check(void) {
                 return EXIT_ERROR;
         if (warning)
                 fprintf(stderr, "retirectl: warning: %s\n", warning);
+        print_warnings(c, true);
         printf("%s: OK, %zu %s declared in %zu %s, ledger %s with %" PRIu64 " %s\n", c->path, c->n_decls,
                plural(c->n_decls, "release", "releases"), c->n_files, plural(c->n_files, "file", "files"),
                arg_ledger ? arg_ledger : c->ledger, total, plural(total, "row", "rows"));
@@ -240,6 +252,7 @@ static int verb_plan(void) {
 
         if (load_declarations(&l, &c) < 0)
                 return EXIT_ERROR;
+        print_warnings(c, false);
         r = plan_compute(l, c, &p);
         if (r < 0) {
                 fprintf(stderr, "retirectl: cannot compute the plan: %s (%s)\n", strerror(-r), ledger_errmsg(l));

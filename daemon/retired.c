@@ -253,8 +253,30 @@ static int log_cancelled(const Change *ch, void *userdata) {
         return 0;
 }
 
+/* The load's warnings (a phone declared more than once), "; "-joined after
+ * "; ", for the load line: said once per load, where the load is told. */
+static int warnings_text(const ConfDiag *w, char **ret) {
+        _cleanup_free_ char *text = NULL;
+        size_t size = 0;
+        FILE *f;
+
+        *ret = NULL;
+        if (w->n == 0)
+                return 0;
+        f = open_memstream(&text, &size);
+        if (!f)
+                return -ENOMEM;
+        for (size_t i = 0; i < w->n; i++)
+                fprintf(f, "; %s", w->lines[i]);
+        if (fclose(f) != 0)
+                return -ENOMEM;
+        *ret = TAKE_PTR(text);
+        return 0;
+}
+
 static int apply_plan(Manager *m, const Config *c, const char *why) {
         _cleanup_(plan_freep) Plan *p = NULL;
+        _cleanup_free_ char *warnings = NULL;
         int r;
 
         r = plan_compute_changes(m->ledger, c, &p);
@@ -289,11 +311,14 @@ static int apply_plan(Manager *m, const Config *c, const char *why) {
                           "is applied. Review with 'retirectl plan', then run 'retirectl approve %s'.",
                           p->new_releases, c->max_new_releases, p->hash);
         }
-        log_event(LOG_INFO, MESSAGE_CONFIG_LOADED, NULL,
-                  "Config %s (%s): %zu declared; %zu added, %zu declared again, %zu cancelled, %zu updated%s.",
+        if (warnings_text(&c->warnings, &warnings) < 0)
+                (void) log_oom();
+        log_event(c->warnings.n > 0 ? LOG_WARNING : LOG_INFO, MESSAGE_CONFIG_LOADED, NULL,
+                  "Config %s (%s): %zu declared; %zu added, %zu declared again, %zu cancelled, %zu updated%s%s.",
                   why, c->path, c->n_decls, p->needs_approval ? 0 : p->count[CHANGE_ADD],
                   p->needs_approval ? 0 : p->count[CHANGE_REDECLARE], p->count[CHANGE_CANCEL],
-                  p->count[CHANGE_UPDATE], p->needs_approval ? "; new releases held for approval" : "");
+                  p->count[CHANGE_UPDATE], p->needs_approval ? "; new releases held for approval" : "",
+                  strempty(warnings));
         /* A large load leaves a large heap behind; an idle daemon should be small. */
         p = plan_free(p);
         malloc_trim(0);
@@ -731,10 +756,11 @@ static int check_report(Manager *m) {
                 (void) log_oom();
                 return EXIT_SETUP;
         }
-        if (warning) {
+        if (warning)
                 fprintf(stderr, "retired: warning: %s\n", warning);
-                (void) fflush(stderr);  /* before the verdict below, as it reads */
-        }
+        for (size_t i = 0; i < m->config->warnings.n; i++)
+                fprintf(stderr, "retired: warning: %s\n", m->config->warnings.lines[i]);
+        (void) fflush(stderr);  /* before the verdict below, as it reads */
         printf("%s: OK, %zu %s declared\n", arg_config, m->config->n_decls,
                plural(m->config->n_decls, "release", "releases"));
         return 0;

@@ -4,6 +4,8 @@
  * one file's tree; what several entries declare twice is merged here, by
  * SQL over indexes, and what they declare differently is reported. */
 
+#include <inttypes.h>
+
 #include "internal.h"
 
 /* The whole load is one savepoint: a load that does not finish rolls back
@@ -25,7 +27,16 @@ static const char begin_sql[] =
         "CREATE TEMP TABLE decl (" DECL_COLUMNS ");"
         "CREATE TEMP TABLE decl_file (" DECL_FILE_COLUMNS ");"
         "CREATE TEMP TABLE decl_fix (seq INTEGER PRIMARY KEY, id TEXT, number TEXT, reason TEXT, not_before INTEGER);"
-        "CREATE TEMP TABLE decl_drop (seq INTEGER PRIMARY KEY)";
+        "CREATE TEMP TABLE decl_drop (seq INTEGER PRIMARY KEY);"
+        /* One row per declaration that others were merged into: how many
+         * entries it stands for and where the first few of the others are,
+         * so that a phone pasted 10,000 times is said once, in a line. */
+        "CREATE TEMP TABLE decl_dup (seq INTEGER PRIMARY KEY, copies INTEGER NOT NULL, also1 TEXT, also2 TEXT)";
+
+/* The places named besides the first, per phone declared more than once
+ * (the columns also1, also2), and the phones named, per load. */
+#define DUP_ALSO   2
+#define DUP_SHOWN  5
 
 static int load_begin(void *userdata, const Config *c) {
         DeclLoad *dl = userdata;
@@ -98,10 +109,11 @@ static int load_add(void *userdata, const Decl *d) {
 }
 
 /* The first entry of a group of entries that declare one number (or id),
- * with what the later ones add to it. */
+ * with what the later ones add to it: their fields, how many entries the
+ * group stands for, and where the first few of the others are. */
 typedef struct Group {
-        int64_t seq, not_before;
-        char *value, *id, *number, *reason, *at;
+        int64_t seq, not_before, copies;
+        char *value, *id, *number, *reason, *at, *also[DUP_ALSO];
         bool changed;
 } Group;
 
@@ -111,7 +123,25 @@ static void group_done(Group *g) {
         free(g->number);
         free(g->reason);
         free(g->at);
+        for (size_t i = 0; i < DUP_ALSO; i++)
+                free(g->also[i]);
         *g = (Group) {};
+}
+
+/* The statements of a merge by one field: st walks the groups, fix, drop
+ * and dup record what the walk found, for merge_apply(). */
+typedef struct Merge {
+        sqlite3_stmt *st, *fix, *drop, *dup;
+        Group g;
+} Merge;
+
+static void merge_done(Merge *m) {
+        (void) sqlite3_finalize(m->st);
+        (void) sqlite3_finalize(m->fix);
+        (void) sqlite3_finalize(m->drop);
+        (void) sqlite3_finalize(m->dup);
+        group_done(&m->g);
+        *m = (Merge) {};
 }
 
 static const char *text(sqlite3_stmt *st, int i) {
@@ -136,38 +166,79 @@ static int merge_field(char **into, const char *v, bool *changed, bool *ok) {
         return dup_or_null(v, into);
 }
 
-static int group_flush(Group *g, sqlite3_stmt *fix) {
+static int group_flush(Merge *m) {
+        Group *g = &m->g;
         int rc = SQLITE_DONE;
 
         if (g->value && g->changed) {
-                (void) sqlite3_bind_int64(fix, 1, g->seq);
-                (void) sqlite3_bind_text(fix, 2, g->id, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_text(fix, 3, g->number, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_text(fix, 4, g->reason, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_int64(fix, 5, g->not_before);
-                rc = sqlite3_step(fix);
-                (void) sqlite3_reset(fix);
+                (void) sqlite3_bind_int64(m->fix, 1, g->seq);
+                (void) sqlite3_bind_text(m->fix, 2, g->id, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(m->fix, 3, g->number, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_text(m->fix, 4, g->reason, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int64(m->fix, 5, g->not_before);
+                rc = sqlite3_step(m->fix);
+                (void) sqlite3_reset(m->fix);
+        }
+        if (rc == SQLITE_DONE && g->value && g->copies > 1) {
+                (void) sqlite3_bind_int64(m->dup, 1, g->seq);
+                (void) sqlite3_bind_int64(m->dup, 2, g->copies);
+                for (int i = 0; i < DUP_ALSO; i++)
+                        (void) sqlite3_bind_text(m->dup, 3 + i, g->also[i], -1, SQLITE_STATIC);
+                rc = sqlite3_step(m->dup);
+                (void) sqlite3_reset(m->dup);
         }
         group_done(g);
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
+/* A place where the group is declared again, kept if it is among the
+ * first few: memory and the TEMP file stay the same for 2 copies or for a
+ * million. */
+static int group_also(Group *g, const char *at) {
+        for (size_t i = 0; at && i < DUP_ALSO; i++)
+                if (!g->also[i])
+                        return dup_or_null(at, &g->also[i]);
+        return 0;
+}
+
+/* Columns 8 on of st: how many entries the row stands for already (it may
+ * be what the merge by number made of several), and where the others are. */
 static int group_start(Group *g, sqlite3_stmt *st) {
         g->seq = sqlite3_column_int64(st, 0);
         g->not_before = sqlite3_column_int64(st, 4);
+        g->copies = sqlite3_column_int64(st, 8);
         if (dup_or_null(text(st, 7), &g->value) < 0 || dup_or_null(text(st, 1), &g->id) < 0 ||
             dup_or_null(text(st, 2), &g->number) < 0 || dup_or_null(text(st, 3), &g->reason) < 0 ||
             asprintf_or_null(&g->at, "%s:%d", text(st, 5), sqlite3_column_int(st, 6)) < 0)
                 return -ENOMEM;
+        for (int i = 0; i < DUP_ALSO; i++)
+                if (group_also(g, text(st, 9 + i)) < 0)
+                        return -ENOMEM;
+        return 0;
+}
+
+/* A later row of the group: its entries count, its places come after the
+ * group's (the first few of a group merged by number, then by id, are
+ * the first few of each part, not always of the whole: places all the same). */
+static int group_count(Group *g, sqlite3_stmt *st) {
+        _cleanup_free_ char *at = NULL;
+
+        g->copies += sqlite3_column_int64(st, 8);
+        if (g->also[DUP_ALSO - 1])
+                return 0;       /* the few are kept: the rest is a count */
+        if (asprintf_or_null(&at, "%s:%d", text(st, 5), sqlite3_column_int(st, 6)) < 0 || group_also(g, at) < 0)
+                return -ENOMEM;
+        for (int i = 0; i < DUP_ALSO; i++)
+                if (group_also(g, text(st, 9 + i)) < 0)
+                        return -ENOMEM;
         return 0;
 }
 
 /* The statements of a merge by field: the rows of every group of more
  * than one entry, in order (through a TEMP index on field, created here
- * and dropped by merge_apply()), and the two that record a fix or a drop. */
-static int merge_prepare(Ledger *l, const char *field, sqlite3_stmt **ret_st, sqlite3_stmt **ret_fix,
-                         sqlite3_stmt **ret_drop) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL, *fix = NULL, *drop = NULL;
+ * and dropped by merge_apply()), with what each stands for already, and
+ * the three that record a fix, a drop or a count. */
+static int merge_prepare(Ledger *l, const char *field, Merge *m) {
         _cleanup_free_ char *sql = NULL;
         sqlite3 *db = ledger_db(l);
         int rc, r;
@@ -179,29 +250,31 @@ static int merge_prepare(Ledger *l, const char *field, sqlite3_stmt **ret_st, sq
                 return r;
         sql = mfree(sql);
         if (asprintf_or_null(&sql, "SELECT seq, id, number, reason, not_before,"
-                             " (SELECT path FROM decl_file WHERE fid = decl.file), line, %1$s FROM decl"
+                             " (SELECT path FROM decl_file WHERE fid = decl.file), line, %1$s,"
+                             " coalesce(dup.copies, 1), dup.also1, dup.also2"
+                             " FROM decl LEFT JOIN decl_dup dup USING (seq)"
                              " WHERE %1$s IN (SELECT %1$s FROM decl WHERE %1$s IS NOT NULL"
                              "  GROUP BY %1$s HAVING count(*) > 1)"
                              " ORDER BY %1$s, seq", field) < 0)
                 return -ENOMEM;
-        rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+        rc = sqlite3_prepare_v2(db, sql, -1, &m->st, NULL);
         if (rc == SQLITE_OK)
                 rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO temp.decl_fix VALUES (?1, ?2, ?3, ?4, ?5)", -1,
-                                        &fix, NULL);
+                                        &m->fix, NULL);
         if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO temp.decl_drop VALUES (?1)", -1, &drop, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        *ret_st = TAKE_PTR(st);
-        *ret_fix = TAKE_PTR(fix);
-        *ret_drop = TAKE_PTR(drop);
-        return 0;
+                rc = sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO temp.decl_drop VALUES (?1)", -1, &m->drop, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO temp.decl_dup VALUES (?1, ?2, ?3, ?4)", -1,
+                                        &m->dup, NULL);
+        return rc == SQLITE_OK ? 0 : sqlite_to_errno(rc);
 }
 
 /* One row of st: the first of a group starts it (flushing the one before);
  * a later one is merged into it, or reported, and is dropped either way.
  * Returns 1 if the row conflicts with its group, else 0. */
-static int merge_row(Group *g, sqlite3_stmt *st, sqlite3_stmt *fix, sqlite3_stmt *drop, ConfDiag *d) {
+static int merge_row(Merge *m, ConfDiag *d) {
+        sqlite3_stmt *st = m->st;
+        Group *g = &m->g;
         const char *value = text(st, 7);
         int64_t nb = sqlite3_column_int64(st, 4);
         bool ok = true;
@@ -210,11 +283,13 @@ static int merge_row(Group *g, sqlite3_stmt *st, sqlite3_stmt *fix, sqlite3_stmt
         if (!value)
                 return -ENOMEM;
         if (!g->value || !streq(g->value, value)) {
-                r = group_flush(g, fix);
+                r = group_flush(m);
                 if (r >= 0)
                         r = group_start(g, st);
                 return r < 0 ? r : 0;
         }
+        if (group_count(g, st) < 0)
+                return -ENOMEM;
         if (merge_field(&g->id, text(st, 1), &g->changed, &ok) < 0 ||
             merge_field(&g->number, text(st, 2), &g->changed, &ok) < 0 ||
             merge_field(&g->reason, text(st, 3), &g->changed, &ok) < 0)
@@ -228,9 +303,9 @@ static int merge_row(Group *g, sqlite3_stmt *st, sqlite3_stmt *fix, sqlite3_stmt
                 g->not_before = nb;
                 g->changed = true;
         }
-        (void) sqlite3_bind_int64(drop, 1, sqlite3_column_int64(st, 0));
-        rc = sqlite3_step(drop);
-        (void) sqlite3_reset(drop);
+        (void) sqlite3_bind_int64(m->drop, 1, sqlite3_column_int64(st, 0));
+        rc = sqlite3_step(m->drop);
+        (void) sqlite3_reset(m->drop);
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
         return conflict;
@@ -248,6 +323,8 @@ static int merge_apply(Ledger *l, const char *field) {
                         "  phone = (SELECT pk FROM phones WHERE key = coalesce(f.id, f.number))"
                         " FROM temp.decl_fix f WHERE decl.seq = f.seq;"
                         "DELETE FROM temp.decl WHERE seq IN (SELECT seq FROM temp.decl_drop);"
+                        /* counted in the row it was merged into */
+                        "DELETE FROM temp.decl_dup WHERE seq IN (SELECT seq FROM temp.decl_drop);"
                         "DELETE FROM temp.decl_fix; DELETE FROM temp.decl_drop");
         if (r < 0)
                 return r;
@@ -261,30 +338,69 @@ static int merge_apply(Ledger *l, const char *field) {
  * the later ones are merged into the first, or reported.  Returns the
  * number of conflicts. */
 static int merge_by(Ledger *l, const char *field, ConfDiag *d) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL, *fix = NULL, *drop = NULL;
-        _cleanup_(group_done) Group g = {};
+        _cleanup_(merge_done) Merge m = {};
         int conflicts = 0, rc, r;
 
-        r = merge_prepare(l, field, &st, &fix, &drop);
+        r = merge_prepare(l, field, &m);
         if (r < 0)
                 return r;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                r = merge_row(&g, st, fix, drop, d);
+        while ((rc = sqlite3_step(m.st)) == SQLITE_ROW) {
+                r = merge_row(&m, d);
                 if (r < 0)
                         return r;
                 conflicts += r;
         }
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
-        r = group_flush(&g, fix);
+        r = group_flush(&m);
         if (r < 0)
                 return r;
-        (void) sqlite3_finalize(TAKE_PTR(st));
+        (void) sqlite3_finalize(TAKE_PTR(m.st));
         r = merge_apply(l, field);
         return r < 0 ? r : conflicts;
 }
 
-static int load_finish(void *userdata, ConfDiag *d, bool rejected, size_t *ret_n) {
+/* One warning per phone declared more than once, for the first few such
+ * phones, and one with how many more: a list pasted twice is 100,000
+ * phones declared twice, and the operator needs to hear of it once. */
+static int report_copies(Ledger *l, ConfDiag *w) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int64_t phones, shown = 0;
+        int rc, r;
+
+        r = ledger_query_int(l, "SELECT count(*) FROM temp.decl_dup", &phones);
+        if (r < 0 || phones == 0)
+                return r;
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT f.path, d.line, d.key, dup.copies, dup.also1, dup.also2"
+                                " FROM temp.decl_dup dup JOIN temp.decl d USING (seq)"
+                                " JOIN temp.decl_file f ON f.fid = d.file ORDER BY seq LIMIT ?1", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        (void) sqlite3_bind_int(st, 1, DUP_SHOWN);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const char *also1 = text(st, 4), *also2 = text(st, 5);
+                int64_t copies = sqlite3_column_int64(st, 3), more = copies - 1 - !!also1 - !!also2;
+                char tail[64] = "";
+
+                if (!text(st, 0) || !text(st, 2) || !also1)
+                        return -ENOMEM;
+                if (more > 0)
+                        snprintf(tail, sizeof tail, " and %" PRId64 " more %s", more, more == 1 ? "place" : "places");
+                conf_diag_add(w, text(st, 0), (unsigned) sqlite3_column_int(st, 1),
+                              "%s is declared %" PRId64 " times, also at %s%s%s%s: one phone, one release",
+                              text(st, 2), copies, also1, !also2 ? "" : more > 0 ? ", " : " and ", strempty(also2),
+                              tail);
+                shown++;
+        }
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        if (phones > shown)
+                conf_diag_add(w, NULL, 0, "%" PRId64 " more %s declared more than once, each one release",
+                              phones - shown, phones - shown == 1 ? "phone is" : "phones are");
+        return 0;
+}
+
+static int load_finish(void *userdata, ConfDiag *d, ConfDiag *warnings, bool rejected, size_t *ret_n) {
         DeclLoad *dl = userdata;
         Ledger *l = dl->ledger;
         int64_t n;
@@ -302,10 +418,14 @@ static int load_finish(void *userdata, ConfDiag *d, bool rejected, size_t *ret_n
         /* Refused: decl_load_done() brings the set in force back. */
         if (r < 0 || conflicts > 0 || rejected)
                 return r;
+        r = report_copies(l, warnings);
+        if (r < 0)
+                return r;
         r = ledger_query_int(l, "SELECT count(*) FROM temp.decl", &n);
         if (r < 0)
                 return r;
-        r = ledger_exec(l, "DROP TABLE temp.decl_fix; DROP TABLE temp.decl_drop; RELEASE decl_load");
+        r = ledger_exec(l, "DROP TABLE temp.decl_fix; DROP TABLE temp.decl_drop; DROP TABLE temp.decl_dup;"
+                        " RELEASE decl_load");
         if (r < 0)
                 return r;
         dl->loading = false;

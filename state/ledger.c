@@ -790,8 +790,12 @@ int ledger_count_unsettled(Ledger *l, int64_t due_now, bool due_pending, unsigne
 int ledger_find(Ledger *l, const char *what, Phone *ret) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         _cleanup_free_ char *norm = NULL;
+        char id[UUID_STRING_LEN + 1];
         int rc;
 
+        /* An id pasted in capitals finds its row, kept in lowercase. */
+        if (uuid_canonical(what, id))
+                what = id;
         /* "+34 910 123 456" finds the row of "+34910123456". */
         if (number_normalize(what, &norm) < 0)
                 norm = NULL;

@@ -118,3 +118,57 @@ def test_undeclared_while_retrying_after_an_applied_delete(make_rig):
     assert len(rig.deletes(pid(1))) == 1
     assert rig.list()[num(1)]["state"] == "scheduled", \
         "the ledger must not say 'cancelled' for a phone the API released"
+
+
+def test_an_id_in_capitals_is_the_same_phone(make_rig):
+    """An id pasted from a dashboard in capitals is the phone's id: declared that way
+    and in lowercase it is one phone, released once, and `show` and `retry` find it
+    in capitals too."""
+    rig = make_rig([phone(1), phone(2)])
+    upper = pid(1).upper()
+    rig.fake.script(pid(1), "DELETE", [409])
+    path = rig.write_config([{"id": upper, "reason": "from a dashboard"}, {"id": pid(1)}, {"number": num(2)}])
+    line = next(i for i, text in enumerate(open(path).read().splitlines(), 1) if upper in text)
+    check = rig.ctl("check")
+    assert "%s:%d: 1 id in capitals" % (path, line) in check.stderr, check.stderr
+    assert "2 releases declared" in check.stdout, check.stdout
+
+    assert rig.run().rc == EXIT["operator"]
+    rows = rig.list()
+    assert sorted(rows) == sorted([pid(1), num(2)]) and rows[pid(1)]["state"] == "failed", rows
+    assert rig.show(upper)["key"] == pid(1)
+    rig.ctl("retry", upper)
+    assert rig.list()[pid(1)]["state"] == "pending"
+    run = rig.run()
+    assert run.rc == 0, run
+    assert rig.list()[pid(1)]["state"] == "scheduled"
+    assert [e["status"] for e in rig.deletes(pid(1))] == [409, 204]
+    rig.assert_exactly_once()
+
+
+def test_a_phone_declared_ten_thousand_times_is_one_delete_and_one_warning(make_rig):
+    """A list pasted over and over: one phone, one DELETE, and check, plan and the
+    daemon's load line each say so once, with the count and the first places."""
+    copies = 10000
+    rig = make_rig([phone(1)])
+    path = rig.write_config([{"number": num(1)}] * copies)
+    lines = [i for i, text in enumerate(open(path).read().splitlines(), 1) if num(1) in text]
+    assert len(lines) == copies
+    said = "%s:%d: %s is declared %d times, also at %s:%d, %s:%d and %d more places" % (
+        path, lines[0], num(1), copies, path, lines[1], path, lines[2], copies - 3)
+
+    check = rig.ctl("check")
+    assert check.stderr.count("declared %d times" % copies) == 1 and said in check.stderr, check.stderr
+    assert "OK, 1 release declared" in check.stdout, check.stdout
+    plan = rig.ctl("plan", check=False)
+    assert plan.returncode == 2, plan
+    assert plan.stderr.count("declared %d times" % copies) == 1 and said in plan.stderr, plan.stderr
+    assert plan.stdout.count("+ add") == 1, plan.stdout
+
+    run = rig.run()
+    assert run.rc == 0, run
+    loaded = run.events(MSG["config_loaded"])
+    assert len(loaded) == 1 and said in loaded[0]["line"], run
+    assert run.stderr.count("declared %d times" % copies) == 1, run
+    assert len(rig.deletes(pid(1))) == 1
+    rig.assert_exactly_once(one_delete=True)

@@ -333,6 +333,33 @@ static void test_ids_become_the_key(void **state) {
         assert_null(loaded.v[0].number);
         assert_string_equal(loaded.v[1].key, "00000000-0000-0000-0000-000000000000");
         assert_string_equal(loaded.v[1].number, "+34910000010");
+        assert_int_equal(c->warnings.n, 0);
+        config_free(c);
+}
+
+/* As dashboards and spreadsheets show them: kept in lowercase, the one
+ * spelling of the ledger and the journal, so that both spellings are one
+ * phone (merged, not two declarations), and said once per file. */
+static void test_ids_in_any_case(void **state) {
+        Config *c = load_ok(CORPUS "/good/ids-any-case.conf");
+
+        assert_int_equal(c->n_decls, 3);
+        assert_string_equal(loaded.v[0].key, UUID_A);
+        assert_string_equal(loaded.v[0].id, UUID_A);
+        assert_string_equal(loaded.v[0].reason, "from a dashboard");
+        assert_int_equal(loaded.v[0].line, 4);
+        assert_string_equal(loaded.v[1].key, "0000000a-000b-400c-8d0e-00000000000f");
+        assert_string_equal(loaded.v[1].id, "0000000a-000b-400c-8d0e-00000000000f");
+        assert_string_equal(loaded.v[1].number, "+34910000011");
+        assert_string_equal(loaded.v[2].key, "abcdef01-2345-4678-9abc-def012345678");
+        assert_int_equal(c->notes.n, 1);
+        assert_string_equal(c->notes.lines[0], CORPUS "/good/ids-any-case.conf:4: 3 ids in capitals (the first "
+                            "here), read in lowercase as the ledger and the journal write them");
+        config_free(c);
+
+        /* In lowercase already: nothing to say. */
+        c = load_ok(CORPUS "/good/ids.conf");
+        assert_int_equal(c->notes.n, 0);
         config_free(c);
 }
 
@@ -364,7 +391,71 @@ static void test_duplicates_are_merged(void **state) {
         assert_string_equal(loaded.v[1].reason, "OPS-7");
         assert_int_equal(loaded.v[1].not_before, 1798758000);
         assert_int_equal(loaded.v[1].line, 5);
+        /* Not an error, but said: each phone once, with every entry counted
+         * across the merge by number and the one by id. */
+        assert_int_equal(c->warnings.n, 2);
+        assert_string_equal(c->warnings.lines[0], CORPUS "/good/duplicates.conf:3: +34910000020 is declared 2 times, "
+                            "also at " CORPUS "/good/duplicates.conf:4: one phone, one release");
+        assert_string_equal(c->warnings.lines[1], CORPUS "/good/duplicates.conf:5: " UUID_A " is declared 3 times, "
+                            "also at " CORPUS "/good/duplicates.conf:6 and " CORPUS "/good/duplicates.conf:7: "
+                            "one phone, one release");
         config_free(c);
+}
+
+/* A list pasted twice, or ten thousand times: one declaration per phone,
+ * and one warning per phone with the count and the first few places, for
+ * the first few phones, then how many more; the places past those are
+ * counted, not kept. */
+static void test_copies_are_counted_and_said_once(void **state) {
+        char *dir = tmpdir_new(), *rd = path_join(dir, "releases.d"), *main, *dropin, *want;
+        const unsigned copies = 10000;
+        size_t len = 0, size = 40 * copies + 64;
+        char *text = malloc(size);
+        Config *c;
+
+        assert_non_null(text);
+        assert_int_equal(mkdir(rd, 0755), 0);
+        len += (size_t) snprintf(text + len, size - len, "releases = (\n");
+        for (unsigned i = 0; i < copies; i++)
+                len += (size_t) snprintf(text + len, size - len, "%s{ number = \"+34 910 000 001\"; }\n", i ? "," : "");
+        snprintf(text + len, size - len, ");\n");
+        main = write_in(dir, "retired.conf", text);
+        free(text);
+        /* Seven more phones declared twice, and the first once more. */
+        dropin = write_in(rd, "10-again.conf",
+                          "releases = (\n"
+                          "{ number = \"+34910000002\"; }, { number = \"+34910000002\"; },\n"
+                          "{ number = \"+34910000003\"; }, { number = \"+34910000003\"; },\n"
+                          "{ number = \"+34910000004\"; }, { number = \"+34910000004\"; },\n"
+                          "{ number = \"+34910000005\"; }, { number = \"+34910000005\"; },\n"
+                          "{ number = \"+34910000006\"; }, { number = \"+34910000006\"; },\n"
+                          "{ number = \"+34910000007\"; }, { number = \"+34910000007\"; },\n"
+                          "{ number = \"+34910000008\"; }, { number = \"+34910000008\"; },\n"
+                          "{ number = \"+34910000001\"; }\n"
+                          ");\n");
+
+        c = load_ok(main);
+        assert_int_equal(c->n_decls, 8);
+        assert_string_equal(loaded.v[0].key, "+34910000001");
+        assert_int_equal(loaded.v[0].line, 2);
+        assert_int_equal(c->warnings.n, 6);
+        assert_true(asprintf(&want, "%1$s:2: +34910000001 is declared %2$u times, also at %1$s:3, %1$s:4 and %3$u "
+                             "more places: one phone, one release", main, copies + 1, copies - 2) >= 0);
+        assert_string_equal(c->warnings.lines[0], want);
+        free(want);
+        for (unsigned i = 0; i < 4; i++) {
+                assert_true(asprintf(&want, "%1$s:%2$u: +3491000000%3$u is declared 2 times, also at %1$s:%2$u: "
+                                     "one phone, one release", dropin, 2 + i, 2 + i) >= 0);
+                assert_string_equal(c->warnings.lines[1 + i], want);
+                free(want);
+        }
+        assert_string_equal(c->warnings.lines[5], "3 more phones are declared more than once, each one release");
+        assert_int_equal(c->warnings.dropped, 0);
+        config_free(c);
+        free(main);
+        free(dropin);
+        free(rd);
+        tmpdir_remove(dir);
 }
 
 static void test_loopback_base_urls(void **state) {
@@ -1033,8 +1124,10 @@ int main(void) {
                 cmocka_unit_test(test_numbers_are_normalised),
                 cmocka_unit_test(test_sip_identifiers_are_kept_as_written),
                 cmocka_unit_test(test_ids_become_the_key),
+                cmocka_unit_test(test_ids_in_any_case),
                 cmocka_unit_test(test_not_before_forms),
                 cmocka_unit_test(test_duplicates_are_merged),
+                cmocka_unit_test(test_copies_are_counted_and_said_once),
                 cmocka_unit_test(test_loopback_base_urls),
                 cmocka_unit_test(test_ledger_and_socket_defaults_follow_systemd_folders),
                 cmocka_unit_test(test_missing_file),

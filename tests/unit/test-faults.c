@@ -602,7 +602,8 @@ static int merge_run(Fixture *f) {
         int r;
 
         c = load(f, merge_text, &r);
-        assert_true(r < 0 || c->n_decls == 4);
+        /* 3 and 6 are each declared twice: said once each (decl.c's counts). */
+        assert_true(r < 0 || (c->n_decls == 4 && c->warnings.n == 2));
         return r;
 }
 

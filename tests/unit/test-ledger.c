@@ -1570,6 +1570,30 @@ static void test_retry_says_what_it_did(void **state) {
         free(msg);
 }
 
+/* An operator may paste an id in capitals, as a dashboard shows it: it
+ * names the row kept in lowercase, for show and for retry alike. */
+static void test_find_and_retry_take_an_id_in_capitals(void **state) {
+        static const char lower[] = "3c90c3cc-0d44-4b50-8888-8dd25736052a", upper[] = "3C90C3CC-0D44-4B50-8888-8DD25736052A";
+        Fixture *f = *state;
+        char *msg = NULL;
+        int64_t by_id, by_number;
+        Phone p;
+
+        by_id = add_phone(f->l, lower, lower, NULL, STATE_FAILED);
+        /* Declared by number, resolved to its id by the API. */
+        by_number = add_phone(f->l, "+34910000001", "0000000a-000b-400c-8d0e-00000000000f", "+34910000001",
+                              STATE_RELEASED);
+        assert_int_equal(ledger_find(f->l, upper, &p), 0);
+        assert_int_equal(p.pk, by_id);
+        phone_done(&p);
+        assert_int_equal(ledger_find(f->l, "0000000A-000B-400C-8D0E-00000000000F", &p), 0);
+        assert_int_equal(p.pk, by_number);
+        phone_done(&p);
+        assert_int_equal(ledger_retry(f->l, upper, &msg), 0);
+        free(msg);
+        assert_int_equal(state_of(f->l, lower), STATE_PENDING);
+}
+
 static void test_state_names(void **state) {
         static const char *const names[_STATE_MAX] = {
                 "pending", "deferred", "in_flight", "retrying", "scheduled",
@@ -1707,6 +1731,7 @@ int main(void) {
                 T(test_audit_refuses_a_time_it_cannot_write),
                 T(test_progress_callback_interrupts_and_takes_back),
                 T(test_retry_says_what_it_did),
+                T(test_find_and_retry_take_an_id_in_capitals),
                 cmocka_unit_test_setup_teardown(test_a_hold_is_kept_by_the_boot_clock_when_the_wall_clock_says_over,
                                                 setup, teardown),
                 cmocka_unit_test_setup_teardown(test_a_hold_is_not_lengthened_by_the_wall_clock, setup, teardown),

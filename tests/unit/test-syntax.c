@@ -130,6 +130,36 @@ static void test_uuid_is_valid(void **state) {
         assert_false(uuid_is_valid(NULL));
 }
 
+/* Any case in, the lowercase form out; what is no UUID in lowercase is
+ * none in capitals either. */
+static void test_uuid_canonical(void **state) {
+        static const struct { const char *in, *out; } good[] = {
+                { "3C90C3CC-0D44-4B50-8888-8DD25736052A", "3c90c3cc-0d44-4b50-8888-8dd25736052a" },
+                { "3c90c3cc-0d44-4b50-8888-8dd25736052A", "3c90c3cc-0d44-4b50-8888-8dd25736052a" },
+                { "3c90c3cc-0d44-4b50-8888-8dd25736052a", "3c90c3cc-0d44-4b50-8888-8dd25736052a" },
+                { "ABCDEF01-2345-4678-9ABC-DEF012345678", "abcdef01-2345-4678-9abc-def012345678" },
+        };
+        static const char *const bad[] = {
+                "", "3C90C3CC-0D44-4B50-8888-8DD25736052G", "3C90C3CC-0D44-4B50-8888-8DD25736052",
+                "3C90C3CC-0D44-4B50-8888-8DD25736052AA", "3C90C3CC0D444B5088888DD25736052A",
+                "{3C90C3CC-0D44-4B50-8888-8DD25736052A}", "3C90C3CC_0D44_4B50_8888_8DD25736052A",
+        };
+        char out[UUID_STRING_LEN + 1];
+
+        for (size_t i = 0; i < ELEMENTSOF(good); i++) {
+                memset(out, 'x', sizeof out);
+                assert_true(uuid_canonical(good[i].in, out));
+                assert_string_equal(out, good[i].out);
+                assert_true(uuid_is_valid(out));
+        }
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                if (uuid_canonical(bad[i], out))
+                        print_message("  accepted: \"%s\"\n", bad[i]);
+                assert_false(uuid_canonical(bad[i], out));
+        }
+        assert_false(uuid_canonical(NULL, out));
+}
+
 /* ---- RFC 3339 ----------------------------------------------------------- */
 
 static void test_rfc3339_parse_accepts(void **state) {
@@ -299,6 +329,7 @@ int main(void) {
                 cmocka_unit_test(test_number_normalize_rejects),
                 cmocka_unit_test(test_number_normalize_length_limits),
                 cmocka_unit_test(test_uuid_is_valid),
+                cmocka_unit_test(test_uuid_canonical),
                 cmocka_unit_test(test_rfc3339_parse_accepts),
                 cmocka_unit_test(test_rfc3339_parse_rejects),
                 cmocka_unit_test(test_rfc3339_parse_rejects_signs_and_blanks_in_fields),
