@@ -103,11 +103,19 @@ UNIT_DAEMON_OBJ := $(BUILD)/daemon/reconcile.o $(BUILD)/daemon/pacer.o $(BUILD)/
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAEMON_OBJ) $(HEADERS) | $(BUILD)/.dir
 	@mkdir -p $(dir $@)
 	@echo "  CCLD    $<"
-	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm $(UNIT_LDFLAGS)
+	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_OBJ) $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm $(UNIT_LDFLAGS)
 
 # test-faults fails the SQLite calls it chooses: the code under test makes
 # them through its __wrap_ functions.
 $(BUILD)/tests/test-faults: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
+
+# test-listing runs the listing against a scripted Diga client
+# (tests/unit/stub-diga.c) in place of daemon/diga.c: each test answers each
+# call as it chooses, and nothing goes on a wire.
+STUB_DIGA_OBJ := $(BUILD)/tests/unit/stub-diga.o $(BUILD)/daemon/log.o
+$(BUILD)/tests/unit/stub-diga.o: tests/unit/stub-diga.h tests/unit/unit.h
+$(BUILD)/tests/test-listing: $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
+$(BUILD)/tests/test-listing: UNIT_OBJ := $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
 
 unit-build: $(UNIT_BIN)
 
