@@ -288,6 +288,82 @@ static void test_a_listing_by_page_starts_again_once_and_fails_the_second_time(v
         assert_int_equal(listing_stats(f->ls)->restarts, 1);
 }
 
+/* Listed again from page 1, once: the account moved under the listing. */
+static void assert_listed_again(Fixture *f) {
+        Call *c;
+
+        assert_int_equal(f->dones, 0);
+        assert_int_equal(listing_stats(f->ls)->restarts, 1);
+        assert_true(f->forgot_last);
+        assert_int_equal(stub_diga_pending(f->diga), 1);
+        c = next(f);
+        assert_int_equal(c->page, 1);
+        answer_page(f, c, 0, 5, 1, 1);
+        assert_ended(f, 0);
+        assert_int_equal(listing_stats(f->ls)->listed, 5);
+}
+
+/* Pages 1 and 2 of 3 read, page 3 asked and not answered yet. */
+static Call *two_pages_of_three(Fixture *f) {
+        Call *p3;
+
+        start(f);
+        answer_page(f, next(f), 0, PAGE, 1, 3);
+        p3 = stub_diga_pending_call(f->diga, 1);
+        answer_page(f, next(f), PAGE, PAGE, 2, 3);
+        return p3;
+}
+
+static void test_a_page_with_another_page_count_lists_the_account_again(void **state) {
+        Fixture *f = *state;
+
+        answer_page(f, two_pages_of_three(f), 2 * PAGE, 50, 3, 4);
+        assert_listed_again(f);
+}
+
+static void test_a_page_before_the_last_that_is_not_full_lists_the_account_again(void **state) {
+        Fixture *f = *state;
+
+        start(f);
+        answer_page(f, next(f), 0, PAGE, 1, 3);
+        answer_page(f, next(f), PAGE, PAGE - 1, 2, 3);
+        assert_listed_again(f);
+}
+
+static void test_a_last_page_with_another_page_count_at_the_end_lists_the_account_again(void **state) {
+        Fixture *f = *state;
+
+        answer_page(f, two_pages_of_three(f), 2 * PAGE, 50, 3, 3);
+        answer_page(f, next(f), 2 * PAGE, 50, 3, 4);
+        assert_listed_again(f);
+}
+
+static void test_a_last_page_not_the_same_at_the_end_lists_the_account_again(void **state) {
+        Fixture *f = *state;
+
+        answer_page(f, two_pages_of_three(f), 2 * PAGE, 50, 3, 3);
+        /* A phone removed before it and another added after: same count, other ids. */
+        answer_page(f, next(f), 2 * PAGE + 1, 50, 3, 3);
+        assert_listed_again(f);
+}
+
+/* Page 1 must be page 1, and the account no larger than retired lists. */
+static void test_a_first_page_that_is_not_believed_ends_the_listing(void **state) {
+        static const struct { unsigned current, total; const char *why; } cases[] = {
+                { 2, 3, "another page" },
+                { 1, 10001, "more pages than retired lists" },
+        };
+        Fixture *f = *state;
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                f->dones = 0;
+                start(f);
+                answer_page(f, next(f), 0, PAGE, cases[i].current, cases[i].total);
+                assert_ended(f, -EBADMSG);
+                assert_non_null(strstr(f->why, cases[i].why));
+        }
+}
+
 /* A phone that cannot be read is counted, not kept, and a page before the
  * last that has one is still full. */
 static void test_unreadable_phones_are_counted_and_a_page_with_one_is_still_full(void **state) {
@@ -392,6 +468,43 @@ static void test_an_empty_page_that_says_there_is_more_stops_the_listing(void **
         assert_int_equal(listing_stats(f->ls)->calls, 2);
 }
 
+/* An empty end right after has_more may be a cursor whose phone went away:
+ * listed again to tell, once; the second time it is the end. */
+static void test_an_empty_end_after_has_more_is_believed_the_second_time(void **state) {
+        Fixture *f = *state;
+
+        start(f);
+        for (unsigned round = 0; round < 2; round++) {
+                answer_cursor(f, next(f), 0, PAGE, true);
+                assert_true(stub_diga_answer_json(f->diga, next(f), 200, "{\"data\":[],\"has_more\":false}"));
+                if (round == 0) {
+                        assert_int_equal(f->dones, 0);
+                        assert_int_equal(listing_stats(f->ls)->restarts, 1);
+                        assert_true(f->forgot_last);
+                }
+        }
+        assert_ended(f, 0);
+        assert_int_equal(listing_stats(f->ls)->listed, PAGE);
+}
+
+/* has_more after the cursor the page was asked with: following it would
+ * loop. */
+static void test_a_cursor_that_does_not_move_ends_the_listing(void **state) {
+        Fixture *f = *state;
+        char id[UUID_STRING_LEN + 1];
+        Body b = {};
+
+        start(f);
+        answer_cursor(f, next(f), 0, PAGE, true);
+        phone_id(PAGE - 1, id);
+        body_phones(&b, PAGE, 5);
+        body_add(&b, ",\"has_more\":true,\"last_id\":\"%s\"}", id);
+        assert_true(stub_diga_answer_json(f->diga, next(f), 200, b.s));
+        free(b.s);
+        assert_ended(f, -EBADMSG);
+        assert_non_null(strstr(f->why, "cursor does not move"));
+}
+
 /* A 400 to a cursor, in the API's words, is the phone it names gone: the
  * account moved, so it is listed again from the start, once. */
 static void test_a_400_to_a_cursor_lists_the_account_again_once(void **state) {
@@ -453,6 +566,21 @@ static void test_a_failed_page_is_asked_again_and_the_listing_goes_on(void **sta
         answer_cursor(f, c, PAGE, 5, false);
         assert_ended(f, 0);
         assert_int_equal(f->kept, PAGE + 5);
+        assert_int_equal(listing_stats(f->ls)->calls, 3);
+}
+
+/* A 200 that is not the API's page (not JSON, or JSON without its frame)
+ * is the API, or what stands before it, having a bad moment: asked again. */
+static void test_a_200_that_is_not_a_page_is_asked_again(void **state) {
+        Fixture *f = *state;
+
+        start(f);
+        assert_true(stub_diga_answer(f->diga, next(f), &(StubAnswer) { .status = 200, .body = "<html>ok</html>" }));
+        assert_true(stub_diga_answer_json(f->diga, next_after_retry(f), 200, "{\"items\":[]}"));
+        assert_int_equal(f->dones, 0);
+        answer_page(f, next_after_retry(f), 0, 7, 1, 1);
+        assert_ended(f, 0);
+        assert_int_equal(f->kept, 7);
         assert_int_equal(listing_stats(f->ls)->calls, 3);
 }
 
@@ -660,15 +788,23 @@ int main(void) {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
                 T(test_pages_after_the_first_are_asked_together_and_the_last_again_at_the_end),
                 T(test_a_listing_by_page_starts_again_once_and_fails_the_second_time),
+                T(test_a_page_with_another_page_count_lists_the_account_again),
+                T(test_a_page_before_the_last_that_is_not_full_lists_the_account_again),
+                T(test_a_last_page_with_another_page_count_at_the_end_lists_the_account_again),
+                T(test_a_last_page_not_the_same_at_the_end_lists_the_account_again),
+                T(test_a_first_page_that_is_not_believed_ends_the_listing),
                 T(test_unreadable_phones_are_counted_and_a_page_with_one_is_still_full),
                 T(test_the_nil_uuid_is_a_phone_like_any_other),
                 T(test_a_listing_by_cursor_follows_the_cursor_to_the_end),
                 T(test_an_empty_account_by_cursor_is_complete_at_once),
                 T(test_more_pages_by_cursor_than_retired_lists_is_not_believed),
                 T(test_an_empty_page_that_says_there_is_more_stops_the_listing),
+                T(test_an_empty_end_after_has_more_is_believed_the_second_time),
+                T(test_a_cursor_that_does_not_move_ends_the_listing),
                 T(test_a_400_to_a_cursor_lists_the_account_again_once),
                 T(test_a_400_to_a_cursor_not_in_the_apis_words_is_a_failed_page),
                 T(test_a_failed_page_is_asked_again_and_the_listing_goes_on),
+                T(test_a_200_that_is_not_a_page_is_asked_again),
                 T(test_a_429_with_retry_after_holds_every_call_and_slows_the_pace),
                 T(test_a_page_that_keeps_failing_ends_the_listing_without_a_verdict),
                 T(test_an_api_that_never_answers_ends_the_listing_as_unreachable),
