@@ -116,6 +116,11 @@ STUB_DIGA_OBJ := $(BUILD)/tests/unit/stub-diga.o $(BUILD)/daemon/log.o
 $(BUILD)/tests/unit/stub-diga.o: tests/unit/stub-diga.h tests/unit/unit.h
 $(BUILD)/tests/test-listing: $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
 $(BUILD)/tests/test-listing: UNIT_OBJ := $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
+# test-engine: the engine's rooms too, and SQLite's calls wrapped as in test-faults.
+ENGINE_OBJ := $(patsubst %,$(BUILD)/daemon/%.o,engine act match pause listing)
+$(BUILD)/tests/test-engine: $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
+$(BUILD)/tests/test-engine: UNIT_OBJ := $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
+$(BUILD)/tests/test-engine: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
 
 unit-build: $(UNIT_BIN)
 

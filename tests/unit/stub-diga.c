@@ -88,6 +88,12 @@ void stub_diga_start_all(Diga *d) {
                 (void) start(d, d->queue);
 }
 
+bool stub_diga_start(Diga *d, Call *c) {
+        if (c->started)
+                fail_msg("stub-diga: call %u is out already", c->seq);
+        return start(d, c);
+}
+
 void stub_diga_set_autostart(Diga *d, bool on) {
         d->autostart = on;
         if (on)

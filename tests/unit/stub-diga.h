@@ -83,6 +83,9 @@ Call *stub_diga_pending_call(Diga *d, size_t i);
  * at once too while autostart is on (the real client does when the pacer
  * allows). */
 void stub_diga_start_all(Diga *d);
+/* Starts one queued call, out of turn if need be: false when its start hook
+ * refused (the call then ended not_sent, and is freed). */
+bool stub_diga_start(Diga *d, Call *c);
 void stub_diga_set_autostart(Diga *d, bool on);
 
 /* Answers a pending call (starting it first when it is queued: a start hook

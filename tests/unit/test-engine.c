@@ -1,0 +1,669 @@
+/* SPDX-License-Identifier: MIT */
+/* The engine (daemon/engine.c, act.c, match.c, pause.c) against a scripted
+ * Diga client (stub-diga.h) and a real ledger in a temporary folder.  A
+ * small model of the API answers every call the engine makes, and keeps
+ * count of what each phone was sent, so that each test can say what the
+ * operator would see: the state of each row, its history, and that no phone
+ * was sent a DELETE twice.
+ *
+ * This binary is linked with -Wl,--wrap for SQLite's step, exec and prepare
+ * (see the Makefile), as test-faults is: the fault loop fails each SQLite
+ * call of a whole pass in turn. */
+
+#include "unit.h"
+
+#include <inttypes.h>
+#include <sqlite3.h>
+
+#include "daemon.h"
+#include "internal.h"   /* ledger_db(), ledger_exec(): to read the file as it is, and to refuse a step */
+#include "log.h"
+#include "macro.h"
+#include "stub-diga.h"
+
+/* ---- the faults (as in test-faults.c) ----------------------------------- */
+
+static struct {
+        bool armed;
+        unsigned fail_at;          /* the call to fail, from 1 */
+        unsigned calls;            /* made since armed */
+        int code;
+        bool hit;
+        char sql[160];
+} fault;
+
+static const int fault_codes[] = { SQLITE_IOERR_WRITE, SQLITE_FULL, SQLITE_BUSY, SQLITE_NOMEM, SQLITE_INTERRUPT };
+
+static void fault_arm(unsigned n, int code) {
+        fault = (__typeof__(fault)) { .armed = true, .fail_at = n, .code = code };
+}
+
+static bool fault_disarm(void) {
+        fault.armed = false;
+        return fault.hit;
+}
+
+static bool fault_now(const char *sql) {
+        if (!fault.armed || ++fault.calls != fault.fail_at)
+                return false;
+        fault.hit = true;
+        snprintf(fault.sql, sizeof fault.sql, "%s", sql ? sql : "?");
+        return true;
+}
+
+int __real_sqlite3_step(sqlite3_stmt *st);
+int __wrap_sqlite3_step(sqlite3_stmt *st);
+int __wrap_sqlite3_step(sqlite3_stmt *st) {
+        return fault_now(sqlite3_sql(st)) ? fault.code : __real_sqlite3_step(st);
+}
+
+typedef int (*ExecCb)(void *, int, char **, char **);
+int __real_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error);
+int __wrap_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error);
+int __wrap_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error) {
+        if (!fault_now(sql))
+                return __real_sqlite3_exec(db, sql, cb, userdata, error);
+        if (error)
+                *error = NULL;
+        return fault.code;
+}
+
+int __real_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail);
+int __wrap_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail);
+int __wrap_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail) {
+        if (!fault_now(sql))
+                return __real_sqlite3_prepare_v2(db, sql, n, ret, tail);
+        *ret = NULL;
+        return fault.code;
+}
+
+int __real_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
+                              const char **tail);
+int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
+                              const char **tail);
+int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
+                              const char **tail) {
+        if (!fault_now(sql))
+                return __real_sqlite3_prepare_v3(db, sql, n, flags, ret, tail);
+        *ret = NULL;
+        return fault.code;
+}
+
+/* ---- the API: a model account the stub's calls are answered from -------- */
+
+#define MAX_PHONES 4200
+
+typedef struct ApiPhone {
+        char id[UUID_STRING_LEN + 1];
+        char number[32];
+        const char *status;        /* "assigned", "released", ... */
+        const char *provider;      /* "custom": a DELETE releases at once */
+        unsigned gets, deletes;
+} ApiPhone;
+
+typedef struct Account {
+        ApiPhone *phones;
+        size_t n;
+        bool by_cursor;            /* the API pages by cursor only (no total_pages) */
+        unsigned lists, gets, deletes;
+} Account;
+
+#define ID_FMT "00000000-0000-4000-8000-%012u"
+#define NUM_FMT "+3491%07u"
+
+static ApiPhone *account_add(Account *a, unsigned i, const char *status) {
+        ApiPhone *p;
+
+        assert_true(a->n < MAX_PHONES);
+        p = &a->phones[a->n++];
+        *p = (ApiPhone) { .status = status, .provider = "custom" };
+        snprintf(p->id, sizeof p->id, ID_FMT, i);
+        snprintf(p->number, sizeof p->number, NUM_FMT, i);
+        return p;
+}
+
+static ApiPhone *account_find(Account *a, const char *id) {
+        for (size_t i = 0; i < a->n; i++)
+                if (streq(a->phones[i].id, id))
+                        return &a->phones[i];
+        return NULL;
+}
+
+static void phone_json(FILE *f, const ApiPhone *p) {
+        fprintf(f, "{\"id\":\"%s\",\"number\":\"%s\",\"status\":\"%s\",\"telephony_provider\":\"%s\","
+                "\"scheduled_release_at\":null}", p->id, p->number, p->status, p->provider);
+}
+
+/* The page a list call asks for: pages of API_PAGE_LIMIT, by number or
+ * after a cursor. */
+static char *list_body(Account *a, const Call *c) {
+        size_t first = 0, size = 0, last;
+        char *body = NULL;
+        FILE *f = open_memstream(&body, &size);
+
+        assert_non_null(f);
+        if (c->page > 0)
+                first = (size_t) (c->page - 1) * API_PAGE_LIMIT;
+        else if (c->id[0]) {
+                ApiPhone *p = account_find(a, c->id);
+
+                assert_non_null(p);
+                first = (size_t) (p - a->phones) + 1;
+        }
+        last = first + API_PAGE_LIMIT < a->n ? first + API_PAGE_LIMIT : a->n;
+        fputs("{\"data\":[", f);
+        for (size_t i = first; i < last; i++) {
+                if (i > first)
+                        fputc(',', f);
+                phone_json(f, &a->phones[i]);
+        }
+        fprintf(f, "],\"has_more\":%s", last < a->n ? "true" : "false");
+        if (!a->by_cursor && c->page > 0)
+                fprintf(f, ",\"current_page\":%u,\"total_pages\":%zu", c->page,
+                        a->n == 0 ? 1 : (a->n + API_PAGE_LIMIT - 1) / API_PAGE_LIMIT);
+        fputc('}', f);
+        assert_int_equal(fclose(f), 0);
+        return body;
+}
+
+/* Answers one call as the API would. */
+static void account_answer(Account *a, Diga *d, Call *c) {
+        _cleanup_free_ char *body = NULL;
+        size_t size = 0;
+        ApiPhone *p;
+        FILE *f;
+
+        switch (c->kind) {
+        case CALL_LIST:
+                a->lists++;
+                body = list_body(a, c);
+                assert_true(stub_diga_answer_json(d, c, 200, body));
+                return;
+        case CALL_GET:
+                a->gets++;
+                p = account_find(a, c->id);
+                if (!p) {
+                        assert_true(stub_diga_answer_json(d, c, 404, "{\"detail\":\"Not Found\"}"));
+                        return;
+                }
+                p->gets++;
+                f = open_memstream(&body, &size);
+                assert_non_null(f);
+                phone_json(f, p);
+                assert_int_equal(fclose(f), 0);
+                assert_true(stub_diga_answer_json(d, c, 200, body));
+                return;
+        case CALL_DELETE:
+                /* The API sees a DELETE only once its start hook let it leave. */
+                if (!c->started && !stub_diga_start(d, c))
+                        return;
+                a->deletes++;
+                p = account_find(a, c->id);
+                assert_non_null(p);
+                p->deletes++;
+                if (streq(p->status, "assigned")) {
+                        p->status = "released";
+                        assert_true(stub_diga_answer(d, c, &(StubAnswer) { .status = 204 }));
+                } else
+                        assert_true(stub_diga_answer_json(d, c, 404, "{\"detail\":\"Not Found\"}"));
+                return;
+        default:
+                fail();
+        }
+}
+
+/* ---- the ledger, the declarations and the engine ------------------------- */
+
+typedef struct Fixture {
+        char *dir, *conf, *path;
+        Ledger *l;
+        Config *c;
+        sd_event *event;
+        Engine *e;
+        Diga *d;
+        Account api;
+} Fixture;
+
+/* Short waits everywhere: a retry in a millisecond, a look right after a
+ * DELETE whose answer was lost, no hold. */
+static const char settings[] =
+        "api: { base_url = \"http://127.0.0.1:9\"; settle_time = 0.0; };\n"
+        "retry: { max_attempts = 3; base_delay = 0.001; max_delay = 0.001; };\n"
+        "safety: { hold = 0.0; max_new_releases = 100000; };\n";
+
+/* On tmpfs when there is one: the ledger fsyncs at every commit. */
+static char *fast_tmpdir(void) {
+        char tmpl[] = "/dev/shm/retired-engine-XXXXXX";
+        char *d;
+
+        if (!mkdtemp(tmpl))
+                return tmpdir_new();
+        d = strdup(tmpl);
+        assert_non_null(d);
+        return d;
+}
+
+static Fixture *fixture_new(void) {
+        Fixture *f = calloc(1, sizeof(Fixture));
+
+        assert_non_null(f);
+        f->dir = fast_tmpdir();
+        f->conf = path_join(f->dir, "retired.conf");
+        f->path = path_join(f->dir, "ledger.db");
+        f->api.phones = calloc(MAX_PHONES, sizeof(ApiPhone));
+        assert_non_null(f->api.phones);
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        assert_int_equal(sd_event_new(&f->event), 0);
+        return f;
+}
+
+static void engine_down(Fixture *f) {
+        f->e = engine_free(f->e);
+        f->d = NULL;
+}
+
+static void fixture_free(Fixture *f) {
+        if (!f)
+                return;
+        engine_down(f);
+        sd_event_unref(f->event);
+        config_free(f->c);
+        ledger_close(f->l);
+        free(f->api.phones);
+        free(f->conf);
+        free(f->path);
+        tmpdir_remove(f->dir);
+        free(f);
+}
+
+static int setup(void **state) {
+        *state = fixture_new();
+        return 0;
+}
+
+static int teardown(void **state) {
+        fixture_free(*state);
+        return 0;
+}
+
+/* The declarations `releases` (the inside of the list) in force, as a
+ * daemon's start applies them (retired.c). */
+static void declare(Fixture *f, const char *releases) {
+        _cleanup_free_ char *text = NULL;
+        DeclLoad dl = { .ledger = f->l };
+        DeclSink sink = decl_load_sink(&dl);
+        ConfDiag d = {};
+        Plan *plan = NULL;
+
+        assert_true(asprintf(&text, "%sreleases = (%s);\n", settings, releases) >= 0);
+        write_file(f->conf, text);
+        f->c = config_free(f->c);
+        assert_int_equal(config_load(f->conf, &sink, &f->c, &d), 0);
+        decl_load_done(&dl);
+        conf_diag_done(&d);
+        assert_int_equal(plan_compute_changes(f->l, f->c, &plan), 0);
+        assert_int_equal(plan_apply(f->l, plan, false), 0);
+        plan_free(plan);
+        assert_int_equal(ledger_decls_keep(f->l), 0);
+}
+
+/* "{ id = ... }, ..." for phones first..first+n-1 of the model account. */
+static char *releases_by(const char *what, unsigned first, unsigned n) {
+        char *text = NULL;
+        size_t size = 0;
+        FILE *m = open_memstream(&text, &size);
+
+        assert_non_null(m);
+        for (unsigned i = first; i < first + n; i++) {
+                fprintf(m, "%s{ %s = \"", i > first ? ", " : "", what);
+                fprintf(m, streq(what, "id") ? ID_FMT : NUM_FMT, i);
+                fputs("\"; }", m);
+        }
+        assert_int_equal(fclose(m), 0);
+        return text;
+}
+
+static void engine_up(Fixture *f) {
+        assert_int_equal(engine_new(f->event, f->l, &f->e), 0);
+        assert_int_equal(engine_set_config(f->e, f->c, "token"), 0);
+        f->d = stub_diga_last();
+        assert_non_null(f->d);
+}
+
+/* Runs the loop and answers every call the engine makes, until the pass
+ * is over (settled: until no phone waits for anything but time or an
+ * operator, passes after it included). */
+static void drive(Fixture *f, bool settled) {
+        usec_t deadline = now(CLOCK_MONOTONIC) + 20 * USEC_PER_SEC;
+
+        for (;;) {
+                Call *c;
+
+                while (sd_event_run(f->event, 0) > 0)
+                        ;
+                c = stub_diga_next(f->d);
+                if (c && (c->started || !stub_diga_stats(f->d)->paused)) {
+                        account_answer(&f->api, f->d, c);
+                        continue;
+                }
+                if (!engine_busy(f->e) && (!settled || engine_settled(f->e)))
+                        return;
+                if (now(CLOCK_MONOTONIC) >= deadline)
+                        fail_msg("the engine did not settle: %s", strna(engine_paused(f->e)));
+                assert_true(sd_event_run(f->event, 10 * USEC_PER_MSEC) >= 0);
+        }
+}
+
+static void run_pass(Fixture *f) {
+        engine_request_pass(f->e, false);
+        drive(f, false);
+}
+
+static Phone find(Fixture *f, const char *what) {
+        Phone p;
+
+        assert_int_equal(ledger_find(f->l, what, &p), 0);
+        return p;
+}
+
+static PhoneState state_of(Fixture *f, const char *what) {
+        Phone p = find(f, what);
+        PhoneState s = p.state;
+
+        phone_done(&p);
+        return s;
+}
+
+static char *query_text(Ledger *l, const char *sql) {
+        sqlite3_stmt *st;
+        char *v = NULL;
+
+        assert_int_equal(sqlite3_prepare_v2(ledger_db(l), sql, -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        if (sqlite3_column_text(st, 0))
+                v = strdup((const char *) sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+        assert_non_null(v);
+        return v;
+}
+
+static int64_t query_int(Ledger *l, const char *sql) {
+        _cleanup_free_ char *v = query_text(l, sql);
+
+        return strtoll(v, NULL, 10);
+}
+
+/* Whatever happened, the file is whole, no transaction is left open, and
+ * every row is in the state its last history line led to. */
+static void check_ledger(Fixture *f) {
+        _cleanup_free_ char *ok = query_text(f->l, "PRAGMA integrity_check");
+
+        assert_string_equal(ok, "ok");
+        assert_true(sqlite3_get_autocommit(ledger_db(f->l)));
+        assert_int_equal(query_int(f->l,
+                "SELECT count(*) FROM phones p WHERE state IS NOT (SELECT h.new_state FROM history h"
+                " WHERE h.phone = p.pk AND h.kind = 'state' ORDER BY h.seq DESC LIMIT 1)"), 0);
+}
+
+/* Phone i's id and number, as the model account has them. */
+typedef struct Name {
+        char s[40];
+} Name;
+
+static Name id_of(unsigned i) {
+        Name n;
+
+        snprintf(n.s, sizeof n.s, ID_FMT, i);
+        return n;
+}
+
+static Name number_of(unsigned i) {
+        Name n;
+
+        snprintf(n.s, sizeof n.s, NUM_FMT, i);
+        return n;
+}
+
+static void declare_by(Fixture *f, const char *what, unsigned first, unsigned n) {
+        _cleanup_free_ char *text = releases_by(what, first, n);
+
+        declare(f, text);
+}
+
+/* ---- a pass ---------------------------------------------------------------- */
+
+static void test_a_phone_declared_by_id_is_looked_at_then_released_once(void **state) {
+        Fixture *f = *state;
+
+        account_add(&f->api, 1, "assigned");
+        declare_by(f, "id", 1, 1);
+        engine_up(f);
+        run_pass(f);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
+        assert_int_equal(f->api.lists, 0);
+        assert_int_equal(f->api.phones[0].gets, 1);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        assert_null(engine_paused(f->e));
+        assert_true(engine_settled(f->e));
+        check_ledger(f);
+}
+
+/* Numbers are found in a listing of the account: no GET, one DELETE each. */
+static void test_numbers_are_matched_against_a_listing_of_the_account(void **state) {
+        Fixture *f = *state;
+
+        for (unsigned i = 1; i <= 250; i++)
+                account_add(&f->api, i, "assigned");
+        declare_by(f, "number", 10, 3);
+        engine_up(f);
+        run_pass(f);
+        for (unsigned i = 10; i < 13; i++) {
+                assert_int_equal(state_of(f, number_of(i).s), STATE_RELEASED);
+                assert_int_equal(f->api.phones[i - 1].deletes, 1);
+        }
+        /* Three pages, the last twice; no look. */
+        assert_int_equal(f->api.lists, 4);
+        assert_int_equal(f->api.gets, 0);
+        assert_int_equal(f->api.deletes, 3);
+        check_ledger(f);
+}
+
+/* A step the ledger refuses (its triggers guard what the record may do;
+ * here a test trigger stands for a bug they would catch): calls pause,
+ * the row stays as the ledger last took it, and once calls go again the
+ * phone is looked at, never sent a second DELETE. */
+static void test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_again(void **state) {
+        Fixture *f = *state;
+        Phone p;
+
+        account_add(&f->api, 1, "assigned");
+        declare_by(f, "id", 1, 1);
+        assert_int_equal(ledger_exec(f->l, "CREATE TEMP TRIGGER refuse BEFORE UPDATE OF state ON main.phones"
+                                           " WHEN NEW.state = 'released'"
+                                           " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"), 0);
+        engine_up(f);
+        run_pass(f);
+
+        assert_non_null(engine_paused(f->e));
+        assert_non_null(strstr(engine_paused(f->e), "ledger"));
+        assert_true(stub_diga_stats(f->d)->paused);
+        p = find(f, id_of(1).s);
+        assert_int_equal(p.state, STATE_IN_FLIGHT);
+        assert_true(p.sent_at > 0);
+        phone_done(&p);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        check_ledger(f);
+
+        /* The cause fixed and calls going again (a reload resumes them). */
+        assert_int_equal(ledger_exec(f->l, "DROP TRIGGER temp.refuse"), 0);
+        assert_int_equal(engine_set_config(f->e, f->c, "token"), 0);
+        assert_null(engine_paused(f->e));
+        engine_request_pass(f->e, false);
+        drive(f, true);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        assert_int_equal(f->api.phones[0].gets, 2);
+        check_ledger(f);
+}
+
+/* ---- a whole pass, each SQLite call of it failing in turn ---------------- */
+
+/* Phones 1-3 declared by id, 4-5 by number, 6 by id with its DELETE out
+ * before a crash (the API released it); 7-8 in the account, not declared.
+ * A pass lists the account (numbers are declared), matches every row, looks
+ * at 6 by id, and sends five DELETEs. */
+#define FAULT_PHONES 8
+
+static void fault_account(Account *a) {
+        a->n = 0;
+        for (unsigned i = 1; i <= FAULT_PHONES; i++)
+                account_add(a, i, i == 6 ? "released" : "assigned");
+}
+
+static char *fault_base;   /* the ledger each try starts from, built once */
+
+/* How phone i is declared there. */
+static Name fault_name(unsigned i) {
+        return i == 4 || i == 5 ? number_of(i) : id_of(i);
+}
+
+static void fault_base_build(void) {
+        _cleanup_free_ char *by_id = releases_by("id", 1, 3), *by_number = releases_by("number", 4, 2),
+                            *text = NULL;
+        Fixture *f = fixture_new();
+        Phone p;
+
+        assert_true(asprintf(&text, "%s, %s, { id = \"" ID_FMT "\"; }", by_id, by_number, 6u) >= 0);
+        declare(f, text);
+        p = find(f, id_of(6).s);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = p.pk, .from = STATE_PENDING, .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = 0,
+                .sent_at = (int64_t) now(CLOCK_REALTIME) - (int64_t) USEC_PER_SEC, .method = "DELETE",
+                .path = "/v1/phone/6", .detail = "the answer was lost" }), 0);
+        phone_done(&p);
+        /* Closing the last connection folds the WAL into the file. */
+        f->l = ledger_close(f->l);
+        fault_base = strdup(f->path);
+        assert_non_null(fault_base);
+        /* The folder stays: the file is copied from it. */
+        free(f->dir);
+        f->dir = NULL;
+        fixture_free(f);
+}
+
+static void copy_file(const char *from, const char *to) {
+        _cleanup_free_ char *data = NULL;
+        size_t size;
+        FILE *out;
+
+        data = read_all(from, &size);
+        out = fopen(to, "we");
+        assert_non_null(out);
+        assert_int_equal(fwrite(data, 1, size, out), size);
+        assert_int_equal(fclose(out), 0);
+}
+
+/* A fresh ledger from the base, and the API as it was. */
+static void fault_fixture(Fixture *f) {
+        engine_down(f);
+        f->l = ledger_close(f->l);
+        copy_file(fault_base, f->path);
+        for (size_t i = 0; i < 2; i++) {
+                _cleanup_free_ char *p = NULL;
+
+                assert_true(asprintf(&p, "%s%s", f->path, i == 0 ? "-wal" : "-shm") >= 0);
+                (void) unlink(p);
+        }
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        if (!f->c) {
+                _cleanup_free_ char *text = NULL;
+                ConfDiag d = {};
+
+                assert_true(asprintf(&text, "%sreleases = ();\n", settings) >= 0);
+                write_file(f->conf, text);
+                assert_int_equal(config_load(f->conf, NULL, &f->c, &d), 0);
+                conf_diag_done(&d);
+        }
+        f->api = (Account) { .phones = f->api.phones };
+        fault_account(&f->api);
+}
+
+/* What a pass that met a fault may leave, and may not. */
+static void fault_check(Fixture *f) {
+        check_ledger(f);
+        for (unsigned i = 1; i <= 6; i++) {
+                Phone p = find(f, fault_name(i).s);
+                const ApiPhone *a = &f->api.phones[i - 1];
+
+                /* Never twice; and a DELETE left only after its row said it may
+                 * have (in_flight), so the row is in_flight or further. */
+                assert_true(a->deletes <= 1);
+                if (a->deletes > 0)
+                        assert_true(p.state == STATE_IN_FLIGHT || p.state == STATE_RELEASED);
+                if (p.state == STATE_IN_FLIGHT)
+                        assert_true(p.sent_at > 0);
+                /* No verdict from a pass that failed: nothing gave up on a phone. */
+                assert_true(p.state != STATE_FAILED && p.state != STATE_UNRESOLVED);
+                phone_done(&p);
+        }
+}
+
+/* A restart with no fault: every phone is released, each with one DELETE
+ * (6, whose DELETE was out before, with none: a look tells). */
+static void fault_recover(Fixture *f) {
+        engine_down(f);
+        f->l = ledger_close(f->l);
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        engine_up(f);
+        engine_request_pass(f->e, false);
+        drive(f, true);
+        check_ledger(f);
+        for (unsigned i = 1; i <= 6; i++) {
+                assert_int_equal(state_of(f, fault_name(i).s), STATE_RELEASED);
+                assert_int_equal(f->api.phones[i - 1].deletes, i == 6 ? 0 : 1);
+        }
+        assert_null(engine_paused(f->e));
+}
+
+static void test_each_sqlite_call_of_a_pass_failing_in_turn_leaves_a_true_ledger(void **state) {
+        Fixture *f = *state;
+        unsigned n;
+
+        fault_base_build();
+        for (n = 1;; n++) {
+                bool hit;
+
+                fault_fixture(f);
+                engine_up(f);
+                fault_arm(n, fault_codes[(n - 1) % ELEMENTSOF(fault_codes)]);
+                run_pass(f);
+                hit = fault_disarm();
+                if (!hit) {
+                        fault_check(f);
+                        fault_recover(f);
+                        break;
+                }
+                fault_check(f);
+                fault_recover(f);
+        }
+        print_message("  a pass: %u SQLite calls failed in turn, the codes in rotation\n", n - 1);
+        /* (The base's folder.) */
+        *strrchr(fault_base, '/') = 0;
+        tmpdir_remove(fault_base);
+        fault_base = NULL;
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+                T(test_a_phone_declared_by_id_is_looked_at_then_released_once),
+                T(test_numbers_are_matched_against_a_listing_of_the_account),
+                T(test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_again),
+                T(test_each_sqlite_call_of_a_pass_failing_in_turn_leaves_a_true_ledger),
+#undef T
+        };
+
+        /* The errors these tests provoke are the point: keep the output to the verdicts. */
+        log_set_max_level(LOG_ALERT);
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
