@@ -333,23 +333,27 @@ static void engine_up(Fixture *f) {
 /* Runs the loop and answers every call the engine makes, until the pass
  * is over (settled: until no phone waits for anything but time or an
  * operator, passes after it included). */
+#define DRIVE_CALLS 1000     /* calls one drive answers at most: more is an engine that does not stop */
+
 static void drive(Fixture *f, bool settled) {
         usec_t deadline = now(CLOCK_MONOTONIC) + 20 * USEC_PER_SEC;
+        unsigned calls = 0;
 
         for (;;) {
                 Call *c;
 
-                while (sd_event_run(f->event, 0) > 0)
-                        ;
+                if (now(CLOCK_MONOTONIC) >= deadline || calls > DRIVE_CALLS)
+                        fail_msg("the engine did not settle (%u calls): %s", calls, strna(engine_paused(f->e)));
+                if (sd_event_run(f->event, 0) > 0)
+                        continue;
                 c = stub_diga_next(f->d);
                 if (c && (c->started || !stub_diga_stats(f->d)->paused)) {
                         account_answer(&f->api, f->d, c);
+                        calls++;
                         continue;
                 }
                 if (!engine_busy(f->e) && (!settled || engine_settled(f->e)))
                         return;
-                if (now(CLOCK_MONOTONIC) >= deadline)
-                        fail_msg("the engine did not settle: %s", strna(engine_paused(f->e)));
                 assert_true(sd_event_run(f->event, 10 * USEC_PER_MSEC) >= 0);
         }
 }
@@ -492,6 +496,7 @@ static void test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_agai
         assert_true(p.sent_at > 0);
         phone_done(&p);
         assert_int_equal(f->api.phones[0].deletes, 1);
+        assert_int_equal(f->api.phones[0].gets, 1);
         check_ledger(f);
 
         /* The cause fixed and calls going again (a reload resumes them). */
@@ -503,6 +508,79 @@ static void test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_agai
         assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
         assert_int_equal(f->api.phones[0].deletes, 1);
         assert_int_equal(f->api.phones[0].gets, 2);
+        check_ledger(f);
+}
+
+/* ---- a number that falls due after the listing was checked ---------------- */
+
+#define CHECK_BATCH 4096        /* engine.c: numbers checked against a listing per turn of the loop */
+
+typedef struct PassEnd {
+        Fixture *f;
+        unsigned ends;
+        PhoneState state;       /* the late row's, when the first pass ended */
+        unsigned lists;         /* list calls by then */
+} PassEnd;
+
+static void on_pass_end(Engine *e, void *userdata) {
+        PassEnd *pe = userdata;
+
+        if (engine_busy(e) || pe->ends++ > 0)
+                return;
+        pe->state = state_of(pe->f, number_of(9999).s);
+        pe->lists = pe->f->api.lists;
+}
+
+/* A listing by page can miss a phone (two changes that undo each other's
+ * shift), so only a listing by cursor may call a number absent: every due
+ * number is checked against the listing before any row meets it.  One that
+ * fell due after that check (an operator's retry between two turns of it)
+ * and is not in the listing waits for the next pass, which lists again,
+ * rather than be called unresolved. */
+static void test_a_number_due_after_the_check_is_not_called_absent_by_a_listing_by_page(void **state) {
+        _cleanup_free_ char *text = NULL, *numbers = releases_by("number", 1, CHECK_BATCH), *message = NULL;
+        Fixture *f = *state;
+        PassEnd pe = { .f = f };
+        Phone p;
+        Call *c;
+
+        /* The account: the declared numbers, released already (no DELETE to wait for). */
+        for (unsigned i = 1; i <= CHECK_BATCH; i++)
+                account_add(&f->api, i, "released");
+        /* Declared first: its row is met first, once the check has gone past it. */
+        assert_true(asprintf(&text, "{ number = \"" NUM_FMT "\"; }, %s", 9999u, numbers) >= 0);
+        declare(f, text);
+        p = find(f, number_of(9999).s);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = p.pk, .from = STATE_PENDING, .to = STATE_FAILED, .attempts = -1, .next_at = -1,
+                .detail = "failed before" }), 0);
+        phone_done(&p);
+
+        engine_up(f);
+        engine_on_idle(f->e, on_pass_end, &pe);
+        engine_request_pass(f->e, false);
+        /* The listing by page, whole: the pages, and the last again. */
+        while ((c = stub_diga_next(f->d))) {
+                assert_int_equal(c->kind, CALL_LIST);
+                assert_true(c->page > 0);
+                account_answer(&f->api, f->d, c);
+        }
+        /* One turn of the loop: the first CHECK_BATCH numbers checked, all listed. */
+        assert_true(sd_event_run(f->event, 0) > 0);
+        /* Meanwhile, the operator retries the failed number. */
+        assert_int_equal(ledger_retry(f->l, number_of(9999).s, &message), 0);
+        drive(f, true);
+
+        /* The first pass left it as it was, and another pass listed again... */
+        assert_true(pe.ends >= 1);
+        assert_int_equal(pe.state, STATE_PENDING);
+        assert_int_equal(pe.lists, CHECK_BATCH / API_PAGE_LIMIT + 2);
+        assert_true(f->api.lists > pe.lists);
+        /* ...by cursor, which may say it is not in the account. */
+        assert_int_equal(state_of(f, number_of(9999).s), STATE_UNRESOLVED);
+        assert_int_equal(state_of(f, number_of(1).s), STATE_RELEASED);
+        assert_int_equal(state_of(f, number_of(CHECK_BATCH).s), STATE_RELEASED);
+        assert_int_equal(f->api.deletes, 0);
         check_ledger(f);
 }
 
@@ -659,6 +737,7 @@ int main(void) {
                 T(test_a_phone_declared_by_id_is_looked_at_then_released_once),
                 T(test_numbers_are_matched_against_a_listing_of_the_account),
                 T(test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_again),
+                T(test_a_number_due_after_the_check_is_not_called_absent_by_a_listing_by_page),
                 T(test_each_sqlite_call_of_a_pass_failing_in_turn_leaves_a_true_ledger),
 #undef T
         };
