@@ -98,6 +98,7 @@ typedef struct ApiPhone {
         char number[32];
         const char *status;        /* "assigned", "released", ... */
         const char *provider;      /* "custom": a DELETE releases at once */
+        int get_status;            /* != 0: every GET of it is answered so, with no body */
         unsigned gets, deletes;
 } ApiPhone;
 
@@ -105,6 +106,7 @@ typedef struct Account {
         ApiPhone *phones;
         size_t n;
         bool by_cursor;            /* the API pages by cursor only (no total_pages) */
+        int64_t clock_offset;      /* usec: the API's clock (its Date header) minus ours */
         unsigned lists, gets, deletes;
 } Account;
 
@@ -187,11 +189,17 @@ static void account_answer(Account *a, Diga *d, Call *c) {
                         return;
                 }
                 p->gets++;
+                if (p->get_status != 0) {
+                        assert_true(stub_diga_answer(d, c, &(StubAnswer) { .status = p->get_status }));
+                        return;
+                }
                 f = open_memstream(&body, &size);
                 assert_non_null(f);
                 phone_json(f, p);
                 assert_int_equal(fclose(f), 0);
-                assert_true(stub_diga_answer_json(d, c, 200, body));
+                assert_true(stub_diga_answer(d, c, &(StubAnswer) {
+                        .status = 200, .body = body, .json = true,
+                        .api_date = (int64_t) now(CLOCK_REALTIME) + a->clock_offset }));
                 return;
         case CALL_DELETE:
                 /* The API sees a DELETE only once its start hook let it leave. */
@@ -511,6 +519,294 @@ static void test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_agai
         check_ledger(f);
 }
 
+/* Phone 1, assigned (by `provider`), declared by id, and the engine up. */
+static void one_by_id(Fixture *f, const char *provider) {
+        account_add(&f->api, 1, "assigned")->provider = provider;
+        declare_by(f, "id", 1, 1);
+        engine_up(f);
+}
+
+/* Runs the loop until a call is asked for, and returns it. */
+static Call *asked(Fixture *f) {
+        usec_t deadline = now(CLOCK_MONOTONIC) + 5 * USEC_PER_SEC;
+
+        while (!stub_diga_next(f->d) && now(CLOCK_MONOTONIC) < deadline)
+                assert_true(sd_event_run(f->event, 10 * USEC_PER_MSEC) >= 0);
+        assert_non_null(stub_diga_next(f->d));
+        return stub_diga_next(f->d);
+}
+
+/* A 204 from a provider retired does not know says the API took the
+ * DELETE, not what it did: a look decides. */
+static void test_a_204_for_an_unknown_provider_is_followed_by_a_look(void **state) {
+        Fixture *f = *state;
+
+        one_by_id(f, "acme");
+        run_pass(f);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        assert_int_equal(f->api.phones[0].gets, 2);
+        check_ledger(f);
+}
+
+/* A call the client cannot make (out of memory) charges the phone
+ * nothing: no attempt, no state, no pause; a later pass (the resync, a
+ * reload) makes it. */
+static void test_a_call_the_client_cannot_make_charges_the_phone_nothing(void **state) {
+        Fixture *f = *state;
+        Phone p;
+
+        one_by_id(f, "custom");
+        /* The GET of the first pass, then the DELETE of the next. */
+        stub_diga_fail_call(f->d, 1, -ENOMEM);
+        run_pass(f);
+        assert_int_equal(f->api.gets, 0);
+        stub_diga_fail_call(f->d, 2, -ENOMEM);
+        run_pass(f);
+        assert_int_equal(f->api.gets, 1);
+        assert_int_equal(f->api.deletes, 0);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_PENDING);
+        assert_null(engine_paused(f->e));
+        run_pass(f);
+
+        p = find(f, id_of(1).s);
+        assert_int_equal(p.state, STATE_RELEASED);
+        assert_int_equal(p.attempts, 0);
+        phone_done(&p);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        assert_int_equal(query_int(f->l, "SELECT count(*) FROM history WHERE new_state IN ('retrying', 'failed')"), 0);
+        assert_null(engine_paused(f->e));
+        check_ledger(f);
+}
+
+/* The pending call of `kind` for phone i, or NULL. */
+static Call *pending_for(Fixture *f, CallKind kind, unsigned i) {
+        Name id = id_of(i);
+        Call *c;
+
+        for (size_t k = 0; (c = stub_diga_pending_call(f->d, k)); k++)
+                if (c->kind == kind && streq(c->id, id.s))
+                        return c;
+        return NULL;
+}
+
+/* As a DELETE whose answer was lost before a crash. */
+static void to_in_flight(Fixture *f, const char *what) {
+        Phone p = find(f, what);
+
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = p.pk, .from = p.state, .to = STATE_IN_FLIGHT, .attempts = -1, .next_at = 0,
+                .sent_at = (int64_t) now(CLOCK_REALTIME) - (int64_t) USEC_PER_SEC, .method = "DELETE",
+                .path = "/v1/phone/", .detail = "the answer was lost" }), 0);
+        phone_done(&p);
+}
+
+/* engine_stop() starts no new call: a look answered after it queues no
+ * DELETE, and a DELETE answered after it is recorded, its row left in_flight
+ * for a look at the next start, which sends nothing twice. */
+static void test_stopping_starts_no_new_call_and_records_what_was_out(void **state) {
+        Fixture *f = *state;
+        EngineProgress pr;
+        Phone p;
+
+        account_add(&f->api, 1, "assigned");
+        account_add(&f->api, 2, "assigned")->provider = "acme";
+        declare_by(f, "id", 1, 2);
+        engine_up(f);
+        engine_request_pass(f->e, false);
+        (void) asked(f);
+        stub_diga_start_all(f->d);
+        account_answer(&f->api, f->d, pending_for(f, CALL_GET, 2));
+        assert_true(stub_diga_start(f->d, pending_for(f, CALL_DELETE, 2)));
+
+        /* While the pass runs: neither settled nor stuck. */
+        assert_true(engine_busy(f->e));
+        assert_false(engine_settled(f->e));
+        assert_null(engine_stuck(f->e));
+        assert_true(engine_progress(f->e, &pr));
+        assert_int_equal(pr.total, 2);
+
+        assert_false(engine_stop(f->e));
+        account_answer(&f->api, f->d, pending_for(f, CALL_GET, 1));
+        account_answer(&f->api, f->d, pending_for(f, CALL_DELETE, 2));
+        while (sd_event_run(f->event, 0) > 0)
+                ;
+        assert_false(engine_busy(f->e));
+        assert_int_equal(stub_diga_pending(f->d), 0);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_PENDING);
+        assert_int_equal(f->api.phones[0].deletes, 0);
+        p = find(f, id_of(2).s);
+        assert_int_equal(p.state, STATE_IN_FLIGHT);
+        assert_true(p.sent_at > 0);
+        phone_done(&p);
+        assert_int_equal(query_int(f->l, "SELECT count(*) FROM history WHERE method = 'DELETE' AND http_status = 204"), 1);
+        check_ledger(f);
+
+        /* The next start. */
+        engine_down(f);
+        engine_up(f);
+        engine_request_pass(f->e, false);
+        drive(f, true);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
+        assert_int_equal(state_of(f, id_of(2).s), STATE_RELEASED);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        assert_int_equal(f->api.phones[1].deletes, 1);
+        check_ledger(f);
+}
+
+/* A row whose declaration changed after its DELETE was decided, with the
+ * engine not told (a reload that did not reach it): the ledger's version
+ * check at the in_flight commit keeps the DELETE from leaving.  That is no
+ * ledger failure: calls do not pause, and the next pass decides anew. */
+static void test_a_delete_decided_on_a_declaration_changed_since_does_not_leave(void **state) {
+        _cleanup_free_ char *changed = NULL;
+        Fixture *f = *state;
+        Call *c;
+
+        one_by_id(f, "custom");
+        engine_request_pass(f->e, false);
+        account_answer(&f->api, f->d, asked(f));
+        c = pending_for(f, CALL_DELETE, 1);
+        assert_non_null(c);
+
+        assert_true(asprintf(&changed, "{ id = \"%s\"; reason = \"changed\"; }", id_of(1).s) >= 0);
+        declare(f, changed);
+        assert_false(stub_diga_start(f->d, c));
+        assert_int_equal(f->api.deletes, 0);
+        assert_null(engine_paused(f->e));
+        assert_int_equal(state_of(f, id_of(1).s), STATE_PENDING);
+
+        /* As a reload does: the engine told, then a pass. */
+        engine_declarations_changed(f->e);
+        engine_request_pass(f->e, false);
+        drive(f, true);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        check_ledger(f);
+}
+
+/* An operator's pause (engine_hold): a pass looks only at the phones whose
+ * DELETE may have gone out; the rest wait, and go once it is let go. */
+static void test_an_operators_pause_looks_only_at_deletes_that_may_have_gone_out(void **state) {
+        Fixture *f = *state;
+
+        account_add(&f->api, 1, "assigned");
+        account_add(&f->api, 2, "released");
+        declare_by(f, "id", 1, 2);
+        to_in_flight(f, id_of(2).s);
+        engine_up(f);
+        engine_hold(f->e, true);
+        engine_hold(f->e, true);
+        run_pass(f);
+        assert_int_equal(state_of(f, id_of(2).s), STATE_RELEASED);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_PENDING);
+        assert_int_equal(f->api.phones[0].gets, 0);
+        assert_int_equal(f->api.deletes, 0);
+
+        engine_hold(f->e, false);
+        drive(f, true);
+        assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
+        assert_int_equal(f->api.phones[0].deletes, 1);
+        check_ledger(f);
+}
+
+/* A phone whose DELETE may have gone out, and whose looks keep failing:
+ * never failed (it may be gone), never sent again, the DELETE kept on
+ * record; once its looks are spent, the engine says why it cannot finish
+ * (--once gives up on it). */
+static void test_a_delete_that_cannot_be_looked_at_leaves_the_engine_stuck_and_says_why(void **state) {
+        Fixture *f = *state;
+        usec_t deadline = now(CLOCK_MONOTONIC) + 10 * USEC_PER_SEC;
+        unsigned attempts;
+        int64_t sent_at;
+        PhoneState was;
+        Phone p;
+
+        account_add(&f->api, 1, "assigned")->get_status = 503;
+        declare_by(f, "id", 1, 1);
+        to_in_flight(f, id_of(1).s);
+        engine_up(f);
+        engine_request_pass(f->e, false);
+        for (;;) {
+                drive(f, false);
+                if (engine_stuck(f->e) || now(CLOCK_MONOTONIC) >= deadline)
+                        break;
+                assert_true(sd_event_run(f->event, 10 * USEC_PER_MSEC) >= 0);
+        }
+        assert_non_null(engine_stuck(f->e));
+        assert_non_null(strstr(engine_stuck(f->e), "DELETE may have gone out"));
+        p = find(f, id_of(1).s);
+        was = p.state;
+        sent_at = p.sent_at;
+        attempts = p.attempts;
+        phone_done(&p);
+        /* Retrying, its DELETE still on record as maybe out: a look comes first. */
+        assert_int_equal(was, STATE_RETRYING);
+        assert_true(sent_at > 0);
+        /* Past retry.max_attempts (3), one look each (and they go on, spaced
+         * by the back-off: only a working API ends them). */
+        assert_true(attempts > 3);
+        assert_int_equal(f->api.phones[0].gets, attempts);
+        assert_int_equal(f->api.deletes, 0);
+        check_ledger(f);
+}
+
+/* The API's Date header far from our clock shows in the status, and goes
+ * once they agree again. */
+static void test_the_status_tells_while_the_apis_clock_is_off(void **state) {
+        _cleanup_free_ char *both = releases_by("id", 1, 2);
+        Fixture *f = *state;
+        char buf[512];
+
+        f->api.clock_offset = 600 * (int64_t) USEC_PER_SEC;
+        one_by_id(f, "custom");
+        run_pass(f);
+        assert_int_equal(engine_status(f->e, buf, sizeof buf), 0);
+        assert_non_null(strstr(buf, "API clock"));
+        assert_non_null(strstr(buf, "ahead of ours"));
+
+        f->api.clock_offset = 0;
+        account_add(&f->api, 2, "assigned");
+        declare(f, both);
+        engine_declarations_changed(f->e);
+        engine_request_pass(f->e, false);
+        drive(f, true);
+        assert_int_equal(engine_status(f->e, buf, sizeof buf), 0);
+        assert_null(strstr(buf, "API clock"));
+        assert_int_equal(state_of(f, id_of(2).s), STATE_RELEASED);
+}
+
+/* Stopped while the account is listed: the pass ends without waiting for
+ * the list call's answer, no listing is tried again, and nothing is decided
+ * from the listing that did not end. */
+static void test_stopping_during_a_listing_ends_it_at_once(void **state) {
+        Fixture *f = *state;
+
+        account_add(&f->api, 1, "assigned");
+        declare_by(f, "number", 1, 1);
+        engine_up(f);
+        engine_request_pass(f->e, false);
+        assert_int_equal(asked(f)->kind, CALL_LIST);
+        stub_diga_start_all(f->d);
+        (void) engine_stop(f->e);
+        for (int i = 0; i < 10 && engine_busy(f->e); i++)
+                assert_true(sd_event_run(f->event, 0) >= 0);
+        assert_false(engine_busy(f->e));
+        for (int i = 0; i < 10; i++)
+                assert_true(sd_event_run(f->event, USEC_PER_MSEC) >= 0);
+        assert_int_equal(stub_diga_pending(f->d), 0);
+        assert_int_equal(stub_diga_silenced(f->d), 1);
+        assert_int_equal(state_of(f, number_of(1).s), STATE_PENDING);
+
+        /* Freed, not stopped, mid-listing: nothing is left behind (ASan says). */
+        engine_down(f);
+        engine_up(f);
+        engine_request_pass(f->e, false);
+        assert_int_equal(asked(f)->kind, CALL_LIST);
+        engine_down(f);
+        assert_int_equal(state_of(f, number_of(1).s), STATE_PENDING);
+}
+
 /* ---- a number that falls due after the listing was checked ---------------- */
 
 #define CHECK_BATCH 4096        /* engine.c: numbers checked against a listing per turn of the loop */
@@ -737,6 +1033,14 @@ int main(void) {
                 T(test_a_phone_declared_by_id_is_looked_at_then_released_once),
                 T(test_numbers_are_matched_against_a_listing_of_the_account),
                 T(test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_again),
+                T(test_a_204_for_an_unknown_provider_is_followed_by_a_look),
+                T(test_a_call_the_client_cannot_make_charges_the_phone_nothing),
+                T(test_stopping_starts_no_new_call_and_records_what_was_out),
+                T(test_a_delete_decided_on_a_declaration_changed_since_does_not_leave),
+                T(test_an_operators_pause_looks_only_at_deletes_that_may_have_gone_out),
+                T(test_a_delete_that_cannot_be_looked_at_leaves_the_engine_stuck_and_says_why),
+                T(test_the_status_tells_while_the_apis_clock_is_off),
+                T(test_stopping_during_a_listing_ends_it_at_once),
                 T(test_a_number_due_after_the_check_is_not_called_absent_by_a_listing_by_page),
                 T(test_each_sqlite_call_of_a_pass_failing_in_turn_leaves_a_true_ledger),
 #undef T
