@@ -29,7 +29,6 @@ static struct {
         unsigned calls;            /* made since armed */
         int code;
         bool hit;
-        char sql[160];
 } fault;
 
 static const int fault_codes[] = { SQLITE_IOERR_WRITE, SQLITE_FULL, SQLITE_BUSY, SQLITE_NOMEM, SQLITE_INTERRUPT };
@@ -55,7 +54,6 @@ static bool fault_now(const char *sql) {
         if (!fault.armed || ++fault.calls != fault.fail_at)
                 return false;
         fault.hit = true;
-        snprintf(fault.sql, sizeof fault.sql, "%s", sql ? sql : "?");
         return true;
 }
 
@@ -113,7 +111,6 @@ typedef struct ApiPhone {
 typedef struct Account {
         ApiPhone *phones;
         size_t n;
-        bool by_cursor;            /* the API pages by cursor only (no total_pages) */
         int64_t clock_offset;      /* usec: the API's clock (its Date header) minus ours */
         unsigned lists, gets, deletes;
 } Account;
@@ -168,7 +165,7 @@ static char *list_body(Account *a, const Call *c) {
                 phone_json(f, &a->phones[i]);
         }
         fprintf(f, "],\"has_more\":%s", last < a->n ? "true" : "false");
-        if (!a->by_cursor && c->page > 0)
+        if (c->page > 0)
                 fprintf(f, ",\"current_page\":%u,\"total_pages\":%zu", c->page,
                         a->n == 0 ? 1 : (a->n + API_PAGE_LIMIT - 1) / API_PAGE_LIMIT);
         fputc('}', f);
