@@ -110,6 +110,19 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAE
 # them through its __wrap_ functions.
 $(BUILD)/tests/test-faults: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
 
+# test-listing runs the listing against a scripted Diga client
+# (tests/unit/stub-diga.c) in place of daemon/diga.c: each test answers each
+# call as it chooses, and nothing goes on a wire.
+STUB_DIGA_OBJ := $(BUILD)/tests/unit/stub-diga.o $(BUILD)/daemon/log.o
+$(BUILD)/tests/unit/stub-diga.o: tests/unit/stub-diga.h tests/unit/unit.h
+$(BUILD)/tests/test-listing: $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
+$(BUILD)/tests/test-listing: UNIT_OBJ := $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
+# test-engine: the engine's rooms too, and SQLite's calls wrapped as in test-faults.
+ENGINE_OBJ := $(patsubst %,$(BUILD)/daemon/%.o,engine act match pause listing)
+$(BUILD)/tests/test-engine: $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
+$(BUILD)/tests/test-engine: UNIT_OBJ := $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
+$(BUILD)/tests/test-engine: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
+
 # test-log reads the journal entries log.c sends through its
 # __wrap_sd_journal_sendv_with_location (what sd_journal_sendv() is once
 # <systemd/sd-journal.h> adds the caller's place), and fails the send where it chooses.
