@@ -245,7 +245,10 @@ static void decide(const Live *v, const Phone *p, int change, const Look *look, 
                 snprintf(ret->why, sizeof ret->why, "%s; then %s: %s", wait, would_names[ret->then], then);
         } else {
                 ret->would = ret->then;
-                snprintf(ret->why, sizeof ret->why, "%s", then);
+                /* A pass looks at these on a resync only (ledger_due()): the
+                 * daemon's start and its reloads are resyncs, and its timer. */
+                snprintf(ret->why, sizeof ret->why, "%s%s", p->state == STATE_DEFERRED || p->state == STATE_UNRESOLVED ?
+                         "looked at again at the daemon's start, a reload or a resync: " : "", then);
         }
 }
 

@@ -106,18 +106,22 @@ def test_rows_on_record_beside_a_running_daemon_and_the_ledger_untouched(make_ri
     honest end.  A preview reads the ledger without a lock and changes nothing in
     it, also while the daemon (its only writer) runs; a pause on record holds
     every release."""
-    rig = make_rig([phone(1, provider="custom"), phone(2, provider="custom"), phone(3)])
-    rig.write_config([{"number": num(1)}])
+    rig = make_rig([phone(1, provider="custom"), phone(2, provider="custom"), phone(3), phone(4, status="reserved")])
+    rig.write_config([{"number": num(1)}, {"number": num(4)}])
     assert rig.run().rc == 0
-    rig.write_config([{"number": num(1)}, {"number": num(2)}, {"number": num(3)}], safety={"hold": 600})
+    rig.fake.add_phones([phone(4)])                     # verified since: assigned now
+    rig.write_config([{"number": num(n)} for n in (1, 2, 3, 4)], safety={"hold": 600})
     before = ledger_print(rig)
-    rows, _ = live_json(rig, rc=0)
+    rows, _ = live_json(rig, rc=2)
     assert (rows[num(1)]["would"], rows[num(1)]["state"]) == ("none", "released")
     assert rows[num(2)]["would"] == rows[num(3)]["would"] == "wait"
+    # Deferred on record, on hold no more: the daemon's start looks again (a resync), and orders it.
+    assert (rows[num(4)]["would"], rows[num(4)]["state"]) == ("order", "deferred"), rows[num(4)]
     assert ledger_print(rig) == before
 
     d = rig.start()
-    wait_for(lambda: rig.db_rows().get(num(3), {}).get("hold_len") == 600, what="the daemon applying the hold")
+    wait_for(lambda: rig.db_rows().get(num(4), {}).get("state") == "scheduled", what="the daemon ordering num(4)")
+    assert rig.db_rows()[num(3)]["hold_len"] == 600
     held = rig.list()[num(3)]["held_until"]
     rows, _ = live_json(rig, rc=0)
     assert (rows[num(3)]["would"], rows[num(3)]["until"], rows[num(3)]["then"]) == ("wait", held, "order")
@@ -126,14 +130,14 @@ def test_rows_on_record_beside_a_running_daemon_and_the_ledger_untouched(make_ri
     d.kill()
     d.wait(5)
 
-    rig.write_config([{"number": num(1)}, {"number": num(2)}, {"number": num(3)}])
+    rig.write_config([{"number": num(n)} for n in (1, 2, 3, 4)])
     rig.ctl("pause", "OPS-1 looking first")             # no daemon: into the ledger, under its lock
     before = ledger_print(rig)
     p = live(rig, rc=0)
     assert "PAUSED by uid" in p.stdout and "OPS-1 looking first" in p.stdout, p.stdout
     assert re.search(r"^wait +%s.*paused" % re.escape(num(2)), p.stdout, re.M), p.stdout
     assert ledger_print(rig) == before
-    assert [e["phone_id"] for e in rig.deletes()] == [pid(1)]      # the first run's, and no other
+    assert [e["phone_id"] for e in rig.deletes()] == [pid(1), pid(4)]   # the daemon's, and no other
 
 
 def test_the_blast_radius_guard_holds_and_names_the_preview(make_rig):
