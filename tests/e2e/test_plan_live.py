@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 
-from conftest import MSG, RETIRECTL, RUN_TIMEOUT, child_env, num, phone, pid, wait_for
+from conftest import EXIT, MSG, RETIRECTL, RUN_TIMEOUT, child_env, num, phone, pid, wait_for
 
 LATER = "2030-01-01T00:00:00Z"
 LATER_EPOCH = 1893456000
@@ -106,14 +106,17 @@ def test_rows_on_record_beside_a_running_daemon_and_the_ledger_untouched(make_ri
     honest end.  A preview reads the ledger without a lock and changes nothing in
     it, also while the daemon (its only writer) runs; a pause on record holds
     every release."""
-    rig = make_rig([phone(1, provider="custom"), phone(2, provider="custom"), phone(3), phone(4, status="reserved")])
-    rig.write_config([{"number": num(1)}, {"number": num(4)}])
-    assert rig.run().rc == 0
+    rig = make_rig([phone(1, provider="custom"), phone(2, provider="custom"), phone(3), phone(4, status="reserved"),
+                    phone(5), phone(6, number=num(5))])
+    rig.write_config([{"number": num(n)} for n in (1, 4, 5)])
+    assert rig.run().rc == EXIT["operator"]             # num(5): two live phones, failed
     rig.fake.add_phones([phone(4)])                     # verified since: assigned now
-    rig.write_config([{"number": num(n)} for n in (1, 2, 3, 4)], safety={"hold": 600})
+    rig.write_config([{"number": num(n)} for n in (1, 2, 3, 4, 5)], safety={"hold": 600})
     before = ledger_print(rig)
     rows, _ = live_json(rig, rc=2)
     assert (rows[num(1)]["would"], rows[num(1)]["state"]) == ("none", "released")
+    assert (rows[num(5)]["would"], rows[num(5)]["state"]) == ("none", "failed")
+    assert "left to an operator ('retirectl retry %s')" % num(5) in rows[num(5)]["why"]
     assert rows[num(2)]["would"] == rows[num(3)]["would"] == "wait"
     # Deferred on record, on hold no more: the daemon's start looks again (a resync), and orders it.
     assert (rows[num(4)]["would"], rows[num(4)]["state"]) == ("order", "deferred"), rows[num(4)]
@@ -130,7 +133,7 @@ def test_rows_on_record_beside_a_running_daemon_and_the_ledger_untouched(make_ri
     d.kill()
     d.wait(5)
 
-    rig.write_config([{"number": num(n)} for n in (1, 2, 3, 4)])
+    rig.write_config([{"number": num(n)} for n in (1, 2, 3, 4, 5)])
     rig.ctl("pause", "OPS-1 looking first")             # no daemon: into the ledger, under its lock
     before = ledger_print(rig)
     p = live(rig, rc=0)
@@ -161,13 +164,31 @@ def test_exit_codes_and_clear_errors(make_rig):
     """0 when nothing would be released or ordered, 2 when something would, 1 on
     an error, said in one line: an API that cannot be reached, a key others may
     read, a config that does not load."""
-    rig = make_rig([phone(1, status="released"), phone(2, status="reserved")])
+    rig = make_rig([phone(1, status="released"), phone(2, status="reserved"), phone(3, provider="custom")])
     # Named by id, and fewer than a listing's worth: a GET each, as the daemon would.
     rig.write_config([{"id": pid(1)}, {"id": pid(2)}, {"id": pid(98)}])
     rows, _ = live_json(rig, rc=0)
     assert {k: o["would"] for k, o in rows.items()} == {pid(1): "none", pid(2): "defer", pid(98): "refuse"}
     assert "not in the account (HTTP 404)" in rows[pid(98)]["why"]
     assert sorted(e["phone_id"] for e in rig.fake.log) == sorted([pid(1), pid(2), pid(98)])
+    # A GET that fails is asked again on the retry budget; one that keeps failing is no verdict.
+    rig.fake.script(pid(2), "GET", [503])
+    assert live_json(rig, rc=0)[0][pid(2)]["would"] == "defer"
+    rig.fake.script(pid(2), "GET", [503, 503, 503])
+    p = live(rig, rc=1)
+    assert "cannot see the account at %s: HTTP 503" % rig.fake.url in p.stderr and p.stdout == "", p.stderr
+
+    rig.write_config([{"id": pid(3)}], safety={"dry_run": True})
+    rows, _ = live_json(rig, rc=0)
+    assert rows[pid(3)]["would"] == "none" and "dry_run" in rows[pid(3)]["why"], rows
+    # At an operator's shell: the key where the unit's LoadCredential= takes it, beside the config.
+    rig.write_config([{"id": pid(3)}], api={"token_file": ""})
+    p = live(rig, rc=1)
+    assert "cannot use the API key in %s/api-token: No such file" % rig.dir in p.stderr, p.stderr
+    with open(os.path.join(rig.dir, "api-token"), "w") as f:
+        f.write("test-token\n")
+    os.chmod(os.path.join(rig.dir, "api-token"), 0o600)
+    assert live(rig, rc=2).stdout.startswith("release  %s" % pid(3))
 
     rig.write_config([{"number": num(1)}], api={"base_url": "http://127.0.0.1:9"})
     p = live(rig, rc=1)
