@@ -286,7 +286,7 @@ static int keep(const RemotePhone *p, void *userdata) {
         return match_keep(v->ledger, p, false);
 }
 
-static void listed(Listing *ls, int r, const char *why, void *userdata) {
+static void on_listed(Listing *ls, int r, const char *why, void *userdata) {
         Live *v = userdata;
 
         v->list_done = true;
@@ -310,7 +310,7 @@ static int list(Live *v, bool by_cursor) {
         int r;
 
         if (!v->listing) {
-                r = listing_new(v->event, v->diga, v->api, &v->world, keep, listed, v, &v->listing);
+                r = listing_new(v->event, v->diga, v->api, &v->world, keep, on_listed, v, &v->listing);
                 if (r < 0)
                         return r;
         }
