@@ -14,8 +14,9 @@
  * Nothing acts on a decision.  The ledger is opened read-only (no lock, so
  * beside a running daemon; a missing one reads as empty and is not made),
  * what the listing keeps goes to the connection's TEMP tables, the client
- * is only ever asked for GETs, and at half of pace.rate: a running daemon
- * keeps the other half (the burst and the concurrency are the config's). */
+ * is only ever asked for GETs, and at half of pace.rate (the burst and the
+ * concurrency are the config's): beside a daemon's pass, which does not
+ * know of it, the API sees at most 1.5 times pace.rate. */
 
 #include <inttypes.h>
 #include <libgen.h>
