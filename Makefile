@@ -68,7 +68,10 @@ deps:
 CONF_SRC   := conf/syntax.c conf/parse.c
 STATE_SRC  := state/ledger.c state/history.c state/plan.c state/decl.c state/listed.c
 CORE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CONF_SRC) $(STATE_SRC))
-RETIRECTL_OBJ := $(BUILD)/daemon/retirectl.o $(BUILD)/daemon/retirectl-control.o
+# plan --live lists the account by the daemon's rules and decides with its
+# decisions: the client, the listing, the match and reconcile.c, no engine.
+RETIRECTL_OBJ := $(BUILD)/daemon/retirectl.o $(BUILD)/daemon/retirectl-control.o $(BUILD)/daemon/retirectl-live.o \
+                 $(patsubst %,$(BUILD)/daemon/%.o,api diga listing log match pacer reconcile token)
 RETIRED_SRC := $(filter-out daemon/retirectl%,$(wildcard daemon/*.c))
 RETIRED_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(RETIRED_SRC))
 HEADERS    := $(wildcard conf/*.h state/*.h daemon/*.h)
@@ -85,7 +88,7 @@ $(BUILD)/libcore.a: $(CORE_OBJ)
 	$(AR) rcs $@ $^
 
 $(BUILD)/retirectl: $(RETIRECTL_OBJ) $(BUILD)/libcore.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 $(BUILD)/retired: $(RETIRED_OBJ) $(BUILD)/libcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm

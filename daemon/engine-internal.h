@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* The engine's rooms share its state: the pass (engine.c), the acts and
- * their outcomes (act.c), the match of a listing to the declarations
- * (match.c) and the pauses (pause.c).  Not an interface: engine.h is. */
+ * their outcomes (act.c) and the pauses (pause.c).  The match of a listing
+ * to the rows (match.h) needs none of it.  Not an interface: engine.h is. */
 #pragma once
 
 #include "api.h"
 #include "diga.h"
 #include "engine.h"
 #include "listing.h"
+#include "match.h"
 #include "reconcile.h"
 
 typedef struct Batch Batch;
@@ -121,10 +122,6 @@ void engine_kick(Engine *e);
 void act_observe(Job *j, bool urgent);
 void act_delete(Job *j);
 void act_apply(Job *j, const Outcome *o, const CallResult *call, bool check_version);
-
-/* match.c: a row meets the phone the listing found for it */
-int match_keep(const RemotePhone *p, void *userdata);
-void match_job(Engine *e, Job *j);
 
 /* pause.c: every call stopped, and started again */
 void pause_auth(Engine *e, int status, const char *method, const char *path, const char *msg);

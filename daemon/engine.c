@@ -266,19 +266,55 @@ static void pass_free(Engine *e) {
         e->confirming = false;
 }
 
-/* Fewer calls wins: a GET per due phone, or the pages of the whole account
- * (whose size the last listing left in the ledger). */
 static bool want_listing(Engine *e) {
-        _cleanup_free_ char *v = NULL;
-        uint64_t by_id = e->counted[DUE_BY_ID];
-        size_t pages;
+        return match_wants_listing(e->ledger, e->counted[DUE_BY_ID], e->counted[DUE_BY_NUMBER]);
+}
 
-        if (e->counted[DUE_BY_NUMBER] > 0)
-                return true;
-        if (ledger_meta_get(e->ledger, "account_size", &v) < 0)
-                return by_id > 10;
-        pages = (size_t) strtoull(v, NULL, 10) / API_PAGE_LIMIT + 1;
-        return by_id > pages;
+/* ---- a row meets the listing (match.c) ---- */
+
+static int keep_listed(const RemotePhone *p, void *userdata) {
+        Engine *e = userdata;
+
+        return match_keep(e->ledger, p, true);
+}
+
+static const CallResult list_call = {
+        .kind = CALL_LIST, .method = "GET", .path = "/v1/phone/ (the account listed)", .http_status = 200,
+};
+
+/* The listing is complete: a row meets the phone it names. */
+static void match_job(Engine *e, Job *j) {
+        _cleanup_(match_done) Match m = {};
+        Row row = job_row(j);
+        World w;
+        Outcome o;
+        int r;
+
+        r = match_row(e->ledger, &row, listing_stats(e->listing), e->confirming, (int64_t) now(CLOCK_REALTIME), &m);
+        if (r < 0 && !j->id) {
+                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); it waits for the next pass.",
+                                j->key, ledger_errmsg(e->ledger));
+                job_finish(j);
+                return;
+        }
+        if (r < 0)
+                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); looking at it by id.", j->key,
+                                ledger_errmsg(e->ledger));
+        if (r < 0 || r == MATCH_BY_ID) {
+                act_observe(j, false);   /* not listed: ask for it by id to be sure */
+                return;
+        }
+        if (r == MATCH_UNCONFIRMED) {
+                /* This row fell due after the check that would have sent the
+                 * pass to a listing by cursor: the next pass lists again. */
+                e->stats.unconfirmed++;
+                e->want_pass = true;
+                job_finish(j);
+                return;
+        }
+        w = engine_world(e);
+        reconcile_look(&row, &m.look, &w, &o);
+        act_apply(j, &o, &list_call, true);
 }
 
 static int64_t due_now(Engine *e, int64_t t) {
@@ -351,7 +387,7 @@ static void pass_start(Engine *e) {
 
         w = engine_world(e);
         if (e->counted[DUE_REST] > 0 && want_listing(e)) {
-                r = listing_new(e->event, e->diga, e->api, &w, match_keep, listing_done, e, &e->listing);
+                r = listing_new(e->event, e->diga, e->api, &w, keep_listed, listing_done, e, &e->listing);
                 if (r < 0) {
                         log_error_errno(r, "Cannot list the account: %m");
                         e->list_r = r;

@@ -1,28 +1,30 @@
 /* SPDX-License-Identifier: MIT */
-/* The match of a complete listing to the declarations: the listing keeps
- * the phones some row names (in the ledger's TEMP table), and each row
- * then meets the phone it names, by id or by number, without a call. */
+/* The match of a complete listing to the rows: the listing keeps the phones
+ * in the ledger's TEMP table, and each row then meets the phone it names, by
+ * id or by number, without a call.  What the meeting means is
+ * reconcile_look()'s; what follows from it is the caller's (the engine's
+ * pass, or `retirectl plan --live`, which acts on nothing). */
 
-#include "engine-internal.h"
-#include "log.h"
+#include <stdlib.h>
+
+#include "api.h"
 #include "macro.h"
-#include "messages.h"
+#include "match.h"
 
-#define CARRIER_IDS_MAX   8                       /* ids named in an ambiguity's detail */
-
-/* Only the phones the ledger has a row for are kept (in the ledger's TEMP
- * table, not the heap): the rest are only counted.  (A row of any state:
- * cheaper to ask than which are due.) */
-int match_keep(const RemotePhone *p, void *userdata) {
-        Engine *e = userdata;
+/* The daemon keeps only the phones the ledger has a row for (in the ledger's
+ * TEMP table, not the heap): the rest are only counted.  (A row of any
+ * state: cheaper to ask than which are due.) */
+int match_keep(Ledger *l, const RemotePhone *p, bool known_only) {
         int r;
 
         if (!p)
-                return ledger_listed_clear(e->ledger);
-        r = ledger_knows_phone(e->ledger, p->id, p->number);
-        if (r <= 0)
-                return r;
-        return ledger_listed_add(e->ledger, &(ListedPhone) {
+                return ledger_listed_clear(l);
+        if (known_only) {
+                r = ledger_knows_phone(l, p->id, p->number);
+                if (r <= 0)
+                        return r;
+        }
+        return ledger_listed_add(l, &(ListedPhone) {
                 .id = p->id, .number = p->number, .status = p->status_name, .provider = p->provider,
                 .scheduled_release_at = p->scheduled_release_at,
         });
@@ -50,7 +52,7 @@ typedef struct Carriers {
         RemotePhone live, gone;
         bool has_live, has_gone;
         unsigned n;
-        char ids[CARRIER_IDS_MAX * (UUID_STRING_LEN + 2) + 8];
+        char *ids;                       /* Match.ids */
 } Carriers;
 
 static void carriers_done(Carriers *c) {
@@ -76,86 +78,71 @@ static int add_carrier(const ListedPhone *l, void *userdata) {
                         return r;
                 c->has_live = true;
         }
-        if (c->n++ < CARRIER_IDS_MAX) {
+        if (c->n++ < MATCH_CARRIER_IDS_MAX) {
                 if (c->ids[0])
                         strcat(c->ids, ", ");
                 strncat(c->ids, l->id, UUID_STRING_LEN);
-        } else if (c->n == CARRIER_IDS_MAX + 1)
+        } else if (c->n == MATCH_CARRIER_IDS_MAX + 1)
                 strcat(c->ids, ", ...");
         return 0;
 }
 
-static const CallResult list_call = {
-        .kind = CALL_LIST, .method = "GET", .path = "/v1/phone/ (the account listed)", .http_status = 200,
-};
-
 /* A number-declared row: which phone it means.  A number can come back
  * after release under a new id: the live phone counts, a released one only
  * if nothing live has the number; two live ones are a question for an operator. */
-static void match_number(Engine *e, Job *j) {
-        _cleanup_(carriers_done) Carriers c = {};
-        const ListingStats *st = listing_stats(e->listing);
-        Look look = {
-                .reply = { .kind = CALL_LIST, .status = 200, .api = true, .asked_at = (int64_t) now(CLOCK_REALTIME) },
-                .listed = st->listed, .unreadable = st->unreadable,
-        };
-        Row row = job_row(j);
-        World w = engine_world(e);
-        Outcome o;
+static int match_number(Ledger *l, const Row *row, const ListingStats *st, bool confirmed, Match *m) {
+        _cleanup_(carriers_done) Carriers c = { .ids = m->ids };
         int r;
 
-        r = ledger_listed_find(e->ledger, NULL, j->number, add_carrier, &c);
-        if (r < 0) {
-                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); it waits for the next pass.",
-                                j->key, ledger_errmsg(e->ledger));
-                job_finish(j);
-                return;
+        r = ledger_listed_find(l, NULL, row->number, add_carrier, &c);
+        if (r < 0)
+                return r;
+        if (c.has_live || c.has_gone) {
+                m->seen = c.has_live ? c.live : c.gone;
+                if (c.has_live)
+                        c.live = (RemotePhone) {};
+                else
+                        c.gone = (RemotePhone) {};
+                m->look.seen = &m->seen;
         }
-        look.seen = c.has_live ? &c.live : c.has_gone ? &c.gone : NULL;
-        look.not_listed = !look.seen;
-        if (look.not_listed && st->pages && !e->confirming) {
-                /* Offset pages can miss a phone when two changes undo each
-                 * other's shift; only the cursor may call it absent.  This row
-                 * fell due after the check that would have asked it. */
-                e->stats.unconfirmed++;
-                e->want_pass = true;
-                job_finish(j);
-                return;
-        }
-        look.carriers = c.n;
-        look.carrier_ids = c.ids;
-        reconcile_look(&row, &look, &w, &o);
-        act_apply(j, &o, &list_call, true);
+        m->look.not_listed = !m->look.seen;
+        /* Offset pages can miss a phone when two changes undo each other's
+         * shift; only the cursor may call it absent. */
+        if (m->look.not_listed && st->pages && !confirmed)
+                return MATCH_UNCONFIRMED;
+        m->look.listed = st->listed;
+        m->look.unreadable = st->unreadable;
+        m->look.carriers = c.n;
+        m->look.carrier_ids = m->ids;
+        return MATCH_LOOK;
 }
 
-/* The listing is complete: a row meets the phone it names. */
-void match_job(Engine *e, Job *j) {
-        _cleanup_(remote_phone_done) RemotePhone p = {};
-        Look look = { .reply = { .kind = CALL_LIST, .status = 200, .api = true,
-                                 .asked_at = (int64_t) now(CLOCK_REALTIME) } };
-        Row row;
-        World w;
-        Outcome o;
+int match_row(Ledger *l, const Row *row, const ListingStats *st, bool confirmed, int64_t now, Match *ret) {
         int r;
 
-        if (!j->id) {
-                match_number(e, j);
-                return;
-        }
-        r = ledger_listed_find(e->ledger, j->id, NULL, take_listed, &p);
-        if (r < 0) {
-                log_error_errno(r, "Cannot read the listing back for %s: %m (%s); looking at it by id.", j->key,
-                                ledger_errmsg(e->ledger));
-                r = 0;
-        }
-        if (r == 0) {
-                act_observe(j, false);   /* not listed: ask for it by id to be sure */
-                return;
-        }
-        look.seen = &p;
-        row = job_row(j);
-        w = engine_world(e);
-        reconcile_look(&row, &look, &w, &o);
-        act_apply(j, &o, &list_call, true);
+        *ret = (Match) { .look.reply = { .kind = CALL_LIST, .status = 200, .api = true, .asked_at = now } };
+        if (!row->id)
+                return match_number(l, row, st, confirmed, ret);
+        r = ledger_listed_find(l, row->id, NULL, take_listed, &ret->seen);
+        if (r <= 0)
+                return r < 0 ? r : MATCH_BY_ID;   /* not listed: ask for it by id to be sure */
+        ret->look.seen = &ret->seen;
+        return MATCH_LOOK;
 }
 
+void match_done(Match *m) {
+        remote_phone_done(&m->seen);
+        m->look.seen = NULL;
+}
+
+bool match_wants_listing(Ledger *l, uint64_t by_id, uint64_t by_number) {
+        _cleanup_free_ char *v = NULL;
+        size_t pages;
+
+        if (by_number > 0)
+                return true;
+        if (ledger_meta_get(l, "account_size", &v) < 0)
+                return by_id > 10;
+        pages = (size_t) strtoull(v, NULL, 10) / API_PAGE_LIMIT + 1;
+        return by_id > pages;
+}

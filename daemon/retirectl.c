@@ -19,6 +19,7 @@
 const char *arg_config = "/etc/retired/retired.conf";
 const char *arg_ledger = NULL;
 static bool arg_json = false;
+static bool arg_live = false;
 static int arg_state = -1;
 static bool arg_csv = false;
 static bool arg_openmetrics = false;
@@ -26,7 +27,7 @@ static int64_t arg_since = 0, arg_until = 0;   /* usec; 0 = open */
 static int64_t arg_after_seq = 0;              /* 0 = from the first step */
 
 
-static void json_str(const char *s) {
+void json_str(const char *s) {
         if (!s) {
                 fputs("null", stdout);
                 return;
@@ -43,7 +44,7 @@ static void json_str(const char *s) {
         putchar('"');
 }
 
-static void json_time(int64_t t) {
+void json_time(int64_t t) {
         char buf[21];
         if (t <= 0 || rfc3339_format(t, buf) < 0)
                 fputs("null", stdout);
@@ -51,7 +52,7 @@ static void json_time(int64_t t) {
                 json_str(buf);
 }
 
-static const char *time_str(int64_t t, char buf[static 21]) {
+const char *time_str(int64_t t, char buf[static 21]) {
         if (t <= 0 || rfc3339_format(t, buf) < 0)
                 return "-";
         return buf;
@@ -282,7 +283,8 @@ static int verb_plan(void) {
                 printf(".\n");
                 if (p->needs_approval)
                         printf("Needs approval: %zu new releases exceed safety.max_new_releases = %u; "
-                               "once the daemon holds this plan, run: retirectl approve %s\n",
+                               "'retirectl plan --live' shows what approving would release; once the daemon "
+                               "holds this plan, run: retirectl approve %s\n",
                                p->new_releases, c->max_new_releases, p->hash);
                 if (p->hold > 0 && plan_changes(p) > 0)
                         printf("Applied now, what it adds or changes waits safety.hold = %" PRId64 " s: it may go "
@@ -669,7 +671,9 @@ static void help(void) {
         printf("Usage: retirectl [OPTIONS] COMMAND [ARG]\n\n"
                "Commands:\n"
                "  check          validate the config and the release declarations\n"
-               "  plan           show what a reload would change (exit 2 when it would change something)\n"
+               "  plan           show what a reload would change (exit 2 when it would change something);\n"
+               "                 with --live, what the next pass would do against the account as it is now\n"
+               "                 (exit 2 when it would release something), writing nothing\n"
                "  status         count the ledger's phones per state\n"
                "  list           one line per phone (--state STATE to filter)\n"
                "  show KEY       one phone (by key, id or number) and its history\n"
@@ -683,6 +687,8 @@ static void help(void) {
                "  -c, --config FILE   main config (default /etc/retired/retired.conf)\n"
                "      --ledger PATH   read this ledger instead of the config's\n"
                "      --json          machine-readable output (plan, status, list, show, history)\n"
+               "      --live          with plan: list the account (GETs only, at half of pace.rate) and show\n"
+               "                      what the next pass would do with each declared phone\n"
                "      --state STATE   with list: only this state; with history: only steps into it\n"
                "      --since TIME    with history: steps at or after TIME\n"
                "      --until TIME    with history: steps before TIME\n"
@@ -762,7 +768,7 @@ static int parse_state_arg(const char *s) {
  * take no options but -c and --ledger. */
 enum {
         OPT_JSON = 1 << 0, OPT_STATE = 1 << 1, OPT_SINCE = 1 << 2, OPT_UNTIL = 1 << 3,
-        OPT_CSV = 1 << 4, OPT_OPENMETRICS = 1 << 5, OPT_AFTER_SEQ = 1 << 6,
+        OPT_CSV = 1 << 4, OPT_OPENMETRICS = 1 << 5, OPT_AFTER_SEQ = 1 << 6, OPT_LIVE = 1 << 7,
 };
 
 /* Whether word is one of the words of a list such as "plan, status". */
@@ -789,6 +795,7 @@ static int check_options(const char *verb, unsigned given) {
                 { OPT_CSV,         "--csv",         "history" },
                 { OPT_AFTER_SEQ,   "--after-seq",   "history" },
                 { OPT_OPENMETRICS, "--openmetrics", "status" },
+                { OPT_LIVE,        "--live",        "plan" },
         };
 
         /* An unknown command is reported as such. */
@@ -820,27 +827,30 @@ static int check_options(const char *verb, unsigned given) {
         return 0;
 }
 
+enum {
+        ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION, ARG_SINCE, ARG_UNTIL, ARG_CSV, ARG_OPENMETRICS,
+        ARG_AFTER_SEQ, ARG_LIVE,
+};
+
+static const struct option options[] = {
+        { "config",      required_argument, NULL, 'c' },
+        { "json",        no_argument,       NULL, ARG_JSON },
+        { "state",       required_argument, NULL, ARG_STATE },
+        { "ledger",      required_argument, NULL, ARG_LEDGER },
+        { "since",       required_argument, NULL, ARG_SINCE },
+        { "until",       required_argument, NULL, ARG_UNTIL },
+        { "csv",         no_argument,       NULL, ARG_CSV },
+        { "after-seq",   required_argument, NULL, ARG_AFTER_SEQ },
+        { "openmetrics", no_argument,       NULL, ARG_OPENMETRICS },
+        { "live",        no_argument,       NULL, ARG_LIVE },
+        { "help",        no_argument,       NULL, 'h' },
+        { "version",     no_argument,       NULL, ARG_VERSION },
+        {}
+};
+
 /* Returns 1 to go on to the command, 0 when the run is done (--help,
  * --version), or -EINVAL when the line is wrong (already said). */
 static int parse_argv(int argc, char **argv, unsigned *ret_given) {
-        enum {
-                ARG_JSON = 0x100, ARG_STATE, ARG_LEDGER, ARG_VERSION, ARG_SINCE, ARG_UNTIL, ARG_CSV, ARG_OPENMETRICS,
-                ARG_AFTER_SEQ,
-        };
-        static const struct option options[] = {
-                { "config",      required_argument, NULL, 'c' },
-                { "json",        no_argument,       NULL, ARG_JSON },
-                { "state",       required_argument, NULL, ARG_STATE },
-                { "ledger",      required_argument, NULL, ARG_LEDGER },
-                { "since",       required_argument, NULL, ARG_SINCE },
-                { "until",       required_argument, NULL, ARG_UNTIL },
-                { "csv",         no_argument,       NULL, ARG_CSV },
-                { "after-seq",   required_argument, NULL, ARG_AFTER_SEQ },
-                { "openmetrics", no_argument,       NULL, ARG_OPENMETRICS },
-                { "help",        no_argument,       NULL, 'h' },
-                { "version",     no_argument,       NULL, ARG_VERSION },
-                {}
-        };
         unsigned given = 0;
         int c;
 
@@ -884,6 +894,10 @@ static int parse_argv(int argc, char **argv, unsigned *ret_given) {
                 case ARG_OPENMETRICS:
                         arg_openmetrics = true;
                         given |= OPT_OPENMETRICS;
+                        break;
+                case ARG_LIVE:
+                        arg_live = true;
+                        given |= OPT_LIVE;
                         break;
                 case ARG_LEDGER:
                         arg_ledger = optarg;
@@ -957,7 +971,7 @@ static int dispatch_verb(const char *verb, char **args, int n_args) {
         if (streq(verb, "check"))
                 return verb_check();
         if (streq(verb, "plan"))
-                return verb_plan();
+                return arg_live ? verb_plan_live(arg_json) : verb_plan();
         if (streq(verb, "status"))
                 return verb_status();
         if (streq(verb, "list"))

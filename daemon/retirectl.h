@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "conf.h"
 #include "state.h"
@@ -40,3 +41,13 @@ int control_request(const char *path, const char *verb, const char *arg, char *r
 int control_failed(const char *path, const char *verb, int r);
 /* retry, approve, reload, pause, resume (retirectl-control.c). */
 int verb_control(const char *verb, const char *arg);
+/* plan --live (retirectl-live.c): what the next pass would do, against the
+ * account as listed now; exit 0 nothing would be released, 2 something
+ * would, 1 an error. */
+int verb_plan_live(bool json);
+
+/* Output (retirectl.c): a JSON string or null, an RFC 3339 time or null,
+ * a time or "-". */
+void json_str(const char *s);
+void json_time(int64_t t);
+const char *time_str(int64_t t, char buf[static 21]);

@@ -308,7 +308,8 @@ static int apply_plan(Manager *m, const Config *c, const char *why) {
                 m->held_count = p->new_releases;
                 log_event(LOG_CRIT, MESSAGE_APPROVAL_NEEDED, NULL,
                           "Approval needed: %zu new releases exceed safety.max_new_releases = %u; none of them "
-                          "is applied. Review with 'retirectl plan', then run 'retirectl approve %s'.",
+                          "is applied. Review with 'retirectl plan' ('retirectl plan --live' shows what approving "
+                          "would release), then run 'retirectl approve %s'.",
                           p->new_releases, c->max_new_releases, p->hash);
         }
         if (warnings_text(&c->warnings, &warnings) < 0)

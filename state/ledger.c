@@ -487,17 +487,12 @@ int64_t phone_held_until(const Phone *p, int64_t now_usec, int64_t boot_usec) {
         return left > 0 ? (now_usec + left + (int64_t) USEC_PER_SEC - 1) / (int64_t) USEC_PER_SEC : 0;
 }
 
-#define PHONE_COLUMNS \
-        "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, " \
-        "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number, hold_until, " \
-        "hold_len, CASE WHEN hold_boot_until = 0 THEN 0 WHEN hold_boot IS boot_id() THEN hold_boot_until" \
-        " ELSE 9223372036854775807 END"
 /* For the operator's views: when the row became released, from the history
  * (one step at most leads there: a released row stays released). */
 #define PHONE_COLUMNS_RELEASED_AT \
         PHONE_COLUMNS ", (SELECT min(h.at) FROM history h WHERE h.phone = phones.pk AND h.new_state = 'released')"
 
-static int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
+int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
         Phone p = {
                 .pk = sqlite3_column_int64(st, 0),
                 .key = col_strdup(st, 1),

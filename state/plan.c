@@ -371,18 +371,34 @@ static int apply_one(const Change *c, void *userdata) {
                                   state_to_string(c->to), NULL, NULL, 0, 0, detail);
 }
 
-/* A new number without an id drops the id resolved from the old one,
+/* What a declaration (its not_before NB, id ID and number NUMBER, and the
+ * hold HOLD in seconds: SQL expressions) makes of a row, in terms of the
+ * row's columns as they are: plan_apply()'s UPDATEs write it, and
+ * plan_foreach_row() shows it, with the same words.
+ *
+ * A new number without an id drops the id resolved from the old one,
  * unless a DELETE of that id may be out: that is settled by id first. */
-#define ID_NUMBER_SET \
-        " id = CASE WHEN ?9 IS NOT NULL THEN ?9 WHEN ?8 IS NOT NULL AND number IS NOT ?8 AND sent_at = 0" \
-        "  THEN NULL ELSE id END," \
-        " number = ?8, version = version + 1"
+#define ID_AFTER(ID, NUMBER) \
+        "CASE WHEN " ID " IS NOT NULL THEN " ID " WHEN " NUMBER " IS NOT NULL AND number IS NOT " NUMBER \
+        " AND sent_at = 0 THEN NULL ELSE id END"
+/* What the DELETE acts on changed. */
+#define TARGET_CHANGED_BY(NB, ID, NUMBER) \
+        "(not_before != " NB " OR number IS NOT " NUMBER " OR (" ID " IS NOT NULL AND id IS NOT " ID "))"
+/* The hold on the boot-time clock, which no clock step moves: the wall
+ * clock's hold_until only says the date, or holds longer. */
+#define HOLD_BOOT_NEW_OF(HOLD) "CASE WHEN " HOLD " > 0 THEN boot_usec() + " HOLD " * 1000000 ELSE 0 END"
+/* An update's hold: a new one when the target changed, never shorter than
+ * the one running. */
+#define HOLD_BOOT_UNTIL_UPDATED(CHANGED, HOLD) \
+        "CASE WHEN " CHANGED " AND " HOLD " > 0 THEN max(" HOLD_BOOT_NEW_OF(HOLD) "," \
+        "  CASE WHEN hold_boot IS boot_id() THEN hold_boot_until ELSE 0 END) ELSE hold_boot_until END"
+#define HOLD_LEN_UPDATED(CHANGED, HOLD) "CASE WHEN " CHANGED " AND " HOLD " > 0 THEN max(hold_len, " HOLD ") ELSE hold_len END"
+#define HOLD_BOOT_UPDATED(CHANGED, HOLD) "CASE WHEN " CHANGED " AND " HOLD " > 0 THEN boot_id() ELSE hold_boot END"
 
-/* What the DELETE acts on changed (in an UPDATE, a column is its old value). */
-#define TARGET_CHANGED "(not_before != ?5 OR number IS NOT ?8 OR (?9 IS NOT NULL AND id IS NOT ?9))"
-/* The hold (?11 seconds) on the boot-time clock, which no clock step moves:
- * the wall clock's hold_until only says the date, or holds longer. */
-#define HOLD_BOOT_NEW "CASE WHEN ?11 > 0 THEN boot_usec() + ?11 * 1000000 ELSE 0 END"
+/* In an UPDATE, a column is its old value. */
+#define ID_NUMBER_SET " id = " ID_AFTER("?9", "?8") ", number = ?8, version = version + 1"
+#define TARGET_CHANGED TARGET_CHANGED_BY("?5", "?9", "?8")
+#define HOLD_BOOT_NEW HOLD_BOOT_NEW_OF("?11")
 
 int plan_apply(Ledger *l, const Plan *p, bool approved) {
         static const char *const sql[_CHANGE_MAX] = {
@@ -401,10 +417,9 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
                                   " state = ?3, attempts = CASE WHEN ?3 = state THEN attempts ELSE 0 END,"
                                   " next_at = CASE WHEN ?3 = state THEN next_at ELSE 0 END,"
                                   " hold_until = CASE WHEN " TARGET_CHANGED " THEN max(hold_until, ?10) ELSE hold_until END,"
-                                  " hold_boot_until = CASE WHEN " TARGET_CHANGED " AND ?11 > 0 THEN max(" HOLD_BOOT_NEW ","
-                                  "  CASE WHEN hold_boot IS boot_id() THEN hold_boot_until ELSE 0 END) ELSE hold_boot_until END,"
-                                  " hold_len = CASE WHEN " TARGET_CHANGED " AND ?11 > 0 THEN max(hold_len, ?11) ELSE hold_len END,"
-                                  " hold_boot = CASE WHEN " TARGET_CHANGED " AND ?11 > 0 THEN boot_id() ELSE hold_boot END,"
+                                  " hold_boot_until = " HOLD_BOOT_UNTIL_UPDATED(TARGET_CHANGED, "?11") ","
+                                  " hold_len = " HOLD_LEN_UPDATED(TARGET_CHANGED, "?11") ","
+                                  " hold_boot = " HOLD_BOOT_UPDATED(TARGET_CHANGED, "?11") ","
                                   ID_NUMBER_SET " WHERE pk = ?1 AND state = ?2",
                 /* A DELETE of it may be out: what it did is looked at now. */
                 [CHANGE_CANCEL] = "UPDATE phones SET state = 'cancelled', updated_at = ?7, version = version + 1,"
@@ -454,6 +469,69 @@ finish:
         if (r < 0)
                 (void) ledger_exec(l, "ROLLBACK");
         return r;
+}
+
+/* Each declared row as plan_apply() (approved) would leave it: the row of
+ * the first declaration naming it, with what a redeclaration (1) or an
+ * update (3) writes, or the row an add writes (no pk).  ?1 is the hold. */
+static const char rows_sql[] =
+        "WITH x AS (SELECT d.seq AS d_seq, d.key AS d_key, d.id AS d_id, d.number AS d_number,"
+        "  d.reason AS d_reason, d.not_before AS d_nb, f.path || ':' || d.line AS d_at,"
+        "  plan.kind AS change, plan.to_state AS to_state,"
+        "  p.pk AS pk, p.key AS key, p.id AS id, p.number AS number, p.reason AS reason, p.not_before AS not_before,"
+        "  p.state AS state, p.attempts AS attempts, p.next_at AS next_at, p.provider AS provider,"
+        "  p.scheduled_release_at AS scheduled_release_at, p.last_error AS last_error, p.declared_at AS declared_at,"
+        "  p.updated_at AS updated_at, p.version AS version, p.sent_at AS sent_at, p.api_number AS api_number,"
+        "  p.hold_until AS hold_until, p.hold_len AS hold_len, p.hold_boot AS hold_boot,"
+        "  p.hold_boot_until AS hold_boot_until"
+        " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file"
+        " LEFT JOIN phones p ON p.pk = d.phone"
+        " LEFT JOIN temp.plan ON plan.kind IN (1, 3) AND plan.pk = d.phone"
+        " WHERE d.phone IS NULL OR d.seq = (SELECT m.seq FROM temp.declared m WHERE m.pk = d.phone)),"
+        /* (new: an add or a redeclaration, the whole declaration and a new hold) */
+        " y AS (SELECT d_seq, CASE WHEN pk IS NULL THEN 0 ELSE change END AS change,"
+        "  coalesce(pk, 0) AS pk, coalesce(key, d_key) AS key,"
+        "  CASE WHEN pk IS NULL THEN d_id WHEN change IS NULL THEN id ELSE " ID_AFTER("d_id", "d_number") " END AS id,"
+        "  CASE WHEN change IS NULL AND pk IS NOT NULL THEN number ELSE d_number END AS number,"
+        "  CASE WHEN change IS NULL AND pk IS NOT NULL THEN reason ELSE d_reason END AS reason,"
+        "  CASE WHEN change IS NULL AND pk IS NOT NULL THEN not_before ELSE d_nb END AS not_before,"
+        "  CASE WHEN change IS NULL AND pk IS NOT NULL THEN declared_at ELSE d_at END AS declared_at,"
+        "  CASE WHEN pk IS NULL THEN 'pending' WHEN change IS NULL THEN state ELSE to_state END AS state,"
+        "  CASE WHEN pk IS NULL OR change = 1 OR to_state != state THEN 0 ELSE attempts END AS attempts,"
+        "  CASE WHEN pk IS NULL OR change = 1 OR to_state != state THEN 0 ELSE next_at END AS next_at,"
+        "  provider, scheduled_release_at, last_error, coalesce(updated_at, 0) AS updated_at,"
+        "  coalesce(version, 0) AS version, coalesce(sent_at, 0) AS sent_at, api_number,"
+        "  coalesce(hold_until, 0) AS hold_until,"
+        "  CASE WHEN pk IS NULL OR change = 1 THEN ?1 WHEN change = 3 THEN "
+        HOLD_LEN_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1") " ELSE hold_len END AS hold_len,"
+        "  CASE WHEN pk IS NULL OR change = 1 THEN CASE WHEN ?1 > 0 THEN boot_id() END WHEN change = 3 THEN "
+        HOLD_BOOT_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1") " ELSE hold_boot END AS hold_boot,"
+        "  CASE WHEN pk IS NULL OR change = 1 THEN " HOLD_BOOT_NEW_OF("?1") " WHEN change = 3 THEN "
+        HOLD_BOOT_UNTIL_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1")
+        "  ELSE hold_boot_until END AS hold_boot_until"
+        " FROM x)"
+        " SELECT " PHONE_COLUMNS ", 0, change FROM y ORDER BY d_seq";
+
+int plan_foreach_row(const Plan *p, int (*cb)(const Phone *row, int change, void *userdata), void *userdata) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        int rc, r;
+
+        rc = sqlite3_prepare_v2(ledger_db(p->ledger), rows_sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        (void) sqlite3_bind_int64(st, 1, p->hold);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                _cleanup_(phone_done) Phone row = {};
+                int change = sqlite3_column_type(st, 21) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 21);
+
+                r = ledger_phone_from_row(st, &row);
+                if (r < 0)
+                        return r;
+                r = cb(&row, change, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
 int plan_approve(Ledger *l, const Config *c, const char *hash, char **message, size_t *ret_count) {

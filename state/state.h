@@ -332,6 +332,13 @@ int plan_compute_changes(Ledger *l, const Config *c, Plan **ret);
  * order for the others), of one kind (or all, kind < 0), at most limit;
  * each Change lives for its call only.  The callback returns < 0 to stop. */
 int plan_foreach(const Plan *p, int kind, size_t limit, int (*cb)(const Change *c, void *userdata), void *userdata);
+/* Each declared phone's row as applying the plan (approved) would leave it,
+ * in declaration order, once each (with the first declaration naming it):
+ * pk 0 for a row the plan adds.  change: its ChangeKind (CHANGE_ADD,
+ * CHANGE_REDECLARE or CHANGE_UPDATE), or -1 when the plan leaves it as it
+ * is.  Rows no longer declared are not among them.  What plan_apply()
+ * writes and what this shows are written with the same SQL. */
+int plan_foreach_row(const Plan *p, int (*cb)(const Phone *row, int change, void *userdata), void *userdata);
 /* Applies the plan in one transaction.  Unless approved, a plan that needs
  * approval applies everything but its new releases.  Every change bumps the
  * row's declaration version, so a DELETE decided on the old one never leaves. */

@@ -60,6 +60,8 @@ def test_each_command_has_its_options():
     assert "--openmetrics" in complete("retirectl", "status", "--")
     assert "--csv" not in complete("retirectl", "status", "--")
     assert complete("retirectl", "list", "--s") == ["--state"]
+    assert complete("retirectl", "plan", "--l") == ["--ledger", "--live"]
+    assert "--live" not in complete("retirectl", "show", "--")
     assert complete("retirectl", "retry", "--j") == []
 
 

@@ -1162,6 +1162,112 @@ static void test_a_change_that_cannot_be_read_stops_the_plan(void **state) {
 
 /* The kinds' names are what `retirectl plan --json` prints as keys: stable,
  * and nothing (not garbage) for a kind no table has. */
+/* plan_foreach_row(): each declared row as the plan would leave it, which
+ * `retirectl plan --live` previews; it must be what plan_apply() then
+ * writes, field for field, for every kind of change. */
+typedef struct Shown {
+        Phone rows[8];
+        int change[8];
+        size_t n;
+} Shown;
+
+static int keep_shown(const Phone *row, int change, void *userdata) {
+        Shown *s = userdata;
+        Phone *c = &s->rows[s->n];
+
+        assert_true(s->n < ELEMENTSOF(s->rows));
+        *c = *row;
+        c->key = dup0(row->key);
+        c->id = dup0(row->id);
+        c->number = dup0(row->number);
+        c->reason = dup0(row->reason);
+        c->api_number = dup0(row->api_number);
+        c->provider = dup0(row->provider);
+        c->scheduled_release_at = dup0(row->scheduled_release_at);
+        c->last_error = dup0(row->last_error);
+        c->declared_at = dup0(row->declared_at);
+        s->change[s->n++] = change;
+        return 0;
+}
+
+static void assert_same_str(const char *a, const char *b) {
+        if (!a || !b)
+                assert_ptr_equal(a, b);
+        else
+                assert_string_equal(a, b);
+}
+
+#define N5 "+34910000005"
+#define N6 "+34910000006"
+
+static void test_rows_shown_are_the_rows_applied(void **state) {
+        Fixture *f = *state;
+        static const struct { const char *key; int change; } want[] = {
+                { N1, -1 }, { UUID_X, CHANGE_UPDATE }, { N3, CHANGE_UPDATE }, { N4, CHANGE_REDECLARE },
+                { N6, CHANGE_ADD },
+        };
+        Shown s = {};
+        Plan *p;
+
+        sync_to(f, "safety: { hold = 0.0; };\nreleases = ( { number = \"" N1 "\"; },\n"
+                   "  { id = \"" UUID_X "\"; number = \"" N2 "\"; }, { number = \"" N3 "\"; },\n"
+                   "  { number = \"" N4 "\"; } );\n");
+        /* N1's row resolved to an id, which a second declaration names too:
+         * shown once, with the first declaration naming it. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk_of(f, N1), .from = STATE_PENDING,
+                .to = STATE_RETRYING, .id = UUID_Y, .attempts = 2, .next_at = 999 }), 0);
+        sync_to(f, "safety: { hold = 0.0; };\nreleases = ( { number = \"" N1 "\"; },\n"
+                   "  { id = \"" UUID_X "\"; number = \"" N2 "\"; }, { number = \"" N3 "\"; } );\n");
+        assert_int_equal(state_of(f, N4), STATE_CANCELLED);
+
+        p = plan_for(f, "safety: { hold = 600.0; };\nreleases = ( { number = \"" N1 "\"; },\n"
+                        "  { id = \"" UUID_X "\"; number = \"" N5 "\"; },\n"
+                        "  { number = \"" N3 "\"; reason = \"OPS-1\"; }, { number = \"" N4 "\"; },\n"
+                        "  { number = \"" N6 "\"; not_before = \"2026-12-31T23:00:00Z\"; }, { id = \"" UUID_Y "\"; } );\n");
+        assert_int_equal(plan_foreach_row(p, keep_shown, &s), 0);
+        assert_int_equal(s.n, ELEMENTSOF(want));
+        for (size_t i = 0; i < s.n; i++) {
+                assert_string_equal(s.rows[i].key, want[i].key);
+                assert_int_equal(s.change[i], want[i].change);
+        }
+        assert_int_equal(s.rows[4].pk, 0);           /* an add has no row yet */
+        /* The held and the unheld: a new number, a redeclaration and an add
+         * are held anew, a new reason only is not. */
+        assert_int_equal(s.rows[0].hold_len, 0);
+        assert_int_equal(s.rows[1].hold_len, 600);
+        assert_int_equal(s.rows[2].hold_len, 0);
+        assert_int_equal(s.rows[3].hold_len, 600);
+        assert_int_equal(s.rows[4].hold_len, 600);
+        assert_string_equal(s.rows[1].id, UUID_X);
+        assert_string_equal(s.rows[1].number, N5);
+        assert_int_equal(s.rows[0].attempts, 2);
+        assert_int_equal(plan_apply(f->l, p, true), 0);
+        plan_free(p);
+
+        for (size_t i = 0; i < s.n; i++) {
+                Phone a = find(f, s.rows[i].key), *b = &s.rows[i];
+
+                print_message("  %s\n", b->key);
+                if (b->pk)
+                        assert_int_equal(b->pk, a.pk);
+                assert_int_equal(b->state, a.state);
+                assert_same_str(b->id, a.id);
+                assert_same_str(b->number, a.number);
+                assert_same_str(b->reason, a.reason);
+                assert_int_equal(b->not_before, a.not_before);
+                assert_int_equal(b->attempts, a.attempts);
+                assert_int_equal(b->next_at, a.next_at);
+                assert_int_equal(b->sent_at, a.sent_at);
+                assert_int_equal(b->hold_len, a.hold_len);
+                /* The boot-time clock read by the preview, then by the apply. */
+                assert_true(b->hold_boot_until <= a.hold_boot_until &&
+                            b->hold_boot_until + (int64_t) USEC_PER_SEC > a.hold_boot_until);
+                assert_true((b->hold_boot_until == 0) == (a.hold_boot_until == 0));
+                phone_done(&a);
+                phone_done(b);
+        }
+}
+
 static void test_change_kinds_have_their_documented_names(void **state) {
         static const char *const want[_CHANGE_MAX] = {
                 [CHANGE_ADD] = "add", [CHANGE_REDECLARE] = "redeclare", [CHANGE_CANCEL] = "cancel",
@@ -1204,6 +1310,7 @@ int main(void) {
                 T(test_redeclared_after_a_delete_went_out_is_looked_at_first),
                 T(test_approve_applies_exactly_the_plan_reviewed),
                 T(test_failed_row_declared_anew_is_pending_again),
+                T(test_rows_shown_are_the_rows_applied),
         };
 
         return cmocka_run_group_tests_name("test-plan", tests, NULL, NULL);
