@@ -470,7 +470,8 @@ def test_fifo_instead_of_a_file_is_refused(make_rig, which):
 
 # ---------------------------------------------------------------- URL smuggling: the config
 
-SMUGGLED_IDS = ["../../x", "a?b", "%2e%2e%2f", pid(1) + "/..", pid(1) + "?status=released", pid(1).upper(),
+# (An id in capitals is no smuggling: it is the same UUID, read in lowercase; issue 26.)
+SMUGGLED_IDS = ["../../x", "a?b", "%2e%2e%2f", pid(1) + "/..", pid(1) + "?status=released",
                 " " + pid(1), pid(1) + "#x", "..", pid(1)[:-1] + "/"]
 
 
