@@ -53,8 +53,9 @@ static int ask_once(const char *path, const char *line, unsigned timeout, char *
 }
 
 int control_request(const char *path, const char *verb, const char *arg, char *reply, size_t size) {
-        /* A reload of a million declarations takes seconds; the rest answer at once. */
-        unsigned timeout = streq(verb, "reload") ? 300 : 10;
+        /* A reload of a million declarations takes tens of seconds, and a
+         * request that comes meanwhile is answered when it ends. */
+        unsigned timeout = streq(verb, "reload") ? 300 : 60;
         _cleanup_free_ char *line = NULL;
         usec_t wait = 10 * USEC_PER_MSEC;
         int r;

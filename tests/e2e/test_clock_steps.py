@@ -70,14 +70,16 @@ def assert_held(rig, keys, since):
     rig.assert_exactly_once(one_delete=True)
 
 
-@pytest.mark.parametrize("step", ["put_right", "stepped_forward"])
+@pytest.mark.parametrize("step", ["put_right", "stepped_forward", "stepped_back"])
 def test_a_clock_moved_after_start_does_not_shorten_the_hold(make_rig, clock, step):
-    """The machine booted a day slow (or right, then stepped a day forward):
-    5 phones declared at start, 3 more by a reload, then the clock moved
-    forward a day.  By the wall clock every hold is long over; by real time
-    none is, and none of the 8 goes before it is."""
+    """The machine booted a day slow (or right, then stepped a day forward, or
+    back): 5 phones declared at start, 3 more by a reload, then the clock
+    moved a day.  By the wall clock every hold is long over (or a day away);
+    by real time none is, none of the 8 goes before it is, and all go when
+    it is."""
     rig = make_rig([phone(n) for n in range(1, 9)])
     c = clock(rig, -DAY if step == "put_right" else 0.0)
+    moved = {"put_right": 0.0, "stepped_forward": DAY, "stepped_back": -DAY}[step]
     first, more = [pid(n) for n in range(1, 6)], [pid(n) for n in range(6, 9)]
     rig.write_config([{"id": k} for k in first], safety={"hold": HOLD})
     t_start = time.time()
@@ -86,7 +88,7 @@ def test_a_clock_moved_after_start_does_not_shorten_the_hold(make_rig, clock, st
     rig.write_config([{"id": k} for k in first + more], safety={"hold": HOLD})
     t_reload = time.time()
     assert "reloaded" in rig.ctl("reload").stdout
-    c.set(0.0 if step == "put_right" else DAY)
+    c.set(moved)
     wait_for(lambda: released(rig, first + more), what="the releases", timeout=30)
     proc.terminate()
     assert proc.wait(10) == 0, stderr_of(proc)
