@@ -166,7 +166,8 @@ def test_fault_once_then_released(make_rig, call, fault):
     if how == "accepted":
         # Recorded from one look right after the DELETE, the answer on record.
         t_delete = rig.deletes(pid(1))[0]["t"]
-        assert len([e for e in rig.fake.log if e["method"] == "GET" and e["t"] > t_delete]) == 1, rig.fake.log
+        assert len([e for e in rig.fake.log if e["method"] == "GET" and e["phone_id"] == pid(1) and e["t"] > t_delete]) == 1, \
+            rig.fake.log
         hist = rig.show(key_of(call))["history"]
         assert any(re.search(reason, e["detail"] or "") for e in hist), hist
     if how in ("ok", "accepted"):
