@@ -1197,6 +1197,24 @@ static void assert_same_str(const char *a, const char *b) {
                 assert_string_equal(a, b);
 }
 
+/* A walk the caller stops: its error comes back, and no row after it is shown. */
+static int stop_at_first(const Phone *row, int change, void *userdata) {
+        unsigned *n = userdata;
+
+        (*n)++;
+        return -ECANCELED;
+}
+
+static void test_a_walk_of_the_rows_shown_stops_when_asked(void **state) {
+        Fixture *f = *state;
+        unsigned n = 0;
+        Plan *p = plan_for(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; } );\n");
+
+        assert_int_equal(plan_foreach_row(p, stop_at_first, &n), -ECANCELED);
+        assert_int_equal(n, 1);
+        plan_free(p);
+}
+
 #define N5 "+34910000005"
 #define N6 "+34910000006"
 
@@ -1310,6 +1328,7 @@ int main(void) {
                 T(test_redeclared_after_a_delete_went_out_is_looked_at_first),
                 T(test_approve_applies_exactly_the_plan_reviewed),
                 T(test_failed_row_declared_anew_is_pending_again),
+                T(test_a_walk_of_the_rows_shown_stops_when_asked),
                 T(test_rows_shown_are_the_rows_applied),
         };
 
