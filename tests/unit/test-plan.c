@@ -1133,6 +1133,7 @@ static void test_a_change_that_cannot_be_read_stops_the_plan(void **state) {
                 "UPDATE temp.plan SET to_state = 'bogus' WHERE kind = 3",      /* an update going nowhere */
                 "UPDATE temp.plan SET from_state = 'bogus' WHERE kind = 2",    /* a cancel from nowhere */
                 "UPDATE temp.decl_file SET path = hex(zeroblob(4096))",         /* no FILE:LINE fits */
+                "UPDATE temp.plan SET to_state = NULL WHERE kind = 3",         /* an update with no end */
         };
         size_t n = 0;
         Plan *p;
