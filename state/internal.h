@@ -35,6 +35,8 @@ int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **r
 int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret);
 sqlite3 *ledger_db(Ledger *l);
 int ledger_exec(Ledger *l, const char *sql);
+/* BEGIN IMMEDIATE, after taking back a transaction a failed ROLLBACK left open. */
+int ledger_begin(Ledger *l);
 /* The first column of the first row; -ENOENT when it is NULL.  The _intv
  * form binds n int64_t arguments to ?1...?n. */
 int ledger_query_int(Ledger *l, const char *sql, int64_t *ret);

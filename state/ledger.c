@@ -809,12 +809,21 @@ int ledger_find(Ledger *l, const char *what, Phone *ret) {
         return ledger_phone_from_row(st, ret);
 }
 
+int ledger_begin(Ledger *l) {
+        /* No write of ours starts inside another: a transaction still open
+         * here is one a failed ROLLBACK left, nothing of it committed, and
+         * it would fail every later write until a restart. */
+        if (!sqlite3_get_autocommit(l->db))
+                (void) ledger_exec(l, "ROLLBACK");
+        return ledger_exec(l, "BEGIN IMMEDIATE");
+}
+
 int ledger_update(Ledger *l, const LedgerUpdate *u) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int64_t t = (int64_t) now(CLOCK_REALTIME);
         int rc, r;
 
-        r = ledger_exec(l, "BEGIN IMMEDIATE");
+        r = ledger_begin(l);
         if (r < 0)
                 return r;
         if (u->method) {

@@ -435,7 +435,7 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
 
         if (plan_changes(p) == 0)
                 return 0;
-        r = ledger_exec(l, "BEGIN IMMEDIATE");
+        r = ledger_begin(l);
         if (r < 0)
                 return r;
         for (size_t k = 0; k < _CHANGE_MAX; k++) {

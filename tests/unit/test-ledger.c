@@ -1069,6 +1069,23 @@ static void test_migration_to_version_4_keeps_the_holds_running(void **state) {
         phone_done(&p);
 }
 
+/* A ROLLBACK that failed leaves a transaction open, with changes never
+ * committed: the next write takes it back and goes on, rather than fail
+ * every write until a restart. */
+static void test_a_transaction_left_open_does_not_lock_the_ledger(void **state) {
+        Fixture *f = *state;
+        int64_t pk = add_phone(f->l, "k", UUID_A, NULL, STATE_PENDING);
+        char *reason;
+
+        assert_int_equal(ledger_exec(f->l, "BEGIN IMMEDIATE; UPDATE phones SET reason = 'half' WHERE key = 'k'"), 0);
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_RETRYING,
+                         .attempts = 1, .next_at = -1 }), 0);
+        assert_int_equal(state_of(f->l, "k"), STATE_RETRYING);
+        reason = query_text(f->path, "SELECT reason FROM phones WHERE key = 'k'");
+        assert_null(reason);
+        assert_int_equal(history_count(f->l, pk), 1);
+}
+
 /* ---- one writer per file ------------------------------------------------ */
 
 static void test_one_writer_per_file_by_any_name(void **state) {
@@ -1737,6 +1754,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_a_hold_is_not_lengthened_by_the_wall_clock, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_holds_of_another_boot_start_again_whole, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_migration_to_version_4_keeps_the_holds_running, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_a_transaction_left_open_does_not_lock_the_ledger, setup, teardown),
                 cmocka_unit_test(test_state_names),
                 cmocka_unit_test(test_sqlite_codes_to_errno),
         };
