@@ -141,14 +141,6 @@ static bool is_type(sqlite3_stmt *st, int i, const char *type) {
 
 /* A UUID in either case, as the spec's "format: uuid" allows; ours are
  * lowercase, so that one phone has one spelling. */
-static bool canonical_uuid(const char *s, char ret[static UUID_STRING_LEN + 1]) {
-        if (!s || strlen(s) != UUID_STRING_LEN)
-                return false;
-        for (size_t i = 0; i <= UUID_STRING_LEN; i++)
-                ret[i] = (char) tolower((unsigned char) s[i]);
-        return uuid_is_valid(ret);
-}
-
 static int strdup_to(const char *s, char **ret) {
         *ret = strdup(s);
         return *ret ? 0 : -ENOMEM;
@@ -161,7 +153,7 @@ static int read_phone(sqlite3_stmt *st, int c, RemotePhone *ret, char **why) {
 
         if (!is_type(st, c, "object"))
                 return bad_body(why, "a phone is not a JSON object");
-        if (!is_type(st, c + 2, "text") || !canonical_uuid(id, p.id))
+        if (!is_type(st, c + 2, "text") || !uuid_canonical(id, p.id))
                 return bad_body(why, "a phone has no valid \"id\"");
         if (!is_type(st, c + 4, "text") || strlen(number) == 0 || strlen(number) > CONF_MAX_SIP ||
             !printable(number))
@@ -237,7 +229,7 @@ static int page_frame(Api *a, PhonePage *p, char **why) {
         p->has_more = is_type(st, 2, "true");
         /* A cursor that is not a UUID is not followed (nor put in a URL):
          * the last phone's id stands in for it. */
-        if (!is_type(st, 3, "text") || !canonical_uuid(text(st, 4), p->last_id))
+        if (!is_type(st, 3, "text") || !uuid_canonical(text(st, 4), p->last_id))
                 p->last_id[0] = 0;
         if (int_or_none(st, 5, &p->current_page) < 0)
                 return bad_body(why, "the body has an invalid \"current_page\"");
