@@ -5,7 +5,6 @@
  * list page whose frame is right keeps every phone it can read: one odd
  * phone in the account must not hide all the others. */
 
-#include <ctype.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 
