@@ -118,10 +118,7 @@ void act_apply(Job *j, const Outcome *o, const CallResult *call, bool check_vers
         unsigned attempts_before = j->attempts;
         int r;
 
-        if (o->rate_backoff)
-                diga_rate_backoff(e->diga);
-        if (o->hold > 0)
-                diga_hold(e->diga, engine_mono_now(e) + (usec_t) o->hold * USEC_PER_SEC);
+        diga_heed(e->diga, o->rate_backoff, o->hold);
         if (o->write) {
                 r = commit(j, o, call, check_version);
                 if (r < 0) {

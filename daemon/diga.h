@@ -11,6 +11,7 @@
 
 #include "conf.h"
 #include "forward.h"
+#include "macro.h"
 #include "reconcile.h"
 
 typedef struct CallResult {
@@ -61,6 +62,14 @@ void diga_drop_queued(Diga *d);
 void diga_hold(Diga *d, usec_t until);       /* CLOCK_MONOTONIC */
 void diga_set_paused(Diga *d, bool paused);
 void diga_rate_backoff(Diga *d);
+/* What an answer asks of every call: a 429's slower pace, a Retry-After's
+ * hold (seconds from now, CLOCK_MONOTONIC; 0: none). */
+static inline void diga_heed(Diga *d, bool rate_backoff, int64_t hold) {
+        if (rate_backoff)
+                diga_rate_backoff(d);
+        if (hold > 0)
+                diga_hold(d, now(CLOCK_MONOTONIC) + (usec_t) hold * USEC_PER_SEC);
+}
 /* Calls out whose answer is awaited (forgotten ones do not count). */
 unsigned diga_in_flight(Diga *d);
 size_t diga_queued(Diga *d);

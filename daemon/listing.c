@@ -298,10 +298,7 @@ static void page_failed(Listing *ls, PageReq *q, const Reply *reply) {
 
         w.jitter = drand48();
         reconcile_page(reply, q->attempts, &w, &o);
-        if (o.rate_backoff)
-                diga_rate_backoff(ls->diga);
-        if (o.hold > 0)
-                diga_hold(ls->diga, now(CLOCK_MONOTONIC) + (usec_t) o.hold * USEC_PER_SEC);
+        diga_heed(ls->diga, o.rate_backoff, o.hold);
         switch (o.verdict) {
         case PAGE_AUTH:
                 end(ls, -EACCES, o.detail);

@@ -360,10 +360,7 @@ static void get_again(Live *v, Get *g, const Reply *reply) {
 
         w.jitter = drand48();
         reconcile_page(reply, g->attempts, &w, &o);
-        if (o.rate_backoff)
-                diga_rate_backoff(v->diga);
-        if (o.hold > 0)
-                diga_hold(v->diga, now(CLOCK_MONOTONIC) + (usec_t) o.hold * USEC_PER_SEC);
+        diga_heed(v->diga, o.rate_backoff, o.hold);
         if (o.verdict == PAGE_AUTH) {
                 get_failed(v, -EACCES, o.detail);
                 return;
