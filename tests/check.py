@@ -68,16 +68,20 @@ STAGES = {
     "package":    (MAKE + ["deb"], [], {"DEB_BUILD_OPTIONS": "parallel=2"}, "the .deb (its build runs the unit tests)"),
     "lintian":    (MAKE + ["lintian"], ["package"], {}, "no error, no warning in the .deb"),
     "unit":       (MAKE + ["unit"], ["build"], {}, "cmocka: config, ledger, plan, decision tables, pacer"),
-    "unit-san":   (MAKE + ["unit", "SANITIZE=1"], ["build-san"], {}, "the same, sanitized"),
+    "unit-san":   (MAKE + ["unit", "SANITIZE=1"], ["build-san"], SAN, "the same, sanitized"),
     "fake":       (pytest("tests/fake-diga"), [], {}, "the fake Diga API's own tests"),
     "house":      ([PY, "tests/house/limits.py"], [], {}, "no file above 1,100 lines, no function above 80"),
-    "e2e":        (pytest("tests/e2e", workers=E2E_WORKERS), ["build"], {}, "retired against the fake"),
+    # Every e2e test runs once in make check: the tests at scale on the plain
+    # build (under ASan they cost a fifth of the run's CPU and find nothing
+    # the rest do not), all the others on the sanitized build, which fails
+    # on what the plain one would pass and on memory errors besides.  The
+    # plain build's other runs: the system stages, the package's, valgrind.
+    "e2e":        (pytest("-m", "slow", "tests/e2e", workers=E2E_WORKERS), ["build"], {},
+                   "the tests at scale: retired against the fake"),
     "e2e-core":   (pytest("-m", "not slow", "tests/e2e", workers=E2E_WORKERS), ["build"], {},
                    "retired against the fake, but the tests at scale"),
-    # The tests at scale run the same code thousands of times: under ASan
-    # they cost a fifth of the run's CPU and find nothing the rest do not.
     "e2e-san":    (pytest("-m", "not slow", "tests/e2e", workers=E2E_SAN_WORKERS), ["build-san"], SAN,
-                   "the same but the tests at scale, sanitized"),
+                   "all the other e2e tests, sanitized"),
     "system":     (pytest(*SYSTEM, workers=SYSTEM_WORKERS), ["build"], {"SYSBOX_REQUIRED": "1"},
                    "the box itself, and the unit, under a private systemd"),
     "system-pkg": (pytest("tests/system/test_package.py", workers=SYSTEM_WORKERS), ["package"],
