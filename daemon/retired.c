@@ -7,6 +7,7 @@
 #include <malloc.h>
 #include <libgen.h>
 #include <sys/inotify.h>
+#include <sys/statvfs.h>
 #include <curl/curl.h>
 #include <signal.h>
 #include <time.h>
@@ -42,8 +43,9 @@ typedef struct Manager {
         size_t held_count;
         bool once;
         bool ledger_read_only;   /* opened to read (-n, or no ledger yet) */
-        bool create_ledger;      /* the config loads: the ledger may be made */
         bool ledger_failed;      /* it could not be opened (and the journal was told) */
+        char *ledger_error;      /* why no ledger could be made, told after the config's own mistakes */
+        int ledger_errno;
         int exit_code;
         uint64_t watchdog_usec;  /* WatchdogSec=, or 0 */
         usec_t pinged;           /* when on_ledger_progress() last pinged it */
@@ -53,6 +55,7 @@ typedef struct Manager {
         bool stopping;           /* SIGTERM or SIGINT was served: no more reloads */
         Pause pause;          /* an operator's, as the ledger has it */
         char *rejected;       /* why the last reload was refused, for STATUS= */
+        usec_t took_read;     /* the last load's reading of the files, usec */
 } Manager;
 
 #define DEBOUNCE_USEC   (500 * USEC_PER_MSEC)
@@ -168,16 +171,27 @@ static void note_clocks(Manager *m) {
 }
 
 /* At start, the ledger the config names: opened as soon as the settings
- * are read, for the declarations to go into. */
+ * are read, for the declarations to go into.  One this start makes goes
+ * again if the start fails (manager_free()): a bad config makes no file,
+ * and the files are read once. */
 static int open_ledger(void *userdata, const Config *c, Ledger **ret) {
         Manager *m = userdata;
         _cleanup_free_ char *error = NULL;
         int r;
 
-        /* A config that does not load makes no ledger: the first load reads
-         * an empty one, in memory, and a second one fills the new file. */
-        m->ledger_read_only = arg_check || (!m->create_ledger && access(c->ledger, F_OK) < 0 && errno == ENOENT);
+        m->ledger_read_only = arg_check;
         r = ledger_open(c->ledger, m->ledger_read_only ? LEDGER_READ : LEDGER_WRITE, &m->ledger, &error);
+        if (r < 0 && !arg_check && access(c->ledger, F_OK) < 0) {
+                /* None can be made (no folder, no right to it): the declarations
+                 * are read all the same, into an empty ledger in memory, so that
+                 * the config's own mistakes are told too; the start fails after. */
+                m->ledger_errno = r;
+                m->ledger_error = error ? TAKE_PTR(error) : strdup(c->ledger);
+                if (!m->ledger_error)
+                        return log_oom();
+                m->ledger_read_only = true;
+                r = ledger_open(c->ledger, LEDGER_READ, &m->ledger, NULL);
+        }
         m->ledger_failed = r < 0;
         if (r < 0) {
                 if (error)
@@ -203,9 +217,16 @@ static int load_config(Manager *m, Config **ret_config, char **ret_token) {
 
         free(m->rejected);
         m->rejected = NULL;
+        usec_t t0 = now(CLOCK_MONOTONIC);
         r = config_load(arg_config, &sink, &c, &d);
+        m->took_read = now(CLOCK_MONOTONIC) - t0;
         if (r < 0 && (m->ledger_failed || m->interrupted))
                 return r;       /* said so already, or a stop cut it short */
+        if (m->ledger_error) {
+                if (r < 0)
+                        report_diag(&d, "Config rejected");
+                return log_error_errno(m->ledger_errno, "%s", m->ledger_error);
+        }
         if (r < 0) {
                 report_diag(&d, "Config rejected");
                 if (d.n == 0)
@@ -274,12 +295,48 @@ static int warnings_text(const ConfDiag *w, char **ret) {
         return 0;
 }
 
+/* The ledger kept, and its WAL given back after a large commit or a pass;
+ * a reader in the way is met again at the next one. */
+static void settle(Manager *m) {
+        int r = ledger_settle(m->ledger);
+
+        if (r < 0 && r != -EBUSY)
+                log_warning_errno(r, "Cannot checkpoint the ledger's WAL: %m (%s); it is tried again after the "
+                                  "next pass.", ledger_errmsg(m->ledger));
+}
+
+/* Where the plan was written: the ledger's folder, and SQLite's own
+ * temporary files (its TEMP tables) in the first of the folders it looks at. */
+static int log_no_space(int r, const Config *c) {
+        _cleanup_free_ char *dir = strdup(c->ledger);
+        const char *tmp = secure_getenv("SQLITE_TMPDIR");
+        char free_dir[32] = "?", free_tmp[32] = "?";
+        struct statvfs v;
+
+        if (!dir)
+                return log_oom();
+        if (!tmp)
+                tmp = secure_getenv("TMPDIR");
+        if (!tmp)
+                tmp = "/var/tmp";
+        if (statvfs(dirname(dir), &v) >= 0)
+                snprintf(free_dir, sizeof free_dir, "%" PRIu64 " kB free", (uint64_t) v.f_bavail * v.f_frsize / 1024);
+        if (statvfs(tmp, &v) >= 0)
+                snprintf(free_tmp, sizeof free_tmp, "%" PRIu64 " kB free", (uint64_t) v.f_bavail * v.f_frsize / 1024);
+        return log_error_errno(r, "Cannot apply the plan: %m: the ledger's folder %s (%s) or the temporary folder "
+                               "%s (%s) is full. Nothing of the plan was recorded; the ledger is as it was. Free "
+                               "space there and start (or reload) again.", dir, free_dir, tmp, free_tmp);
+}
+
 static int apply_plan(Manager *m, const Config *c, const char *why) {
         _cleanup_(plan_freep) Plan *p = NULL;
         _cleanup_free_ char *warnings = NULL;
         int r;
 
+        usec_t t0 = now(CLOCK_MONOTONIC), took_plan;
+
         r = plan_compute_changes(m->ledger, c, &p);
+        took_plan = now(CLOCK_MONOTONIC) - t0;
         if (r < 0 && m->interrupted)
                 return r;
         if (r < 0)
@@ -287,6 +344,8 @@ static int apply_plan(Manager *m, const Config *c, const char *why) {
         r = plan_apply(m->ledger, p, false);
         if (r < 0 && m->interrupted)
                 return r;
+        if (r == -ENOSPC)
+                return log_no_space(r, c);
         if (r < 0)
                 return log_error_errno(r, "Cannot apply the plan: %m (%s)", ledger_errmsg(m->ledger));
         /* Applied: what is left is telling, and must not be cut short. */
@@ -320,6 +379,18 @@ static int apply_plan(Manager *m, const Config *c, const char *why) {
                   p->needs_approval ? 0 : p->count[CHANGE_REDECLARE], p->count[CHANGE_CANCEL],
                   p->count[CHANGE_UPDATE], p->needs_approval ? "; new releases held for approval" : "",
                   strempty(warnings));
+        /* A large start or reload says where its time went. */
+        usec_t t1 = now(CLOCK_MONOTONIC);
+        settle(m);
+        t1 = now(CLOCK_MONOTONIC) - t1;
+        if (m->took_read + took_plan + p->took_rows + p->took_history + p->took_declared + p->took_changes +
+            p->took_commit + t1 >= USEC_PER_SEC)
+                log_info("Load steps: read %.2f s, plan %.2f s, rows added %.2f s, their history %.2f s, "
+                         "declared set %.2f s, other changes %.2f s, commit %.2f s, checkpoint %.2f s.",
+                         (double) m->took_read / USEC_PER_SEC, (double) took_plan / USEC_PER_SEC,
+                         (double) p->took_rows / USEC_PER_SEC, (double) p->took_history / USEC_PER_SEC,
+                         (double) p->took_declared / USEC_PER_SEC, (double) p->took_changes / USEC_PER_SEC,
+                         (double) p->took_commit / USEC_PER_SEC, (double) t1 / USEC_PER_SEC);
         /* A large load leaves a large heap behind; an idle daemon should be small. */
         p = plan_free(p);
         malloc_trim(0);
@@ -394,6 +465,9 @@ static void on_idle(Engine *e, void *userdata) {
         Manager *m = userdata;
         EngineProgress p;
         bool pass = engine_progress(e, &p);
+
+        if (!pass)
+                settle(m);
 
         /* The status ticks during a pass only: an idle daemon sleeps. */
         if (pass && sd_event_source_get_enabled(m->tick, NULL) == 0)
@@ -687,13 +761,15 @@ static void manager_free(Manager *m) {
         (void) sd_event_source_disable_unref(m->watch_dir);
         (void) sd_event_source_disable_unref(m->watch_dropins);
         engine_free(m->engine);
-        ledger_close(m->ledger);
+        /* Made by a start that did not get as far as applying its plan. */
+        ledger_discard(m->ledger);
         config_free(m->config);
         erase_and_free(m->token);
         pause_done(&m->pause);
         (void) sd_event_source_disable_unref(m->stop_timer);
         sd_event_unref(m->event);
         free(m->rejected);
+        free(m->ledger_error);
 }
 
 /* A stop during the start's load or plan leaves the ledger as it was. */
@@ -720,33 +796,15 @@ static int block_stop_signals(void) {
         return 0;
 }
 
-/* Loads the config and the ledger at start. With no ledger yet the first
- * load only reads, so a bad config makes no file; once the config has
- * loaded, a second load makes the ledger (not for a check, -n). A failure
- * here is for the caller's start_failed(). */
+/* Loads the config and the ledger at start.  A failure here is for the
+ * caller's start_failed(). */
 static int load_at_start(Manager *m) {
-        _cleanup_free_ char *token = NULL;
         int r;
 
         set_interruptible(m, !arg_check);
         r = load_config(m, &m->config, &m->token);
         set_interruptible(m, false);
-        if (r < 0)
-                return r;
-        if (!m->ledger_read_only || arg_check)
-                return 0;
-
-        m->ledger = ledger_close(m->ledger);
-        m->config = config_free(m->config);
-        m->create_ledger = true;
-        set_interruptible(m, true);
-        r = load_config(m, &m->config, &token);
-        set_interruptible(m, false);
-        if (r < 0)
-                return r;
-        erase_and_free(m->token);
-        m->token = TAKE_PTR(token);
-        return 0;
+        return r;
 }
 
 /* -n: the verdict on the config just loaded; returns the exit code. */

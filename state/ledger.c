@@ -20,6 +20,8 @@ struct Ledger {
         sqlite3 *db;
         LedgerMode mode;
         int lock_fd;        /* a writer's flock on the file; -1 for readers */
+        char *path;         /* a writer's, for ledger_discard() */
+        bool created;       /* this open made the file, and no start has kept it yet */
         sqlite3_stmt *cached[_STMT_MAX];   /* asked once per listed phone, or per row of a pass */
         bool (*progress)(void *userdata);
         void *progress_userdata;
@@ -242,7 +244,12 @@ fail:
 static int lock_file(Ledger *l, const char *path, char **error) {
         int fd;
 
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+        /* Made here, it may go again (ledger_discard()): a start that
+         * fails leaves no ledger behind, and no other file is ever taken. */
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
+        l->created = fd >= 0;
+        if (fd < 0 && errno == EEXIST)
+                fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
         if (fd < 0) {
                 set_error(error, "%s: cannot open the ledger: %m", path);
                 return negative_errno();
@@ -259,7 +266,8 @@ static int lock_file(Ledger *l, const char *path, char **error) {
                 return r;
         }
         l->lock_fd = fd;
-        return 0;
+        l->path = strdup(path);
+        return l->path ? 0 : -ENOMEM;
 }
 
 /* boot_id() and boot_usec(), for the hold (migration 4): the boot-time
@@ -318,7 +326,7 @@ static int open_db(Ledger *l, const char *path, bool *ret_in_memory, char **erro
         }
         (void) sqlite3_extended_result_codes(l->db, 1);
         /* Set before switching to WAL: the switch itself may need to wait. */
-        (void) sqlite3_busy_timeout(l->db, 5000);
+        (void) sqlite3_busy_timeout(l->db, LEDGER_BUSY_MS);
         r = add_boot_functions(l);
         if (r < 0) {
                 set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
@@ -359,7 +367,16 @@ static int prepare_writable(Ledger *l, const char *path, char **error) {
                 return -EACCES;
         }
         if (l->mode == LEDGER_WRITE) {
-                r = ledger_exec(l, "PRAGMA journal_mode = WAL");
+                /* A new file is filled by one transaction (a first start of
+                 * a million declarations) with a rollback journal: in WAL
+                 * mode it would be written twice, the WAL as large as the
+                 * file until the checkpoint.  A new file's journal only
+                 * holds its few first pages.  ledger_settle() then goes
+                 * to WAL, which lets readers in beside the writer.  The WAL
+                 * is given back down to 64 MiB after a large commit. */
+                r = ledger_exec(l, l->created ? "PRAGMA journal_mode = DELETE" : "PRAGMA journal_mode = WAL");
+                if (r >= 0)
+                        r = ledger_exec(l, "PRAGMA journal_size_limit = " LEDGER_WAL_LIMIT);
                 if (r >= 0)
                         r = ledger_exec(l, "PRAGMA synchronous = FULL");
                 if (r >= 0)
@@ -395,8 +412,13 @@ static int check_readable(Ledger *l, const char *path, char **error) {
         return 0;
 }
 
+/* An open that fails takes back the file it made. */
+static void ledger_discardp(Ledger **l) {
+        (void) ledger_discard(*l);
+}
+
 int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
-        _cleanup_(ledger_closep) Ledger *l = NULL;
+        _cleanup_(ledger_discardp) Ledger *l = NULL;
         bool in_memory;
         int r;
 
@@ -423,18 +445,78 @@ int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error) {
         return 0;
 }
 
+/* Every statement and the connection; the lock stays. */
+static void close_db(Ledger *l) {
+        for (size_t i = 0; i < _STMT_MAX; i++)
+                l->cached[i] = (sqlite3_finalize(l->cached[i]), NULL);
+        (void) sqlite3_close_v2(l->db);
+        l->db = NULL;
+}
+
 Ledger *ledger_close(Ledger *l) {
         if (!l)
                 return NULL;
-        for (size_t i = 0; i < _STMT_MAX; i++)
-                (void) sqlite3_finalize(l->cached[i]);
-        (void) sqlite3_close_v2(l->db);
+        close_db(l);
         /* Only now: closing any fd of the file drops this process's POSIX
          * locks on it, SQLite's included. */
         if (l->lock_fd >= 0)
                 (void) close(l->lock_fd);
+        free(l->path);
         free(l);
         return NULL;
+}
+
+bool ledger_created(const Ledger *l) {
+        return l->created;
+}
+
+Ledger *ledger_discard(Ledger *l) {
+        static const char *const sides[] = { "-journal", "-wal", "-shm", "" };
+        struct stat a, b;
+
+        if (!l || !l->created)
+                return ledger_close(l);
+        /* While the lock is held, no other writer can have taken the file;
+         * and it must still be the file this open made, not one put in
+         * its place since. */
+        if (fstat(l->lock_fd, &a) < 0 || stat(l->path, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+                return ledger_close(l);
+        close_db(l);
+        for (size_t i = 0; i < ELEMENTSOF(sides); i++) {
+                _cleanup_free_ char *side = NULL;
+
+                if (asprintf_or_null(&side, "%s%s", l->path, sides[i]) >= 0)
+                        (void) unlink(side);
+        }
+        return ledger_close(l);
+}
+
+int ledger_settle(Ledger *l) {
+        int rc, r = 0;
+
+        if (l->mode != LEDGER_WRITE)
+                return 0;
+        l->created = false;
+        /* Neither waits: a reader that holds the file now is met again at
+         * the next settle (and journal_size_limit bounds the WAL at its next
+         * reset meanwhile). */
+        (void) sqlite3_busy_timeout(l->db, 0);
+        if (!sqlite3_db_readonly(l->db, "main")) {
+                _cleanup_stmt_ sqlite3_stmt *st = NULL;
+
+                rc = sqlite3_prepare_v2(l->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+                if (rc == SQLITE_OK)
+                        rc = sqlite3_step(st);
+                if (rc == SQLITE_ROW && !streq_ptr((const char *) sqlite3_column_text(st, 0), "wal"))
+                        rc = SQLITE_BUSY;
+                r = rc == SQLITE_ROW ? 0 : sqlite_to_errno(rc);
+        }
+        if (r >= 0) {
+                rc = sqlite3_wal_checkpoint_v2(l->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+                r = sqlite_to_errno(rc);
+        }
+        (void) sqlite3_busy_timeout(l->db, LEDGER_BUSY_MS);
+        return r;
 }
 
 static int on_progress(void *userdata) {
@@ -913,37 +995,6 @@ int ledger_state(Ledger *l, int64_t pk, PhoneState *ret_state, int64_t *ret_vers
         return 0;
 }
 
-int ledger_meta_get(Ledger *l, const char *name, char **ret) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(l->db, "SELECT value FROM meta WHERE name = ?", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        (void) sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_DONE)
-                return -ENOENT;
-        if (rc != SQLITE_ROW)
-                return sqlite_to_errno(rc);
-        *ret = col_strdup(st, 0);
-        return *ret ? 0 : -ENOMEM;
-}
-
-int ledger_meta_set(Ledger *l, const char *name, const char *value) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(l->db, "INSERT INTO meta (name, value) VALUES (?1, ?2) "
-                                "ON CONFLICT (name) DO UPDATE SET value = ?2", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        (void) sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-        (void) sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
-}
-
 int ledger_retry(Ledger *l, const char *what, char **message) {
         _cleanup_(phone_done) Phone p = {};
         int r;
@@ -973,55 +1024,4 @@ int ledger_retry(Ledger *l, const char *what, char **message) {
         else
                 set_error(message, "%s is pending again", what);
         return r;
-}
-
-void pause_done(Pause *p) {
-        free(p->reason);
-        *p = (Pause) {};
-}
-
-/* One meta row, "UID AT REASON": a pause is one write, whole or not at all. */
-int ledger_pause_get(Ledger *l, Pause *ret) {
-        _cleanup_free_ char *v = NULL;
-        unsigned long long uid, at;
-        int n = 0, r;
-
-        *ret = (Pause) {};
-        r = ledger_meta_get(l, "pause", &v);
-        if (r == -ENOENT)
-                return 0;
-        if (r < 0)
-                return r;
-        ret->on = true;
-        if (sscanf(v, "%llu %llu %n", &uid, &at, &n) != 2 || n == 0 || uid > UINT32_MAX || at > INT64_MAX)
-                return -EBADMSG;
-        ret->uid = (uint32_t) uid;
-        ret->at = (int64_t) at;
-        if (v[n]) {
-                ret->reason = strdup(v + n);
-                if (!ret->reason)
-                        return -ENOMEM;
-        }
-        return 0;
-}
-
-int ledger_pause_set(Ledger *l, uint32_t uid, int64_t at, const char *reason) {
-        _cleanup_free_ char *v = NULL;
-
-        if (reason && strlen(reason) > PAUSE_MAX_REASON)
-                return -E2BIG;
-        if (asprintf_or_null(&v, "%" PRIu32 " %" PRId64 " %s", uid, at, reason ? reason : "") < 0)
-                return -ENOMEM;
-        return ledger_meta_set(l, "pause", v);
-}
-
-int ledger_pause_clear(Ledger *l) {
-        _cleanup_stmt_ sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(l->db, "DELETE FROM meta WHERE name = 'pause'", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        rc = sqlite3_step(st);
-        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }

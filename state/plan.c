@@ -329,11 +329,6 @@ static int apply_one(const Change *c, void *userdata) {
                 return 0;       /* KEEP: a note, nothing to write */
         (void) sqlite3_clear_bindings(s);
         switch (c->kind) {
-        case CHANGE_ADD:
-                (void) sqlite3_bind_text(s, 1, c->key, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_text(s, 2, c->id, -1, SQLITE_STATIC);
-                (void) sqlite3_bind_text(s, 3, c->number, -1, SQLITE_STATIC);
-                break;
         case CHANGE_REDECLARE:
         case CHANGE_UPDATE:
         case CHANGE_CANCEL:
@@ -362,13 +357,10 @@ static int apply_one(const Change *c, void *userdata) {
         r = step_one(db, s);
         if (r < 0)
                 return r;
-        if (c->kind == CHANGE_ADD)
-                pk = sqlite3_last_insert_rowid(db);
         detail = c->kind == CHANGE_CANCEL ? "no longer declared" :
                  c->kind == CHANGE_UPDATE ? "declaration changed" : c->declared_at;
-        return ledger_history_add(l, pk, t, "state",
-                                  c->kind == CHANGE_ADD ? NULL : state_to_string(c->from),
-                                  state_to_string(c->to), NULL, NULL, 0, 0, detail);
+        return ledger_history_add(l, pk, t, "state", state_to_string(c->from), state_to_string(c->to),
+                                  NULL, NULL, 0, 0, detail);
 }
 
 /* What a declaration (its not_before NB, id ID and number NUMBER, and the
@@ -400,12 +392,60 @@ static int apply_one(const Change *c, void *userdata) {
 #define TARGET_CHANGED TARGET_CHANGED_BY("?5", "?9", "?8")
 #define HOLD_BOOT_NEW HOLD_BOOT_NEW_OF("?11")
 
-int plan_apply(Ledger *l, const Plan *p, bool approved) {
+/* The adds, all at once: a first start adds a million rows, and a
+ * statement a row (and its history line) from C took three times as long.
+ * The new rows are the ones after the largest pk before (rows are never
+ * deleted, so pks only grow), each with its history line. */
+static int apply_adds(Ledger *l, Plan *p, int64_t t, int64_t hold_until) {
+        static const char add_sql[] =
+                "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
+                " created_at, updated_at, hold_until, hold_boot, hold_boot_until, hold_len)"
+                " SELECT d.key, d.id, d.number, d.reason, d.not_before, f.path || ':' || d.line, 'pending', ?7, ?7, ?10,"
+                "  CASE WHEN ?11 > 0 THEN boot_id() END, " HOLD_BOOT_NEW ", ?11"
+                " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file WHERE d.phone IS NULL ORDER BY d.seq";
+        static const char history_sql[] =
+                "INSERT INTO history (phone, at, kind, new_state, detail)"
+                " SELECT pk, ?7, 'state', 'pending', declared_at FROM phones WHERE pk > ?1 ORDER BY pk";
+        _cleanup_stmt_ sqlite3_stmt *add = NULL, *history = NULL;
+        sqlite3 *db = ledger_db(l);
+        int64_t before;
+        usec_t t0, t1, t2;
+        int rc, r;
+
+        r = ledger_query_intv(l, "SELECT coalesce(max(pk), 0) FROM phones", &before, 0);
+        if (r < 0)
+                return r;
+        rc = sqlite3_prepare_v2(db, add_sql, -1, &add, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(db, history_sql, -1, &history, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        (void) sqlite3_bind_int64(add, 7, t);
+        (void) sqlite3_bind_int64(add, 10, hold_until);
+        (void) sqlite3_bind_int64(add, 11, p->hold);
+        t0 = now(CLOCK_MONOTONIC);
+        rc = sqlite3_step(add);
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        /* Each one a declaration that named no row when the plan was made. */
+        if ((size_t) sqlite3_changes64(db) != p->count[CHANGE_ADD])
+                return -ESTALE;
+        t1 = now(CLOCK_MONOTONIC);
+        (void) sqlite3_bind_int64(history, 1, before);
+        (void) sqlite3_bind_int64(history, 7, t);
+        rc = sqlite3_step(history);
+        if (rc != SQLITE_DONE)
+                return sqlite_to_errno(rc);
+        t2 = now(CLOCK_MONOTONIC);
+        r = ledger_decls_added(l);
+        p->took_rows = t1 - t0;
+        p->took_history = t2 - t1;
+        p->took_declared = now(CLOCK_MONOTONIC) - t2;
+        return r;
+}
+
+int plan_apply(Ledger *l, Plan *p, bool approved) {
         static const char *const sql[_CHANGE_MAX] = {
-                [CHANGE_ADD] = "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
-                               " created_at, updated_at, hold_until, hold_boot, hold_boot_until, hold_len)"
-                               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?10,"
-                               " CASE WHEN ?11 > 0 THEN boot_id() END, " HOLD_BOOT_NEW ", ?11)",
                 [CHANGE_REDECLARE] = "UPDATE phones SET state = ?3, attempts = 0, next_at = 0, reason = ?4,"
                                      " not_before = ?5, declared_at = ?6, updated_at = ?7, hold_until = ?10,"
                                      " hold_boot = CASE WHEN ?11 > 0 THEN boot_id() END,"
@@ -431,6 +471,7 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
         int64_t t = (int64_t) now(CLOCK_REALTIME);
         /* Whole seconds, rounded up: the hold is never shorter than asked. */
         int64_t hold_until = p->hold > 0 ? (t + (int64_t) USEC_PER_SEC - 1) / (int64_t) USEC_PER_SEC + p->hold : 0;
+        usec_t t0;
         int r, rc;
 
         if (plan_changes(p) == 0)
@@ -451,23 +492,27 @@ int plan_apply(Ledger *l, const Plan *p, bool approved) {
          * phones is written: phones is only looked up in it, by pk, so the
          * writing does not disturb the reading.  Held, what adds or
          * declares again waits. */
-        for (int k = 0; k < _CHANGE_MAX && r >= 0; k++)
-                if (sql[k] && !(hold && (k == CHANGE_ADD || k == CHANGE_REDECLARE)))
-                        r = foreach_kind(l, (ChangeKind) k, -1, apply_one,
-                                         &(Apply) { .ledger = l, .st = st, .t = t, .hold_until = hold_until,
-                                                    .hold = p->hold });
         /* The rows just added are the ones these declarations now name: in
          * the same transaction, so that the declared set and the rows it
          * names are taken back together if anything fails. */
-        if (r >= 0 && p->count[CHANGE_ADD] > 0 && !hold)
-                r = ledger_decls_added(l);
+        if (p->count[CHANGE_ADD] > 0 && !hold)
+                r = apply_adds(l, p, t, hold_until);
+        t0 = now(CLOCK_MONOTONIC);
+        for (int k = 0; k < _CHANGE_MAX && r >= 0; k++)
+                if (sql[k] && !(hold && k == CHANGE_REDECLARE))
+                        r = foreach_kind(l, (ChangeKind) k, -1, apply_one,
+                                         &(Apply) { .ledger = l, .st = st, .t = t, .hold_until = hold_until,
+                                                    .hold = p->hold });
+        p->took_changes = now(CLOCK_MONOTONIC) - t0;
 finish:
         for (size_t k = 0; k < _CHANGE_MAX; k++)
                 (void) sqlite3_finalize(st[k]);
+        t0 = now(CLOCK_MONOTONIC);
         if (r >= 0)
                 r = ledger_exec(l, "COMMIT");
         if (r < 0)
                 (void) ledger_exec(l, "ROLLBACK");
+        p->took_commit = now(CLOCK_MONOTONIC) - t0;
         return r;
 }
 

@@ -50,6 +50,21 @@ typedef enum LedgerMode {
  * -EWOULDBLOCK when another writer has it. */
 int ledger_open(const char *path, LedgerMode mode, Ledger **ret, char **error);
 Ledger *ledger_close(Ledger *l);
+/* The WAL is cut back to this many bytes after a checkpoint (a string, for
+ * the PRAGMA); readers wait this long for a writer. */
+#define LEDGER_WAL_LIMIT "67108864"
+#define LEDGER_BUSY_MS 5000
+/* A writer's open that made the file: it has a rollback journal (one large
+ * first transaction is written once) until ledger_settle(). */
+bool ledger_created(const Ledger *l);
+/* Closes the ledger; one ledger_created() says this open made is removed
+ * too, with its journal: a start that failed leaves no file behind. */
+Ledger *ledger_discard(Ledger *l);
+/* After a large commit (a start's or reload's plan) and each pass: a new
+ * ledger keeps its file (ledger_created() is false from now) and goes to
+ * WAL, and the WAL is checkpointed and truncated to nothing.  Waits for no
+ * reader: -EBUSY while one holds the file, and the next settle tries again. */
+int ledger_settle(Ledger *l);
 static inline void ledger_closep(Ledger **l) { if (*l) ledger_close(*l); }
 const char *ledger_errmsg(Ledger *l);
 /* cb is called every few thousand steps of SQLite's work on the connection,
@@ -321,6 +336,10 @@ typedef struct Plan {
         bool needs_approval;     /* new_releases > safety.max_new_releases */
         int64_t hold;            /* seconds (safety.hold) what is added or changed waits once applied */
         char hash[13];           /* identifies the set of new releases */
+        /* Where plan_apply() spent its time, usec on CLOCK_MONOTONIC: the
+         * rows added, their history, the declared set told which rows it
+         * names, the other changes, the commit. */
+        usec_t took_rows, took_history, took_declared, took_changes, took_commit;
 } Plan;
 
 const char *change_kind_to_string(ChangeKind k);
@@ -342,7 +361,7 @@ int plan_foreach_row(const Plan *p, int (*cb)(const Phone *row, int change, void
 /* Applies the plan in one transaction.  Unless approved, a plan that needs
  * approval applies everything but its new releases.  Every change bumps the
  * row's declaration version, so a DELETE decided on the old one never leaves. */
-int plan_apply(Ledger *l, const Plan *p, bool approved);
+int plan_apply(Ledger *l, Plan *p, bool approved);
 /* An operator's approval of the plan the guard holds, if it is still the
  * one with this hash: 0 once applied; -ENOENT (none waits), -ESTALE (another
  * plan waits), another -errno.  *message gets a sentence for the operator;

@@ -31,6 +31,8 @@ static int setup(void **state) {
         f->path = path_join(f->dir, "ledger.db");
         assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, &error), 0);
         assert_null(error);
+        /* As the daemon leaves it once a start applied its plan: in WAL. */
+        assert_int_equal(ledger_settle(f->l), 0);
         *state = f;
         return 0;
 }
@@ -155,6 +157,74 @@ static PhoneState state_of(Ledger *l, const char *key) {
 }
 
 /* ---- the file ----------------------------------------------------------- */
+
+static char *journal_mode(Ledger *l) {
+        sqlite3_stmt *st;
+        char *mode;
+
+        assert_int_equal(sqlite3_prepare_v2(ledger_db(l), "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        mode = strdup((const char *) sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+        return mode;
+}
+
+/* A new ledger is filled by one large first transaction with a rollback
+ * journal (no WAL as large as the file beside it), and is in WAL mode
+ * once settled; an existing one is opened in WAL mode. */
+static void test_a_new_ledger_has_a_rollback_journal_until_settled(void **state) {
+        _cleanup_free_ char *dir = tmpdir_new(), *path = path_join(dir, "ledger.db");
+        _cleanup_free_ char *m1 = NULL, *m2 = NULL, *m3 = NULL;
+        Ledger *l = NULL;
+
+        (void) state;
+        assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, NULL), 0);
+        assert_true(ledger_created(l));
+        m1 = journal_mode(l);
+        assert_string_equal(m1, "delete");
+        assert_int_equal(ledger_settle(l), 0);
+        assert_false(ledger_created(l));
+        m2 = journal_mode(l);
+        assert_string_equal(m2, "wal");
+        l = ledger_close(l);
+        assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, NULL), 0);
+        assert_false(ledger_created(l));
+        m3 = journal_mode(l);
+        assert_string_equal(m3, "wal");
+        ledger_close(l);
+        tmpdir_remove(TAKE_PTR(dir));
+}
+
+/* A start that fails leaves no ledger it made, and never takes one away
+ * that it did not make, or that a start kept. */
+static void test_discard_removes_only_a_file_this_open_made(void **state) {
+        _cleanup_free_ char *dir = tmpdir_new(), *path = path_join(dir, "ledger.db");
+        _cleanup_free_ char *wal = NULL;
+        Ledger *l = NULL;
+
+        (void) state;
+        assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, NULL), 0);
+        add_phone(l, "k1", NULL, "+34910000001", STATE_PENDING);
+        l = ledger_discard(l);
+        assert_null(l);
+        assert_false(file_exists(path));
+        assert_int_equal(asprintf(&wal, "%s-journal", path) >= 0, 1);
+        assert_false(file_exists(wal));
+
+        /* Kept by a settle: stays. */
+        assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, NULL), 0);
+        assert_int_equal(ledger_settle(l), 0);
+        l = ledger_discard(l);
+        assert_true(file_exists(path));
+
+        /* Opened, not made: stays, with its rows. */
+        assert_int_equal(ledger_open(path, LEDGER_WRITE, &l, NULL), 0);
+        add_phone(l, "k2", NULL, "+34910000002", STATE_PENDING);
+        l = ledger_discard(l);
+        assert_true(file_exists(path));
+        assert_int_equal(query_int(path, "SELECT count(*) FROM phones"), 1);
+        tmpdir_remove(TAKE_PTR(dir));
+}
 
 static void test_create_makes_a_wal_file_at_the_current_version(void **state) {
         Fixture *f = *state;
@@ -1713,6 +1783,8 @@ static void test_sqlite_codes_to_errno(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_create_makes_a_wal_file_at_the_current_version),
+                cmocka_unit_test(test_a_new_ledger_has_a_rollback_journal_until_settled),
+                cmocka_unit_test(test_discard_removes_only_a_file_this_open_made),
                 T(test_pause_is_kept_and_read_back),
                 T(test_reopen_keeps_data),
                 cmocka_unit_test(test_read_of_missing_file_is_empty_and_creates_nothing),
