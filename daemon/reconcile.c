@@ -48,6 +48,9 @@ void remote_phone_done(RemotePhone *p) {
         free(p->status_name);
         free(p->provider);
         free(p->scheduled_release_at);
+        free(p->inbound_agent);
+        free(p->outbound_agent);
+        free(p->nickname);
         *p = (RemotePhone) {};
 }
 
@@ -65,7 +68,9 @@ int remote_phone_copy(RemotePhone *to, const RemotePhone *p) {
         memcpy(c.id, p->id, sizeof c.id);
         if (dup_or_null(p->number, &c.number) < 0 || dup_or_null(p->status_name, &c.status_name) < 0 ||
             dup_or_null(p->provider, &c.provider) < 0 ||
-            dup_or_null(p->scheduled_release_at, &c.scheduled_release_at) < 0) {
+            dup_or_null(p->scheduled_release_at, &c.scheduled_release_at) < 0 ||
+            dup_or_null(p->inbound_agent, &c.inbound_agent) < 0 || dup_or_null(p->outbound_agent, &c.outbound_agent) < 0 ||
+            dup_or_null(p->nickname, &c.nickname) < 0) {
                 remote_phone_done(&c);
                 return -ENOMEM;
         }

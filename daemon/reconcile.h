@@ -35,7 +35,15 @@ typedef struct RemotePhone {
         char *status_name;            /* as the API wrote it */
         char *provider;               /* "netelip", "custom", what the API said, or NULL */
         char *scheduled_release_at;   /* NULL when not set */
+        char *inbound_agent;          /* an agent answers its calls (canonical UUID), or NULL */
+        char *outbound_agent;         /* an agent places calls from it, or NULL */
+        char *nickname;               /* as api.c cleaned it: one line, at most NICKNAME_MAX bytes, or NULL */
 } RemotePhone;
+
+/* A live line: an agent answers or places calls on it. */
+static inline bool remote_in_use(const RemotePhone *p) {
+        return p->inbound_agent || p->outbound_agent;
+}
 
 void remote_phone_done(RemotePhone *p);
 int remote_phone_copy(RemotePhone *to, const RemotePhone *from);
