@@ -31,7 +31,7 @@ static const char *const state_names[_STATE_MAX] = {
         [STATE_IN_FLIGHT] = "in_flight",   [STATE_RETRYING] = "retrying",
         [STATE_SCHEDULED] = "scheduled",   [STATE_RELEASED] = "released",
         [STATE_FAILED] = "failed",         [STATE_CANCELLED] = "cancelled",
-        [STATE_UNRESOLVED] = "unresolved",
+        [STATE_UNRESOLVED] = "unresolved", [STATE_IN_USE] = "in_use",
 };
 
 const char *state_to_string(PhoneState s) {
@@ -156,6 +156,47 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "CREATE INDEX phones_boot_held ON phones(hold_boot_until)"
         "  WHERE hold_boot_until != 0 AND state IN ('pending', 'retrying');"
         "ALTER TABLE phones DROP COLUMN due_at;",
+
+        /* 5: phones in use (issue 31).  A phone an agent answers or places
+         * calls on waits in the new state in_use (added to the state's
+         * CHECK by widen_states() first); the agents the API showed are
+         * kept while it waits, and only then; the nickname people know the
+         * phone by, as last seen, on every row, NICKNAME_MAX bytes at most. */
+        "ALTER TABLE phones ADD COLUMN nickname TEXT"
+        "  CHECK (nickname IS NULL OR length(CAST(nickname AS BLOB)) <= 64);"
+        "ALTER TABLE phones ADD COLUMN inbound_agent TEXT CHECK (inbound_agent IS NULL OR state = 'in_use');"
+        "ALTER TABLE phones ADD COLUMN outbound_agent TEXT CHECK (outbound_agent IS NULL OR state = 'in_use');",
+};
+
+/* SQLite cannot ALTER a CHECK constraint.  Rebuilding phones would copy
+ * every row of a ledger of years, and under foreign_keys (history points
+ * at it) its DROP is refused; widening the list of states instead is the
+ * change SQLite documents for writable_schema (every row that passed the
+ * old CHECK passes the new one), made in the migration's transaction with
+ * the schema's version bumped so every connection reads it anew. */
+static int widen_states(Ledger *l) {
+        int64_t v;
+        char sql[64];
+        int r;
+
+        r = ledger_query_int(l, "PRAGMA schema_version", &v);
+        if (r < 0)
+                return r;
+        r = ledger_exec(l, "PRAGMA writable_schema = ON;"
+                        "UPDATE sqlite_schema SET sql = replace(sql, '''cancelled'',''unresolved''))',"
+                        " '''cancelled'',''unresolved'',''in_use''))') WHERE type = 'table' AND name = 'phones'");
+        if (r >= 0 && sqlite3_changes(l->db) != 1)
+                r = -EBADMSG;
+        snprintf(sql, sizeof sql, "PRAGMA schema_version = %" PRIi64, v + 1);
+        if (r >= 0)
+                r = ledger_exec(l, sql);
+        (void) ledger_exec(l, "PRAGMA writable_schema = OFF");
+        return r;
+}
+
+/* Work a migration needs besides its SQL, done before it. */
+static int (*const migration_steps[LEDGER_SCHEMA_VERSION])(Ledger *l) = {
+        [4] = widen_states,
 };
 
 int sqlite_to_errno(int rc) {
@@ -218,7 +259,9 @@ static int migrate(Ledger *l, const char *path, char **error) {
         for (; v < LEDGER_SCHEMA_VERSION; v++) {
                 char pragma[64];
 
-                r = ledger_exec(l, migrations[v]);
+                r = migration_steps[v] ? migration_steps[v](l) : 0;
+                if (r >= 0)
+                        r = ledger_exec(l, migrations[v]);
                 if (r < 0)
                         goto fail;
                 snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
@@ -473,6 +516,9 @@ void phone_done(Phone *p) {
         free(p->scheduled_release_at);
         free(p->last_error);
         free(p->declared_at);
+        free(p->nickname);
+        free(p->inbound_agent);
+        free(p->outbound_agent);
         *p = (Phone) {};
 }
 
@@ -514,7 +560,10 @@ int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .hold_until = sqlite3_column_int64(st, 17),
                 .hold_len = sqlite3_column_int64(st, 18),
                 .hold_boot_until = sqlite3_column_int64(st, 19),
-                .released_at = sqlite3_column_count(st) > 20 ? sqlite3_column_int64(st, 20) : 0,
+                .released_at = sqlite3_column_count(st) > 23 ? sqlite3_column_int64(st, 23) : 0,
+                .nickname = col_strdup(st, 20),
+                .inbound_agent = col_strdup(st, 21),
+                .outbound_agent = col_strdup(st, 22),
         };
         if (!p.key || (sqlite3_column_type(st, 2) != SQLITE_NULL && !p.id) ||
             (sqlite3_column_type(st, 3) != SQLITE_NULL && !p.number) ||
@@ -523,7 +572,10 @@ int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
             (sqlite3_column_type(st, 10) != SQLITE_NULL && !p.scheduled_release_at) ||
             (sqlite3_column_type(st, 11) != SQLITE_NULL && !p.last_error) ||
             (sqlite3_column_type(st, 12) != SQLITE_NULL && !p.declared_at) ||
-            (sqlite3_column_type(st, 16) != SQLITE_NULL && !p.api_number)) {
+            (sqlite3_column_type(st, 16) != SQLITE_NULL && !p.api_number) ||
+            (sqlite3_column_type(st, 20) != SQLITE_NULL && !p.nickname) ||
+            (sqlite3_column_type(st, 21) != SQLITE_NULL && !p.inbound_agent) ||
+            (sqlite3_column_type(st, 22) != SQLITE_NULL && !p.outbound_agent)) {
                 phone_done(&p);
                 return -ENOMEM;
         }
@@ -844,7 +896,13 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                                 " api_number = coalesce(?11, api_number),"
                                 " sent_at = CASE WHEN ?14 > 0 THEN ?14 WHEN ?15 THEN 0 ELSE sent_at END,"
                                 /* Its DELETE leaves: the hold is over for good. */
-                                " hold_boot_until = CASE WHEN ?13 > 0 THEN 0 ELSE hold_boot_until END"
+                                " hold_boot_until = CASE WHEN ?13 > 0 THEN 0 ELSE hold_boot_until END,"
+                                " nickname = coalesce(?16, nickname),"
+                                /* The agents of a phone in use, while it is: no longer once it is not. */
+                                " inbound_agent = CASE WHEN ?3 != 'in_use' THEN NULL WHEN ?17 IS NULL AND ?18 IS NULL"
+                                "   THEN inbound_agent ELSE ?17 END,"
+                                " outbound_agent = CASE WHEN ?3 != 'in_use' THEN NULL WHEN ?17 IS NULL AND ?18 IS NULL"
+                                "   THEN outbound_agent ELSE ?18 END"
                                 " WHERE pk = ?1 AND state = ?2 AND (?12 <= 0 OR version = ?12)"
                                 " AND (?13 <= 0 OR (not_before * 1000000 <= ?13 AND NOT " HELD_BY_BOOT "))", -1, &st, NULL);
         if (rc != SQLITE_OK) {
@@ -866,6 +924,9 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
         (void) sqlite3_bind_int64(st, 13, u->due_by);
         (void) sqlite3_bind_int64(st, 14, u->sent_at);
         (void) sqlite3_bind_int(st, 15, u->clear_sent);
+        (void) sqlite3_bind_text(st, 16, u->nickname, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 17, u->inbound_agent, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 18, u->outbound_agent, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc != SQLITE_DONE) {
                 r = sqlite_to_errno(rc);

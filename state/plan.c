@@ -483,7 +483,8 @@ static const char rows_sql[] =
         "  p.scheduled_release_at AS scheduled_release_at, p.last_error AS last_error, p.declared_at AS declared_at,"
         "  p.updated_at AS updated_at, p.version AS version, p.sent_at AS sent_at, p.api_number AS api_number,"
         "  p.hold_until AS hold_until, p.hold_len AS hold_len, p.hold_boot AS hold_boot,"
-        "  p.hold_boot_until AS hold_boot_until"
+        "  p.hold_boot_until AS hold_boot_until, p.nickname AS nickname, p.inbound_agent AS inbound_agent,"
+        "  p.outbound_agent AS outbound_agent"
         " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file"
         " LEFT JOIN phones p ON p.pk = d.phone"
         " LEFT JOIN temp.plan ON plan.kind IN (1, 3) AND plan.pk = d.phone"
@@ -508,7 +509,7 @@ static const char rows_sql[] =
         HOLD_BOOT_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1") " ELSE hold_boot END AS hold_boot,"
         "  CASE WHEN pk IS NULL OR change = 1 THEN " HOLD_BOOT_NEW_OF("?1") " WHEN change = 3 THEN "
         HOLD_BOOT_UNTIL_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1")
-        "  ELSE hold_boot_until END AS hold_boot_until"
+        "  ELSE hold_boot_until END AS hold_boot_until, nickname, inbound_agent, outbound_agent"
         " FROM x)"
         " SELECT " PHONE_COLUMNS ", 0, change FROM y ORDER BY d_seq";
 
@@ -522,7 +523,7 @@ int plan_foreach_row(const Plan *p, int (*cb)(const Phone *row, int change, void
         (void) sqlite3_bind_int64(st, 1, p->hold);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 _cleanup_(phone_done) Phone row = {};
-                int change = sqlite3_column_type(st, 21) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 21);
+                int change = sqlite3_column_type(st, 24) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 24);
 
                 r = ledger_phone_from_row(st, &row);
                 if (r < 0)

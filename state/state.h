@@ -12,7 +12,12 @@
 
 #include "conf.h"
 
-#define LEDGER_SCHEMA_VERSION 4
+#define LEDGER_SCHEMA_VERSION 5
+
+/* Bytes of a phone's nickname kept (the API's text, cut with a visible
+ * mark, NICKNAME_CUT, by daemon/api.c). */
+#define NICKNAME_MAX 64
+#define NICKNAME_CUT "\u2026"
 
 typedef enum PhoneState {
         STATE_PENDING,
@@ -24,6 +29,7 @@ typedef enum PhoneState {
         STATE_FAILED,
         STATE_CANCELLED,
         STATE_UNRESOLVED,
+        STATE_IN_USE,            /* an agent answers or places calls on it: not released unless said */
         _STATE_MAX,
         _STATE_INVALID = -EINVAL,
 } PhoneState;
@@ -82,6 +88,8 @@ typedef struct Phone {
         int64_t updated_at;        /* usec since the epoch */
         int64_t released_at;       /* usec: its step into released, from the history; 0 = none.
                                     * Filled by ledger_list() and ledger_find() only. */
+        char *nickname;            /* as the API last showed it (cleaned, <= NICKNAME_MAX bytes), or NULL */
+        char *inbound_agent, *outbound_agent;   /* while in_use only: the agents the API showed */
 } Phone;
 
 void phone_done(Phone *p);
@@ -148,6 +156,10 @@ typedef struct LedgerUpdate {
         const char *api_number;           /* NULL: keep */
         const char *provider;             /* NULL: keep */
         const char *scheduled_release_at; /* NULL: keep */
+        const char *nickname;             /* NULL: keep */
+        /* Kept only in a step into (or within) in_use, which names at least
+         * one; any other step clears them. */
+        const char *inbound_agent, *outbound_agent;
         int attempts;                     /* < 0: keep */
         int64_t next_at;                  /* < 0: keep */
         const char *error;                /* stored as last_error; NULL: keep; a step into released clears it */
@@ -225,6 +237,7 @@ int ledger_knows_phone(Ledger *l, const char *id, const char *number);
  * API's, as parsed; a callback's are valid during the call only. */
 typedef struct ListedPhone {
         const char *id, *number, *status, *provider, *scheduled_release_at;
+        const char *inbound_agent, *outbound_agent, *nickname;
 } ListedPhone;
 
 /* Forgets every phone kept (a listing starts, or starts again). */
