@@ -165,7 +165,11 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "ALTER TABLE phones ADD COLUMN nickname TEXT"
         "  CHECK (nickname IS NULL OR length(CAST(nickname AS BLOB)) <= 64);"
         "ALTER TABLE phones ADD COLUMN inbound_agent TEXT CHECK (inbound_agent IS NULL OR state = 'in_use');"
-        "ALTER TABLE phones ADD COLUMN outbound_agent TEXT CHECK (outbound_agent IS NULL OR state = 'in_use');",
+        "ALTER TABLE phones ADD COLUMN outbound_agent TEXT CHECK (outbound_agent IS NULL OR state = 'in_use');"
+        /* What its declaration (or else safety.in_use) says of a phone in
+         * use, as the plan last applied it.  Before, nothing was refused;
+         * "refuse" is what a row says until a declaration says otherwise. */
+        "ALTER TABLE phones ADD COLUMN in_use TEXT NOT NULL DEFAULT 'refuse' CHECK (in_use IN ('refuse', 'release'));",
 };
 
 /* SQLite cannot ALTER a CHECK constraint.  Rebuilding phones would copy
@@ -560,7 +564,8 @@ int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .hold_until = sqlite3_column_int64(st, 17),
                 .hold_len = sqlite3_column_int64(st, 18),
                 .hold_boot_until = sqlite3_column_int64(st, 19),
-                .released_at = sqlite3_column_count(st) > 23 ? sqlite3_column_int64(st, 23) : 0,
+                .released_at = sqlite3_column_count(st) > 24 ? sqlite3_column_int64(st, 24) : 0,
+                .in_use = in_use_from_string((const char *) sqlite3_column_text(st, 23)),
                 .nickname = col_strdup(st, 20),
                 .inbound_agent = col_strdup(st, 21),
                 .outbound_agent = col_strdup(st, 22),

@@ -90,6 +90,7 @@ typedef struct Phone {
                                     * Filled by ledger_list() and ledger_find() only. */
         char *nickname;            /* as the API last showed it (cleaned, <= NICKNAME_MAX bytes), or NULL */
         char *inbound_agent, *outbound_agent;   /* while in_use only: the agents the API showed */
+        InUse in_use;              /* what is done with it in use: its declaration's, else safety.in_use */
 } Phone;
 
 void phone_done(Phone *p);
@@ -288,6 +289,7 @@ typedef struct DeclLoad {
         char *file;              /* private: the file being read, and its number */
         int64_t fid;
         bool loading;            /* private: a load is under way */
+        InUse in_use;            /* private: safety.in_use, for the declarations that say nothing */
 } DeclLoad;
 
 DeclSink decl_load_sink(DeclLoad *dl);
@@ -297,14 +299,15 @@ int ledger_decls_keep(Ledger *l);
 int ledger_decls_restore(Ledger *l);
 /* The declared set, in the order declared (after merging). */
 int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), void *userdata);
-/* Declared phones whose rows are failed or unresolved: an operator's work. */
+/* Declared phones whose rows are failed, unresolved or in_use: an operator's work. */
 int ledger_decls_needing_operator(Ledger *l, uint64_t *ret);
 
 /* The plan: what the declarations change in the ledger. */
 typedef enum ChangeKind {
         CHANGE_ADD,        /* newly declared: a new pending row */
         CHANGE_REDECLARE,  /* cancelled earlier, declared again: pending (in_flight
-                            * when a DELETE of it may have gone out: looked at first) */
+                            * when a DELETE of it may have gone out: looked at first);
+                            * or in_use, now to be released though in use: pending */
         CHANGE_CANCEL,     /* no longer declared, not released (in_flight too): cancelled */
         CHANGE_UPDATE,     /* reason or not_before changed */
         CHANGE_KEEP,       /* no longer declared but past undoing: a note only */
@@ -318,6 +321,7 @@ typedef struct Change {
         const char *reason;      /* as declared; NULL for CHANGE_CANCEL and CHANGE_KEEP */
         const char *declared_at; /* FILE:LINE; for CHANGE_CANCEL and CHANGE_KEEP the row's, maybe NULL */
         int64_t not_before;
+        const char *in_use;      /* "refuse" or "release", as it will apply; NULL for CHANGE_CANCEL and CHANGE_KEEP */
         PhoneState from, to;
 } Change;
 
