@@ -63,7 +63,8 @@ Row job_row(const Job *j) {
                 .hold_boot_until = j->hold_boot_until,
                 .attempts = j->attempts, .sent_at = j->sent_at, .look_after = j->look_after,
                 .provider = j->provider, .last_error = j->last_error, .rejected = j->rejected,
-                .answered = j->delete_status,
+                .answered = j->delete_status, .inbound_agent = j->inbound_agent, .outbound_agent = j->outbound_agent,
+                .release_in_use = j->in_use == IN_USE_RELEASE,
         };
 }
 
@@ -87,6 +88,9 @@ static void job_done(Job *j) {
         free(j->api_number);
         free(j->last_error);
         free(j->rejected);
+        free(j->nickname);
+        free(j->inbound_agent);
+        free(j->outbound_agent);
 }
 
 int engine_set_str(char **p, const char *v) {
@@ -196,11 +200,13 @@ static int add_job(const Phone *p, void *userdata) {
                 .attempts = p->attempts,
                 .not_before = p->not_before, .sent_at = p->sent_at,
                 .hold_boot_until = p->hold_boot_until,
-                .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0,
+                .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0, .in_use = p->in_use,
         };
         if (engine_set_str(&j->key, p->key) < 0 || engine_set_str(&j->id, p->id) < 0 || engine_set_str(&j->number, p->number) < 0 ||
             engine_set_str(&j->provider, p->provider) < 0 || engine_set_str(&j->api_number, p->api_number) < 0 ||
-            engine_set_str(&j->last_error, p->last_error) < 0) {
+            engine_set_str(&j->last_error, p->last_error) < 0 || engine_set_str(&j->nickname, p->nickname) < 0 ||
+            engine_set_str(&j->inbound_agent, p->inbound_agent) < 0 ||
+            engine_set_str(&j->outbound_agent, p->outbound_agent) < 0) {
                 job_done(j);
                 return -ENOMEM;
         }

@@ -81,6 +81,11 @@ typedef struct Row {
         const char *last_error;
         const char *rejected;    /* why the API refused this pass's DELETE, before the look */
         int answered;            /* the HTTP status of this pass's DELETE, before the look; 0: none */
+        /* The agents on the phone as this pass's look saw them (its listing
+         * or its GET), or as the ledger has them for a row in_use: the
+         * in_flight commit checks them again. */
+        const char *inbound_agent, *outbound_agent;
+        bool release_in_use;     /* in_use = "release": the declaration's, else safety.in_use */
 } Row;
 
 typedef struct World {
@@ -112,6 +117,9 @@ typedef struct Outcome {
         int64_t sent_at;         /* > 0: a DELETE leaves at this time (reconcile_send) */
         bool clear_sent;         /* this look settled the last DELETE: it released nothing */
         const char *id, *api_number, *provider, *scheduled;   /* to record; NULL: keep */
+        bool seen;               /* a look saw the phone: the three below are what it showed */
+        const char *nickname;    /* NULL: none shown (the ledger keeps the last one) */
+        const char *inbound_agent, *outbound_agent;
         Next next;
         int64_t look_after;      /* with NEXT_GET: from when the look may find that the DELETE did nothing */
         bool rejected;           /* with NEXT_GET: `error` is why the DELETE was refused */

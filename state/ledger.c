@@ -680,7 +680,7 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
 
 /* ?1 our clock, ?2 resync, ?3 the due clock (usec). */
 #define DUE_WHERE \
-        "((sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1)" \
+        "((sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1) OR state = 'in_use'" \
         " OR (not_before <= ?3 / 1000000 AND NOT " HELD_BY_BOOT " AND" \
         "  (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)" \
         "   OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved')))))"
@@ -1024,12 +1024,14 @@ int ledger_retry(Ledger *l, const char *what, char **message) {
                 set_error(message, "cannot read the ledger: %s", ledger_errmsg(l));
                 return r;
         }
-        if (p.state != STATE_FAILED) {
-                set_error(message, "%s is %s, not failed", what, state_to_string(p.state));
+        /* An in_use row, pending again, is looked at now: released under
+         * the ordinary rules if no agent is on it any more, else in_use again. */
+        if (p.state != STATE_FAILED && p.state != STATE_IN_USE) {
+                set_error(message, "%s is %s, not failed or in_use", what, state_to_string(p.state));
                 return -EBUSY;
         }
         r = ledger_update(l, &(LedgerUpdate) {
-                .pk = p.pk, .from = STATE_FAILED, .to = STATE_PENDING, .attempts = 0, .next_at = 0,
+                .pk = p.pk, .from = p.state, .to = STATE_PENDING, .attempts = 0, .next_at = 0,
                 .detail = "retry requested by an operator",
         });
         if (r == -ESTALE)

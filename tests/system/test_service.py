@@ -487,7 +487,7 @@ def test_retry_through_the_control_socket(rig):
     assert len(failed) == 1 and failed[0]["OUTCOME"] == "failed"
 
     r = rig.ctl("retry", num(15), check=False)   # not failed: refused
-    assert (r.returncode, r.stderr.strip()) == (1, f"retirectl: {num(15)} is scheduled, not failed")
+    assert (r.returncode, r.stderr.strip()) == (1, f"retirectl: {num(15)} is scheduled, not failed or in_use")
     r = rig.ctl("retry", spaced(14))               # as an operator types it
     assert r.stdout.strip() == f"{num(14)} is pending again"
     p = rig.wait_state(num(14), "scheduled")

@@ -1658,8 +1658,15 @@ static void test_retry_says_what_it_did(void **state) {
         free(msg);
         assert_int_equal(state_of(f->l, "+34910000001"), STATE_PENDING);
         assert_int_equal(ledger_retry(f->l, "+34910000002", &msg), -EBUSY);
-        assert_string_equal(msg, "+34910000002 is released, not failed");
+        assert_string_equal(msg, "+34910000002 is released, not failed or in_use");
         free(msg);
+        /* An in_use row is looked at now: pending again, its agents gone with the state. */
+        add_phone(f->l, "+34910000003", NULL, "+34910000003", STATE_IN_USE);
+        assert_int_equal(ledger_exec(f->l, "UPDATE phones SET inbound_agent = 'a' WHERE key = '+34910000003'"), 0);
+        assert_int_equal(ledger_retry(f->l, "+34910000003", &msg), 0);
+        free(msg);
+        assert_int_equal(state_of(f->l, "+34910000003"), STATE_PENDING);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM phones WHERE inbound_agent IS NOT NULL"), 0);
         assert_int_equal(ledger_retry(f->l, "nope", &msg), -ENOENT);
         assert_string_equal(msg, "no phone nope in the ledger");
         free(msg);
