@@ -424,10 +424,11 @@ static void pass_end(Engine *e) {
                          plural(e->stats.unconfirmed, "was", "were"));
         log_event(LOG_INFO, MESSAGE_PASS_SUMMARY, NULL,
                   "Pass done in %.1f s: %u calls; %u released, %u scheduled, %u deferred, %u retrying, "
-                  "%u failed, %u unresolved.", usec_to_sec((int64_t) dt), e->stats.calls,
+                  "%u failed, %u unresolved, %u in use.", usec_to_sec((int64_t) dt), e->stats.calls,
                   e->stats.outcomes[STATE_RELEASED], e->stats.outcomes[STATE_SCHEDULED],
                   e->stats.outcomes[STATE_DEFERRED], e->stats.outcomes[STATE_RETRYING],
-                  e->stats.outcomes[STATE_FAILED], e->stats.outcomes[STATE_UNRESOLVED]);
+                  e->stats.outcomes[STATE_FAILED], e->stats.outcomes[STATE_UNRESOLVED],
+                  e->stats.outcomes[STATE_IN_USE]);
         e->running = false;
         pass_free(e);
         /* Stopping, no wake is wanted; and finding the next one reads every
@@ -856,10 +857,11 @@ int engine_status(Engine *e, char *buf, size_t size) {
                 snprintf(skew, sizeof skew, "API clock %.0f s %s ours; ", usec_to_sec(e->api_offset < 0 ? -e->api_offset : e->api_offset),
                          e->api_offset < 0 ? "behind" : "ahead of");
         snprintf(buf, size, "%s%s%s%s%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
-                 " scheduled, %" PRIu64 " released, %" PRIu64 " failed, %" PRIu64 " deferred, %" PRIu64 " unresolved",
+                 " scheduled, %" PRIu64 " released, %" PRIu64 " failed, %" PRIu64 " deferred, %" PRIu64 " unresolved, %"
+                 PRIu64 " in use",
                  e->paused ? "PAUSED (" : "", e->paused ? strna(e->pause_reason) : "", e->paused ? "): " : "", skew,
                  progress, hold,
                  c[STATE_PENDING], c[STATE_IN_FLIGHT], c[STATE_RETRYING], c[STATE_SCHEDULED],
-                 c[STATE_RELEASED], c[STATE_FAILED], c[STATE_DEFERRED], c[STATE_UNRESOLVED]);
+                 c[STATE_RELEASED], c[STATE_FAILED], c[STATE_DEFERRED], c[STATE_UNRESOLVED], c[STATE_IN_USE]);
         return 0;
 }

@@ -181,7 +181,7 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
 static int widen_states(Ledger *l) {
         int64_t v;
         char sql[64];
-        int r;
+        int r, k;
 
         r = ledger_query_int(l, "PRAGMA schema_version", &v);
         if (r < 0)
@@ -194,8 +194,10 @@ static int widen_states(Ledger *l) {
         snprintf(sql, sizeof sql, "PRAGMA schema_version = %" PRIi64, v + 1);
         if (r >= 0)
                 r = ledger_exec(l, sql);
-        (void) ledger_exec(l, "PRAGMA writable_schema = OFF");
-        return r;
+        /* Off again whatever happened, and a failure to is one: the
+         * connection must not go on with the schema writable. */
+        k = ledger_exec(l, "PRAGMA writable_schema = OFF");
+        return r < 0 ? r : k;
 }
 
 /* Work a migration needs besides its SQL, done before it. */

@@ -128,6 +128,7 @@ typedef struct AuditStep {
         const char *time;          /* h.at in RFC 3339, UTC, to the millisecond */
         const char *key, *id, *number;   /* number: as declared, else as the API gave it */
         const char *reason;        /* the phone's declared reason (as declared now), for the audit trail */
+        const char *nickname;      /* the phone's nickname as last seen, or NULL */
         unsigned attempt;          /* DELETEs of this phone on record up to and including this step */
         bool clock_back;           /* h.at is earlier than the step numbered before it, exported or not */
         const char *json;          /* the step as one JSON object, with AuditFilter.json */
