@@ -160,12 +160,18 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         /* 5: phones in use (issue 31).  A phone an agent answers or places
          * calls on waits in the new state in_use (added to the state's
          * CHECK by widen_states() first); the agents the API showed are
-         * kept while it waits, and only then; the nickname people know the
-         * phone by, as last seen, on every row, NICKNAME_MAX bytes at most. */
+         * kept while it waits, and only then (a trigger clears them on any
+         * step out of it); the nickname people know the phone by, as last
+         * seen, on every row, NICKNAME_MAX bytes at most. */
         "ALTER TABLE phones ADD COLUMN nickname TEXT"
         "  CHECK (nickname IS NULL OR length(CAST(nickname AS BLOB)) <= 64);"
-        "ALTER TABLE phones ADD COLUMN inbound_agent TEXT CHECK (inbound_agent IS NULL OR state = 'in_use');"
-        "ALTER TABLE phones ADD COLUMN outbound_agent TEXT CHECK (outbound_agent IS NULL OR state = 'in_use');"
+        "ALTER TABLE phones ADD COLUMN inbound_agent TEXT;"
+        "ALTER TABLE phones ADD COLUMN outbound_agent TEXT;"
+        /* Whatever moves a row out of in_use (a pass, the plan, an
+         * operator's retry, a hand) takes its agents with it. */
+        "CREATE TRIGGER phones_agents_while_in_use AFTER UPDATE OF state, inbound_agent, outbound_agent ON phones"
+        "  WHEN NEW.state != 'in_use' AND (NEW.inbound_agent IS NOT NULL OR NEW.outbound_agent IS NOT NULL)"
+        "  BEGIN UPDATE phones SET inbound_agent = NULL, outbound_agent = NULL WHERE pk = NEW.pk; END;"
         /* What its declaration (or else safety.in_use) says of a phone in
          * use, as the plan last applied it.  Before, nothing was refused;
          * "refuse" is what a row says until a declaration says otherwise. */
@@ -196,7 +202,7 @@ static int widen_states(Ledger *l) {
                 r = ledger_exec(l, sql);
         /* Off again whatever happened, and a failure to is one: the
          * connection must not go on with the schema writable. */
-        k = ledger_exec(l, "PRAGMA writable_schema = OFF");
+        k = ledger_exec(l, "PRAGMA writable_schema = RESET");
         return r < 0 ? r : k;
 }
 

@@ -106,7 +106,8 @@ static void undo_version_5(Ledger *l) {
         char sql[64];
         int v;
 
-        assert_int_equal(sqlite3_exec(db, "ALTER TABLE phones DROP COLUMN nickname;"
+        assert_int_equal(sqlite3_exec(db, "DROP TRIGGER phones_agents_while_in_use;"
+                                      "ALTER TABLE phones DROP COLUMN nickname;"
                                       "ALTER TABLE phones DROP COLUMN inbound_agent;"
                                       "ALTER TABLE phones DROP COLUMN outbound_agent;"
                                       "ALTER TABLE phones DROP COLUMN in_use", NULL, NULL, NULL), SQLITE_OK);
@@ -1218,7 +1219,7 @@ static void test_migration_to_version_5_adds_in_use(void **state) {
         assert_int_equal(history_count(f->l, a), 1);
         assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_schema WHERE type IN ('trigger', 'index')"
                                    " AND name IN ('phones_forward', 'phones_no_delete', 'history_no_update',"
-                                   " 'phones_boot_held', 'phones_state')"), 5);
+                                   " 'phones_boot_held', 'phones_state', 'phones_agents_while_in_use')"), 6);
 
         assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
                 .pk = b, .from = STATE_PENDING, .to = STATE_IN_USE, .attempts = -1, .next_at = -1,
@@ -1240,7 +1241,8 @@ static void test_migration_to_version_5_adds_in_use(void **state) {
         phone_done(&p);
 
         assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'in_use2' WHERE key = 'b'"), 0);
-        assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET inbound_agent = 'x' WHERE key = 'b'"), 0);
+        assert_int_equal(ledger_exec(f->l, "UPDATE phones SET inbound_agent = 'x' WHERE key = 'b'"), 0);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM phones WHERE inbound_agent IS NOT NULL"), 0);
         assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET nickname = printf('%.65c', 'x') WHERE key = 'b'"), 0);
         assert_int_not_equal(ledger_exec(f->l, "DELETE FROM phones WHERE key = 'b'"), 0);
         assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'pending' WHERE key = 'a'"), 0);
