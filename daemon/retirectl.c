@@ -543,14 +543,16 @@ static int verb_show(const char *what) {
                 printf("key:          %s\nstate:        %s\nattempts:     %u\nnumber:       %s\n"
                        "id:           %s\nprovider:     %s\nreason:       %s\nnot before:   %s\nheld until:   %s\n"
                        "next attempt: %s\nscheduled:    %s\nreleased at:  %s\nlast error:   %s\n"
-                       "declared at:  %s\nupdated:      %s\nnickname:     %s\nin use:       %s%s%s%s%s\nhistory:\n",
+                       "declared at:  %s\nupdated:      %s\nnickname:     %s\nif in use:    %s\nagents:       %s%s%s%s%s\n"
+                       "history:\n",
                        p.key, state_to_string(p.state), p.attempts, strna(p.number ? p.number : p.api_number), strna(p.id),
                        strna(p.provider), strna(p.reason), time_str(p.not_before, nb), time_str(held_until(&p), hb),
                        time_str(p.next_at / (int64_t) USEC_PER_SEC, buf), strna(p.scheduled_release_at),
                        time_str(p.released_at / (int64_t) USEC_PER_SEC, rb), strna(p.last_error), strna(p.declared_at),
                        time_str(p.updated_at / (int64_t) USEC_PER_SEC, ub), strna(p.nickname),
-                       strna(in_use_to_string(p.in_use)), p.inbound_agent ? "; inbound agent " : "", strempty(p.inbound_agent),
-                       p.outbound_agent ? "; outbound agent " : "", strempty(p.outbound_agent));
+                       strna(in_use_to_string(p.in_use)), p.inbound_agent ? "inbound " : "", strempty(p.inbound_agent),
+                       p.inbound_agent && p.outbound_agent ? ", " : "", p.outbound_agent ? "outbound " : "",
+                       p.inbound_agent || p.outbound_agent ? strempty(p.outbound_agent) : "-");
         r = ledger_history(l, p.pk, history_one, &n);
         if (arg_json)
                 printf("%s]}\n", n ? "\n " : "");

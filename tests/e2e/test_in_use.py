@@ -51,7 +51,7 @@ def test_in_use_is_kept_and_shown_everywhere(make_rig):
         ("Madrid shop", "refuse", AGENT_IN, None)
     assert rig.show(num(4))["in_use"] == "release" and rig.show(num(4))["inbound_agent_id"] is None
     text = rig.ctl("show", num(1), probe=True).stdout
-    assert "nickname:     Madrid shop" in text and ("inbound agent " + AGENT_IN) in text
+    assert "nickname:     Madrid shop" in text and ("agents:       inbound " + AGENT_IN) in text and "if in use:    refuse" in text
     in_use = rig.ctl("list", "--state", "in_use", probe=True).stdout.splitlines()[1:]
     assert sorted(line.split()[0] for line in in_use) == sorted([num(1), pid(2), num(5)])
     assert rig.status()["counts"]["in_use"] == 3
