@@ -46,6 +46,14 @@ static void put_escaped(const char *s) {
                         fputc(*s, stderr);
 }
 
+/* " NAME=value", the value escaped: the API's text starts no line of its own. */
+static void put_field(const char *name, const char *v) {
+        if (!v)
+                return;
+        fputs(name, stderr);
+        put_escaped(v);
+}
+
 static void emit(int level, const char *message_id, const LogFields *f, const char *msg) {
         if (use_journal) {
                 char prio[16], status[32], attempt[32];
@@ -98,18 +106,12 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
         fprintf(stderr, "%s: ", ident);
         put_escaped(msg);
         if (f) {
-                if (f->phone_number) {
-                        fputs(" PHONE_NUMBER=", stderr);
-                        put_escaped(f->phone_number);
-                }
+                put_field(" PHONE_NUMBER=", f->phone_number);
                 if (f->phone_id)
                         fprintf(stderr, " PHONE_ID=%s", f->phone_id);
                 if (f->outcome)
                         fprintf(stderr, " OUTCOME=%s", f->outcome);
-                if (f->nickname) {
-                        fputs(" PHONE_NICKNAME=", stderr);
-                        put_escaped(f->nickname);
-                }
+                put_field(" PHONE_NICKNAME=", f->nickname);
                 if (f->inbound_agent)
                         fprintf(stderr, " INBOUND_AGENT_ID=%s", f->inbound_agent);
                 if (f->outbound_agent)

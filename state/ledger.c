@@ -157,12 +157,10 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "  WHERE hold_boot_until != 0 AND state IN ('pending', 'retrying');"
         "ALTER TABLE phones DROP COLUMN due_at;",
 
-        /* 5: phones in use (issue 31).  A phone an agent answers or places
-         * calls on waits in the new state in_use (added to the state's
-         * CHECK by widen_states() first); the agents the API showed are
-         * kept while it waits, and only then (a trigger clears them on any
-         * step out of it); the nickname people know the phone by, as last
-         * seen, on every row, NICKNAME_MAX bytes at most. */
+        /* 5: phones in use (issue 31).  A phone an agent is on waits in the
+         * state in_use (in the CHECK by widen_states() first), with the
+         * agents the API showed, kept only while it waits; the nickname as
+         * last seen on every row, NICKNAME_MAX bytes at most. */
         "ALTER TABLE phones ADD COLUMN nickname TEXT"
         "  CHECK (nickname IS NULL OR length(CAST(nickname AS BLOB)) <= 64);"
         "ALTER TABLE phones ADD COLUMN inbound_agent TEXT;"
@@ -178,12 +176,11 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "ALTER TABLE phones ADD COLUMN in_use TEXT NOT NULL DEFAULT 'refuse' CHECK (in_use IN ('refuse', 'release'));",
 };
 
-/* SQLite cannot ALTER a CHECK constraint.  Rebuilding phones would copy
- * every row of a ledger of years, and under foreign_keys (history points
- * at it) its DROP is refused; widening the list of states instead is the
- * change SQLite documents for writable_schema (every row that passed the
- * old CHECK passes the new one), made in the migration's transaction with
- * the schema's version bumped so every connection reads it anew. */
+/* SQLite cannot ALTER a CHECK.  A rebuild of phones copies every row of a
+ * ledger of years, and its DROP is refused under foreign_keys (history
+ * points at it); widening the IN list (every row that passed the old CHECK
+ * passes the new) is the change SQLite documents for writable_schema, made
+ * in the migration's transaction, the schema's version bumped. */
 static int widen_states(Ledger *l) {
         int64_t v;
         char sql[64];
@@ -200,8 +197,7 @@ static int widen_states(Ledger *l) {
         snprintf(sql, sizeof sql, "PRAGMA schema_version = %" PRIi64, v + 1);
         if (r >= 0)
                 r = ledger_exec(l, sql);
-        /* Off again whatever happened, and a failure to is one: the
-         * connection must not go on with the schema writable. */
+        /* Off (and read anew) whatever happened: a failure to is one. */
         k = ledger_exec(l, "PRAGMA writable_schema = RESET");
         return r < 0 ? r : k;
 }
