@@ -15,7 +15,7 @@
 #define DECL_COLUMNS \
         "seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT, number TEXT, reason TEXT," \
         " not_before INTEGER NOT NULL, file INTEGER NOT NULL, line INTEGER NOT NULL, phone INTEGER," \
-        " in_use TEXT NOT NULL"
+        " release_in_use INTEGER NOT NULL"
 #define DECL_FILE_COLUMNS "fid INTEGER PRIMARY KEY, path TEXT NOT NULL"
 static const char begin_sql[] =
         "SAVEPOINT decl_load;"
@@ -58,7 +58,7 @@ static int load_begin(void *userdata, const Config *c) {
         dl->in_use = c->in_use;
         /* Most declarations name their row by key: matched as they go in. */
         rc = sqlite3_prepare_v3(ledger_db(dl->ledger),
-                                "INSERT INTO temp.decl (key, id, number, reason, not_before, file, line, phone, in_use)"
+                                "INSERT INTO temp.decl (key, id, number, reason, not_before, file, line, phone, release_in_use)"
                                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT pk FROM phones WHERE key = ?1), ?8)",
                                 -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
         if (rc != SQLITE_OK)
@@ -108,8 +108,7 @@ static int load_add(void *userdata, const Decl *d) {
         /* What is done with it in use, as the declaration says, or else
          * safety.in_use: the row holds it, so a change of either is a
          * change of the row the plan sees (and the hold covers). */
-        (void) sqlite3_bind_text(st, 8, in_use_to_string(d->in_use != IN_USE_UNSET ? d->in_use : dl->in_use), -1,
-                                 SQLITE_STATIC);
+        (void) sqlite3_bind_int(st, 8, (d->in_use != IN_USE_UNSET ? d->in_use : dl->in_use) == IN_USE_RELEASE);
         rc = sqlite3_step(st);
         (void) sqlite3_reset(st);
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
@@ -260,7 +259,7 @@ static int merge_prepare(Ledger *l, const char *field, Merge *m) {
         sql = mfree(sql);
         if (asprintf_or_null(&sql, "SELECT seq, id, number, reason, not_before,"
                              " (SELECT path FROM decl_file WHERE fid = decl.file), line, %1$s,"
-                             " coalesce(dup.copies, 1), dup.also1, dup.also2, in_use"
+                             " coalesce(dup.copies, 1), dup.also1, dup.also2, release_in_use"
                              " FROM decl LEFT JOIN decl_dup dup USING (seq)"
                              " WHERE %1$s IN (SELECT %1$s FROM decl WHERE %1$s IS NOT NULL"
                              "  GROUP BY %1$s HAVING count(*) > 1)"
@@ -516,7 +515,7 @@ int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), vo
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc, r;
 
-        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT key, id, number, reason, not_before, f.path, line, in_use"
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT key, id, number, reason, not_before, f.path, line, release_in_use"
                                 " FROM temp.decl JOIN temp.decl_file f ON f.fid = decl.file ORDER BY seq", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -524,7 +523,7 @@ int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), vo
                 Decl d = {
                         .key = text(st, 0), .id = text(st, 1), .number = text(st, 2), .reason = text(st, 3),
                         .not_before = sqlite3_column_int64(st, 4), .file = text(st, 5),
-                        .line = (unsigned) sqlite3_column_int(st, 6), .in_use = in_use_from_string(text(st, 7)),
+                        .line = (unsigned) sqlite3_column_int(st, 6), .in_use = sqlite3_column_int(st, 7) ? IN_USE_RELEASE : IN_USE_REFUSE,
                 };
                 if (!d.key || !d.file)
                         return -ENOMEM;

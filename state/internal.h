@@ -30,7 +30,7 @@ int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **r
         "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, " \
         "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number, hold_until, " \
         "hold_len, CASE WHEN hold_boot_until = 0 THEN 0 WHEN hold_boot IS boot_id() THEN hold_boot_until" \
-        " ELSE 9223372036854775807 END, nickname, inbound_agent, outbound_agent, in_use"
+        " ELSE 9223372036854775807 END, nickname, inbound_agent, outbound_agent, release_in_use"
 /* The Phone of a row of PHONE_COLUMNS (and, when asked, its released_at after them). */
 int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret);
 sqlite3 *ledger_db(Ledger *l);

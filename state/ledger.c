@@ -171,9 +171,9 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
         "  WHEN NEW.state != 'in_use' AND (NEW.inbound_agent IS NOT NULL OR NEW.outbound_agent IS NOT NULL)"
         "  BEGIN UPDATE phones SET inbound_agent = NULL, outbound_agent = NULL WHERE pk = NEW.pk; END;"
         /* What its declaration (or else safety.in_use) says of a phone in
-         * use, as the plan last applied it.  Before, nothing was refused;
-         * "refuse" is what a row says until a declaration says otherwise. */
-        "ALTER TABLE phones ADD COLUMN in_use TEXT NOT NULL DEFAULT 'refuse' CHECK (in_use IN ('refuse', 'release'));",
+         * use, as the plan last applied it: 1 "release", 0 "refuse" (what a
+         * row from before says).  0 and 1 take no byte of a row but their type. */
+        "ALTER TABLE phones ADD COLUMN release_in_use INTEGER NOT NULL DEFAULT 0 CHECK (release_in_use IN (0, 1));",
 };
 
 /* SQLite cannot ALTER a CHECK.  A rebuild of phones copies every row of a
@@ -569,7 +569,7 @@ int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .hold_len = sqlite3_column_int64(st, 18),
                 .hold_boot_until = sqlite3_column_int64(st, 19),
                 .released_at = sqlite3_column_count(st) > 24 ? sqlite3_column_int64(st, 24) : 0,
-                .in_use = in_use_from_string((const char *) sqlite3_column_text(st, 23)),
+                .in_use = sqlite3_column_int(st, 23) ? IN_USE_RELEASE : IN_USE_REFUSE,
                 .nickname = col_strdup(st, 20),
                 .inbound_agent = col_strdup(st, 21),
                 .outbound_agent = col_strdup(st, 22),

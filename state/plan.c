@@ -57,13 +57,13 @@ static const char plan_sql[] =
         /* A phone kept because an agent is on it, now to be released all the
          * same: a new release, as much as a new declaration (counted by
          * safety.max_new_releases, held for approval, a new hold). */
-        "        WHEN p.state = 'in_use' AND d.in_use = 'release' THEN 1"
+        "        WHEN p.state = 'in_use' AND d.release_in_use THEN 1"
         /* A corrected, added or dropped number, or an added id, must reach
          * the row, or the daemon would go on acting on what was first
          * declared.  (A number-declared row's resolved id is not declared.) */
         "        WHEN p.state IN ('pending','deferred','retrying','unresolved','failed','in_use')"
         "         AND (p.reason IS NOT d.reason OR p.not_before != d.not_before OR p.number IS NOT d.number"
-        "              OR (d.id IS NOT NULL AND p.id IS NOT d.id) OR p.in_use IS NOT d.in_use) THEN 3 END AS kind"
+        "              OR (d.id IS NOT NULL AND p.id IS NOT d.id) OR p.release_in_use != d.release_in_use) THEN 3 END AS kind"
         "  FROM temp.declared m JOIN phones p ON p.pk = m.pk JOIN temp.decl d ON d.seq = m.seq)"
         " WHERE kind IS NOT NULL;"
         /* Every row no longer declared, found by its state alone (an index
@@ -206,11 +206,11 @@ int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
 #define CHANGE_OF_KIND " WHERE plan.kind = ?1 ORDER BY plan.pk LIMIT ?2"
 static const char *const change_sql[_CHANGE_MAX] = {
         /* In declaration order.  (?1 is bound, and not needed.) */
-        [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending', d.line, d.in_use"
+        [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending', d.line, d.release_in_use"
                        " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file"
                        " WHERE d.phone IS NULL ORDER BY d.seq LIMIT ?2",
         [CHANGE_REDECLARE] = "SELECT plan.kind, plan.pk, p.key, d.id, d.number, d.reason, d.not_before,"
-                             " f.path, plan.from_state, plan.to_state, d.line, d.in_use"
+                             " f.path, plan.from_state, plan.to_state, d.line, d.release_in_use"
                              " FROM temp.plan JOIN phones p ON p.pk = plan.pk JOIN temp.decl d ON d.seq = plan.seq"
                              " JOIN temp.decl_file f ON f.fid = d.file"
                              CHANGE_OF_KIND,
@@ -256,7 +256,8 @@ static Change change_of(sqlite3_stmt *st, char at[static PATH_MAX + 16]) {
                 .number = (const char *) sqlite3_column_text(st, 4),
                 .reason = (const char *) sqlite3_column_text(st, 5),
                 .not_before = sqlite3_column_int64(st, 6),
-                .in_use = (const char *) sqlite3_column_text(st, 11),
+                .in_use = sqlite3_column_type(st, 11) == SQLITE_NULL ? IN_USE_UNSET :
+                          sqlite3_column_int(st, 11) ? IN_USE_RELEASE : IN_USE_REFUSE,
                 .declared_at = sqlite3_column_type(st, 10) == SQLITE_NULL ? where :
                                file_line(at, where, sqlite3_column_int64(st, 10)),
                 .from = from ? state_from_string(from) : _STATE_INVALID,
@@ -364,7 +365,7 @@ static int apply_one(const Change *c, void *userdata) {
         if (c->kind != CHANGE_CANCEL) {
                 (void) sqlite3_bind_int64(s, 10, hold_until);
                 (void) sqlite3_bind_int64(s, 11, a->hold);
-                (void) sqlite3_bind_text(s, 12, c->in_use, -1, SQLITE_STATIC);
+                (void) sqlite3_bind_int(s, 12, c->in_use == IN_USE_RELEASE);
         }
         r = step_one(db, s);
         if (r < 0)
@@ -393,7 +394,7 @@ static int apply_one(const Change *c, void *userdata) {
  * from safety, and holds nothing). */
 #define TARGET_CHANGED_BY(NB, ID, NUMBER, IN_USE) \
         "(not_before != " NB " OR number IS NOT " NUMBER " OR (" ID " IS NOT NULL AND id IS NOT " ID ")" \
-        " OR (" IN_USE " = 'release' AND in_use IS NOT 'release'))"
+        " OR (" IN_USE " AND NOT release_in_use))"
 /* The hold on the boot-time clock, which no clock step moves: the wall
  * clock's hold_until only says the date, or holds longer. */
 #define HOLD_BOOT_NEW_OF(HOLD) "CASE WHEN " HOLD " > 0 THEN boot_usec() + " HOLD " * 1000000 ELSE 0 END"
@@ -406,14 +407,14 @@ static int apply_one(const Change *c, void *userdata) {
 #define HOLD_BOOT_UPDATED(CHANGED, HOLD) "CASE WHEN " CHANGED " AND " HOLD " > 0 THEN boot_id() ELSE hold_boot END"
 
 /* In an UPDATE, a column is its old value. */
-#define ID_NUMBER_SET " id = " ID_AFTER("?9", "?8") ", number = ?8, in_use = ?12, version = version + 1"
+#define ID_NUMBER_SET " id = " ID_AFTER("?9", "?8") ", number = ?8, release_in_use = ?12, version = version + 1"
 #define TARGET_CHANGED TARGET_CHANGED_BY("?5", "?9", "?8", "?12")
 #define HOLD_BOOT_NEW HOLD_BOOT_NEW_OF("?11")
 
 int plan_apply(Ledger *l, const Plan *p, bool approved) {
         static const char *const sql[_CHANGE_MAX] = {
                 [CHANGE_ADD] = "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
-                               " created_at, updated_at, hold_until, hold_boot, hold_boot_until, hold_len, in_use)"
+                               " created_at, updated_at, hold_until, hold_boot, hold_boot_until, hold_len, release_in_use)"
                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?10,"
                                " CASE WHEN ?11 > 0 THEN boot_id() END, " HOLD_BOOT_NEW ", ?11, ?12)",
                 [CHANGE_REDECLARE] = "UPDATE phones SET state = ?3, attempts = 0, next_at = 0, reason = ?4,"
@@ -494,7 +495,8 @@ static const char rows_sql[] =
         "  p.updated_at AS updated_at, p.version AS version, p.sent_at AS sent_at, p.api_number AS api_number,"
         "  p.hold_until AS hold_until, p.hold_len AS hold_len, p.hold_boot AS hold_boot,"
         "  p.hold_boot_until AS hold_boot_until, p.nickname AS nickname, p.inbound_agent AS inbound_agent,"
-        "  p.outbound_agent AS outbound_agent, p.in_use AS in_use, d.in_use AS d_in_use"
+        "  p.outbound_agent AS outbound_agent, p.release_in_use AS release_in_use,"
+        "  d.release_in_use AS d_in_use"
         " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file"
         " LEFT JOIN phones p ON p.pk = d.phone"
         " LEFT JOIN temp.plan ON plan.kind IN (1, 3) AND plan.pk = d.phone"
@@ -520,7 +522,7 @@ static const char rows_sql[] =
         "  CASE WHEN pk IS NULL OR change = 1 THEN " HOLD_BOOT_NEW_OF("?1") " WHEN change = 3 THEN "
         HOLD_BOOT_UNTIL_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number", "d_in_use"), "?1")
         "  ELSE hold_boot_until END AS hold_boot_until, nickname, inbound_agent, outbound_agent,"
-        "  CASE WHEN change IS NULL AND pk IS NOT NULL THEN in_use ELSE d_in_use END AS in_use"
+        "  CASE WHEN change IS NULL AND pk IS NOT NULL THEN release_in_use ELSE d_in_use END AS release_in_use"
         " FROM x)"
         " SELECT " PHONE_COLUMNS ", 0, change FROM y ORDER BY d_seq";
 

@@ -322,7 +322,7 @@ typedef struct Change {
         const char *reason;      /* as declared; NULL for CHANGE_CANCEL and CHANGE_KEEP */
         const char *declared_at; /* FILE:LINE; for CHANGE_CANCEL and CHANGE_KEEP the row's, maybe NULL */
         int64_t not_before;
-        const char *in_use;      /* "refuse" or "release", as it will apply; NULL for CHANGE_CANCEL and CHANGE_KEEP */
+        InUse in_use;            /* refuse or release, as it will apply; IN_USE_UNSET for CHANGE_CANCEL and CHANGE_KEEP */
         PhoneState from, to;
 } Change;
 

@@ -110,7 +110,7 @@ static void undo_version_5(Ledger *l) {
                                       "ALTER TABLE phones DROP COLUMN nickname;"
                                       "ALTER TABLE phones DROP COLUMN inbound_agent;"
                                       "ALTER TABLE phones DROP COLUMN outbound_agent;"
-                                      "ALTER TABLE phones DROP COLUMN in_use", NULL, NULL, NULL), SQLITE_OK);
+                                      "ALTER TABLE phones DROP COLUMN release_in_use", NULL, NULL, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA schema_version", -1, &st, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_step(st), SQLITE_ROW);
         v = sqlite3_column_int(st, 0);
