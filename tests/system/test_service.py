@@ -60,7 +60,7 @@ MSG = {
     "in_use": "5c0d3f4a8e2b4d7f9a61b2c3d4e5f607",
 }
 STATUS_RE = re.compile(r"\d+ pending, \d+ in flight, \d+ retrying, \d+ scheduled, \d+ released, "
-                       r"\d+ failed, \d+ deferred, \d+ unresolved")
+                       r"\d+ failed, \d+ deferred, \d+ unresolved, \d+ in use")
 
 
 def need_box():
