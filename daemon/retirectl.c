@@ -185,6 +185,8 @@ static int print_change_json(const Change *c, void *userdata) {
         json_time(c->not_before);
         printf(", \"declared_at\": ");
         json_str(c->declared_at);
+        printf(", \"in_use\": ");
+        json_str(in_use_to_string(c->in_use));
         putchar('}');
         return 0;
 }
@@ -222,6 +224,10 @@ static int print_change(const Change *c, void *userdata) {
                 put(" not_before=");
                 put(time_str(c->not_before, buf));
         }
+        /* "refuse" is the default and says nothing new; "release" is what
+         * may cut a live line. */
+        if (c->in_use == IN_USE_RELEASE)
+                put(" in_use=release");
         switch (c->kind) {
         case CHANGE_ADD:
                 put(" (declared at ");
