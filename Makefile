@@ -66,7 +66,7 @@ deps:
 	fi
 
 CONF_SRC   := conf/syntax.c conf/parse.c
-STATE_SRC  := state/ledger.c state/meta.c state/history.c state/plan.c state/decl.c state/listed.c
+STATE_SRC  := state/ledger.c state/schema.c state/meta.c state/history.c state/plan.c state/decl.c state/listed.c
 CORE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CONF_SRC) $(STATE_SRC))
 # plan --live lists the account by the daemon's rules and decides with its
 # decisions: the client, the listing, the match and reconcile.c, no engine.

@@ -27,12 +27,26 @@
 
 #define UUID_STRING_LEN      36
 
+/* A phone in use (an agent on it): "refuse" to release it (the
+ * default), or "release" it all the same; a declaration's, when given,
+ * wins over safety.in_use. */
+typedef enum InUse {
+        IN_USE_UNSET,       /* a declaration that says nothing: safety.in_use decides */
+        IN_USE_REFUSE,
+        IN_USE_RELEASE,
+} InUse;
+
+/* IN_USE_REFUSE or IN_USE_RELEASE for "refuse" or "release", else IN_USE_UNSET. */
+InUse in_use_from_string(const char *s);
+const char *in_use_to_string(InUse v);   /* NULL for IN_USE_UNSET */
+
 typedef struct Decl {
         const char *key;    /* id when declared, else the number */
         const char *id;     /* canonical lowercase UUID, or NULL */
         const char *number; /* normalised number or SIP identifier, or NULL */
         const char *reason; /* NULL when not given */
         int64_t not_before; /* seconds since the epoch, 0 when not given */
+        InUse in_use;       /* IN_USE_UNSET when not given */
         const char *file;   /* the file it is declared in */
         unsigned line;
 } Decl;
@@ -80,6 +94,7 @@ struct Config {
         bool dry_run;
         unsigned max_new_releases;
         double hold;             /* seconds an added or changed release waits before its DELETE */
+        InUse in_use;            /* safety.in_use: refuse or release a phone an agent is on */
         double resync_interval;
         char *ledger;            /* resolved path of the ledger */
         char *releases_dir;      /* resolved path of the drop-in folder */

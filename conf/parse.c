@@ -43,7 +43,7 @@ static void bad(Loader *l, const config_setting_t *s, const char *fmt, ...) {
                       msg ? msg : "out of memory");
 }
 
-typedef enum { K_STR, K_FLOAT, K_UINT, K_BOOL } Kind;
+typedef enum { K_STR, K_FLOAT, K_UINT, K_BOOL, K_IN_USE } Kind;
 
 typedef struct Key {
         const char *group, *name;
@@ -118,6 +118,7 @@ static const Key keys[] = {
         { "safety", "dry_run",          K_BOOL,  C(dry_run) },
         { "safety", "max_new_releases", K_UINT,  C(max_new_releases), 0, CONF_MAX_RELEASES },
         { "safety", "hold",             K_FLOAT, C(hold),             0, 2592000 },
+        { "safety", "in_use",           K_IN_USE, C(in_use) },
         { NULL,     "resync_interval",  K_FLOAT, C(resync_interval),  1, 604800 },
         { NULL,     "ledger",           K_STR,   C(ledger) },
         { NULL,     "releases_dir",     K_STR,   C(releases_dir) },
@@ -153,6 +154,11 @@ static void read_key(Loader *l, const Key *k, const config_setting_t *s) {
                 *(char **) field = dup;
                 return;
         }
+        case K_IN_USE:
+                if (type != CONFIG_TYPE_STRING || in_use_from_string(config_setting_get_string(s)) == IN_USE_UNSET)
+                        return bad(l, s, "%s: expected \"refuse\" or \"release\"", name);
+                *(InUse *) field = in_use_from_string(config_setting_get_string(s));
+                return;
         case K_BOOL:
                 if (type != CONFIG_TYPE_BOOL)
                         return bad(l, s, "%s: expected true or false", name);
@@ -232,8 +238,9 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
                 const char *name = config_setting_name(s), *v = config_setting_get_string(s);
 
                 if (!streq(name, "id") && !streq(name, "number") && !streq(name, "reason") &&
-                    !streq(name, "not_before")) {
-                        bad(l, s, "unknown key '%s' in release entry (expected number, id, reason, not_before)", name);
+                    !streq(name, "not_before") && !streq(name, "in_use")) {
+                        bad(l, s, "unknown key '%s' in release entry (expected number, id, reason, not_before, in_use)",
+                            name);
                         continue;
                 }
                 if (config_setting_type(s) != CONFIG_TYPE_STRING) {
@@ -265,6 +272,10 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
                                 bad(l, s, "reason: longer than %u characters", CONF_MAX_REASON);
                         else
                                 d.reason = v;
+                } else if (streq(name, "in_use")) {
+                        d.in_use = in_use_from_string(v);
+                        if (d.in_use == IN_USE_UNSET)
+                                bad(l, s, "in_use: \"%.40s\" is not \"refuse\" or \"release\"", v);
                 } else {
                         r = rfc3339_parse(v, &d.not_before);
                         if (r < 0 || d.not_before == 0)
@@ -580,7 +591,7 @@ static int config_new(const char *path, Config **ret) {
         *c = (Config) {
                 .timeout = 30.0, .settle_time = 300.0, .auth_retry = 900.0, .rate = 2.0, .burst = 5, .concurrency = 4,
                 .max_attempts = 8, .base_delay = 1.0, .max_delay = 300.0,
-                .max_new_releases = 25, .hold = 600.0, .resync_interval = 3600.0,
+                .max_new_releases = 25, .hold = 600.0, .in_use = IN_USE_REFUSE, .resync_interval = 3600.0,
         };
         /* $STATE_DIRECTORY may list several folders separated by ':'. */
         if (sd && *sd == '/')

@@ -163,3 +163,12 @@ int rfc3339_format(int64_t t, char buf[static 21]) {
                 return -ERANGE;
         return 0;
 }
+
+InUse in_use_from_string(const char *s) {
+        return !s ? IN_USE_UNSET : streq(s, "refuse") ? IN_USE_REFUSE : streq(s, "release") ? IN_USE_RELEASE :
+               IN_USE_UNSET;
+}
+
+const char *in_use_to_string(InUse v) {
+        return v == IN_USE_REFUSE ? "refuse" : v == IN_USE_RELEASE ? "release" : NULL;
+}

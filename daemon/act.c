@@ -17,19 +17,27 @@ static const char *const message_ids[_STATE_MAX] = {
         [STATE_DEFERRED] = MESSAGE_DEFERRED,   [STATE_RETRYING] = MESSAGE_RETRYING,
         [STATE_SCHEDULED] = MESSAGE_SCHEDULED, [STATE_RELEASED] = MESSAGE_RELEASED,
         [STATE_FAILED] = MESSAGE_FAILED,       [STATE_CANCELLED] = MESSAGE_CANCELLED,
-        [STATE_UNRESOLVED] = MESSAGE_UNRESOLVED,
+        [STATE_UNRESOLVED] = MESSAGE_UNRESOLVED, [STATE_IN_USE] = MESSAGE_IN_USE,
 };
 
 
-static const char *label(const Job *j) {
-        return j->number ? j->number : j->api_number ? j->api_number : j->key;
+static const char *label(const Job *j, char buf[static 256]) {
+        const char *n = j->number ? j->number : j->api_number ? j->api_number : j->key;
+
+        /* The name a person knows it by, beside the number (cleaned by api.c: one line). */
+        if (!j->nickname)
+                return n;
+        (void) snprintf(buf, 256, "%.160s (%s)", n, j->nickname);
+        return buf;
 }
 
 static void log_outcome(Job *j, PhoneState from, unsigned attempts_before, const Outcome *o, const CallResult *call) {
         bool changed = o->to != from;
+        char name[256];
         LogFields f = {
                 .phone_id = j->id, .phone_number = j->number ? j->number : j->api_number,
                 .outcome = o->dry_run ? "dry_run" : state_to_string(o->to),
+                .nickname = j->nickname, .inbound_agent = j->inbound_agent, .outbound_agent = j->outbound_agent,
                 .http_status = call && !call->not_sent ? call->http_status : 0,
         };
 
@@ -47,9 +55,10 @@ static void log_outcome(Job *j, PhoneState from, unsigned attempts_before, const
         if (o->dry_run)
                 log_event(o->level, MESSAGE_DRY_RUN, &f, "%s", o->detail);
         else if (changed && message_ids[o->to])
-                log_event(o->level, message_ids[o->to], &f, "%s %s: %s", label(j), state_to_string(o->to), o->detail);
+                log_event(o->level, message_ids[o->to], &f, "%s %s: %s", label(j, name), state_to_string(o->to),
+                          o->detail);
         else
-                log_internal(o->level, 0, "%s: %s", label(j), o->detail);
+                log_internal(o->level, 0, "%s: %s", label(j, name), o->detail);
 }
 
 /* Commits an outcome.  check_version: it was decided on the declaration,
@@ -66,7 +75,8 @@ static int commit(Job *j, const Outcome *o, const CallResult *call, bool check_v
                 .version = check_version ? j->version : 0,
                 .sent_at = o->sent_at, .clear_sent = o->clear_sent,
                 .id = o->id, .api_number = o->api_number, .provider = o->provider,
-                .scheduled_release_at = o->scheduled,
+                .scheduled_release_at = o->scheduled, .nickname = o->nickname,
+                .inbound_agent = o->inbound_agent, .outbound_agent = o->outbound_agent,
                 .attempts = (int) o->attempts, .next_at = o->next_at,
                 .error = o->error[0] ? o->error : NULL, .detail = o->detail,
         };
@@ -110,6 +120,19 @@ static int commit(Job *j, const Outcome *o, const CallResult *call, bool check_v
         return 0;
 }
 
+/* The agents this pass's look saw, none included: the in_flight commit
+ * checks them again (reconcile_send()). */
+static int act_seen_agents(Job *j, const Outcome *o) {
+        if (!o->seen)
+                return 0;
+        j->inbound_agent = mfree(j->inbound_agent);
+        j->outbound_agent = mfree(j->outbound_agent);
+        if (engine_set_str(&j->inbound_agent, o->inbound_agent) < 0 ||
+            engine_set_str(&j->outbound_agent, o->outbound_agent) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
 /* Applies one outcome: the ledger first, then the journal, the job, and
  * what comes next. */
 void act_apply(Job *j, const Outcome *o, const CallResult *call, bool check_version) {
@@ -138,7 +161,8 @@ void act_apply(Job *j, const Outcome *o, const CallResult *call, bool check_vers
         /* What the look found (an id for a number, the provider) goes into
          * the ledger with the next step: the in_flight commit, at the latest. */
         if (engine_set_str(&j->id, j->id ? NULL : o->id) < 0 || engine_set_str(&j->api_number, o->api_number) < 0 ||
-            engine_set_str(&j->provider, o->provider) < 0 || engine_set_str(&j->last_error, o->error[0] ? o->error : NULL) < 0) {
+            engine_set_str(&j->provider, o->provider) < 0 || engine_set_str(&j->last_error, o->error[0] ? o->error : NULL) < 0 ||
+            engine_set_str(&j->nickname, o->nickname) < 0 || act_seen_agents(j, o) < 0) {
                 log_oom();
                 job_finish(j);
                 return;
@@ -261,7 +285,8 @@ static int delete_start(void *userdata) {
         r = ledger_update(e->ledger, &(LedgerUpdate) {
                 .pk = j->pk, .from = j->state, .to = STATE_IN_FLIGHT, .version = j->version, .due_by = w.due_now,
                 .sent_at = o.sent_at, .next_at = o.next_at, .attempts = (int) j->attempts,
-                .id = j->id, .provider = j->provider, .api_number = j->api_number, .detail = o.detail,
+                .id = j->id, .provider = j->provider, .api_number = j->api_number, .nickname = j->nickname,
+                .detail = o.detail,
         });
         if (r == -ESTALE) {
                 log_info("%s changed in the ledger since its DELETE was decided (a reload?): not sent.", j->key);

@@ -23,7 +23,10 @@ struct Api {
         "json_extract(" x ", '$.number'), json_type(" x ", '$.number')," \
         "json_extract(" x ", '$.status'), json_type(" x ", '$.status')," \
         "json_extract(" x ", '$.telephony_provider'), json_type(" x ", '$.telephony_provider')," \
-        "json_extract(" x ", '$.scheduled_release_at'), json_type(" x ", '$.scheduled_release_at')"
+        "json_extract(" x ", '$.scheduled_release_at'), json_type(" x ", '$.scheduled_release_at')," \
+        "json_extract(" x ", '$.inbound_agent_id'), json_type(" x ", '$.inbound_agent_id')," \
+        "json_extract(" x ", '$.outbound_agent_id'), json_type(" x ", '$.outbound_agent_id')," \
+        "json_extract(" x ", '$.nickname'), json_type(" x ", '$.nickname')"
 
 int api_new(Api **ret) {
         _cleanup_free_ Api *a = calloc(1, sizeof(Api));
@@ -145,10 +148,89 @@ static int strdup_to(const char *s, char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
+/* An agent's id: a UUID or null (or absent).  Anything else makes the
+ * phone unreadable, so it is never released on a guess about its agents. */
+static int read_agent(sqlite3_stmt *st, int c, const char *field, const char *id, char **ret, char **why) {
+        char canon[UUID_STRING_LEN + 1];
+
+        *ret = NULL;
+        if (!text(st, c + 1) || is_type(st, c + 1, "null"))
+                return 0;
+        if (!is_type(st, c + 1, "text") || !uuid_canonical(text(st, c), canon))
+                return bad_body(why, "phone %s has an invalid \"%s\"", id, field);
+        return strdup_to(canon, ret);
+}
+
+/* Bytes of the UTF-8 sequence at s, or 0 when it is not one. */
+static size_t utf8_len(const unsigned char *s) {
+        size_t n = *s < 0x80 ? 1 : (*s & 0xe0) == 0xc0 ? 2 : (*s & 0xf0) == 0xe0 ? 3 : (*s & 0xf8) == 0xf0 ? 4 : 0;
+
+        for (size_t i = 1; i < n; i++)
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+        return n;
+}
+
+/* The nickname is the API's text and goes to every view, CSV and journal
+ * line: a control character (C0, DEL, C1), a line or paragraph separator
+ * or a byte that is no UTF-8 becomes "?", and a name longer than
+ * NICKNAME_MAX bytes is cut at a character with NICKNAME_CUT, so the cut
+ * shows. */
+int api_nickname_clean(const char *s, char **ret) {
+        _cleanup_free_ char *o = malloc(NICKNAME_MAX + 1);
+        const size_t keep = NICKNAME_MAX - strlen(NICKNAME_CUT);
+        size_t n = 0;
+
+        if (!o)
+                return -ENOMEM;
+        for (const unsigned char *p = (const unsigned char *) s; *p;) {
+                size_t k = utf8_len(p);
+                bool bad = k == 0 || *p < 0x20 || *p == 0x7f || (k == 2 && p[0] == 0xc2 && p[1] < 0xa0) ||
+                           (k == 3 && p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9));
+                size_t w = bad ? 1 : k;
+
+                /* Cut where what is left, and the mark, would not fit. */
+                if (n + w > keep && strlen((const char *) p) + n > NICKNAME_MAX) {
+                        memcpy(o + n, NICKNAME_CUT, strlen(NICKNAME_CUT));
+                        n += strlen(NICKNAME_CUT);
+                        break;
+                }
+                if (bad)
+                        o[n] = '?';
+                else
+                        memcpy(o + n, p, k);
+                n += w;
+                p += k ? k : 1;
+        }
+        o[n] = 0;
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+static int read_extras(sqlite3_stmt *st, int c, RemotePhone *p, char **why) {
+        int r;
+
+        r = read_agent(st, c + 11, "inbound_agent_id", p->id, &p->inbound_agent, why);
+        if (r < 0)
+                return r;
+        r = read_agent(st, c + 13, "outbound_agent_id", p->id, &p->outbound_agent, why);
+        if (r < 0)
+                return r;
+        if (!text(st, c + 16) || is_type(st, c + 16, "null"))
+                return 0;
+        if (!is_type(st, c + 16, "text"))
+                return bad_body(why, "phone %s has an invalid \"nickname\"", p->id);
+        /* An empty name names nothing. */
+        if (!text(st, c + 15)[0])
+                return 0;
+        return api_nickname_clean(text(st, c + 15), &p->nickname);
+}
+
 /* Columns from `c` on are PHONE_COLUMNS. */
 static int read_phone(sqlite3_stmt *st, int c, RemotePhone *ret, char **why) {
         _cleanup_(remote_phone_done) RemotePhone p = {};
         const char *id = text(st, c + 1), *number = text(st, c + 3), *status = text(st, c + 5);
+        int r;
 
         if (!is_type(st, c, "object"))
                 return bad_body(why, "a phone is not a JSON object");
@@ -178,6 +260,9 @@ static int read_phone(sqlite3_stmt *st, int c, RemotePhone *ret, char **why) {
                 return -ENOMEM;
         if (is_type(st, c + 10, "text") && strdup_to(text(st, c + 9), &p.scheduled_release_at) < 0)
                 return -ENOMEM;
+        r = read_extras(st, c, &p, why);
+        if (r < 0)
+                return r;
         *ret = p;
         p = (RemotePhone) {};
         return 0;

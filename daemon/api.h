@@ -35,4 +35,7 @@ int api_parse_phone(Api *a, const char *body, size_t len, RemotePhone *ret, char
 int api_parse_page(Api *a, const char *body, size_t len, PhonePage *ret, char **why);
 /* Whether the body is the API's own error JSON ({"error_code","message"} or
  * FastAPI's {"detail"}); *message (if given) gets its words, short, or NULL. */
+/* The API's nickname as every view may show it: one line, no control
+ * characters, at most NICKNAME_MAX bytes (a longer one cut, with a mark). */
+int api_nickname_clean(const char *s, char **ret);
 bool api_error_body(Api *a, const char *body, size_t len, char **message);

@@ -23,6 +23,9 @@ typedef struct Job {
         int64_t not_before, sent_at, look_after;
         int64_t hold_boot_until;     /* usec, CLOCK_BOOTTIME (Row) */
         char *rejected;              /* why the API refused this pass's DELETE, pending a look */
+        char *nickname;              /* as last seen */
+        char *inbound_agent, *outbound_agent;   /* as this pass's look saw them (Row) */
+        InUse in_use;                /* the row's: refuse or release while an agent is on it */
         int delete_status;           /* the last DELETE's HTTP status in this pass, 0: none */
         Call *call;                  /* queued or out, or NULL */
         bool deleting;               /* call is the DELETE */

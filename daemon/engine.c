@@ -63,7 +63,8 @@ Row job_row(const Job *j) {
                 .hold_boot_until = j->hold_boot_until,
                 .attempts = j->attempts, .sent_at = j->sent_at, .look_after = j->look_after,
                 .provider = j->provider, .last_error = j->last_error, .rejected = j->rejected,
-                .answered = j->delete_status,
+                .answered = j->delete_status, .inbound_agent = j->inbound_agent, .outbound_agent = j->outbound_agent,
+                .release_in_use = j->in_use == IN_USE_RELEASE,
         };
 }
 
@@ -87,6 +88,9 @@ static void job_done(Job *j) {
         free(j->api_number);
         free(j->last_error);
         free(j->rejected);
+        free(j->nickname);
+        free(j->inbound_agent);
+        free(j->outbound_agent);
 }
 
 int engine_set_str(char **p, const char *v) {
@@ -196,11 +200,13 @@ static int add_job(const Phone *p, void *userdata) {
                 .attempts = p->attempts,
                 .not_before = p->not_before, .sent_at = p->sent_at,
                 .hold_boot_until = p->hold_boot_until,
-                .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0,
+                .look_after = p->sent_at ? p->sent_at + (int64_t) e->settle : 0, .in_use = p->in_use,
         };
         if (engine_set_str(&j->key, p->key) < 0 || engine_set_str(&j->id, p->id) < 0 || engine_set_str(&j->number, p->number) < 0 ||
             engine_set_str(&j->provider, p->provider) < 0 || engine_set_str(&j->api_number, p->api_number) < 0 ||
-            engine_set_str(&j->last_error, p->last_error) < 0) {
+            engine_set_str(&j->last_error, p->last_error) < 0 || engine_set_str(&j->nickname, p->nickname) < 0 ||
+            engine_set_str(&j->inbound_agent, p->inbound_agent) < 0 ||
+            engine_set_str(&j->outbound_agent, p->outbound_agent) < 0) {
                 job_done(j);
                 return -ENOMEM;
         }
@@ -418,10 +424,11 @@ static void pass_end(Engine *e) {
                          plural(e->stats.unconfirmed, "was", "were"));
         log_event(LOG_INFO, MESSAGE_PASS_SUMMARY, NULL,
                   "Pass done in %.1f s: %u calls; %u released, %u scheduled, %u deferred, %u retrying, "
-                  "%u failed, %u unresolved.", usec_to_sec((int64_t) dt), e->stats.calls,
+                  "%u failed, %u unresolved, %u in use.", usec_to_sec((int64_t) dt), e->stats.calls,
                   e->stats.outcomes[STATE_RELEASED], e->stats.outcomes[STATE_SCHEDULED],
                   e->stats.outcomes[STATE_DEFERRED], e->stats.outcomes[STATE_RETRYING],
-                  e->stats.outcomes[STATE_FAILED], e->stats.outcomes[STATE_UNRESOLVED]);
+                  e->stats.outcomes[STATE_FAILED], e->stats.outcomes[STATE_UNRESOLVED],
+                  e->stats.outcomes[STATE_IN_USE]);
         e->running = false;
         pass_free(e);
         /* Stopping, no wake is wanted; and finding the next one reads every
@@ -850,10 +857,11 @@ int engine_status(Engine *e, char *buf, size_t size) {
                 snprintf(skew, sizeof skew, "API clock %.0f s %s ours; ", usec_to_sec(e->api_offset < 0 ? -e->api_offset : e->api_offset),
                          e->api_offset < 0 ? "behind" : "ahead of");
         snprintf(buf, size, "%s%s%s%s%s%s%" PRIu64 " pending, %" PRIu64 " in flight, %" PRIu64 " retrying, %" PRIu64
-                 " scheduled, %" PRIu64 " released, %" PRIu64 " failed, %" PRIu64 " deferred, %" PRIu64 " unresolved",
+                 " scheduled, %" PRIu64 " released, %" PRIu64 " failed, %" PRIu64 " deferred, %" PRIu64 " unresolved, %"
+                 PRIu64 " in use",
                  e->paused ? "PAUSED (" : "", e->paused ? strna(e->pause_reason) : "", e->paused ? "): " : "", skew,
                  progress, hold,
                  c[STATE_PENDING], c[STATE_IN_FLIGHT], c[STATE_RETRYING], c[STATE_SCHEDULED],
-                 c[STATE_RELEASED], c[STATE_FAILED], c[STATE_DEFERRED], c[STATE_UNRESOLVED]);
+                 c[STATE_RELEASED], c[STATE_FAILED], c[STATE_DEFERRED], c[STATE_UNRESOLVED], c[STATE_IN_USE]);
         return 0;
 }

@@ -46,11 +46,20 @@ static void put_escaped(const char *s) {
                         fputc(*s, stderr);
 }
 
+/* " NAME=value", the value escaped: the API's text starts no line of its own. */
+static void put_field(const char *name, const char *v) {
+        if (!v)
+                return;
+        fputs(name, stderr);
+        put_escaped(v);
+}
+
 static void emit(int level, const char *message_id, const LogFields *f, const char *msg) {
         if (use_journal) {
                 char prio[16], status[32], attempt[32];
-                _cleanup_free_ char *m = NULL, *mid = NULL, *pid = NULL, *num = NULL, *out = NULL;
-                struct iovec iov[9];
+                _cleanup_free_ char *m = NULL, *mid = NULL, *pid = NULL, *num = NULL, *out = NULL, *nick = NULL,
+                                    *in = NULL, *ob = NULL;
+                struct iovec iov[12];
                 size_t n = 0;
 
 #define ADD(s) do { const char *_s = (s); if (_s) iov[n++] = (struct iovec) { .iov_base = (void *) _s, .iov_len = strlen(_s) }; } while (0)
@@ -69,6 +78,12 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
                                 ADD(num);
                         if (f->outcome && asprintf(&out, "OUTCOME=%s", f->outcome) >= 0)
                                 ADD(out);
+                        if (f->nickname && asprintf(&nick, "PHONE_NICKNAME=%s", f->nickname) >= 0)
+                                ADD(nick);
+                        if (f->inbound_agent && asprintf(&in, "INBOUND_AGENT_ID=%s", f->inbound_agent) >= 0)
+                                ADD(in);
+                        if (f->outbound_agent && asprintf(&ob, "OUTBOUND_AGENT_ID=%s", f->outbound_agent) >= 0)
+                                ADD(ob);
                         if (f->http_status > 0) {
                                 snprintf(status, sizeof status, "HTTP_STATUS=%d", f->http_status);
                                 ADD(status);
@@ -91,14 +106,16 @@ static void emit(int level, const char *message_id, const LogFields *f, const ch
         fprintf(stderr, "%s: ", ident);
         put_escaped(msg);
         if (f) {
-                if (f->phone_number) {
-                        fputs(" PHONE_NUMBER=", stderr);
-                        put_escaped(f->phone_number);
-                }
+                put_field(" PHONE_NUMBER=", f->phone_number);
                 if (f->phone_id)
                         fprintf(stderr, " PHONE_ID=%s", f->phone_id);
                 if (f->outcome)
                         fprintf(stderr, " OUTCOME=%s", f->outcome);
+                put_field(" PHONE_NICKNAME=", f->nickname);
+                if (f->inbound_agent)
+                        fprintf(stderr, " INBOUND_AGENT_ID=%s", f->inbound_agent);
+                if (f->outbound_agent)
+                        fprintf(stderr, " OUTBOUND_AGENT_ID=%s", f->outbound_agent);
                 if (f->http_status > 0)
                         fprintf(stderr, " HTTP_STATUS=%d", f->http_status);
                 if (f->attempt > 0)

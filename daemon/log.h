@@ -35,6 +35,8 @@ int log_internal(int level, int error, const char *fmt, ...) _printf_(3, 4);
  * NULL): a journal entry with MESSAGE_ID and structured fields. */
 typedef struct LogFields {
         const char *phone_id, *phone_number, *outcome;
+        const char *nickname;                     /* PHONE_NICKNAME: the API's text, as api.c cleaned it */
+        const char *inbound_agent, *outbound_agent;   /* INBOUND_AGENT_ID, OUTBOUND_AGENT_ID */
         int http_status;      /* 0: none */
         unsigned attempt;     /* 0: none */
 } LogFields;

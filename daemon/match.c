@@ -26,7 +26,8 @@ int match_keep(Ledger *l, const RemotePhone *p, bool known_only) {
         }
         return ledger_listed_add(l, &(ListedPhone) {
                 .id = p->id, .number = p->number, .status = p->status_name, .provider = p->provider,
-                .scheduled_release_at = p->scheduled_release_at,
+                .scheduled_release_at = p->scheduled_release_at, .inbound_agent = p->inbound_agent,
+                .outbound_agent = p->outbound_agent, .nickname = p->nickname,
         });
 }
 
@@ -36,6 +37,8 @@ static int remote_of(const ListedPhone *l, RemotePhone *ret) {
                 .status = remote_status_from_string(l->status), .number = (char *) l->number,
                 .status_name = (char *) l->status, .provider = (char *) l->provider,
                 .scheduled_release_at = (char *) l->scheduled_release_at,
+                .inbound_agent = (char *) l->inbound_agent, .outbound_agent = (char *) l->outbound_agent,
+                .nickname = (char *) l->nickname,
         };
 
         snprintf(v.id, sizeof v.id, "%s", l->id);

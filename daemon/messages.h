@@ -11,6 +11,7 @@
 #define MESSAGE_FAILED           "699ac9948fe444e7bef90aa8b1ec7f29"
 #define MESSAGE_CANCELLED        "af2cb9a2f6264bd2bb4d00ded35d43a3"
 #define MESSAGE_UNRESOLVED       "ece374c6e26341fc9c0be110dce7cae9"
+#define MESSAGE_IN_USE           "5c0d3f4a8e2b4d7f9a61b2c3d4e5f607"
 #define MESSAGE_AUTH_PAUSED      "3bf66e58c3194ee183e468cbb50ba76d"
 #define MESSAGE_PASS_SUMMARY     "f4854911765647239a66ecc152f5bbf3"
 #define MESSAGE_CONFIG_LOADED    "bbfdb428cc5c4837ba4d31eaf923b25c"

@@ -48,6 +48,9 @@ void remote_phone_done(RemotePhone *p) {
         free(p->status_name);
         free(p->provider);
         free(p->scheduled_release_at);
+        free(p->inbound_agent);
+        free(p->outbound_agent);
+        free(p->nickname);
         *p = (RemotePhone) {};
 }
 
@@ -65,7 +68,9 @@ int remote_phone_copy(RemotePhone *to, const RemotePhone *p) {
         memcpy(c.id, p->id, sizeof c.id);
         if (dup_or_null(p->number, &c.number) < 0 || dup_or_null(p->status_name, &c.status_name) < 0 ||
             dup_or_null(p->provider, &c.provider) < 0 ||
-            dup_or_null(p->scheduled_release_at, &c.scheduled_release_at) < 0) {
+            dup_or_null(p->scheduled_release_at, &c.scheduled_release_at) < 0 ||
+            dup_or_null(p->inbound_agent, &c.inbound_agent) < 0 || dup_or_null(p->outbound_agent, &c.outbound_agent) < 0 ||
+            dup_or_null(p->nickname, &c.nickname) < 0) {
                 remote_phone_done(&c);
                 return -ENOMEM;
         }
@@ -166,6 +171,21 @@ static void fields_of(const RemotePhone *p, const Row *row, Outcome *o) {
                 o->id = p->id;
         o->api_number = p->number;
         o->provider = p->provider;
+        o->seen = true;
+        o->nickname = p->nickname;
+        o->inbound_agent = p->inbound_agent;
+        o->outbound_agent = p->outbound_agent;
+}
+
+static bool streq_null(const char *a, const char *b) {
+        return a == b || (a && b && streq(a, b));
+}
+
+/* "inbound agent ID, outbound agent ID": for the journal and `why`. */
+static const char *agents(const char *in, const char *out, char buf[static OUTCOME_TEXT]) {
+        say(buf, "%s%s%s%s%s", in ? "inbound agent " : "", in ? in : "", in && out ? ", " : "",
+            out ? "outbound agent " : "", out ? out : "");
+        return buf;
 }
 
 /* ---- looks ---- */
@@ -457,6 +477,39 @@ static bool look_not_releasable(const Row *row, const Look *look, const World *w
         }
 }
 
+/* An agent answers or places calls on it: a live line, not released
+ * unless its declaration or safety.in_use says "release" (issue 31).
+ * Recorded in_use whether or not it is due yet: the operator sees it now.
+ * A row in_use whose phone shows no agent any more is pending again, and
+ * goes on under the ordinary rules (its hold is the declaration's). */
+static bool look_in_use(const Row *row, const RemotePhone *p, const World *w, Outcome *o) {
+        char who[OUTCOME_TEXT];
+
+        if (!remote_in_use(p) || row->release_in_use) {
+                if (row->state == STATE_IN_USE) {
+                        o->write = true;
+                        o->to = STATE_PENDING;
+                        o->next_at = 0;
+                        o->level = LOG_NOTICE;
+                        say(o->detail, remote_in_use(p) ? "in use, and in_use = \"release\" now says it may go" :
+                            "no agent on it any more: it goes under the ordinary rules");
+                }
+                return false;
+        }
+        (void) agents(p->inbound_agent, p->outbound_agent, who);
+        o->next_at = 0;
+        if (row->state == STATE_IN_USE && !o->clear_sent && streq_null(row->inbound_agent, p->inbound_agent) &&
+            streq_null(row->outbound_agent, p->outbound_agent))
+                return true;     /* still in use by the same agents: nothing new to say */
+        o->write = true;
+        o->to = STATE_IN_USE;
+        o->level = row->state == STATE_IN_USE ? LOG_NOTICE : LOG_WARNING;
+        say(o->error, "in use (%s)", who);
+        say(o->detail, "in use (%s): not released while an agent is on it; move the agent to another number, or "
+            "declare in_use = \"release\"; see retirectl show %s", who, row->key);
+        return true;
+}
+
 /* Assigned, nothing ordered: failed, held, or on to its DELETE. */
 static void look_assigned(const Row *row, const Look *look, const World *w, Outcome *o) {
         const RemotePhone *p = look->seen;
@@ -482,8 +535,9 @@ static void look_assigned(const Row *row, const Look *look, const World *w, Outc
         }
         if (not_due(row, w)) {
                 /* Due by our clock, not by the API's or the boot's: wait for all. */
-                o->write = r->kind == CALL_GET || o->clear_sent;
-                say(o->detail, "assigned; %s", not_due(row, w));
+                o->write = o->write || r->kind == CALL_GET || o->clear_sent;
+                if (o->to == row->state)
+                        say(o->detail, "assigned; %s", not_due(row, w));
                 return;
         }
         if (w->dry_run) {
@@ -497,10 +551,17 @@ static void look_assigned(const Row *row, const Look *look, const World *w, Outc
         /* A GET is one of this phone's calls: on record.  (A list page is
          * not; the id and provider go in with the in_flight commit, which
          * also moves sent_at on: nothing to clear until then.) */
-        o->write = r->kind == CALL_GET;
+        o->write = o->write || r->kind == CALL_GET;
         o->clear_sent = false;
         o->next = NEXT_DELETE;
-        say(o->detail, "observed assigned");
+        if (remote_in_use(p)) {
+                char who[OUTCOME_TEXT];
+
+                o->level = LOG_WARNING;
+                say(o->detail, "observed assigned and in use (%s): released, as in_use = \"release\" says",
+                    agents(p->inbound_agent, p->outbound_agent, who));
+        } else if (!o->write || o->to == row->state)
+                say(o->detail, "observed assigned");
 }
 
 /* A phone the look saw, for a row still to be decided on. */
@@ -519,7 +580,7 @@ static void look_seen(const Row *row, const Look *look, const World *w, Outcome 
          * step below says it proves nothing. */
         o->clear_sent = waits_for_a_look(row);
         if (look_ambiguous(row, look, w, o) || look_number_disagrees(row, look->seen, w, o) ||
-            look_not_releasable(row, look, w, o))
+            look_not_releasable(row, look, w, o) || look_in_use(row, look->seen, w, o))
                 return;
         look_assigned(row, look, w, o);
 }
@@ -544,9 +605,17 @@ void reconcile_look(const Row *row, const Look *look, const World *w, Outcome *o
 /* ---- the DELETE ---- */
 
 bool reconcile_send(const Row *row, const World *w, Outcome *o) {
+        char who[OUTCOME_TEXT];
+
         start(row, w, o);
         if (not_due(row, w)) {
                 say(o->detail, "%s", not_due(row, w));
+                return false;
+        }
+        /* The look that decided it is checked again with the settings of
+         * this moment: a reload may have said "refuse" since. */
+        if ((row->inbound_agent || row->outbound_agent) && !row->release_in_use) {
+                say(o->detail, "in use (%s)", agents(row->inbound_agent, row->outbound_agent, who));
                 return false;
         }
         o->write = true;

@@ -35,7 +35,15 @@ typedef struct RemotePhone {
         char *status_name;            /* as the API wrote it */
         char *provider;               /* "netelip", "custom", what the API said, or NULL */
         char *scheduled_release_at;   /* NULL when not set */
+        char *inbound_agent;          /* an agent answers its calls (canonical UUID), or NULL */
+        char *outbound_agent;         /* an agent places calls from it, or NULL */
+        char *nickname;               /* as api.c cleaned it: one line, at most NICKNAME_MAX bytes, or NULL */
 } RemotePhone;
+
+/* A live line: an agent answers or places calls on it. */
+static inline bool remote_in_use(const RemotePhone *p) {
+        return p->inbound_agent || p->outbound_agent;
+}
 
 void remote_phone_done(RemotePhone *p);
 int remote_phone_copy(RemotePhone *to, const RemotePhone *from);
@@ -73,6 +81,11 @@ typedef struct Row {
         const char *last_error;
         const char *rejected;    /* why the API refused this pass's DELETE, before the look */
         int answered;            /* the HTTP status of this pass's DELETE, before the look; 0: none */
+        /* The agents on the phone as this pass's look saw them (its listing
+         * or its GET), or as the ledger has them for a row in_use: the
+         * in_flight commit checks them again. */
+        const char *inbound_agent, *outbound_agent;
+        bool release_in_use;     /* in_use = "release": the declaration's, else safety.in_use */
 } Row;
 
 typedef struct World {
@@ -104,6 +117,9 @@ typedef struct Outcome {
         int64_t sent_at;         /* > 0: a DELETE leaves at this time (reconcile_send) */
         bool clear_sent;         /* this look settled the last DELETE: it released nothing */
         const char *id, *api_number, *provider, *scheduled;   /* to record; NULL: keep */
+        bool seen;               /* a look saw the phone: the three below are what it showed */
+        const char *nickname;    /* NULL: none shown (the ledger keeps the last one) */
+        const char *inbound_agent, *outbound_agent;
         Next next;
         int64_t look_after;      /* with NEXT_GET: from when the look may find that the DELETE did nothing */
         bool rejected;           /* with NEXT_GET: `error` is why the DELETE was refused */

@@ -38,7 +38,8 @@ typedef enum Would {
         WOULD_WAIT,              /* a hold, not_before, a retry's time, an approval or a pause */
         WOULD_DEFER,             /* not releasable yet (reserved, pending verification) */
         WOULD_NONE,
-        WOULD_REFUSE,            /* not in the account, two live phones with the number, id and number disagree */
+        WOULD_REFUSE,            /* not in the account, two live phones with the number, id and number disagree,
+                                  * an agent on it (in use) */
         _WOULD_MAX,
 } Would;
 
@@ -99,6 +100,7 @@ typedef struct Verdict {
         Would would, then;       /* then: what comes once a wait is over */
         int64_t until;           /* seconds; with WOULD_WAIT, 0: until an operator acts */
         const char *id, *number;
+        const char *nickname;    /* as the look saw it, else as on record */
         char why[OUTCOME_TEXT * 2];
 } Verdict;
 
@@ -135,6 +137,8 @@ static Row row_of(const Live *v, const Phone *p) {
                 .hold_boot_until = p->hold_boot_until, .attempts = p->attempts, .sent_at = p->sent_at,
                 .look_after = p->sent_at ? p->sent_at + (int64_t) v->world.settle : 0,
                 .provider = p->provider, .last_error = p->last_error,
+                .inbound_agent = p->inbound_agent, .outbound_agent = p->outbound_agent,
+                .release_in_use = p->in_use == IN_USE_RELEASE,
         };
 }
 
@@ -183,6 +187,7 @@ static Would would_of(const Outcome *o, const RemotePhone *seen) {
                 return WOULD_DEFER;
         case STATE_FAILED:
         case STATE_UNRESOLVED:
+        case STATE_IN_USE:
                 return WOULD_REFUSE;
         default:
                 return WOULD_NONE;
@@ -192,7 +197,11 @@ static Would would_of(const Outcome *o, const RemotePhone *seen) {
 static void why_of(const Outcome *o, const Look *l, Would would, char *buf, size_t size) {
         const RemotePhone *p = l->seen;
 
-        if (would == WOULD_ORDER)
+        if ((would == WOULD_ORDER || would == WOULD_RELEASE) && remote_in_use(p))
+                /* The detail names the agents whose calls the DELETE cuts. */
+                snprintf(buf, size, "%s: a DELETE %s", o->detail,
+                         would == WOULD_ORDER ? "orders its release for the end of the billing period" : "releases it");
+        else if (would == WOULD_ORDER)
                 snprintf(buf, size, "assigned, netelip: a DELETE orders its release for the end of the billing period");
         else if (would == WOULD_RELEASE)
                 snprintf(buf, size, "assigned%s%s: a DELETE releases it", p->provider ? ", " : "",
@@ -232,6 +241,7 @@ static void decide(const Live *v, const Phone *p, int change, const Look *look, 
         why_of(&o, &l, ret->then, then, sizeof then);
         ret->id = p->id ? p->id : l.seen ? l.seen->id : NULL;
         ret->number = p->number ? p->number : p->api_number ? p->api_number : l.seen ? l.seen->number : NULL;
+        ret->nickname = l.seen && l.seen->nickname ? l.seen->nickname : p->nickname;
         ret->would = WOULD_WAIT;
         ret->until = 0;
         if (approval)
@@ -241,7 +251,7 @@ static void decide(const Live *v, const Phone *p, int change, const Look *look, 
                 /* Only a DELETE that may have gone out is looked at, and no DELETE leaves. */
                 snprintf(ret->why, sizeof ret->why, "paused: nothing is released until 'retirectl resume'; then %s: %s",
                          would_names[ret->then], then);
-        else if (until * (int64_t) USEC_PER_SEC > v->now) {
+        else if (until * (int64_t) USEC_PER_SEC > v->now && o.to != STATE_IN_USE) {
                 ret->until = until;
                 snprintf(ret->why, sizeof ret->why, "%s; then %s: %s", wait, would_names[ret->then], then);
         } else {
@@ -256,7 +266,7 @@ static void decide(const Live *v, const Phone *p, int change, const Look *look, 
 /* Released, ordered or failed: no pass looks at it. */
 static void settled(const Phone *p, Verdict *ret) {
         *ret = (Verdict) { .would = WOULD_NONE, .then = WOULD_NONE, .id = p->id,
-                           .number = p->number ? p->number : p->api_number };
+                           .number = p->number ? p->number : p->api_number, .nickname = p->nickname };
         if (p->state == STATE_RELEASED)
                 snprintf(ret->why, sizeof ret->why, "released");
         else if (p->state == STATE_SCHEDULED)
@@ -517,6 +527,8 @@ static void print_json(const Live *v, const Phone *p, int change, const Verdict 
         json_str(d->would == WOULD_WAIT ? would_names[d->then] : NULL);
         printf(", \"why\": ");
         json_str(d->why);
+        printf(", \"nickname\": ");
+        json_str(d->nickname);
         putchar('}');
 }
 
@@ -528,6 +540,8 @@ static void print_line(const Phone *p, const Verdict *d) {
                 printf(" number=%s", d->number);
         if (d->id && !streq(d->id, p->key))
                 printf(" id=%s", d->id);
+        if (d->nickname)
+                printf(" (%s)", d->nickname);
         if (d->would == WOULD_WAIT && d->until > 0)
                 printf(" until %s", time_str(d->until, buf));
         printf(": %s\n", d->why);

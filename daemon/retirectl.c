@@ -185,6 +185,8 @@ static int print_change_json(const Change *c, void *userdata) {
         json_time(c->not_before);
         printf(", \"declared_at\": ");
         json_str(c->declared_at);
+        printf(", \"in_use\": ");
+        json_str(in_use_to_string(c->in_use));
         putchar('}');
         return 0;
 }
@@ -222,6 +224,10 @@ static int print_change(const Change *c, void *userdata) {
                 put(" not_before=");
                 put(time_str(c->not_before, buf));
         }
+        /* "refuse" is the default and says nothing new; "release" is what
+         * may cut a live line. */
+        if (c->in_use == IN_USE_RELEASE)
+                put(" in_use=release");
         switch (c->kind) {
         case CHANGE_ADD:
                 put(" (declared at ");
@@ -429,6 +435,14 @@ static void print_phone_json(const Phone *p, bool close) {
         json_str(p->declared_at);
         printf(", \"updated_at\": ");
         json_time(p->updated_at / (int64_t) USEC_PER_SEC);
+        printf(", \"nickname\": ");
+        json_str(p->nickname);
+        printf(", \"in_use\": ");
+        json_str(in_use_to_string(p->in_use));
+        printf(", \"inbound_agent_id\": ");
+        json_str(p->inbound_agent);
+        printf(", \"outbound_agent_id\": ");
+        json_str(p->outbound_agent);
         if (close)
                 putchar('}');
 }
@@ -441,10 +455,10 @@ static int list_one(const Phone *p, void *userdata) {
                 fputs(*n ? ",\n " : "\n ", stdout);
                 print_phone_json(p, true);
         } else
-                printf("%-36s %-10s %3u %-16s %-36s %-20s %-20s %s\n", p->key, state_to_string(p->state),
+                printf("%-36s %-10s %3u %-16s %-36s %-20s %-20s %-20s %s\n", p->key, state_to_string(p->state),
                        p->attempts, p->number ? p->number : p->api_number ? p->api_number : "-", p->id ? p->id : "-",
                        time_str(held_until(p) > p->not_before ? held_until(p) : p->not_before, buf),
-                       time_str(p->released_at / (int64_t) USEC_PER_SEC, rb),
+                       time_str(p->released_at / (int64_t) USEC_PER_SEC, rb), p->nickname ? p->nickname : "-",
                        p->reason ? p->reason : "");
         (*n)++;
         return 0;
@@ -461,8 +475,8 @@ static int verb_list(void) {
         if (arg_json)
                 putchar('[');
         else
-                printf("%-36s %-10s %3s %-16s %-36s %-20s %-20s %s\n", "KEY", "STATE", "TRY", "NUMBER", "ID",
-                       "MAY GO FROM", "RELEASED AT", "REASON");
+                printf("%-36s %-10s %3s %-16s %-36s %-20s %-20s %-20s %s\n", "KEY", "STATE", "TRY", "NUMBER", "ID",
+                       "MAY GO FROM", "RELEASED AT", "NICKNAME", "REASON");
         r = ledger_list(l, arg_state, list_one, &n);
         if (arg_json)
                 printf("%s]\n", n ? "\n" : "");
@@ -535,12 +549,16 @@ static int verb_show(const char *what) {
                 printf("key:          %s\nstate:        %s\nattempts:     %u\nnumber:       %s\n"
                        "id:           %s\nprovider:     %s\nreason:       %s\nnot before:   %s\nheld until:   %s\n"
                        "next attempt: %s\nscheduled:    %s\nreleased at:  %s\nlast error:   %s\n"
-                       "declared at:  %s\nupdated:      %s\nhistory:\n",
+                       "declared at:  %s\nupdated:      %s\nnickname:     %s\nif in use:    %s\nagents:       %s%s%s%s%s\n"
+                       "history:\n",
                        p.key, state_to_string(p.state), p.attempts, strna(p.number ? p.number : p.api_number), strna(p.id),
                        strna(p.provider), strna(p.reason), time_str(p.not_before, nb), time_str(held_until(&p), hb),
                        time_str(p.next_at / (int64_t) USEC_PER_SEC, buf), strna(p.scheduled_release_at),
                        time_str(p.released_at / (int64_t) USEC_PER_SEC, rb), strna(p.last_error), strna(p.declared_at),
-                       time_str(p.updated_at / (int64_t) USEC_PER_SEC, ub));
+                       time_str(p.updated_at / (int64_t) USEC_PER_SEC, ub), strna(p.nickname),
+                       strna(in_use_to_string(p.in_use)), p.inbound_agent ? "inbound " : "", strempty(p.inbound_agent),
+                       p.inbound_agent && p.outbound_agent ? ", " : "", p.outbound_agent ? "outbound " : "",
+                       p.inbound_agent || p.outbound_agent ? strempty(p.outbound_agent) : "-");
         r = ledger_history(l, p.pk, history_one, &n);
         if (arg_json)
                 printf("%s]}\n", n ? "\n " : "");
@@ -588,7 +606,7 @@ static void audit_head(void) {
                 /* clock_back last: a reader that takes the columns by position
                  * finds the ones it knew where they were. */
                 fputs("seq,time,key,id,number,kind,from,to,method,path,http_status,latency_ms,attempt,reason,detail,"
-                      "clock_back\r\n", stdout);
+                      "clock_back,nickname\r\n", stdout);
         else
                 printf("%-8s %-24s %-36s %3s %s\n", "SEQ", "TIME", "KEY", "TRY", "STEP");
 }
@@ -618,7 +636,8 @@ static int audit_one(const AuditStep *a, void *userdata) {
                 csv_int(a->attempt, true);
                 csv_field(a->reason, false);
                 csv_field(h->detail, false);
-                csv_field(a->clock_back ? "1" : "0", true);
+                csv_field(a->clock_back ? "1" : "0", false);
+                csv_field(a->nickname, true);
         } else if (call)
                 printf("%-8" PRId64 " %-24s %-36s %3u %scall  %s %s -> %s%.0d (%" PRId64 " ms)%s%s\n", h->seq, a->time,
                        a->key, a->attempt, a->clock_back ? CLOCK_BACK_MARK : "",

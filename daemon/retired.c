@@ -27,7 +27,7 @@
 /* The exit codes (retired(8)), for batch jobs that run --once. */
 #define EXIT_SETTLED   0   /* every declared phone released, scheduled or waiting for its time */
 #define EXIT_STOPPED   1   /* stopped before that (API unreachable, paused): run again later */
-#define EXIT_OPERATOR  2   /* some phones need an operator: failed or unresolved */
+#define EXIT_OPERATOR  2   /* some phones need an operator: failed, unresolved or in use */
 #define EXIT_SETUP     3   /* a config, ledger or key error: nothing was done */
 
 typedef struct Manager {
@@ -451,12 +451,13 @@ static int once_done(Manager *m) {
                 return EXIT_SETUP;
         }
         log_info("Done: %" PRIu64 " released, %" PRIu64 " scheduled, %" PRIu64 " waiting for their time, %" PRIu64
-                 " failed, %" PRIu64 " unresolved.", c[STATE_RELEASED], c[STATE_SCHEDULED],
-                 c[STATE_PENDING] + c[STATE_DEFERRED] + c[STATE_RETRYING], c[STATE_FAILED], c[STATE_UNRESOLVED]);
+                 " failed, %" PRIu64 " unresolved, %" PRIu64 " in use.", c[STATE_RELEASED], c[STATE_SCHEDULED],
+                 c[STATE_PENDING] + c[STATE_DEFERRED] + c[STATE_RETRYING], c[STATE_FAILED], c[STATE_UNRESOLVED],
+                 c[STATE_IN_USE]);
         if (needing == 0)
                 return EXIT_SETTLED;
         log_warning("%" PRIu64 " declared %s an operator: retirectl list --state failed, retirectl list --state "
-                    "unresolved.", needing, plural(needing, "phone needs", "phones need"));
+                    "unresolved, retirectl list --state in_use.", needing, plural(needing, "phone needs", "phones need"));
         return EXIT_OPERATOR;
 }
 

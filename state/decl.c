@@ -14,7 +14,8 @@
  * made the table, and every walk of it, a third larger. */
 #define DECL_COLUMNS \
         "seq INTEGER PRIMARY KEY, key TEXT NOT NULL, id TEXT, number TEXT, reason TEXT," \
-        " not_before INTEGER NOT NULL, file INTEGER NOT NULL, line INTEGER NOT NULL, phone INTEGER"
+        " not_before INTEGER NOT NULL, file INTEGER NOT NULL, line INTEGER NOT NULL, phone INTEGER," \
+        " release_in_use INTEGER NOT NULL"
 #define DECL_FILE_COLUMNS "fid INTEGER PRIMARY KEY, path TEXT NOT NULL"
 static const char begin_sql[] =
         "SAVEPOINT decl_load;"
@@ -54,10 +55,11 @@ static int load_begin(void *userdata, const Config *c) {
                 return r;
         }
         dl->loading = true;
+        dl->in_use = c->in_use;
         /* Most declarations name their row by key: matched as they go in. */
         rc = sqlite3_prepare_v3(ledger_db(dl->ledger),
-                                "INSERT INTO temp.decl (key, id, number, reason, not_before, file, line, phone)"
-                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT pk FROM phones WHERE key = ?1))",
+                                "INSERT INTO temp.decl (key, id, number, reason, not_before, file, line, phone, release_in_use)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT pk FROM phones WHERE key = ?1), ?8)",
                                 -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -103,6 +105,10 @@ static int load_add(void *userdata, const Decl *d) {
         (void) sqlite3_bind_int64(st, 5, d->not_before);
         (void) sqlite3_bind_int64(st, 6, dl->fid);
         (void) sqlite3_bind_int(st, 7, (int) d->line);
+        /* What is done with it in use, as the declaration says, or else
+         * safety.in_use: the row holds it, so a change of either is a
+         * change of the row the plan sees (and the hold covers). */
+        (void) sqlite3_bind_int(st, 8, (d->in_use != IN_USE_UNSET ? d->in_use : dl->in_use) == IN_USE_RELEASE);
         rc = sqlite3_step(st);
         (void) sqlite3_reset(st);
         return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
@@ -113,7 +119,7 @@ static int load_add(void *userdata, const Decl *d) {
  * group stands for, and where the first few of the others are. */
 typedef struct Group {
         int64_t seq, not_before, copies;
-        char *value, *id, *number, *reason, *at, *also[DUP_ALSO];
+        char *value, *id, *number, *reason, *at, *also[DUP_ALSO], *in_use;
         bool changed;
 } Group;
 
@@ -123,6 +129,7 @@ static void group_done(Group *g) {
         free(g->number);
         free(g->reason);
         free(g->at);
+        free(g->in_use);
         for (size_t i = 0; i < DUP_ALSO; i++)
                 free(g->also[i]);
         *g = (Group) {};
@@ -209,6 +216,7 @@ static int group_start(Group *g, sqlite3_stmt *st) {
         g->copies = sqlite3_column_int64(st, 8);
         if (dup_or_null(text(st, 7), &g->value) < 0 || dup_or_null(text(st, 1), &g->id) < 0 ||
             dup_or_null(text(st, 2), &g->number) < 0 || dup_or_null(text(st, 3), &g->reason) < 0 ||
+            dup_or_null(text(st, 11), &g->in_use) < 0 ||
             asprintf_or_null(&g->at, "%s:%d", text(st, 5), sqlite3_column_int(st, 6)) < 0)
                 return -ENOMEM;
         for (int i = 0; i < DUP_ALSO; i++)
@@ -251,7 +259,7 @@ static int merge_prepare(Ledger *l, const char *field, Merge *m) {
         sql = mfree(sql);
         if (asprintf_or_null(&sql, "SELECT seq, id, number, reason, not_before,"
                              " (SELECT path FROM decl_file WHERE fid = decl.file), line, %1$s,"
-                             " coalesce(dup.copies, 1), dup.also1, dup.also2"
+                             " coalesce(dup.copies, 1), dup.also1, dup.also2, release_in_use"
                              " FROM decl LEFT JOIN decl_dup dup USING (seq)"
                              " WHERE %1$s IN (SELECT %1$s FROM decl WHERE %1$s IS NOT NULL"
                              "  GROUP BY %1$s HAVING count(*) > 1)"
@@ -295,6 +303,10 @@ static int merge_row(Merge *m, ConfDiag *d) {
             merge_field(&g->reason, text(st, 3), &g->changed, &ok) < 0)
                 return -ENOMEM;
         ok = ok && (!g->not_before || !nb || g->not_before == nb);
+        /* in_use as it applies (the declaration's, or safety.in_use): one
+         * entry that says "release" and one that says nothing while the
+         * setting refuses do not agree. */
+        ok = ok && streq(g->in_use ? g->in_use : "", text(st, 11) ? text(st, 11) : "");
         if (!ok) {
                 conf_diag_add(d, text(st, 5), (unsigned) sqlite3_column_int(st, 6),
                               "%s is declared again with different fields (first at %s)", value, g->at);
@@ -503,7 +515,7 @@ int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), vo
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc, r;
 
-        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT key, id, number, reason, not_before, f.path, line"
+        rc = sqlite3_prepare_v2(ledger_db(l), "SELECT key, id, number, reason, not_before, f.path, line, release_in_use"
                                 " FROM temp.decl JOIN temp.decl_file f ON f.fid = decl.file ORDER BY seq", -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -511,7 +523,7 @@ int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), vo
                 Decl d = {
                         .key = text(st, 0), .id = text(st, 1), .number = text(st, 2), .reason = text(st, 3),
                         .not_before = sqlite3_column_int64(st, 4), .file = text(st, 5),
-                        .line = (unsigned) sqlite3_column_int(st, 6),
+                        .line = (unsigned) sqlite3_column_int(st, 6), .in_use = sqlite3_column_int(st, 7) ? IN_USE_RELEASE : IN_USE_REFUSE,
                 };
                 if (!d.key || !d.file)
                         return -ENOMEM;
@@ -526,7 +538,7 @@ int ledger_decls_needing_operator(Ledger *l, uint64_t *ret) {
         int64_t n;
         int r;
 
-        r = ledger_query_int(l, "SELECT count(*) FROM phones p WHERE p.state IN ('failed', 'unresolved')"
+        r = ledger_query_int(l, "SELECT count(*) FROM phones p WHERE p.state IN ('failed', 'unresolved', 'in_use')"
                              " AND p.pk IN (SELECT pk FROM temp.declared)", &n);
         if (r < 0)
                 return r;

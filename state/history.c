@@ -70,6 +70,7 @@ int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, 
                                 "  'id', id, 'number', number, 'kind', kind, 'from', old_state, 'to', new_state,"
                                 "  'method', method, 'path', path, 'http_status', http_status,"
                                 "  'latency_ms', latency_ms, 'attempt', attempt, 'reason', reason, 'detail', detail,"
+                                "  'nickname', nickname,"
                                 "  'clock_back', json(CASE WHEN clock_back THEN 'true' ELSE 'false' END)) END"
                                 " FROM (SELECT h.seq, h.at, h.kind, h.old_state, h.new_state, h.method, h.path,"
                                 "  h.http_status, h.latency_ms, h.detail, p.key, p.id,"
@@ -78,7 +79,7 @@ int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, 
                                 "  (SELECT count(*) FROM history d WHERE d.phone = h.phone AND d.seq <= h.seq"
                                 "   AND d.method = 'DELETE') AS attempt, p.reason,"
                                 "  coalesce(h.at < (SELECT b.at FROM history b WHERE b.seq < h.seq"
-                                "   ORDER BY b.seq DESC LIMIT 1), 0) AS clock_back"
+                                "   ORDER BY b.seq DESC LIMIT 1), 0) AS clock_back, p.nickname"
                                 "  FROM history h CROSS JOIN phones p ON p.pk = h.phone"
                                 "  WHERE (?1 <= 0 OR h.at >= ?1) AND (?2 <= 0 OR h.at < ?2)"
                                 "  AND (?3 IS NULL OR h.new_state = ?3) AND h.seq > ?5"
@@ -112,7 +113,8 @@ int ledger_audit(Ledger *l, const AuditFilter *f, int (*cb)(const AuditStep *s, 
                         .attempt = (unsigned) sqlite3_column_int(st, 14),
                         .reason = (const char *) sqlite3_column_text(st, 15),
                         .clock_back = sqlite3_column_int(st, 16) != 0,
-                        .json = (const char *) sqlite3_column_text(st, 17),
+                        .nickname = (const char *) sqlite3_column_text(st, 17),
+                        .json = (const char *) sqlite3_column_text(st, 18),
                 };
                 /* NOT NULL columns read as NULL only when SQLite ran out of memory;
                  * a time does when a hand-edited row holds one past year 9999. */

@@ -30,11 +30,18 @@ int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **r
         "pk, key, id, number, reason, not_before, state, attempts, next_at, provider, " \
         "scheduled_release_at, last_error, declared_at, updated_at, version, sent_at, api_number, hold_until, " \
         "hold_len, CASE WHEN hold_boot_until = 0 THEN 0 WHEN hold_boot IS boot_id() THEN hold_boot_until" \
-        " ELSE 9223372036854775807 END"
+        " ELSE 9223372036854775807 END, nickname, inbound_agent, outbound_agent, release_in_use"
 /* The Phone of a row of PHONE_COLUMNS (and, when asked, its released_at after them). */
 int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret);
 sqlite3 *ledger_db(Ledger *l);
 int ledger_exec(Ledger *l, const char *sql);
+/* An error sentence for the operator in *error (if given); NULL when even
+ * that cannot be had. */
+void ledger_set_error(char **error, const char *fmt, ...) _printf_(2, 3);
+int ledger_user_version(sqlite3 *db, int *ret);
+/* Brings the ledger to LEDGER_SCHEMA_VERSION in one transaction (schema.c);
+ * a newer one is refused untouched. */
+int ledger_migrate(Ledger *l, const char *path, char **error);
 /* BEGIN IMMEDIATE, after taking back a transaction a failed ROLLBACK left open. */
 int ledger_begin(Ledger *l);
 /* The first column of the first row; -ENOENT when it is NULL.  The _intv

@@ -33,7 +33,7 @@ static const char *const state_names[_STATE_MAX] = {
         [STATE_IN_FLIGHT] = "in_flight",   [STATE_RETRYING] = "retrying",
         [STATE_SCHEDULED] = "scheduled",   [STATE_RELEASED] = "released",
         [STATE_FAILED] = "failed",         [STATE_CANCELLED] = "cancelled",
-        [STATE_UNRESOLVED] = "unresolved",
+        [STATE_UNRESOLVED] = "unresolved", [STATE_IN_USE] = "in_use",
 };
 
 const char *state_to_string(PhoneState s) {
@@ -48,8 +48,7 @@ PhoneState state_from_string(const char *s) {
 }
 
 /* An error sentence for the operator; NULL when even that cannot be had. */
-static void set_error(char **error, const char *fmt, ...) _printf_(2, 3);
-static void set_error(char **error, const char *fmt, ...) {
+void ledger_set_error(char **error, const char *fmt, ...) {
         va_list ap;
 
         if (!error || *error)
@@ -59,106 +58,6 @@ static void set_error(char **error, const char *fmt, ...) {
                 *error = NULL;
         va_end(ap);
 }
-
-/* migrations[i] takes a ledger from version i to i + 1. */
-static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
-        "CREATE TABLE phones ("
-        "  pk INTEGER PRIMARY KEY,"
-        "  key TEXT NOT NULL UNIQUE,"
-        "  id TEXT, number TEXT, reason TEXT,"
-        "  not_before INTEGER NOT NULL DEFAULT 0,"
-        "  state TEXT NOT NULL CHECK (state IN ('pending','deferred','in_flight','retrying',"
-        "    'scheduled','released','failed','cancelled','unresolved')),"
-        "  attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),"
-        "  next_at INTEGER NOT NULL DEFAULT 0,"
-        "  provider TEXT, scheduled_release_at TEXT, last_error TEXT, declared_at TEXT,"
-        "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
-        "CREATE INDEX phones_id ON phones(id);"
-        "CREATE INDEX phones_number ON phones(number);"
-        "CREATE INDEX phones_state ON phones(state, next_at);"
-        "CREATE TABLE history ("
-        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-        "  phone INTEGER NOT NULL REFERENCES phones(pk),"
-        "  at INTEGER NOT NULL,"
-        "  kind TEXT NOT NULL CHECK (kind IN ('state','call')),"
-        "  old_state TEXT, new_state TEXT, method TEXT, path TEXT,"
-        "  http_status INTEGER, latency_ms INTEGER, detail TEXT);"
-        "CREATE INDEX history_phone ON history(phone, seq);"
-        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        /* What was done must stay on record, whatever writes to the file. */
-        "CREATE TRIGGER history_no_update BEFORE UPDATE ON history"
-        "  BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;"
-        "CREATE TRIGGER history_no_delete BEFORE DELETE ON history"
-        "  BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;"
-        "CREATE TRIGGER phones_no_delete BEFORE DELETE ON phones"
-        "  BEGIN SELECT RAISE(ABORT, 'ledger rows are never deleted'); END;",
-
-        /* 2: the declaration's version (a DELETE leaves only for the
-         * declaration it was decided on), when the last DELETE left while no
-         * look has settled what it did, the API's number apart from the
-         * declared one, and the record of irreversible acts moving only
-         * forward.  A row caught in flight, or with a DELETE on record that
-         * no look followed, may have been released. */
-        "ALTER TABLE phones ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"
-        "ALTER TABLE phones ADD COLUMN sent_at INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE phones ADD COLUMN api_number TEXT;"
-        "UPDATE phones SET sent_at = coalesce((SELECT max(h.at) FROM history h WHERE h.phone = pk"
-        "    AND (h.method = 'DELETE' OR h.new_state = 'in_flight')), updated_at)"
-        "  WHERE state = 'in_flight' OR (state IN ('cancelled', 'retrying') AND EXISTS (SELECT 1 FROM history h"
-        "    WHERE h.phone = pk AND (h.method = 'DELETE' OR h.new_state = 'in_flight')));"
-        "CREATE TRIGGER phones_forward BEFORE UPDATE ON phones BEGIN"
-        "  SELECT RAISE(ABORT, 'a released phone stays released')"
-        "    WHERE OLD.state = 'released' AND NEW.state != 'released';"
-        "  SELECT RAISE(ABORT, 'a scheduled release can only become released')"
-        "    WHERE OLD.state = 'scheduled' AND NEW.state NOT IN ('scheduled', 'released');"
-        "  SELECT RAISE(ABORT, 'an in_flight row needs the time its DELETE left')"
-        "    WHERE NEW.state = 'in_flight' AND NEW.sent_at = 0;"
-        "  SELECT RAISE(ABORT, 'the time a DELETE left only moves forward')"
-        "    WHERE NEW.sent_at != 0 AND NEW.sent_at < OLD.sent_at;"
-        "  SELECT RAISE(ABORT, 'a DELETE of this phone may have gone out: it is failed, unresolved or pending"
-        " only after a look at the phone')"
-        "    WHERE OLD.sent_at != 0 AND NEW.sent_at != 0 AND NEW.state IN ('failed', 'unresolved', 'pending');"
-        "  SELECT RAISE(ABORT, 'only a look at the phone (GET) settles what its DELETE did')"
-        "    WHERE OLD.sent_at != 0 AND NEW.sent_at = 0 AND NOT EXISTS (SELECT 1 FROM history h"
-        "      WHERE h.phone = NEW.pk AND h.kind = 'call' AND h.method = 'GET' AND h.at > OLD.sent_at);"
-        "END;",
-
-        /* 3: the hold (safety.hold): a release a start or reload adds or
-         * changes may go no sooner than hold_until, seconds on the same
-         * clocks as not_before; due_at is when a row may go at all.
-         * And a released phone has no error left to act on; an error from
-         * before its release only misled the reader.  (The history keeps it:
-         * it is append-only.)  The audit export counts each step's DELETEs
-         * and finds each release through two small partial indexes, so that
-         * a phone looked at for years costs no more per step than any other. */
-        "UPDATE phones SET last_error = NULL WHERE state = 'released' AND last_error IS NOT NULL;"
-        "CREATE INDEX history_deletes ON history(phone, seq) WHERE method = 'DELETE';"
-        "CREATE INDEX history_released ON history(phone) WHERE new_state = 'released';"
-        "ALTER TABLE phones ADD COLUMN hold_until INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS (max(not_before, hold_until)) VIRTUAL;"
-        /* The status counts the held rows once a second during a pass. */
-        "CREATE INDEX phones_held ON phones(hold_until) WHERE state = 'pending' AND hold_until != 0;",
-
-        /* 4: the hold measured as a duration.  The wall clock is stepped
-         * (a clock a day slow at boot, put right by NTP), and hold_until,
-         * stamped on it, could then be over at once, or last a day; so a
-         * hold runs on CLOCK_BOOTTIME, which only moves forward and counts
-         * suspend: hold_boot_until in the boot hold_boot names, hold_len
-         * seconds long, to start it again after a reboot (that boot's clock
-         * says nothing here).  hold_until only tells the date, and due_at,
-         * which held by it, goes: a row may go from not_before.  A hold from
-         * before is kept for what is left of it by the wall clock, from now. */
-        "ALTER TABLE phones ADD COLUMN hold_boot TEXT;"
-        "ALTER TABLE phones ADD COLUMN hold_boot_until INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE phones ADD COLUMN hold_len INTEGER NOT NULL DEFAULT 0;"
-        "UPDATE phones SET hold_len = hold_until - CAST(strftime('%s', 'now') AS INTEGER), hold_boot = boot_id(),"
-        "  hold_boot_until = boot_usec() + (hold_until - CAST(strftime('%s', 'now') AS INTEGER)) * 1000000"
-        "  WHERE state IN ('pending', 'retrying') AND sent_at = 0"
-        "  AND hold_until > CAST(strftime('%s', 'now') AS INTEGER);"
-        "CREATE INDEX phones_boot_held ON phones(hold_boot_until)"
-        "  WHERE hold_boot_until != 0 AND state IN ('pending', 'retrying');"
-        "ALTER TABLE phones DROP COLUMN due_at;",
-};
 
 int sqlite_to_errno(int rc) {
         /* Only these: SQLITE_OK has extended codes too (SQLITE_OK_SYMLINK),
@@ -187,7 +86,7 @@ int ledger_exec(Ledger *l, const char *sql) {
         return sqlite_to_errno(sqlite3_exec(l->db, sql, NULL, NULL, NULL));
 }
 
-static int user_version(sqlite3 *db, int *ret) {
+int ledger_user_version(sqlite3 *db, int *ret) {
         sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
         if (rc != SQLITE_OK)
@@ -197,44 +96,6 @@ static int user_version(sqlite3 *db, int *ret) {
                 *ret = sqlite3_column_int(st, 0);
         (void) sqlite3_finalize(st);
         return rc == SQLITE_ROW ? 0 : sqlite_row_errno(rc);
-}
-
-static int migrate(Ledger *l, const char *path, char **error) {
-        int v, r;
-
-        r = ledger_exec(l, "BEGIN IMMEDIATE");
-        if (r < 0) {
-                set_error(error, "%s: %s%s", path, sqlite3_errmsg(l->db),
-                          r == -EBUSY ? " (another program holds the ledger's write lock)" : "");
-                return r;
-        }
-        r = user_version(l->db, &v);
-        if (r < 0)
-                goto fail;
-        if (v > LEDGER_SCHEMA_VERSION) {
-                set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
-                          "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
-                r = -EPROTO;
-                goto fail;
-        }
-        for (; v < LEDGER_SCHEMA_VERSION; v++) {
-                char pragma[64];
-
-                r = ledger_exec(l, migrations[v]);
-                if (r < 0)
-                        goto fail;
-                snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
-                r = ledger_exec(l, pragma);
-                if (r < 0)
-                        goto fail;
-        }
-        r = ledger_exec(l, "COMMIT");
-        if (r >= 0)
-                return 0;
-fail:
-        set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
-        (void) ledger_exec(l, "ROLLBACK");
-        return r;
 }
 
 /* One writer per file, however it is named: flock() locks the inode, so a
@@ -251,7 +112,7 @@ static int lock_file(Ledger *l, const char *path, char **error) {
         if (fd < 0 && errno == EEXIST)
                 fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
         if (fd < 0) {
-                set_error(error, "%s: cannot open the ledger: %m", path);
+                ledger_set_error(error, "%s: cannot open the ledger: %m", path);
                 return negative_errno();
         }
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -259,10 +120,10 @@ static int lock_file(Ledger *l, const char *path, char **error) {
 
                 (void) close(fd);
                 if (r == -EWOULDBLOCK)
-                        set_error(error, "%s is in use by another writer (a running retired, or retirectl "
+                        ledger_set_error(error, "%s is in use by another writer (a running retired, or retirectl "
                                   "writing it); a ledger has one writer at a time", path);
                 else
-                        set_error(error, "%s: cannot lock the ledger: %s", path, strerror(-r));
+                        ledger_set_error(error, "%s: cannot lock the ledger: %s", path, strerror(-r));
                 return r;
         }
         l->lock_fd = fd;
@@ -320,7 +181,7 @@ static int open_db(Ledger *l, const char *path, bool *ret_in_memory, char **erro
          * no mutex on every call. */
         rc = sqlite3_open_v2(open_path, &l->db, flags | SQLITE_OPEN_NOMUTEX, NULL);
         if (rc != SQLITE_OK) {
-                set_error(error, "%s: cannot open ledger: %s", path,
+                ledger_set_error(error, "%s: cannot open ledger: %s", path,
                           l->db ? sqlite3_errmsg(l->db) : sqlite3_errstr(rc));
                 return sqlite_to_errno(rc);
         }
@@ -329,7 +190,7 @@ static int open_db(Ledger *l, const char *path, bool *ret_in_memory, char **erro
         (void) sqlite3_busy_timeout(l->db, LEDGER_BUSY_MS);
         r = add_boot_functions(l);
         if (r < 0) {
-                set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                ledger_set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                 return r;
         }
         /* The declared set and the plan are TEMP tables: in an unlinked
@@ -338,7 +199,7 @@ static int open_db(Ledger *l, const char *path, bool *ret_in_memory, char **erro
          * than ten. */
         r = ledger_exec(l, "PRAGMA temp_store = FILE; PRAGMA temp.cache_size = -4096");
         if (r < 0) {
-                set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                ledger_set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                 return r;
         }
         return 0;
@@ -352,18 +213,18 @@ static int prepare_writable(Ledger *l, const char *path, char **error) {
         /* A ledger from a newer retired is refused before anything,
          * the switch to WAL included, touches it: so is one whose
          * version cannot be read. */
-        r = user_version(l->db, &v);
+        r = ledger_user_version(l->db, &v);
         if (r < 0) {
-                set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                ledger_set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
                 return r;
         }
         if (v > LEDGER_SCHEMA_VERSION) {
-                set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
+                ledger_set_error(error, "%s: ledger schema version %d is newer than this retired understands (%d); "
                           "refusing to touch it", path, v, LEDGER_SCHEMA_VERSION);
                 return -EPROTO;
         }
         if (l->mode == LEDGER_WRITE && sqlite3_db_readonly(l->db, "main") == 1) {
-                set_error(error, "%s: the ledger is read-only for this user", path);
+                ledger_set_error(error, "%s: the ledger is read-only for this user", path);
                 return -EACCES;
         }
         if (l->mode == LEDGER_WRITE) {
@@ -382,11 +243,11 @@ static int prepare_writable(Ledger *l, const char *path, char **error) {
                 if (r >= 0)
                         r = ledger_exec(l, "PRAGMA foreign_keys = ON");
                 if (r < 0) {
-                        set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
+                        ledger_set_error(error, "%s: %s", path, sqlite3_errmsg(l->db));
                         return r;
                 }
         }
-        return migrate(l, path, error);
+        return ledger_migrate(l, path, error);
 }
 
 /* A ledger file opened read-only: it cannot be migrated here, so it must
@@ -394,18 +255,18 @@ static int prepare_writable(Ledger *l, const char *path, char **error) {
 static int check_readable(Ledger *l, const char *path, char **error) {
         int r, v;
 
-        r = user_version(l->db, &v);
+        r = ledger_user_version(l->db, &v);
         if (r < 0) {
-                set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
+                ledger_set_error(error, "%s: cannot read ledger: %s", path, sqlite3_errmsg(l->db));
                 return r;
         }
         if (v > LEDGER_SCHEMA_VERSION) {
-                set_error(error, "%s: ledger schema version %d is newer than this retirectl understands (%d)",
+                ledger_set_error(error, "%s: ledger schema version %d is newer than this retirectl understands (%d)",
                           path, v, LEDGER_SCHEMA_VERSION);
                 return -EPROTO;
         }
         if (v != LEDGER_SCHEMA_VERSION) {
-                set_error(error, "%s: ledger schema version %d needs migrating to %d; start retired once",
+                ledger_set_error(error, "%s: ledger schema version %d needs migrating to %d; start retired once",
                           path, v, LEDGER_SCHEMA_VERSION);
                 return -EPROTO;
         }
@@ -555,6 +416,9 @@ void phone_done(Phone *p) {
         free(p->scheduled_release_at);
         free(p->last_error);
         free(p->declared_at);
+        free(p->nickname);
+        free(p->inbound_agent);
+        free(p->outbound_agent);
         *p = (Phone) {};
 }
 
@@ -596,7 +460,11 @@ int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
                 .hold_until = sqlite3_column_int64(st, 17),
                 .hold_len = sqlite3_column_int64(st, 18),
                 .hold_boot_until = sqlite3_column_int64(st, 19),
-                .released_at = sqlite3_column_count(st) > 20 ? sqlite3_column_int64(st, 20) : 0,
+                .released_at = sqlite3_column_count(st) > 24 ? sqlite3_column_int64(st, 24) : 0,
+                .in_use = sqlite3_column_int(st, 23) ? IN_USE_RELEASE : IN_USE_REFUSE,
+                .nickname = col_strdup(st, 20),
+                .inbound_agent = col_strdup(st, 21),
+                .outbound_agent = col_strdup(st, 22),
         };
         if (!p.key || (sqlite3_column_type(st, 2) != SQLITE_NULL && !p.id) ||
             (sqlite3_column_type(st, 3) != SQLITE_NULL && !p.number) ||
@@ -605,7 +473,10 @@ int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret) {
             (sqlite3_column_type(st, 10) != SQLITE_NULL && !p.scheduled_release_at) ||
             (sqlite3_column_type(st, 11) != SQLITE_NULL && !p.last_error) ||
             (sqlite3_column_type(st, 12) != SQLITE_NULL && !p.declared_at) ||
-            (sqlite3_column_type(st, 16) != SQLITE_NULL && !p.api_number)) {
+            (sqlite3_column_type(st, 16) != SQLITE_NULL && !p.api_number) ||
+            (sqlite3_column_type(st, 20) != SQLITE_NULL && !p.nickname) ||
+            (sqlite3_column_type(st, 21) != SQLITE_NULL && !p.inbound_agent) ||
+            (sqlite3_column_type(st, 22) != SQLITE_NULL && !p.outbound_agent)) {
                 phone_done(&p);
                 return -ENOMEM;
         }
@@ -705,7 +576,7 @@ int ledger_list(Ledger *l, int state, int (*cb)(const Phone *p, void *userdata),
 
 /* ?1 our clock, ?2 resync, ?3 the due clock (usec). */
 #define DUE_WHERE \
-        "((sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1)" \
+        "((sent_at != 0 AND state IN ('in_flight', 'cancelled') AND next_at <= ?1) OR state = 'in_use'" \
         " OR (not_before <= ?3 / 1000000 AND NOT " HELD_BY_BOOT " AND" \
         "  (state = 'pending' OR (state = 'retrying' AND next_at <= ?1)" \
         "   OR (?2 AND state IN ('deferred', 'scheduled', 'unresolved')))))"
@@ -940,7 +811,13 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
                                 " api_number = coalesce(?11, api_number),"
                                 " sent_at = CASE WHEN ?14 > 0 THEN ?14 WHEN ?15 THEN 0 ELSE sent_at END,"
                                 /* Its DELETE leaves: the hold is over for good. */
-                                " hold_boot_until = CASE WHEN ?13 > 0 THEN 0 ELSE hold_boot_until END"
+                                " hold_boot_until = CASE WHEN ?13 > 0 THEN 0 ELSE hold_boot_until END,"
+                                " nickname = coalesce(?16, nickname),"
+                                /* The agents of a phone in use, while it is: no longer once it is not. */
+                                " inbound_agent = CASE WHEN ?3 != 'in_use' THEN NULL WHEN ?17 IS NULL AND ?18 IS NULL"
+                                "   THEN inbound_agent ELSE ?17 END,"
+                                " outbound_agent = CASE WHEN ?3 != 'in_use' THEN NULL WHEN ?17 IS NULL AND ?18 IS NULL"
+                                "   THEN outbound_agent ELSE ?18 END"
                                 " WHERE pk = ?1 AND state = ?2 AND (?12 <= 0 OR version = ?12)"
                                 " AND (?13 <= 0 OR (not_before * 1000000 <= ?13 AND NOT " HELD_BY_BOOT "))", -1, &st, NULL);
         if (rc != SQLITE_OK) {
@@ -962,6 +839,9 @@ int ledger_update(Ledger *l, const LedgerUpdate *u) {
         (void) sqlite3_bind_int64(st, 13, u->due_by);
         (void) sqlite3_bind_int64(st, 14, u->sent_at);
         (void) sqlite3_bind_int(st, 15, u->clear_sent);
+        (void) sqlite3_bind_text(st, 16, u->nickname, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 17, u->inbound_agent, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 18, u->outbound_agent, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc != SQLITE_DONE) {
                 r = sqlite_to_errno(rc);
@@ -1016,26 +896,28 @@ int ledger_retry(Ledger *l, const char *what, char **message) {
         *message = NULL;
         r = ledger_find(l, what, &p);
         if (r == -ENOENT) {
-                set_error(message, "no phone %s in the ledger", what);
+                ledger_set_error(message, "no phone %s in the ledger", what);
                 return r;
         }
         if (r < 0) {
-                set_error(message, "cannot read the ledger: %s", ledger_errmsg(l));
+                ledger_set_error(message, "cannot read the ledger: %s", ledger_errmsg(l));
                 return r;
         }
-        if (p.state != STATE_FAILED) {
-                set_error(message, "%s is %s, not failed", what, state_to_string(p.state));
+        /* An in_use row, pending again, is looked at now: released under
+         * the ordinary rules if no agent is on it any more, else in_use again. */
+        if (p.state != STATE_FAILED && p.state != STATE_IN_USE) {
+                ledger_set_error(message, "%s is %s, not failed or in_use", what, state_to_string(p.state));
                 return -EBUSY;
         }
         r = ledger_update(l, &(LedgerUpdate) {
-                .pk = p.pk, .from = STATE_FAILED, .to = STATE_PENDING, .attempts = 0, .next_at = 0,
+                .pk = p.pk, .from = p.state, .to = STATE_PENDING, .attempts = 0, .next_at = 0,
                 .detail = "retry requested by an operator",
         });
         if (r == -ESTALE)
-                set_error(message, "%s changed meanwhile; look again with 'retirectl show'", what);
+                ledger_set_error(message, "%s changed meanwhile; look again with 'retirectl show'", what);
         else if (r < 0)
-                set_error(message, "cannot write the ledger: %s", ledger_errmsg(l));
+                ledger_set_error(message, "cannot write the ledger: %s", ledger_errmsg(l));
         else
-                set_error(message, "%s is pending again", what);
+                ledger_set_error(message, "%s is pending again", what);
         return r;
 }

@@ -54,12 +54,16 @@ static const char plan_sql[] =
         " FROM (SELECT p.pk AS pk, d.seq AS seq, p.state AS state, p.sent_at AS sent_at,"
         "   p.number IS NOT d.number OR (d.id IS NOT NULL AND p.id IS NOT d.id) AS renamed,"
         "   CASE WHEN p.state = 'cancelled' THEN 1"
+        /* A phone kept because an agent is on it, now to be released all the
+         * same: a new release, as much as a new declaration (counted by
+         * safety.max_new_releases, held for approval, a new hold). */
+        "        WHEN p.state = 'in_use' AND d.release_in_use THEN 1"
         /* A corrected, added or dropped number, or an added id, must reach
          * the row, or the daemon would go on acting on what was first
          * declared.  (A number-declared row's resolved id is not declared.) */
-        "        WHEN p.state IN ('pending','deferred','retrying','unresolved','failed')"
+        "        WHEN p.state IN ('pending','deferred','retrying','unresolved','failed','in_use')"
         "         AND (p.reason IS NOT d.reason OR p.not_before != d.not_before OR p.number IS NOT d.number"
-        "              OR (d.id IS NOT NULL AND p.id IS NOT d.id)) THEN 3 END AS kind"
+        "              OR (d.id IS NOT NULL AND p.id IS NOT d.id) OR p.release_in_use != d.release_in_use) THEN 3 END AS kind"
         "  FROM temp.declared m JOIN phones p ON p.pk = m.pk JOIN temp.decl d ON d.seq = m.seq)"
         " WHERE kind IS NOT NULL;"
         /* Every row no longer declared, found by its state alone (an index
@@ -70,7 +74,8 @@ static const char plan_sql[] =
          * scheduled if it was. */
         "INSERT INTO temp.plan SELECT CASE WHEN state IN ('released','scheduled','failed') THEN 4 ELSE 2 END, pk,"
         "  NULL, state, CASE WHEN state IN ('released','scheduled','failed') THEN state ELSE 'cancelled' END"
-        " FROM phones WHERE state IN ('pending','deferred','retrying','unresolved','in_flight','released','scheduled','failed')"
+        " FROM phones WHERE state IN ('pending','deferred','retrying','unresolved','in_flight','in_use','released',"
+        "  'scheduled','failed')"
         "  AND (@notes OR state NOT IN ('released','scheduled','failed'))"
         "  AND pk NOT IN (SELECT pk FROM temp.declared)";
 
@@ -201,15 +206,15 @@ int plan_compute_changes(Ledger *l, const Config *c, Plan **ret) {
 #define CHANGE_OF_KIND " WHERE plan.kind = ?1 ORDER BY plan.pk LIMIT ?2"
 static const char *const change_sql[_CHANGE_MAX] = {
         /* In declaration order.  (?1 is bound, and not needed.) */
-        [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending', d.line"
+        [CHANGE_ADD] = "SELECT 0, NULL, " CHANGE_FROM_DECL ", NULL, 'pending', d.line, d.release_in_use"
                        " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file"
                        " WHERE d.phone IS NULL ORDER BY d.seq LIMIT ?2",
         [CHANGE_REDECLARE] = "SELECT plan.kind, plan.pk, p.key, d.id, d.number, d.reason, d.not_before,"
-                             " f.path, plan.from_state, plan.to_state, d.line"
+                             " f.path, plan.from_state, plan.to_state, d.line, d.release_in_use"
                              " FROM temp.plan JOIN phones p ON p.pk = plan.pk JOIN temp.decl d ON d.seq = plan.seq"
                              " JOIN temp.decl_file f ON f.fid = d.file"
                              CHANGE_OF_KIND,
-        [CHANGE_CANCEL] = "SELECT plan.kind, plan.pk, " CHANGE_FROM_ROW ", plan.from_state, plan.to_state, NULL"
+        [CHANGE_CANCEL] = "SELECT plan.kind, plan.pk, " CHANGE_FROM_ROW ", plan.from_state, plan.to_state, NULL, NULL"
                           " FROM temp.plan JOIN phones p ON p.pk = plan.pk" CHANGE_OF_KIND,
 };
 
@@ -251,6 +256,8 @@ static Change change_of(sqlite3_stmt *st, char at[static PATH_MAX + 16]) {
                 .number = (const char *) sqlite3_column_text(st, 4),
                 .reason = (const char *) sqlite3_column_text(st, 5),
                 .not_before = sqlite3_column_int64(st, 6),
+                .in_use = sqlite3_column_type(st, 11) == SQLITE_NULL ? IN_USE_UNSET :
+                          sqlite3_column_int(st, 11) ? IN_USE_RELEASE : IN_USE_REFUSE,
                 .declared_at = sqlite3_column_type(st, 10) == SQLITE_NULL ? where :
                                file_line(at, where, sqlite3_column_int64(st, 10)),
                 .from = from ? state_from_string(from) : _STATE_INVALID,
@@ -353,6 +360,7 @@ static int apply_one(const Change *c, void *userdata) {
         if (c->kind != CHANGE_CANCEL) {
                 (void) sqlite3_bind_int64(s, 10, hold_until);
                 (void) sqlite3_bind_int64(s, 11, a->hold);
+                (void) sqlite3_bind_int(s, 12, c->in_use == IN_USE_RELEASE);
         }
         r = step_one(db, s);
         if (r < 0)
@@ -373,9 +381,12 @@ static int apply_one(const Change *c, void *userdata) {
 #define ID_AFTER(ID, NUMBER) \
         "CASE WHEN " ID " IS NOT NULL THEN " ID " WHEN " NUMBER " IS NOT NULL AND number IS NOT " NUMBER \
         " AND sent_at = 0 THEN NULL ELSE id END"
-/* What the DELETE acts on changed. */
-#define TARGET_CHANGED_BY(NB, ID, NUMBER) \
-        "(not_before != " NB " OR number IS NOT " NUMBER " OR (" ID " IS NOT NULL AND id IS NOT " ID "))"
+/* What the DELETE acts on changed, or what it may do: a phone in use is
+ * now released too (in_use to "release"; to "refuse" takes nothing away
+ * from safety, and holds nothing). */
+#define TARGET_CHANGED_BY(NB, ID, NUMBER, IN_USE) \
+        "(not_before != " NB " OR number IS NOT " NUMBER " OR (" ID " IS NOT NULL AND id IS NOT " ID ")" \
+        " OR (" IN_USE " AND NOT release_in_use))"
 /* The hold on the boot-time clock, which no clock step moves: the wall
  * clock's hold_until only says the date, or holds longer. */
 #define HOLD_BOOT_NEW_OF(HOLD) "CASE WHEN " HOLD " > 0 THEN boot_usec() + " HOLD " * 1000000 ELSE 0 END"
@@ -388,8 +399,8 @@ static int apply_one(const Change *c, void *userdata) {
 #define HOLD_BOOT_UPDATED(CHANGED, HOLD) "CASE WHEN " CHANGED " AND " HOLD " > 0 THEN boot_id() ELSE hold_boot END"
 
 /* In an UPDATE, a column is its old value. */
-#define ID_NUMBER_SET " id = " ID_AFTER("?9", "?8") ", number = ?8, version = version + 1"
-#define TARGET_CHANGED TARGET_CHANGED_BY("?5", "?9", "?8")
+#define ID_NUMBER_SET " id = " ID_AFTER("?9", "?8") ", number = ?8, release_in_use = ?12, version = version + 1"
+#define TARGET_CHANGED TARGET_CHANGED_BY("?5", "?9", "?8", "?12")
 #define HOLD_BOOT_NEW HOLD_BOOT_NEW_OF("?11")
 
 /* The adds, all at once: a first start adds a million rows, and a
@@ -399,9 +410,9 @@ static int apply_one(const Change *c, void *userdata) {
 static int apply_adds(Ledger *l, Plan *p, int64_t t, int64_t hold_until) {
         static const char add_sql[] =
                 "INSERT INTO phones (key, id, number, reason, not_before, declared_at, state,"
-                " created_at, updated_at, hold_until, hold_boot, hold_boot_until, hold_len)"
+                " created_at, updated_at, hold_until, hold_boot, hold_boot_until, hold_len, release_in_use)"
                 " SELECT d.key, d.id, d.number, d.reason, d.not_before, f.path || ':' || d.line, 'pending', ?7, ?7, ?10,"
-                "  CASE WHEN ?11 > 0 THEN boot_id() END, " HOLD_BOOT_NEW ", ?11"
+                "  CASE WHEN ?11 > 0 THEN boot_id() END, " HOLD_BOOT_NEW ", ?11, d.release_in_use"
                 " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file WHERE d.phone IS NULL ORDER BY d.seq";
         static const char history_sql[] =
                 "INSERT INTO history (phone, at, kind, new_state, detail)"
@@ -528,7 +539,9 @@ static const char rows_sql[] =
         "  p.scheduled_release_at AS scheduled_release_at, p.last_error AS last_error, p.declared_at AS declared_at,"
         "  p.updated_at AS updated_at, p.version AS version, p.sent_at AS sent_at, p.api_number AS api_number,"
         "  p.hold_until AS hold_until, p.hold_len AS hold_len, p.hold_boot AS hold_boot,"
-        "  p.hold_boot_until AS hold_boot_until"
+        "  p.hold_boot_until AS hold_boot_until, p.nickname AS nickname, p.inbound_agent AS inbound_agent,"
+        "  p.outbound_agent AS outbound_agent, p.release_in_use AS release_in_use,"
+        "  d.release_in_use AS d_in_use"
         " FROM temp.decl d JOIN temp.decl_file f ON f.fid = d.file"
         " LEFT JOIN phones p ON p.pk = d.phone"
         " LEFT JOIN temp.plan ON plan.kind IN (1, 3) AND plan.pk = d.phone"
@@ -548,12 +561,13 @@ static const char rows_sql[] =
         "  coalesce(version, 0) AS version, coalesce(sent_at, 0) AS sent_at, api_number,"
         "  coalesce(hold_until, 0) AS hold_until,"
         "  CASE WHEN pk IS NULL OR change = 1 THEN ?1 WHEN change = 3 THEN "
-        HOLD_LEN_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1") " ELSE hold_len END AS hold_len,"
+        HOLD_LEN_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number", "d_in_use"), "?1") " ELSE hold_len END AS hold_len,"
         "  CASE WHEN pk IS NULL OR change = 1 THEN CASE WHEN ?1 > 0 THEN boot_id() END WHEN change = 3 THEN "
-        HOLD_BOOT_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1") " ELSE hold_boot END AS hold_boot,"
+        HOLD_BOOT_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number", "d_in_use"), "?1") " ELSE hold_boot END AS hold_boot,"
         "  CASE WHEN pk IS NULL OR change = 1 THEN " HOLD_BOOT_NEW_OF("?1") " WHEN change = 3 THEN "
-        HOLD_BOOT_UNTIL_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number"), "?1")
-        "  ELSE hold_boot_until END AS hold_boot_until"
+        HOLD_BOOT_UNTIL_UPDATED(TARGET_CHANGED_BY("d_nb", "d_id", "d_number", "d_in_use"), "?1")
+        "  ELSE hold_boot_until END AS hold_boot_until, nickname, inbound_agent, outbound_agent,"
+        "  CASE WHEN change IS NULL AND pk IS NOT NULL THEN release_in_use ELSE d_in_use END AS release_in_use"
         " FROM x)"
         " SELECT " PHONE_COLUMNS ", 0, change FROM y ORDER BY d_seq";
 
@@ -567,7 +581,7 @@ int plan_foreach_row(const Plan *p, int (*cb)(const Phone *row, int change, void
         (void) sqlite3_bind_int64(st, 1, p->hold);
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 _cleanup_(phone_done) Phone row = {};
-                int change = sqlite3_column_type(st, 21) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 21);
+                int change = sqlite3_column_type(st, 25) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 25);
 
                 r = ledger_phone_from_row(st, &row);
                 if (r < 0)

@@ -12,7 +12,12 @@
 
 #include "conf.h"
 
-#define LEDGER_SCHEMA_VERSION 4
+#define LEDGER_SCHEMA_VERSION 5
+
+/* Bytes of a phone's nickname kept (the API's text, cut with a visible
+ * mark, NICKNAME_CUT, by daemon/api.c). */
+#define NICKNAME_MAX 64
+#define NICKNAME_CUT "\u2026"
 
 typedef enum PhoneState {
         STATE_PENDING,
@@ -24,6 +29,7 @@ typedef enum PhoneState {
         STATE_FAILED,
         STATE_CANCELLED,
         STATE_UNRESOLVED,
+        STATE_IN_USE,            /* an agent answers or places calls on it: not released unless said */
         _STATE_MAX,
         _STATE_INVALID = -EINVAL,
 } PhoneState;
@@ -97,6 +103,9 @@ typedef struct Phone {
         int64_t updated_at;        /* usec since the epoch */
         int64_t released_at;       /* usec: its step into released, from the history; 0 = none.
                                     * Filled by ledger_list() and ledger_find() only. */
+        char *nickname;            /* as the API last showed it (cleaned, <= NICKNAME_MAX bytes), or NULL */
+        char *inbound_agent, *outbound_agent;   /* while in_use only: the agents the API showed */
+        InUse in_use;              /* what is done with it in use: its declaration's, else safety.in_use */
 } Phone;
 
 void phone_done(Phone *p);
@@ -134,6 +143,7 @@ typedef struct AuditStep {
         const char *time;          /* h.at in RFC 3339, UTC, to the millisecond */
         const char *key, *id, *number;   /* number: as declared, else as the API gave it */
         const char *reason;        /* the phone's declared reason (as declared now), for the audit trail */
+        const char *nickname;      /* the phone's nickname as last seen, or NULL */
         unsigned attempt;          /* DELETEs of this phone on record up to and including this step */
         bool clock_back;           /* h.at is earlier than the step numbered before it, exported or not */
         const char *json;          /* the step as one JSON object, with AuditFilter.json */
@@ -163,6 +173,10 @@ typedef struct LedgerUpdate {
         const char *api_number;           /* NULL: keep */
         const char *provider;             /* NULL: keep */
         const char *scheduled_release_at; /* NULL: keep */
+        const char *nickname;             /* NULL: keep */
+        /* Kept only in a step into (or within) in_use, which names at least
+         * one; any other step clears them. */
+        const char *inbound_agent, *outbound_agent;
         int attempts;                     /* < 0: keep */
         int64_t next_at;                  /* < 0: keep */
         const char *error;                /* stored as last_error; NULL: keep; a step into released clears it */
@@ -240,6 +254,7 @@ int ledger_knows_phone(Ledger *l, const char *id, const char *number);
  * API's, as parsed; a callback's are valid during the call only. */
 typedef struct ListedPhone {
         const char *id, *number, *status, *provider, *scheduled_release_at;
+        const char *inbound_agent, *outbound_agent, *nickname;
 } ListedPhone;
 
 /* Forgets every phone kept (a listing starts, or starts again). */
@@ -290,6 +305,7 @@ typedef struct DeclLoad {
         char *file;              /* private: the file being read, and its number */
         int64_t fid;
         bool loading;            /* private: a load is under way */
+        InUse in_use;            /* private: safety.in_use, for the declarations that say nothing */
 } DeclLoad;
 
 DeclSink decl_load_sink(DeclLoad *dl);
@@ -299,14 +315,15 @@ int ledger_decls_keep(Ledger *l);
 int ledger_decls_restore(Ledger *l);
 /* The declared set, in the order declared (after merging). */
 int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), void *userdata);
-/* Declared phones whose rows are failed or unresolved: an operator's work. */
+/* Declared phones whose rows are failed, unresolved or in_use: an operator's work. */
 int ledger_decls_needing_operator(Ledger *l, uint64_t *ret);
 
 /* The plan: what the declarations change in the ledger. */
 typedef enum ChangeKind {
         CHANGE_ADD,        /* newly declared: a new pending row */
         CHANGE_REDECLARE,  /* cancelled earlier, declared again: pending (in_flight
-                            * when a DELETE of it may have gone out: looked at first) */
+                            * when a DELETE of it may have gone out: looked at first);
+                            * or in_use, now to be released though in use: pending */
         CHANGE_CANCEL,     /* no longer declared, not released (in_flight too): cancelled */
         CHANGE_UPDATE,     /* reason or not_before changed */
         CHANGE_KEEP,       /* no longer declared but past undoing: a note only */
@@ -320,6 +337,7 @@ typedef struct Change {
         const char *reason;      /* as declared; NULL for CHANGE_CANCEL and CHANGE_KEEP */
         const char *declared_at; /* FILE:LINE; for CHANGE_CANCEL and CHANGE_KEEP the row's, maybe NULL */
         int64_t not_before;
+        InUse in_use;            /* refuse or release, as it will apply; IN_USE_UNSET for CHANGE_CANCEL and CHANGE_KEEP */
         PhoneState from, to;
 } Change;
 

@@ -38,7 +38,9 @@ releases = (
   { number = "+34 950 000 005"; reason = "OPS-1242 still in checkout"; },
   { id = "0b0c6f57-2d0a-4c43-9a39-6c3c1d1c0006"; number = "+34960000006"; reason = "OPS-1243"; },
   { number = "+34 999 999 999"; reason = "OPS-1244 typo?"; },
-  { number = "+34970000007"; not_before = "2099-01-01T00:00:00Z"; reason = "OPS-1245 later"; }
+  { number = "+34970000007"; not_before = "2099-01-01T00:00:00Z"; reason = "OPS-1245 later"; },
+  # One digit off the number meant: an agent answers on this one.
+  { number = "+34 910 000 008"; reason = "OPS-1246 (meant +34 910 000 080)"; }
 );
 CONF
 
@@ -59,6 +61,9 @@ echo "== retirectl status"
 echo
 echo "== retirectl list"
 "$build/retirectl" -c "$dir/retired.conf" list
+echo
+echo "== retirectl show +34910000008 (kept: an agent answers on it)"
+"$build/retirectl" -c "$dir/retired.conf" show +34910000008
 echo
 echo "== the API saw: $(grep -c '"method": *"DELETE"' "$dir/api.jsonl" || true) DELETE calls, $(wc -l < "$dir/api.jsonl") calls in all"
 echo

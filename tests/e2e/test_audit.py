@@ -18,9 +18,9 @@ from conftest import EXIT, RETIRECTL, child_env, num, phone, pid
 
 REASON = 'OPS-1, "shop" closed\nsecond line'
 HEADER = ["seq", "time", "key", "id", "number", "kind", "from", "to", "method", "path", "http_status",
-          "latency_ms", "attempt", "reason", "detail", "clock_back"]
+          "latency_ms", "attempt", "reason", "detail", "clock_back", "nickname"]
 STATES = ["pending", "deferred", "in_flight", "retrying", "scheduled", "released", "failed", "cancelled",
-          "unresolved"]
+          "unresolved", "in_use"]
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z\Z")
 

@@ -13,7 +13,7 @@ from conftest import BUILD, child_env, num, phone, pid
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "..", "..", "completion", "retirectl")
 STATES = ["pending", "deferred", "in_flight", "retrying", "scheduled", "released", "failed", "cancelled",
-          "unresolved"]
+          "unresolved", "in_use"]
 
 pytestmark = pytest.mark.skipif(not shutil.which("bash"), reason="bash is not installed")
 

@@ -498,6 +498,19 @@ class FakeDiga:
                 self._put(p)
             return added
 
+    def set_agents(self, phone_id, inbound=None, outbound=None):
+        """Attach agents to a phone (an id each) or detach them (None), as an operator
+        does in the dashboard while the daemon runs. Returns the phone as it is now."""
+        for name, v in (("inbound_agent_id", inbound), ("outbound_agent_id", outbound)):
+            if v is not None and norm_uuid(v) is None:
+                raise ValueError("%s %r is not a UUID" % (name, v))
+        with self.lock:
+            pid = norm_uuid(phone_id) or phone_id
+            p = dict(self.phones[pid])          # KeyError: no such phone
+            p["inbound_agent_id"], p["outbound_agent_id"] = inbound, outbound
+            self._put(p)
+            return p
+
     def now(self):
         """The fake's clock (epoch seconds): wall time shifted by advance()."""
         return time.time() + self._clock_offset
@@ -882,6 +895,9 @@ class FakeDiga:
                 return _json_reply(200, self.configure(**data))
             if method == "POST" and path == "/_fake/advance":
                 return _json_reply(200, {"now": self.advance(data.get("seconds", 0))})
+            if method == "POST" and path == "/_fake/agents":
+                return _json_reply(200, self.set_agents(data["id"], data.get("inbound_agent_id"),
+                                                        data.get("outbound_agent_id")))
             if method == "POST" and path == "/_fake/phones":
                 phones = data.get("phones") if isinstance(data, dict) else data
                 return _json_reply(200, {"added": self.add_phones(phones)})

@@ -991,3 +991,25 @@ def test_apply_after_without_apply_or_with_bad_values(fake, cli):
         fake.script(pid, "DELETE", [{"apply": True, "apply_after": 1, "apply_late": True}])
     with pytest.raises(ValueError):
         fake.script(pid, "GET", [{"apply_after": 1}])
+
+
+def test_agents_attached_and_detached_while_it_runs(fake, cli):
+    """Issue 31: a test attaches or detaches a phone's agents; the listing and the GET
+    show them as the API document does (an id or null), with the nickname."""
+    p = next(x for x in fake.snapshot()["phones"] if x["status"] == "assigned" and x["nickname"]
+             and not x["inbound_agent_id"] and not x["outbound_agent_id"])
+    agent = "00000000-0000-4000-8000-0000000000a1"
+    r = cli.req("POST", "/_fake/agents", body={"id": p["id"], "inbound_agent_id": agent})
+    assert r.status == 200 and r.json["inbound_agent_id"] == agent and r.json["outbound_agent_id"] is None
+    got = cli.req("GET", "/v1/phone/" + p["id"]).json
+    assert (got["inbound_agent_id"], got["outbound_agent_id"], got["nickname"]) == (agent, None, p["nickname"])
+    listed = [x for x in cli.req("GET", "/v1/phone/?limit=100&inbound_agent_id=" + agent).json["data"]]
+    assert [x["id"] for x in listed] == [p["id"]]
+    fake.set_agents(p["id"], outbound=agent.upper())
+    got = cli.req("GET", "/v1/phone/" + p["id"]).json
+    assert (got["inbound_agent_id"], got["outbound_agent_id"]) == (None, agent.upper())
+    fake.set_agents(p["id"])
+    got = cli.req("GET", "/v1/phone/" + p["id"]).json
+    assert (got["inbound_agent_id"], got["outbound_agent_id"]) == (None, None)
+    assert cli.req("POST", "/_fake/agents", body={"id": p["id"], "inbound_agent_id": "agent-7"}).status == 400
+    assert cli.req("POST", "/_fake/agents", body={"id": "nope"}).status == 400

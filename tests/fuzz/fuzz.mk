@@ -28,8 +28,8 @@ FUZZ_LIBS     = $(PKG_LIBS) -lm -lpthread
 FUZZ_HEADERS := $(wildcard conf/*.h state/*.h daemon/*.h)
 
 # Which project sources each harness links.
-fuzz_src_config      := conf/syntax.c conf/parse.c state/ledger.c state/history.c state/plan.c state/decl.c state/listed.c
-fuzz_src_api         := conf/syntax.c daemon/api.c daemon/reconcile.c state/ledger.c state/history.c
+fuzz_src_config      := conf/syntax.c conf/parse.c state/ledger.c state/schema.c state/meta.c state/history.c state/plan.c state/decl.c state/listed.c
+fuzz_src_api         := conf/syntax.c daemon/api.c daemon/reconcile.c state/ledger.c state/schema.c state/meta.c state/history.c
 fuzz_src_control     := daemon/control.c daemon/log.c
 fuzz_src_retry-after := conf/syntax.c daemon/diga.c daemon/pacer.c daemon/reconcile.c daemon/log.c
 

@@ -57,9 +57,10 @@ MSG = {
     "approval_needed": "209e7f40f4594708b06bde2f750c34d6",
     "paused": "362f5c14275a429aa3687c1283f32c7e",
     "resumed": "2419620a9ec84780a54861d4b45d30c8",
+    "in_use": "5c0d3f4a8e2b4d7f9a61b2c3d4e5f607",
 }
 STATUS_RE = re.compile(r"\d+ pending, \d+ in flight, \d+ retrying, \d+ scheduled, \d+ released, "
-                       r"\d+ failed, \d+ deferred, \d+ unresolved")
+                       r"\d+ failed, \d+ deferred, \d+ unresolved, \d+ in use")
 
 
 def need_box():
@@ -107,7 +108,7 @@ def account():
 
 def counts(**n):
     """The STATUS= counts text, e.g. counts(scheduled=1)."""
-    keys = ("pending", "in_flight", "retrying", "scheduled", "released", "failed", "deferred", "unresolved")
+    keys = ("pending", "in_flight", "retrying", "scheduled", "released", "failed", "deferred", "unresolved", "in_use")
     return ", ".join("%d %s" % (n.get(k, 0), k.replace("_", " ")) for k in keys)
 
 
@@ -308,6 +309,25 @@ def test_outcomes_are_journal_entries_with_fields(rig):
     assert f"Subject: Phone {num(22)} released" in text, text
 
 
+def test_a_phone_in_use_is_one_warning_with_its_agents_and_the_catalog(rig):
+    agent = "00000000-0000-4000-8000-0000000000a1"
+    rig.fake.add_phones([{"id": pid(3), "number": num(3), "status": "assigned", "telephony_provider": "netelip",
+                          "nickname": "Madrid shop", "inbound_agent_id": agent}])
+    rig.write_config(decl(3))
+    rig.start()
+    rig.wait_status(counts(in_use=1))
+    e, = rig.entries(f"MESSAGE_ID={MSG['in_use']}")
+    assert (e["PHONE_NUMBER"], e["PHONE_ID"], e["OUTCOME"]) == (num(3), pid(3), "in_use")
+    assert (e["INBOUND_AGENT_ID"], e["PHONE_NICKNAME"]) == (agent, "Madrid shop")
+    assert "OUTBOUND_AGENT_ID" not in e
+    assert e["PRIORITY"] == "4"  # warning
+    assert f"retirectl show {num(3)}" in e["MESSAGE"]
+    text = rig.box.journalctl("-x", "-u", UNIT, f"MESSAGE_ID={MSG['in_use']}")
+    assert f"Subject: Phone {num(3)} (Madrid shop) is in use: not released" in text, text
+    assert f"INBOUND_AGENT_ID={agent}" in text
+    assert rig.deletes(3) == 0
+
+
 # ---------------------------------------------------------------- 3. systemctl reload
 
 def _staged_config(rig):
@@ -487,7 +507,7 @@ def test_retry_through_the_control_socket(rig):
     assert len(failed) == 1 and failed[0]["OUTCOME"] == "failed"
 
     r = rig.ctl("retry", num(15), check=False)   # not failed: refused
-    assert (r.returncode, r.stderr.strip()) == (1, f"retirectl: {num(15)} is scheduled, not failed")
+    assert (r.returncode, r.stderr.strip()) == (1, f"retirectl: {num(15)} is scheduled, not failed or in_use")
     r = rig.ctl("retry", spaced(14))               # as an operator types it
     assert r.stdout.strip() == f"{num(14)} is pending again"
     p = rig.wait_state(num(14), "scheduled")

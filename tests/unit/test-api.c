@@ -424,6 +424,80 @@ static void test_the_cursor_of_a_page(void **state) {
         assert_null(why);
 }
 
+static int parse_one(const char *extra, RemotePhone *r, char **why) {
+        char body[1024];
+
+        snprintf(body, sizeof body, "{\"id\":\"" ID1 "\",\"number\":\"+34910000001\",\"status\":\"assigned\"%s}", extra);
+        return api_parse_phone(api, body, strlen(body), r, why);
+}
+
+/* Issue 31: the agents of a phone are UUIDs or null, and anything else
+ * makes the phone unreadable (never released on a guess); absent is none. */
+static void test_the_agents_of_a_phone(void **state) {
+        static const char *const bad[] = {
+                ",\"inbound_agent_id\":42", ",\"outbound_agent_id\":\"agent-7\"", ",\"inbound_agent_id\":{}",
+                ",\"outbound_agent_id\":\"\"", ",\"inbound_agent_id\":true", ",\"nickname\":7",
+        };
+        RemotePhone r = {};
+        char *why = NULL;
+
+        assert_int_equal(parse_one("", &r, &why), 0);
+        assert_false(remote_in_use(&r));
+        assert_null(r.nickname);
+        remote_phone_done(&r);
+        assert_int_equal(parse_one(",\"inbound_agent_id\":null,\"outbound_agent_id\":null,\"nickname\":null", &r, &why), 0);
+        assert_false(remote_in_use(&r));
+        remote_phone_done(&r);
+        assert_int_equal(parse_one(",\"inbound_agent_id\":\"" "00000000-05E7-4BED-8000-0000000000AA" "\"", &r, &why), 0);
+        assert_true(remote_in_use(&r));
+        assert_string_equal(r.inbound_agent, "00000000-05e7-4bed-8000-0000000000aa");
+        assert_null(r.outbound_agent);
+        remote_phone_done(&r);
+        assert_int_equal(parse_one(",\"outbound_agent_id\":\"" ID2 "\"", &r, &why), 0);
+        assert_true(remote_in_use(&r));
+        assert_string_equal(r.outbound_agent, ID2);
+        remote_phone_done(&r);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                assert_int_equal(parse_one(bad[i], &r, &why), -EBADMSG);
+                assert_non_null(why);
+                free(why);
+                why = NULL;
+        }
+}
+
+/* The nickname is the API's text: on one line, no control character, at
+ * most NICKNAME_MAX bytes, cut at a character with a visible mark. */
+static void test_a_nickname_is_cleaned_and_cut(void **state) {
+        static const struct { const char *in, *out; } cases[] = {
+                { "Madrid shop", "Madrid shop" },
+                { "line\nbreak\ttab\r\x1b[31m", "line?break?tab??[31m" },
+                { "sep\xe2\x80\xa8par\xe2\x80\xa9" "c1\xc2\x85 ok \xc3\xa9", "sep?par?c1? ok \xc3\xa9" },
+                { "bad\xff\xc3", "bad??" },
+                { "0123456789012345678901234567890123456789012345678901234567890123",
+                  "0123456789012345678901234567890123456789012345678901234567890123" },
+                { "01234567890123456789012345678901234567890123456789012345678901234",
+                  "0123456789012345678901234567890123456789012345678901234567890\xe2\x80\xa6" },
+                /* A cut never splits a character. */
+                { "012345678901234567890123456789012345678901234567890123456789\xc3\xa9\xc3\xa9\xc3\xa9",
+                  "012345678901234567890123456789012345678901234567890123456789\xe2\x80\xa6" },
+        };
+        RemotePhone r = {};
+        char *why = NULL, *s;
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                assert_int_equal(api_nickname_clean(cases[i].in, &s), 0);
+                assert_string_equal(s, cases[i].out);
+                assert_true(strlen(s) <= NICKNAME_MAX);
+                free(s);
+        }
+        assert_int_equal(parse_one(",\"nickname\":\"Support\\nES\"", &r, &why), 0);
+        assert_string_equal(r.nickname, "Support?ES");
+        remote_phone_done(&r);
+        assert_int_equal(parse_one(",\"nickname\":\"\"", &r, &why), 0);
+        assert_null(r.nickname);
+        remote_phone_done(&r);
+}
+
 static void test_api_error_bodies(void **state) {
         static const struct { const char *body; bool api; const char *msg; } cases[] = {
                 { "{\"status\":\"error\",\"error_code\":\"PHONE_NOT_FOUND\",\"message\":\"Phone x not found\"}", true,
@@ -487,6 +561,8 @@ int main(void) {
                 cmocka_unit_test(test_each_bad_page_frame_is_refused_with_its_reason),
                 cmocka_unit_test(test_a_page_over_its_limits_is_refused_whole),
                 cmocka_unit_test(test_the_cursor_of_a_page),
+                cmocka_unit_test(test_the_agents_of_a_phone),
+                cmocka_unit_test(test_a_nickname_is_cleaned_and_cut),
                 cmocka_unit_test(test_api_error_bodies),
         };
 

@@ -65,7 +65,8 @@ static int collect(const Decl *d, void *userdata) {
         assert_non_null(v);
         loaded.v = v;
         v[loaded.n] = (Decl) { .id = dup0(d->id), .number = dup0(d->number), .reason = dup0(d->reason),
-                               .not_before = d->not_before, .file = dup0(d->file), .line = d->line };
+                               .not_before = d->not_before, .file = dup0(d->file), .line = d->line,
+                               .in_use = d->in_use };
         v[loaded.n].key = v[loaded.n].id ? v[loaded.n].id : v[loaded.n].number;
         assert_string_equal(v[loaded.n].key, d->key);
         loaded.n++;
@@ -227,6 +228,7 @@ static void test_minimal_gets_every_default(void **state) {
         assert_false(c->dry_run);
         assert_int_equal(c->max_new_releases, 25);
         assert_true(c->hold == 600.0);
+        assert_int_equal(c->in_use, IN_USE_REFUSE);
         assert_true(c->resync_interval == 3600.0);
         assert_string_equal(c->ledger, "/var/lib/retired/ledger.db");
         assert_string_equal(c->releases_dir, CORPUS "/good/releases.d");
@@ -269,6 +271,7 @@ static void test_every_key_is_read(void **state) {
         assert_true(c->dry_run);
         assert_int_equal(c->max_new_releases, 0);
         assert_true(c->hold == 30.5);
+        assert_int_equal(c->in_use, IN_USE_RELEASE);
         assert_true(c->resync_interval == 60.0);
         /* Relative paths are relative to the file, not to the working folder. */
         assert_string_equal(c->ledger, CORPUS "/good/state/ledger.db");
@@ -285,6 +288,9 @@ static void test_every_key_is_read(void **state) {
         assert_int_equal(loaded.v[0].not_before, 1798758000);   /* 2026-12-31T23:00:00Z */
         assert_string_equal(loaded.v[0].file, CORPUS "/good/every-key.conf");
         assert_int_equal(loaded.v[0].line, 33);
+        /* The declaration's in_use wins; one that says nothing has safety.in_use. */
+        assert_int_equal(loaded.v[0].in_use, IN_USE_REFUSE);
+        assert_int_equal(loaded.v[1].in_use, IN_USE_RELEASE);
         assert_string_equal(loaded.v[1].key, UUID_A);
         assert_string_equal(loaded.v[1].id, UUID_A);
         assert_null(loaded.v[1].number);

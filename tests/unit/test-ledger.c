@@ -99,6 +99,32 @@ static void set_user_version(const char *path, int v) {
         sqlite3_close(db);
 }
 
+/* What version 5 added, taken away again (on the writer's connection):
+ * the file is as a version 4 retired left it, its CHECK on the state
+ * without in_use. */
+static void undo_version_5(Ledger *l) {
+        sqlite3 *db = ledger_db(l);
+        sqlite3_stmt *st;
+        char sql[64];
+        int v;
+
+        assert_int_equal(sqlite3_exec(db, "DROP TRIGGER phones_agents_while_in_use;"
+                                      "ALTER TABLE phones DROP COLUMN nickname;"
+                                      "ALTER TABLE phones DROP COLUMN inbound_agent;"
+                                      "ALTER TABLE phones DROP COLUMN outbound_agent;"
+                                      "ALTER TABLE phones DROP COLUMN release_in_use", NULL, NULL, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA schema_version", -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        v = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+        assert_int_equal(sqlite3_exec(db, "PRAGMA writable_schema = ON;"
+                                      "UPDATE sqlite_schema SET sql = replace(sql, ',''in_use''))', '))')"
+                                      " WHERE name = 'phones'", NULL, NULL, NULL), SQLITE_OK);
+        snprintf(sql, sizeof sql, "PRAGMA schema_version = %d", v + 1);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "PRAGMA writable_schema = OFF", NULL, NULL, NULL), SQLITE_OK);
+}
+
 typedef struct HistRow {
         int64_t seq, at, latency_ms;
         char *kind, *old_state, *new_state, *method, *path, *detail;
@@ -1115,6 +1141,7 @@ static void test_migration_to_version_4_keeps_the_holds_running(void **state) {
 
         add_phone(f->l, "held", UUID_A, NULL, STATE_PENDING);
         add_phone(f->l, "over", UUID_B, NULL, STATE_PENDING);
+        undo_version_5(f->l);
         assert_int_equal(ledger_exec(f->l, "DROP INDEX phones_boot_held; ALTER TABLE phones DROP COLUMN hold_boot;"
                                      " ALTER TABLE phones DROP COLUMN hold_boot_until; ALTER TABLE phones DROP COLUMN hold_len;"
                                      " ALTER TABLE phones ADD COLUMN due_at INTEGER GENERATED ALWAYS AS"
@@ -1128,7 +1155,7 @@ static void test_migration_to_version_4_keeps_the_holds_running(void **state) {
 
         before = boot_usec();
         assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
-        assert_int_equal(query_int(f->path, "PRAGMA user_version"), 4);
+        assert_int_equal(query_int(f->path, "PRAGMA user_version"), LEDGER_SCHEMA_VERSION);
         assert_int_equal(ledger_find(f->l, "held", &p), 0);
         assert_true(p.hold_len >= 99 && p.hold_len <= 100);
         assert_true(p.hold_boot_until >= before + 98 * (int64_t) USEC_PER_SEC &&
@@ -1239,6 +1266,58 @@ static void test_migration_from_version_1_marks_deletes_that_may_be_out(void **s
         tmpdir_remove(dir);
 }
 
+/* A version 4 file: version 5 lets a row be in_use, keeps every row, its
+ * pk and its history, the triggers and the indexes, and the CHECKs that
+ * come with it hold: an unknown state is still refused, agents are kept
+ * only while in use, a nickname is at most NICKNAME_MAX bytes. */
+static void test_migration_to_version_5_adds_in_use(void **state) {
+        Fixture *f = *state;
+        int64_t a = add_phone(f->l, "a", UUID_A, NULL, STATE_RELEASED), b;
+        Phone p = {};
+
+        b = add_phone(f->l, "b", UUID_B, NULL, STATE_PENDING);
+        assert_int_equal(ledger_history_add(f->l, a, 5, "state", "in_flight", "released", NULL, NULL, 0, 0, "gone"), 0);
+        undo_version_5(f->l);
+        assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'in_use' WHERE key = 'b'"), 0);
+        f->l = ledger_close(f->l);
+        set_user_version(f->path, 4);
+
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        assert_int_equal(query_int(f->path, "PRAGMA user_version"), LEDGER_SCHEMA_VERSION);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"), 1);
+        assert_int_equal(query_int(f->path, "SELECT pk FROM phones WHERE key = 'b'"), (int) b);
+        assert_int_equal(history_count(f->l, a), 1);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM sqlite_schema WHERE type IN ('trigger', 'index')"
+                                   " AND name IN ('phones_forward', 'phones_no_delete', 'history_no_update',"
+                                   " 'phones_boot_held', 'phones_state', 'phones_agents_while_in_use')"), 6);
+
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = b, .from = STATE_PENDING, .to = STATE_IN_USE, .attempts = -1, .next_at = -1,
+                .inbound_agent = UUID_C, .nickname = "Madrid shop", .detail = "in use",
+        }), 0);
+        assert_int_equal(ledger_find(f->l, "b", &p), 0);
+        assert_int_equal(p.state, STATE_IN_USE);
+        assert_string_equal(p.inbound_agent, UUID_C);
+        assert_null(p.outbound_agent);
+        assert_string_equal(p.nickname, "Madrid shop");
+        phone_done(&p);
+        /* Out of in_use, the agents go; the nickname stays. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = b, .from = STATE_IN_USE, .to = STATE_PENDING, .attempts = -1, .next_at = -1, .detail = "free",
+        }), 0);
+        assert_int_equal(ledger_find(f->l, "b", &p), 0);
+        assert_null(p.inbound_agent);
+        assert_string_equal(p.nickname, "Madrid shop");
+        phone_done(&p);
+
+        assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'in_use2' WHERE key = 'b'"), 0);
+        assert_int_equal(ledger_exec(f->l, "UPDATE phones SET inbound_agent = 'x' WHERE key = 'b'"), 0);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM phones WHERE inbound_agent IS NOT NULL"), 0);
+        assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET nickname = printf('%.65c', 'x') WHERE key = 'b'"), 0);
+        assert_int_not_equal(ledger_exec(f->l, "DELETE FROM phones WHERE key = 'b'"), 0);
+        assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'pending' WHERE key = 'a'"), 0);
+}
+
 /* A version 2 file holding a released row with the error of an earlier
  * failed call: version 3 drops the error and leaves the history as it was. */
 static void test_migration_to_version_3_drops_the_errors_of_released_rows(void **state) {
@@ -1252,7 +1331,8 @@ static void test_migration_to_version_3_drops_the_errors_of_released_rows(void *
                                             503, 10, "HTTP 503"), 0);
         assert_int_equal(ledger_history_add(f->l, released, 6, "state", "retrying", "released", NULL, NULL, 0, 0,
                                             "gone"), 0);
-        /* What versions 3 and 4 added, gone: a version 2 file. */
+        /* What versions 3, 4 and 5 added, gone: a version 2 file. */
+        undo_version_5(f->l);
         assert_int_equal(ledger_exec(f->l, "DROP INDEX phones_boot_held; ALTER TABLE phones DROP COLUMN hold_boot;"
                                      " ALTER TABLE phones DROP COLUMN hold_boot_until; ALTER TABLE phones DROP COLUMN hold_len;"
                                      " DROP INDEX history_deletes; DROP INDEX history_released; DROP INDEX phones_held;"
@@ -1650,8 +1730,15 @@ static void test_retry_says_what_it_did(void **state) {
         free(msg);
         assert_int_equal(state_of(f->l, "+34910000001"), STATE_PENDING);
         assert_int_equal(ledger_retry(f->l, "+34910000002", &msg), -EBUSY);
-        assert_string_equal(msg, "+34910000002 is released, not failed");
+        assert_string_equal(msg, "+34910000002 is released, not failed or in_use");
         free(msg);
+        /* An in_use row is looked at now: pending again, its agents gone with the state. */
+        add_phone(f->l, "+34910000003", NULL, "+34910000003", STATE_IN_USE);
+        assert_int_equal(ledger_exec(f->l, "UPDATE phones SET inbound_agent = 'a' WHERE key = '+34910000003'"), 0);
+        assert_int_equal(ledger_retry(f->l, "+34910000003", &msg), 0);
+        free(msg);
+        assert_int_equal(state_of(f->l, "+34910000003"), STATE_PENDING);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM phones WHERE inbound_agent IS NOT NULL"), 0);
         assert_int_equal(ledger_retry(f->l, "nope", &msg), -ENOENT);
         assert_string_equal(msg, "no phone nope in the ledger");
         free(msg);
@@ -1684,7 +1771,7 @@ static void test_find_and_retry_take_an_id_in_capitals(void **state) {
 static void test_state_names(void **state) {
         static const char *const names[_STATE_MAX] = {
                 "pending", "deferred", "in_flight", "retrying", "scheduled",
-                "released", "failed", "cancelled", "unresolved",
+                "released", "failed", "cancelled", "unresolved", "in_use",
         };
 
         for (int s = 0; s < _STATE_MAX; s++) {
@@ -1811,6 +1898,7 @@ int main(void) {
                 T(test_update_checks_version_and_due_time),
                 T(test_one_writer_per_file_by_any_name),
                 cmocka_unit_test(test_migration_from_version_1_marks_deletes_that_may_be_out),
+                cmocka_unit_test_setup_teardown(test_migration_to_version_5_adds_in_use, setup, teardown),
                 T(test_migration_to_version_3_drops_the_errors_of_released_rows),
                 T(test_released_drops_its_error),
                 T(test_released_at_is_the_step_into_released),

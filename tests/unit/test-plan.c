@@ -446,6 +446,137 @@ static void test_changed_reason_or_time_is_an_update(void **state) {
         plan_free(p);
 }
 
+/* ---- phones in use (issue 31) ------------------------------------------ */
+
+/* A row kept in_use (an agent on its phone), as the daemon leaves it. */
+static void in_use(Fixture *f, const char *key) {
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) {
+                .pk = pk_of(f, key), .from = STATE_PENDING, .to = STATE_IN_USE, .attempts = -1, .next_at = -1,
+                .inbound_agent = UUID_Y, .detail = "in use" }), 0);
+}
+
+static InUse in_use_of(Fixture *f, const char *key) {
+        Phone p = find(f, key);
+        InUse v = p.in_use;
+
+        phone_done(&p);
+        return v;
+}
+
+/* What the row holds is the declaration's in_use, else safety.in_use; a
+ * change of either is an update: a new version, and towards "release" a
+ * new hold; towards "refuse", none. */
+static void test_in_use_of_the_declaration_wins_and_its_change_is_held(void **state) {
+        Fixture *f = *state;
+        Phone p1, p2;
+        Plan *p;
+
+        sync_to(f, "safety: { hold = 0; };\n"
+                   "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; in_use = \"release\"; },"
+                   " { number = \"" N3 "\"; in_use = \"refuse\"; } );\n");
+        assert_int_equal(in_use_of(f, N1), IN_USE_REFUSE);
+        assert_int_equal(in_use_of(f, N2), IN_USE_RELEASE);
+        assert_int_equal(in_use_of(f, N3), IN_USE_REFUSE);
+        p1 = find(f, N1);
+        assert_int_equal(p1.hold_boot_until, 0);
+
+        /* The setting says release: N1 follows it, N3's declaration wins. */
+        p = plan_for(f, "safety: { hold = 600; in_use = \"release\"; };\n"
+                        "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; in_use = \"release\"; },"
+                        " { number = \"" N3 "\"; in_use = \"refuse\"; } );\n");
+        assert_int_equal(p->n, 1);
+        assert_int_equal(change_for(p, N1)->kind, CHANGE_UPDATE);
+        assert_int_equal(change_for(p, N1)->in_use, IN_USE_RELEASE);
+        assert_int_equal(p->new_releases, 0);   /* N1 is not known to be in use */
+        assert_int_equal(plan_apply(f->l, p, false), 0);
+        plan_free(p);
+        p2 = find(f, N1);
+        assert_int_equal(p2.in_use, IN_USE_RELEASE);
+        assert_int_equal(p2.version, p1.version + 1);
+        assert_true(p2.hold_boot_until > 0 && p2.hold_len == 600);
+        assert_int_equal(in_use_of(f, N3), IN_USE_REFUSE);
+        phone_done(&p1);
+        phone_done(&p2);
+
+        /* Back to refuse: a new version (a DELETE decided on "release" never
+         * leaves), the hold as it was. */
+        p1 = find(f, N1);
+        p = plan_for(f, "safety: { hold = 900; };\n"
+                        "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; in_use = \"release\"; },"
+                        " { number = \"" N3 "\"; in_use = \"refuse\"; } );\n");
+        assert_int_equal(p->count[CHANGE_UPDATE], 1);
+        assert_int_equal(plan_apply(f->l, p, false), 0);
+        plan_free(p);
+        p2 = find(f, N1);
+        assert_int_equal(p2.in_use, IN_USE_REFUSE);
+        assert_int_equal(p2.version, p1.version + 1);
+        assert_int_equal(p2.hold_len, 600);
+        assert_true(p2.hold_boot_until == p1.hold_boot_until);
+        phone_done(&p1);
+        phone_done(&p2);
+}
+
+/* A flip of safety.in_use makes the rows kept in use releasable: new
+ * releases, counted by the guard, held until approved, then pending. */
+static void test_in_use_rows_made_releasable_are_new_releases(void **state) {
+        Fixture *f = *state;
+        const char *decls = "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; },"
+                            " { number = \"" N3 "\"; in_use = \"refuse\"; } );\n";
+        char text[512];
+        Plan *p;
+
+        snprintf(text, sizeof text, "safety: { max_new_releases = 1; };\n%s", decls);
+        sync_to(f, text);
+        in_use(f, N1);
+        in_use(f, N2);
+        in_use(f, N3);
+
+        snprintf(text, sizeof text, "safety: { max_new_releases = 1; in_use = \"release\"; };\n%s", decls);
+        p = plan_for(f, text);
+        assert_int_equal(p->count[CHANGE_REDECLARE], 2);
+        assert_int_equal(p->new_releases, 2);
+        assert_true(p->needs_approval);
+        assert_int_equal(change_for(p, N1)->from, STATE_IN_USE);
+        assert_int_equal(change_for(p, N1)->to, STATE_PENDING);
+        assert_int_equal(plan_apply(f->l, p, false), 0);
+        plan_free(p);
+        /* Held: still in use, and still refusing. */
+        assert_int_equal(state_of(f, N1), STATE_IN_USE);
+        assert_int_equal(in_use_of(f, N1), IN_USE_REFUSE);
+
+        p = plan_for(f, text);
+        assert_int_equal(plan_apply(f->l, p, true), 0);
+        plan_free(p);
+        assert_int_equal(state_of(f, N1), STATE_PENDING);
+        assert_int_equal(in_use_of(f, N1), IN_USE_RELEASE);
+        assert_int_equal(state_of(f, N2), STATE_PENDING);
+        assert_int_equal(state_of(f, N3), STATE_IN_USE);      /* its declaration refuses */
+
+        /* One declaration that says release: one new release, within the limit. */
+        in_use(f, N1);
+        p = plan_for(f, "safety: { max_new_releases = 1; };\n"
+                        "releases = ( { number = \"" N1 "\"; in_use = \"release\"; }, { number = \"" N2 "\"; },"
+                        " { number = \"" N3 "\"; in_use = \"refuse\"; } );\n");
+        assert_int_equal(p->new_releases, 1);
+        assert_false(p->needs_approval);
+        plan_free(p);
+}
+
+/* An in_use row no longer declared is cancelled: detached later, it must
+ * not go. */
+static void test_in_use_undeclared_is_cancelled(void **state) {
+        Fixture *f = *state;
+        Phone p;
+
+        sync_to(f, ONE_NUMBER(N1));
+        in_use(f, N1);
+        sync_to(f, "releases = ();\n");
+        p = find(f, N1);
+        assert_int_equal(p.state, STATE_CANCELLED);
+        assert_null(p.inbound_agent);
+        phone_done(&p);
+}
+
 /* ---- the blast-radius guard --------------------------------------------- */
 
 static void test_guard_holds_new_releases_until_approved(void **state) {
@@ -1311,6 +1442,9 @@ int main(void) {
                 T(test_settled_rows_are_kept),
                 T(test_in_flight_undeclared_is_cancelled),
                 T(test_changed_reason_or_time_is_an_update),
+                T(test_in_use_of_the_declaration_wins_and_its_change_is_held),
+                T(test_in_use_rows_made_releasable_are_new_releases),
+                T(test_in_use_undeclared_is_cancelled),
                 T(test_guard_holds_new_releases_until_approved),
                 T(test_guard_limit_is_inclusive_and_counts_redeclares),
                 T(test_hash_identifies_the_set_of_new_releases),

@@ -305,6 +305,8 @@ static void run_case(void **state) {
                 .look_after = time_or(&x, lr, "look_after", x.sent ? x.sent + (int64_t) w.settle : 0),
                 .provider = str_or(lr, "provider", NULL), .last_error = str_or(lr, "last_error", NULL),
                 .rejected = str_or(lr, "rejected", NULL), .answered = (int) num_or(lr, "answered", 0),
+                .inbound_agent = str_or(lr, "inbound", NULL), .outbound_agent = str_or(lr, "outbound", NULL),
+                .release_in_use = streq(str_or(lr, "in_use", "refuse"), "release"),
         };
 
         if (ll) {
@@ -325,6 +327,9 @@ static void run_case(void **state) {
                         phone.status = remote_status_from_string(phone.status_name);
                         phone.provider = (char *) str_or(ll, "provider", "netelip");
                         phone.scheduled_release_at = (char *) str_or(ll, "scheduled", NULL);
+                        phone.inbound_agent = (char *) str_or(ll, "inbound", NULL);
+                        phone.outbound_agent = (char *) str_or(ll, "outbound", NULL);
+                        phone.nickname = (char *) str_or(ll, "nickname", NULL);
                         look.seen = &phone;
                         look.carriers = (unsigned) num_or(ll, "carriers", 1);
                         look.carrier_ids = str_or(ll, "carrier_ids", NULL);
@@ -403,6 +408,14 @@ static void run_case(void **state) {
                         v = o.scheduled;
                 else if (streq(base, "api_number"))
                         v = o.api_number;
+                else if (streq(base, "inbound"))
+                        v = o.inbound_agent;
+                else if (streq(base, "outbound"))
+                        v = o.outbound_agent;
+                else if (streq(base, "nickname"))
+                        v = o.nickname;
+                else if (streq(base, "seen"))
+                        v = B(o.seen);
                 else if (streq(base, "sent"))
                         v = B(sent_ok);
                 else if (streq(base, "verdict"))
