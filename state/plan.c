@@ -332,32 +332,20 @@ static int apply_one(const Change *c, void *userdata) {
         const char *detail;
         int r;
 
-        if (!s)
-                return 0;       /* KEEP: a note, nothing to write */
+        /* A redeclaration, an update or a cancel (the adds are apply_adds()'s,
+         * a kept row is a note): plan_apply() walks only the kinds it has a
+         * statement for. */
         (void) sqlite3_clear_bindings(s);
-        switch (c->kind) {
-        case CHANGE_REDECLARE:
-        case CHANGE_UPDATE:
-        case CHANGE_CANCEL:
-                (void) sqlite3_bind_int64(s, 1, c->pk);
-                (void) sqlite3_bind_text(s, 2, state_to_string(c->from), -1, SQLITE_STATIC);
-                if (c->kind != CHANGE_CANCEL)
-                        (void) sqlite3_bind_text(s, 3, state_to_string(c->to), -1, SQLITE_STATIC);
-                break;
-        default:
-                return 0;
-        }
+        (void) sqlite3_bind_int64(s, 1, c->pk);
+        (void) sqlite3_bind_text(s, 2, state_to_string(c->from), -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(s, 7, t);
         if (c->kind != CHANGE_CANCEL) {
+                (void) sqlite3_bind_text(s, 3, state_to_string(c->to), -1, SQLITE_STATIC);
                 (void) sqlite3_bind_text(s, 4, c->reason, -1, SQLITE_STATIC);
                 (void) sqlite3_bind_int64(s, 5, c->not_before);
                 (void) sqlite3_bind_text(s, 6, c->declared_at, -1, SQLITE_STATIC);
-        }
-        if (c->kind == CHANGE_REDECLARE || c->kind == CHANGE_UPDATE) {
                 (void) sqlite3_bind_text(s, 8, c->number, -1, SQLITE_STATIC);
                 (void) sqlite3_bind_text(s, 9, c->id, -1, SQLITE_STATIC);
-        }
-        (void) sqlite3_bind_int64(s, 7, t);
-        if (c->kind != CHANGE_CANCEL) {
                 (void) sqlite3_bind_int64(s, 10, hold_until);
                 (void) sqlite3_bind_int64(s, 11, a->hold);
                 (void) sqlite3_bind_int(s, 12, c->in_use == IN_USE_RELEASE);
