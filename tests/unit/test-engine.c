@@ -101,6 +101,7 @@ typedef struct ApiPhone {
         const char *status;        /* "assigned", "released", ... */
         const char *provider;      /* "custom": a DELETE releases at once */
         int get_status;            /* != 0: every GET of it is answered so, with no body */
+        const char *answer_id;     /* set: a GET of it is answered with this id (another phone's) */
         unsigned gets, deletes;
 } ApiPhone;
 
@@ -132,9 +133,9 @@ static ApiPhone *account_find(Account *a, const char *id) {
         return NULL;
 }
 
-static void phone_json(FILE *f, const ApiPhone *p) {
+static void phone_json(FILE *f, const ApiPhone *p, const char *id) {
         fprintf(f, "{\"id\":\"%s\",\"number\":\"%s\",\"status\":\"%s\",\"telephony_provider\":\"%s\","
-                "\"scheduled_release_at\":null}", p->id, p->number, p->status, p->provider);
+                "\"scheduled_release_at\":null}", id ? id : p->id, p->number, p->status, p->provider);
 }
 
 /* The page a list call asks for: pages of API_PAGE_LIMIT, by number or
@@ -158,7 +159,7 @@ static char *list_body(Account *a, const Call *c) {
         for (size_t i = first; i < last; i++) {
                 if (i > first)
                         fputc(',', f);
-                phone_json(f, &a->phones[i]);
+                phone_json(f, &a->phones[i], NULL);
         }
         fprintf(f, "],\"has_more\":%s", last < a->n ? "true" : "false");
         if (c->page > 0)
@@ -196,7 +197,7 @@ static void account_answer(Account *a, Diga *d, Call *c) {
                 }
                 f = open_memstream(&body, &size);
                 assert_non_null(f);
-                phone_json(f, p);
+                phone_json(f, p, p->answer_id);
                 assert_int_equal(fclose(f), 0);
                 assert_true(stub_diga_answer(d, c, &(StubAnswer) {
                         .status = 200, .body = body, .json = true,
@@ -547,6 +548,24 @@ static void test_a_204_for_an_unknown_provider_is_followed_by_a_look(void **stat
         assert_int_equal(state_of(f, id_of(1).s), STATE_RELEASED);
         assert_int_equal(f->api.phones[0].deletes, 1);
         assert_int_equal(f->api.phones[0].gets, 2);
+        check_ledger(f);
+}
+
+/* A GET of one phone answered with another's record (a proxy's cache, a
+ * mixed-up backend) is no look at the phone asked about: nothing is
+ * decided on it, and no DELETE leaves. */
+static void test_a_look_answered_with_another_phone_decides_nothing(void **state) {
+        Fixture *f = *state;
+        ApiPhone *p = account_add(&f->api, 1, "assigned");
+
+        p->answer_id = "00000000-0000-4000-8000-000000000999";
+        declare_by(f, "id", 1, 1);
+        engine_up(f);
+        run_pass(f);
+        assert_true(f->api.phones[0].gets >= 1);
+        assert_int_equal(f->api.phones[0].deletes, 0);
+        assert_int_not_equal(state_of(f, id_of(1).s), STATE_RELEASED);
+        assert_int_not_equal(state_of(f, id_of(1).s), STATE_IN_FLIGHT);
         check_ledger(f);
 }
 
@@ -1411,6 +1430,7 @@ int main(void) {
                 T(test_numbers_are_matched_against_a_listing_of_the_account),
                 T(test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_again),
                 T(test_a_204_for_an_unknown_provider_is_followed_by_a_look),
+                T(test_a_look_answered_with_another_phone_decides_nothing),
                 T(test_a_call_the_client_cannot_make_charges_the_phone_nothing),
                 T(test_stopping_starts_no_new_call_and_records_what_was_out),
                 T(test_a_delete_decided_on_a_declaration_changed_since_does_not_leave),
