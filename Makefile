@@ -124,7 +124,7 @@ $(BUILD)/tests/test-listing: UNIT_OBJ := $(BUILD)/daemon/listing.o $(STUB_DIGA_O
 ENGINE_OBJ := $(patsubst %,$(BUILD)/daemon/%.o,engine act match pause listing)
 $(BUILD)/tests/test-engine: $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
 $(BUILD)/tests/test-engine: UNIT_OBJ := $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
-$(BUILD)/tests/test-engine: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
+$(BUILD)/tests/test-engine: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3,--wrap=strdup
 
 # test-log reads the journal entries log.c sends through its
 # __wrap_sd_journal_sendv_with_location (what sd_journal_sendv() is once

@@ -91,6 +91,24 @@ int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flag
         return fault.code;
 }
 
+/* Out of memory: the strdup() of the code under test (linked with
+ * --wrap=strdup) fails at the fail_at-th call once armed. */
+static struct {
+        bool armed, hit;
+        unsigned fail_at, calls;
+} oom;
+
+char *__real_strdup(const char *s);
+char *__wrap_strdup(const char *s);
+char *__wrap_strdup(const char *s) {
+        if (oom.armed && ++oom.calls == oom.fail_at) {
+                oom.hit = true;
+                errno = ENOMEM;
+                return NULL;
+        }
+        return __real_strdup(s);
+}
+
 /* ---- the API: a model account the stub's calls are answered from -------- */
 
 #define MAX_PHONES 4200
@@ -1395,6 +1413,32 @@ static void fault_recover(Fixture *f) {
         assert_null(engine_paused(f->e));
 }
 
+/* Each copy a pass makes (strdup(): the job's strings, what a look found,
+ * the listing's) failing in turn for want of memory: the job it was for is
+ * dropped, the ledger stays true, nothing is sent that its row did not say
+ * may be, and a restart releases every phone once. */
+static void test_each_copy_of_a_pass_failing_for_want_of_memory_leaves_a_true_ledger(void **state) {
+        Fixture *f = *state;
+        unsigned n;
+
+        fault_base_build();
+        for (n = 1;; n++) {
+                fault_fixture(f);
+                engine_up(f);
+                oom = (__typeof__(oom)) { .armed = true, .fail_at = n };
+                run_pass(f);
+                oom.armed = false;
+                fault_check(f);
+                fault_recover(f);
+                if (!oom.hit)
+                        break;
+        }
+        print_message("  a pass: %u copies failed in turn\n", n - 1);
+        *strrchr(fault_base, '/') = 0;
+        tmpdir_remove(fault_base);
+        fault_base = NULL;
+}
+
 static void test_each_sqlite_call_of_a_pass_failing_in_turn_leaves_a_true_ledger(void **state) {
         Fixture *f = *state;
         unsigned n;
@@ -1431,6 +1475,7 @@ int main(void) {
                 T(test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_again),
                 T(test_a_204_for_an_unknown_provider_is_followed_by_a_look),
                 T(test_a_look_answered_with_another_phone_decides_nothing),
+                T(test_each_copy_of_a_pass_failing_for_want_of_memory_leaves_a_true_ledger),
                 T(test_a_call_the_client_cannot_make_charges_the_phone_nothing),
                 T(test_stopping_starts_no_new_call_and_records_what_was_out),
                 T(test_a_delete_decided_on_a_declaration_changed_since_does_not_leave),
