@@ -285,38 +285,6 @@ def test_ledger_from_a_newer_schema_is_refused_untouched(make_rig):
 
 # ---------------------------------------------------------------- a full disk
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MiB tmpfs for the ledger, and a way to fill it up."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs for the ledger")
-    mnt = str(tmp_path / "disk")
-    os.makedirs(mnt)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", mnt],
-                       stderr=subprocess.PIPE, text=True)
-    if p.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % p.stderr.strip())
-
-    class Disk:
-        path = mnt
-        filler = os.path.join(mnt, "filler")
-
-        def fill(self, leave):
-            """Takes all free space but `leave` bytes."""
-            st = os.statvfs(mnt)
-            free = st.f_bavail * st.f_frsize
-            with open(self.filler, "ab") as f:
-                f.write(b"\0" * max(0, free - leave))
-            st = os.statvfs(mnt)
-            return st.f_bavail * st.f_frsize
-
-        def free_up(self):
-            os.unlink(self.filler)
-
-    yield Disk()
-    subprocess.run(["umount", "-l", mnt])
-
-
 N_DISK = 300
 
 
