@@ -12,7 +12,7 @@
 
 #include "conf.h"
 
-#define LEDGER_SCHEMA_VERSION 5
+#define LEDGER_SCHEMA_VERSION 6
 
 /* Bytes of a phone's nickname kept (the API's text, cut with a visible
  * mark, NICKNAME_CUT, by daemon/api.c). */

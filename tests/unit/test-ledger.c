@@ -99,30 +99,51 @@ static void set_user_version(const char *path, int v) {
         sqlite3_close(db);
 }
 
-/* What version 5 added, taken away again (on the writer's connection):
- * the file is as a version 4 retired left it, its CHECK on the state
- * without in_use. */
-static void undo_version_5(Ledger *l) {
+/* The phones table's SQL with one text replaced, as a migration through
+ * writable_schema does it (on the writer's connection). */
+static void replace_in_phones_sql(Ledger *l, const char *from, const char *to) {
         sqlite3 *db = ledger_db(l);
         sqlite3_stmt *st;
         char sql[64];
         int v;
 
-        assert_int_equal(sqlite3_exec(db, "DROP TRIGGER phones_agents_while_in_use;"
-                                      "ALTER TABLE phones DROP COLUMN nickname;"
-                                      "ALTER TABLE phones DROP COLUMN inbound_agent;"
-                                      "ALTER TABLE phones DROP COLUMN outbound_agent;"
-                                      "ALTER TABLE phones DROP COLUMN release_in_use", NULL, NULL, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA schema_version", -1, &st, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_step(st), SQLITE_ROW);
         v = sqlite3_column_int(st, 0);
         sqlite3_finalize(st);
-        assert_int_equal(sqlite3_exec(db, "PRAGMA writable_schema = ON;"
-                                      "UPDATE sqlite_schema SET sql = replace(sql, ',''in_use''))', '))')"
-                                      " WHERE name = 'phones'", NULL, NULL, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "PRAGMA writable_schema = ON", NULL, NULL, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, "UPDATE sqlite_schema SET sql = replace(sql, ?1, ?2) WHERE name = 'phones'",
+                                            -1, &st, NULL), SQLITE_OK);
+        (void) sqlite3_bind_text(st, 1, from, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(st, 2, to, -1, SQLITE_STATIC);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_finalize(st);
         snprintf(sql, sizeof sql, "PRAGMA schema_version = %d", v + 1);
         assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
         assert_int_equal(sqlite3_exec(db, "PRAGMA writable_schema = OFF", NULL, NULL, NULL), SQLITE_OK);
+}
+
+#define STATES_IN "CHECK (state IN ('pending','deferred','in_flight','retrying',    'scheduled','released'," \
+        "'failed','cancelled','unresolved','in_use'))"
+#define STATES_OR "CHECK (state = 'pending' OR state = 'deferred' OR state = 'in_flight'" \
+        " OR state = 'retrying' OR state = 'scheduled' OR state = 'released' OR state = 'failed'" \
+        " OR state = 'cancelled' OR state = 'unresolved' OR state = 'in_use')"
+
+/* The file as a version 5 retired left it: the states as an IN list. */
+static void undo_version_6(Ledger *l) {
+        replace_in_phones_sql(l, STATES_OR, STATES_IN);
+}
+
+/* What version 5 added, taken away again: the file is as a version 4
+ * retired left it, its CHECK on the state without in_use. */
+static void undo_version_5(Ledger *l) {
+        undo_version_6(l);
+        assert_int_equal(sqlite3_exec(ledger_db(l), "DROP TRIGGER phones_agents_while_in_use;"
+                                      "ALTER TABLE phones DROP COLUMN nickname;"
+                                      "ALTER TABLE phones DROP COLUMN inbound_agent;"
+                                      "ALTER TABLE phones DROP COLUMN outbound_agent;"
+                                      "ALTER TABLE phones DROP COLUMN release_in_use", NULL, NULL, NULL), SQLITE_OK);
+        replace_in_phones_sql(l, ",'in_use'))", "))");
 }
 
 typedef struct HistRow {
@@ -1318,6 +1339,55 @@ static void test_migration_to_version_5_adds_in_use(void **state) {
         assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'pending' WHERE key = 'a'"), 0);
 }
 
+/* A version 5 file: version 6 writes the CHECK on the state as ORs,
+ * which a row is written through without SQLite building the IN list's
+ * table for it.  The same states pass, any other is refused, and the rows
+ * are as they were. */
+static void test_migration_to_version_6_keeps_the_states(void **state) {
+        Fixture *f = *state;
+        int64_t b = add_phone(f->l, "b", UUID_B, NULL, STATE_PENDING);
+
+        undo_version_6(f->l);
+        f->l = ledger_close(f->l);
+        set_user_version(f->path, 5);
+        assert_int_equal(query_int(f->path, "SELECT instr(sql, 'state IN (') > 0 FROM sqlite_schema WHERE name = 'phones'"), 1);
+
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        assert_int_equal(query_int(f->path, "PRAGMA user_version"), LEDGER_SCHEMA_VERSION);
+        assert_int_equal(query_int(f->path, "SELECT instr(sql, 'state IN (') FROM sqlite_schema WHERE name = 'phones'"), 0);
+        assert_int_equal(query_int(f->path, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"), 1);
+        assert_int_equal(query_int(f->path, "SELECT pk FROM phones WHERE key = 'b'"), (int) b);
+        for (PhoneState s = 0; s < _STATE_MAX; s++) {
+                char sql[128];
+
+                snprintf(sql, sizeof sql, "INSERT INTO phones (key, state, created_at, updated_at) VALUES ('s%d', '%s', 1, 1)",
+                         (int) s, state_to_string(s));
+                assert_int_equal(ledger_exec(f->l, sql), 0);
+        }
+        assert_int_not_equal(ledger_exec(f->l, "INSERT INTO phones (key, state, created_at, updated_at)"
+                                         " VALUES ('x', 'gone', 1, 1)"), 0);
+        assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'Pending' WHERE key = 'b'"), 0);
+}
+
+/* A version 5 file whose CHECK is not the text retired wrote (edited by
+ * hand): the migration leaves it as it is, rather than guess at an
+ * equivalent, and the file opens. */
+static void test_migration_to_version_6_leaves_a_check_it_did_not_write(void **state) {
+        Fixture *f = *state;
+
+        add_phone(f->l, "b", UUID_B, NULL, STATE_PENDING);
+        undo_version_6(f->l);
+        replace_in_phones_sql(f->l, "'in_flight','retrying',    'scheduled'", "'in_flight','retrying','scheduled'");
+        f->l = ledger_close(f->l);
+        set_user_version(f->path, 5);
+
+        assert_int_equal(ledger_open(f->path, LEDGER_WRITE, &f->l, NULL), 0);
+        assert_int_equal(query_int(f->path, "PRAGMA user_version"), LEDGER_SCHEMA_VERSION);
+        assert_int_equal(query_int(f->path, "SELECT instr(sql, '''retrying'',''scheduled''') > 0"
+                                   " FROM sqlite_schema WHERE name = 'phones'"), 1);
+        assert_int_not_equal(ledger_exec(f->l, "UPDATE phones SET state = 'gone'"), 0);
+}
+
 /* A version 2 file holding a released row with the error of an earlier
  * failed call: version 3 drops the error and leaves the history as it was. */
 static void test_migration_to_version_3_drops_the_errors_of_released_rows(void **state) {
@@ -1899,6 +1969,8 @@ int main(void) {
                 T(test_one_writer_per_file_by_any_name),
                 cmocka_unit_test(test_migration_from_version_1_marks_deletes_that_may_be_out),
                 cmocka_unit_test_setup_teardown(test_migration_to_version_5_adds_in_use, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migration_to_version_6_keeps_the_states, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_migration_to_version_6_leaves_a_check_it_did_not_write, setup, teardown),
                 T(test_migration_to_version_3_drops_the_errors_of_released_rows),
                 T(test_released_drops_its_error),
                 T(test_released_at_is_the_step_into_released),
