@@ -383,13 +383,13 @@ static int apply_plan(Manager *m, const Config *c, const char *why) {
         usec_t t1 = now(CLOCK_MONOTONIC);
         settle(m);
         t1 = now(CLOCK_MONOTONIC) - t1;
-        if (m->took_read + took_plan + p->took_rows + p->took_history + p->took_declared + p->took_changes +
-            p->took_commit + t1 >= USEC_PER_SEC)
+        if (m->took_read + took_plan + p->took_rows + p->took_history + p->took_changes + p->took_commit + t1 >=
+            USEC_PER_SEC)
                 log_info("Load steps: read %.2f s, plan %.2f s, rows added %.2f s, their history %.2f s, "
-                         "declared set %.2f s, other changes %.2f s, commit %.2f s, checkpoint %.2f s.",
+                         "other changes %.2f s, commit %.2f s, checkpoint %.2f s.",
                          (double) m->took_read / USEC_PER_SEC, (double) took_plan / USEC_PER_SEC,
                          (double) p->took_rows / USEC_PER_SEC, (double) p->took_history / USEC_PER_SEC,
-                         (double) p->took_declared / USEC_PER_SEC, (double) p->took_changes / USEC_PER_SEC,
+                         (double) p->took_changes / USEC_PER_SEC,
                          (double) p->took_commit / USEC_PER_SEC, (double) t1 / USEC_PER_SEC);
         /* A large load leaves a large heap behind; an idle daemon should be small. */
         p = plan_free(p);

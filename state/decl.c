@@ -39,6 +39,28 @@ static const char begin_sql[] =
 #define DUP_ALSO   2
 #define DUP_SHOWN  5
 
+/* The rows a plan added are named by the set when it is next read (a
+ * plan, a reload, a restore, a count), not at the start that added them:
+ * a million lookups by key, a second of a first start, for a set most
+ * daemons read again only at a reload.  Until then, nothing reads it. */
+void ledger_decls_added(Ledger *l) {
+        *ledger_decls_unmatched(l) = true;
+}
+
+static int decls_settle(Ledger *l) {
+        int r;
+
+        if (!*ledger_decls_unmatched(l))
+                return 0;
+        r = ledger_exec(l, "UPDATE temp.decl SET phone = (SELECT pk FROM phones WHERE key = decl.key)"
+                        " WHERE phone IS NULL;"
+                        "INSERT OR IGNORE INTO temp.declared SELECT phone, seq FROM temp.decl"
+                        " WHERE phone IS NOT NULL ORDER BY seq");
+        if (r >= 0)
+                *ledger_decls_unmatched(l) = false;
+        return r;
+}
+
 static int load_begin(void *userdata, const Config *c) {
         DeclLoad *dl = userdata;
         sqlite3_stmt *st = NULL;
@@ -49,7 +71,10 @@ static int load_begin(void *userdata, const Config *c) {
                 if (r < 0)
                         return r;
         }
-        r = ledger_exec(dl->ledger, begin_sql);
+        /* The set in force is set aside whole, to be restored if this load fails. */
+        r = decls_settle(dl->ledger);
+        if (r >= 0)
+                r = ledger_exec(dl->ledger, begin_sql);
         if (r < 0) {
                 (void) ledger_exec(dl->ledger, "ROLLBACK TO decl_load; RELEASE decl_load");
                 return r;
@@ -478,6 +503,11 @@ static const char declared_sql[] =
 int ledger_decls_match(Ledger *l) {
         int r;
 
+        /* What a plan added is matched by key first, as at a load. */
+        r = decls_settle(l);
+        if (r < 0)
+                return r;
+
         /* A declaration names a row by its key (matched as it went in), or
          * by the id or number the row was declared or resolved with.  The
          * EXISTS probes come first: most declarations that no key matched
@@ -494,21 +524,18 @@ int ledger_decls_match(Ledger *l) {
         return r < 0 ? r : ledger_exec(l, declared_sql);
 }
 
-int ledger_decls_added(Ledger *l) {
-        return ledger_exec(l, "UPDATE temp.decl SET phone = (SELECT pk FROM phones WHERE key = decl.key)"
-                           " WHERE phone IS NULL;"
-                           "INSERT OR IGNORE INTO temp.declared SELECT phone, seq FROM temp.decl"
-                           " WHERE phone IS NOT NULL ORDER BY seq");
-}
-
 int ledger_decls_restore(Ledger *l) {
+        /* The set in force was settled before it was set aside (load_begin()). */
         int r = ledger_exec(l, "SAVEPOINT decl_restore;"
                             "DROP TABLE IF EXISTS temp.decl;"
                             "DROP TABLE IF EXISTS temp.decl_file;"
                             "ALTER TABLE temp.decl_old RENAME TO decl;"
                             "ALTER TABLE temp.decl_file_old RENAME TO decl_file;"
                             "RELEASE decl_restore");
-        return r < 0 ? r : ledger_exec(l, declared_sql);
+        if (r < 0)
+                return r;
+        *ledger_decls_unmatched(l) = false;
+        return ledger_exec(l, declared_sql);
 }
 
 int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), void *userdata) {
@@ -537,6 +564,10 @@ int ledger_decls_foreach(Ledger *l, int (*cb)(const Decl *d, void *userdata), vo
 int ledger_decls_needing_operator(Ledger *l, uint64_t *ret) {
         int64_t n;
         int r;
+
+        r = decls_settle(l);
+        if (r < 0)
+                return r;
 
         r = ledger_query_int(l, "SELECT count(*) FROM phones p WHERE p.state IN ('failed', 'unresolved', 'in_use')"
                              " AND p.pk IN (SELECT pk FROM temp.declared)", &n);

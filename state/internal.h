@@ -34,6 +34,8 @@ int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **r
 /* The Phone of a row of PHONE_COLUMNS (and, when asked, its released_at after them). */
 int ledger_phone_from_row(sqlite3_stmt *st, Phone *ret);
 sqlite3 *ledger_db(Ledger *l);
+/* Set by ledger_decls_added(), cleared once the set names the rows (decl.c). */
+bool *ledger_decls_unmatched(Ledger *l);
 int ledger_exec(Ledger *l, const char *sql);
 /* An error sentence for the operator in *error (if given); NULL when even
  * that cannot be had. */
@@ -52,6 +54,7 @@ int ledger_history_add(Ledger *l, int64_t pk, int64_t at, const char *kind, cons
                        const char *new_state, const char *method, const char *path, int http_status,
                        int64_t latency_ms, const char *detail);
 /* The declared set's rows matched to the ledger's (temp.decl.phone, and
- * temp.declared by row), for the plan; again after rows were added. */
+ * temp.declared by row), for the plan.  After rows were added for it, the
+ * set names them only when next read: ledger_decls_added() marks it. */
 int ledger_decls_match(Ledger *l);
-int ledger_decls_added(Ledger *l);
+void ledger_decls_added(Ledger *l);

@@ -22,6 +22,7 @@ struct Ledger {
         int lock_fd;        /* a writer's flock on the file; -1 for readers */
         char *path;         /* a writer's, for ledger_discard() */
         bool created;       /* this open made the file, and no start has kept it yet */
+        bool decls_unmatched;   /* rows were added that temp.decl does not name yet */
         sqlite3_stmt *cached[_STMT_MAX];   /* asked once per listed phone, or per row of a pass */
         bool (*progress)(void *userdata);
         void *progress_userdata;
@@ -399,6 +400,10 @@ const char *ledger_errmsg(Ledger *l) {
 
 sqlite3 *ledger_db(Ledger *l) {
         return l->db;
+}
+
+bool *ledger_decls_unmatched(Ledger *l) {
+        return &l->decls_unmatched;
 }
 
 static char *col_strdup(sqlite3_stmt *st, int i) {

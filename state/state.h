@@ -357,7 +357,7 @@ typedef struct Plan {
         /* Where plan_apply() spent its time, usec on CLOCK_MONOTONIC: the
          * rows added, their history, the declared set told which rows it
          * names, the other changes, the commit. */
-        usec_t took_rows, took_history, took_declared, took_changes, took_commit;
+        usec_t took_rows, took_history, took_changes, took_commit;
 } Plan;
 
 const char *change_kind_to_string(ChangeKind k);

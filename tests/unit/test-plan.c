@@ -1229,6 +1229,22 @@ static void fail_row(Fixture *f, const char *key) {
         phone_done(&ph);
 }
 
+/* The rows a plan added are named by the set that added them also once
+ * that set is brought back after a load that was not applied: the set is
+ * told of its new rows before it is set aside. */
+static void test_a_restored_set_names_the_rows_it_added(void **state) {
+        Fixture *f = *state;
+        uint64_t n = 99;
+
+        sync_to(f, "releases = ( { number = \"" N1 "\"; }, { number = \"" N2 "\"; } );\n");
+        config_free(config(f, ONE_NUMBER(N4)));
+        assert_int_equal(ledger_decls_restore(f->l), 0);
+        fail_row(f, N1);
+        fail_row(f, N2);
+        assert_int_equal(ledger_decls_needing_operator(f->l, &n), 0);
+        assert_int_equal(n, 2);
+}
+
 /* --once's verdict: failed or unresolved rows count only while declared. */
 static void test_only_declared_failed_rows_need_an_operator(void **state) {
         Fixture *f = *state;
@@ -1433,6 +1449,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 T(test_refused_load_keeps_the_declared_set_in_force),
                 T(test_only_declared_failed_rows_need_an_operator),
+                T(test_a_restored_set_names_the_rows_it_added),
                 T(test_a_change_that_cannot_be_read_stops_the_plan),
                 cmocka_unit_test(test_change_kinds_have_their_documented_names),
                 T(test_hold_covers_what_is_added_or_changed),
