@@ -726,6 +726,45 @@ static void test_counts_and_list(void **state) {
         assert_int_equal(calls, 1);
 }
 
+/* The counts are kept from one ask to the next only while phones is as
+ * it was: a change on this connection (kept or taken back), or one another
+ * connection committed, is counted anew. */
+static void test_counts_follow_every_change(void **state) {
+        Fixture *f = *state;
+        uint64_t counts[_STATE_MAX];
+        int64_t pk = add_phone(f->l, "111", NULL, "111", STATE_PENDING);
+        sqlite3 *other;
+
+        assert_int_equal(ledger_counts(f->l, counts), 0);
+        assert_int_equal(counts[STATE_PENDING], 1);
+        assert_int_equal(ledger_counts(f->l, counts), 0);
+        assert_int_equal(counts[STATE_PENDING], 1);
+
+        /* This connection's change. */
+        assert_int_equal(ledger_update(f->l, &(LedgerUpdate) { .pk = pk, .from = STATE_PENDING, .to = STATE_FAILED,
+                                                              .attempts = -1, .next_at = -1, .error = "HTTP 403" }), 0);
+        assert_int_equal(ledger_counts(f->l, counts), 0);
+        assert_int_equal(counts[STATE_PENDING], 0);
+        assert_int_equal(counts[STATE_FAILED], 1);
+
+        /* Counted inside a transaction, which is then taken back. */
+        assert_int_equal(ledger_exec(f->l, "BEGIN; UPDATE phones SET state = 'cancelled'"), 0);
+        assert_int_equal(ledger_counts(f->l, counts), 0);
+        assert_int_equal(counts[STATE_CANCELLED], 1);
+        assert_int_equal(ledger_exec(f->l, "ROLLBACK"), 0);
+        assert_int_equal(ledger_counts(f->l, counts), 0);
+        assert_int_equal(counts[STATE_CANCELLED], 0);
+        assert_int_equal(counts[STATE_FAILED], 1);
+
+        /* Another connection's, committed. */
+        assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(other, "UPDATE phones SET state = 'cancelled'", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(other);
+        assert_int_equal(ledger_counts(f->l, counts), 0);
+        assert_int_equal(counts[STATE_CANCELLED], 1);
+        assert_int_equal(counts[STATE_FAILED], 0);
+}
+
 /* A state no retired writes (put there by a program that set the CHECK
  * constraints aside) is refused by every read of the row, never taken for
  * some state. */
@@ -1956,6 +1995,7 @@ int main(void) {
                 T(test_update_in_the_same_state_records_the_call_only),
                 T(test_find_by_key_id_and_written_number),
                 T(test_counts_and_list),
+                T(test_counts_follow_every_change),
                 T(test_a_row_in_an_unknown_state_is_refused),
                 T(test_due_rows_by_set_and_batch),
                 T(test_listed_phones_by_id_and_number),
