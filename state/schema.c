@@ -126,8 +126,11 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
          * row from before says).  0 and 1 take no byte of a row but their type. */
         "ALTER TABLE phones ADD COLUMN release_in_use INTEGER NOT NULL DEFAULT 0 CHECK (release_in_use IN (0, 1));",
 
-        /* 6: the CHECK on the state, rewritten by states_as_ors() alone. */
-        "",
+        /* 6: the CHECK on the state, rewritten by states_as_ors().  And the
+         * rows whose DELETE went out, in pk order: a pass walks them first,
+         * and at a million rows with none, that walk read every row (0.6 s
+         * of the loop stopped at each pass's start) to find nothing. */
+        "CREATE INDEX phones_sent ON phones(pk) WHERE sent_at != 0;",
 };
 
 /* SQLite cannot ALTER a CHECK.  A rebuild of phones copies every row of a
