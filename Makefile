@@ -4,11 +4,17 @@
 VERSION    := 0.1.0
 PREFIX     ?= /usr/local
 DESTDIR    ?=
+LIBEXECDIR ?= $(PREFIX)/libexec
+# retirectl-live, which retirectl runs for plan --live.
+PKGLIBEXECDIR = $(LIBEXECDIR)/retired
 BUILD      ?= build
 CC         ?= cc
 PYTHON     := /usr/bin/python3
 
 PKGS       := libcurl libconfig sqlite3 libsystemd libcrypto
+# retirectl's own: the API client's two (and the libraries they need) are
+# retirectl-live's alone.
+PKGS_LEAN  := libconfig sqlite3 libsystemd
 DEB_BUILD  := gcc make pkg-config libcurl4-openssl-dev libconfig-dev \
               libsqlite3-dev libsystemd-dev libcmocka-dev libssl-dev
 DEB_TEST   := python3 python3-pytest sqlite3 curl openssl systemd \
@@ -46,12 +52,13 @@ BUILD      := build/coverage
 endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKG_LIBS_LEAN = $(shell pkg-config --libs $(PKGS_LEAN) 2>/dev/null)
 
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps check check-fast unit-build test demo install uninstall deb lintian clean unit valgrind fuzz bench torture coverage mutants
+.PHONY: FORCE all deps check check-fast unit-build test demo install uninstall deb lintian clean unit valgrind fuzz bench torture coverage mutants
 
-all: $(BUILD)/retired $(BUILD)/retirectl
+all: $(BUILD)/retired $(BUILD)/retirectl $(BUILD)/retirectl-live
 
 # Installs only what dpkg does not already know as installed, so a second
 # run is silent and needs no network.
@@ -68,9 +75,14 @@ deps:
 CONF_SRC   := conf/syntax.c conf/parse.c
 STATE_SRC  := state/ledger.c state/schema.c state/meta.c state/history.c state/plan.c state/decl.c state/listed.c
 CORE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CONF_SRC) $(STATE_SRC))
+RETIRECTL_OBJ := $(BUILD)/daemon/retirectl.o $(BUILD)/daemon/retirectl-control.o
 # plan --live lists the account by the daemon's rules and decides with its
 # decisions: the client, the listing, the match and reconcile.c, no engine.
-RETIRECTL_OBJ := $(BUILD)/daemon/retirectl.o $(BUILD)/daemon/retirectl-control.o $(BUILD)/daemon/retirectl-live.o \
+# Linked with them (libcurl, libcrypto and what they load), retirectl took
+# 22 ms to start, 7 without: retirectl is every command but that one, which
+# it runs as retirectl-live (retirectl with these), from beside itself or
+# from where install puts it.
+RETIRECTL_LIVE_OBJ := $(BUILD)/daemon/retirectl-live.o \
                  $(patsubst %,$(BUILD)/daemon/%.o,api diga listing log match pacer reconcile token)
 RETIRED_SRC := $(filter-out daemon/retirectl%,$(wildcard daemon/*.c))
 RETIRED_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(RETIRED_SRC))
@@ -87,8 +99,21 @@ $(BUILD)/.dir:
 $(BUILD)/libcore.a: $(CORE_OBJ)
 	$(AR) rcs $@ $^
 
-$(BUILD)/retirectl: $(RETIRECTL_OBJ) $(BUILD)/libcore.a
+$(BUILD)/retirectl: $(RETIRECTL_OBJ) $(BUILD)/daemon/retirectl-exec.o $(BUILD)/libcore.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS_LEAN) -lm
+
+$(BUILD)/retirectl-live: $(RETIRECTL_OBJ) $(RETIRECTL_LIVE_OBJ) $(BUILD)/libcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+# Where install puts retirectl-live is compiled into retirectl; this file
+# holds it, rewritten when it changes, so that a make install with another
+# PREFIX than the build's builds retirectl again.
+$(BUILD)/daemon/retirectl-exec.o: CPPFLAGS += -DPKGLIBEXECDIR='"$(PKGLIBEXECDIR)"'
+$(BUILD)/daemon/retirectl-exec.o: $(BUILD)/pkglibexecdir
+$(BUILD)/pkglibexecdir: FORCE | $(BUILD)/.dir
+	@echo '$(PKGLIBEXECDIR)' | cmp -s - $@ || echo '$(PKGLIBEXECDIR)' >$@
+
+FORCE:
 
 $(BUILD)/retired: $(RETIRED_OBJ) $(BUILD)/libcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
@@ -246,6 +271,8 @@ install: all
 	install -d $(BINDIR) $(SBINDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8 $(CONFDIR)/releases.d
 	install -m 0755 $(BUILD)/retired $(SBINDIR)/retired
 	install -m 0755 $(BUILD)/retirectl $(BINDIR)/retirectl
+	install -d $(DESTDIR)$(PKGLIBEXECDIR)
+	install -m 0755 $(BUILD)/retirectl-live $(DESTDIR)$(PKGLIBEXECDIR)/retirectl-live
 	install -m 0644 daemon/retirectl.1 $(MANDIR)/man1/retirectl.1
 	install -m 0644 conf/retired.conf.5 $(MANDIR)/man5/retired.conf.5
 	install -d $(COMPLETIONDIR)
@@ -264,9 +291,10 @@ install: all
 # package's remove, it keeps /etc/retired and /var/lib/private/retired.
 # Run `systemctl disable --now retired retired-once.timer` first.
 uninstall:
-	rm -f $(SBINDIR)/retired $(BINDIR)/retirectl \
+	rm -f $(SBINDIR)/retired $(BINDIR)/retirectl $(DESTDIR)$(PKGLIBEXECDIR)/retirectl-live \
 	  $(MANDIR)/man1/retirectl.1 $(MANDIR)/man5/retired.conf.5 $(MANDIR)/man8/retired.8 \
 	  $(addprefix $(UNITDIR)/,$(UNITS)) $(CATALOGDIR)/retired.catalog $(COMPLETIONDIR)/retirectl
+	[ ! -d $(DESTDIR)$(PKGLIBEXECDIR) ] || rmdir --ignore-fail-on-non-empty $(DESTDIR)$(PKGLIBEXECDIR)
 
 # The Debian package, built by debhelper (debian/) in a copy of the tree so
 # that dpkg-buildpackage leaves the .deb in build/deb, not beside the tree.

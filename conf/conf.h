@@ -123,7 +123,9 @@ void conf_diag_add(ConfDiag *d, const char *file, unsigned line, const char *fmt
 int config_load(const char *path, const DeclSink *sink, Config **ret, ConfDiag *d);
 /* The settings only (n_decls 0): no declaration is read, not even the main
  * file's, so a million of them cost nothing to the commands that only need
- * to know where the ledger and the control socket are. */
+ * to know where the ledger and the control socket are.  api.base_url is
+ * kept but not checked: they never call the API, and its check is
+ * libcurl's parser, which would load libcurl into each of them. */
 int config_load_settings(const char *path, Config **ret, ConfDiag *d);
 /* Why the shipped unit, whose user is dynamic, could not read
  * api.token_file (*ret a sentence), or *ret NULL.  -ENOMEM only. */

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <libconfig.h>
 #include <libgen.h>
@@ -21,6 +22,7 @@ typedef struct Loader {
         ConfDiag *d;
         const DeclSink *sink;  /* NULL: declarations are checked and counted only */
         const char *file;   /* the file being read, for settings libconfig has no name for */
+        bool settings_only; /* config_load_settings() */
         size_t errors;      /* d->n may be capped; this is not */
         size_t n_read;      /* declarations read, before any merge */
         unsigned retry_line;   /* where the retry group is, for cross-key checks */
@@ -51,6 +53,9 @@ typedef struct Key {
         size_t offset;
         double min, max;
         const char *(*check)(const char *value);  /* NULL or why the string is refused */
+        /* Not checked by config_load_settings(): its commands never use the
+         * value, and its check would load libcurl into each of them. */
+        bool whole_load_only;
 } Key;
 
 static const char *check_absolute(const char *v) {
@@ -77,6 +82,33 @@ static bool host_is_loopback(const char *h) {
                (inet_pton(AF_INET, h, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127);
 }
 
+/* libcurl is opened here, when a URL is checked, not linked: retirectl's
+ * commands that load the settings alone never check one, and mapping
+ * libcurl and the forty libraries it needs was most of their start.  The
+ * daemon and plan --live link it for their client, and get that copy. */
+static __typeof__(curl_url) *sym_curl_url;
+static __typeof__(curl_url_set) *sym_curl_url_set;
+static __typeof__(curl_url_get) *sym_curl_url_get;
+static __typeof__(curl_url_cleanup) *sym_curl_url_cleanup;
+
+static int dlopen_curl(void) {
+        static int cached = 1;          /* 1: not tried yet */
+        void *dl;
+
+        if (cached <= 0)
+                return cached;
+        dl = dlopen("libcurl.so.4", RTLD_NOW);
+        if (!dl)
+                return (cached = -EOPNOTSUPP);
+        sym_curl_url = (__typeof__(sym_curl_url)) dlsym(dl, "curl_url");
+        sym_curl_url_set = (__typeof__(sym_curl_url_set)) dlsym(dl, "curl_url_set");
+        sym_curl_url_get = (__typeof__(sym_curl_url_get)) dlsym(dl, "curl_url_get");
+        sym_curl_url_cleanup = (__typeof__(sym_curl_url_cleanup)) dlsym(dl, "curl_url_cleanup");
+        if (!sym_curl_url || !sym_curl_url_set || !sym_curl_url_get || !sym_curl_url_cleanup)
+                return (cached = -EOPNOTSUPP);
+        return (cached = 0);
+}
+
 /* libcurl's own URL parser decides what the scheme and host are, so that
  * we check the same thing that will be connected to. */
 static const char *check_url(const char *v) {
@@ -86,24 +118,26 @@ static const char *check_url(const char *v) {
 
         if (strlen(v) > CONF_MAX_URL)
                 return "longer than 1024 characters";
-        u = curl_url();
+        if (dlopen_curl() < 0)
+                return "cannot be checked: libcurl.so.4 (libcurl4) cannot be loaded";
+        u = sym_curl_url();
         if (!u)
                 return "out of memory";
-        if (curl_url_set(u, CURLUPART_URL, v, 0) != CURLUE_OK ||
-            curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-            curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+        if (sym_curl_url_set(u, CURLUPART_URL, v, 0) != CURLUE_OK ||
+            sym_curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+            sym_curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
                 why = "not a URL";
         else if (!streq(scheme, "https") && !(streq(scheme, "http") && host_is_loopback(host)))
                 why = "only https:// URLs are allowed (http:// only for loopback test servers)";
-        else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK || strchr(v, '#'))
+        else if (sym_curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK || strchr(v, '#'))
                 why = "must not have a query or fragment";
-        curl_url_cleanup(u);
+        sym_curl_url_cleanup(u);
         return why;
 }
 
 #define C(f) offsetof(Config, f)
 static const Key keys[] = {
-        { "api",    "base_url",         K_STR,   C(base_url),   .check = check_url },
+        { "api",    "base_url",         K_STR,   C(base_url),   .check = check_url, .whole_load_only = true },
         { "api",    "token_file",       K_STR,   C(token_file), .check = check_absolute },
         { "api",    "ca_file",          K_STR,   C(ca_file),    .check = check_ca_file },
         { "api",    "timeout",          K_FLOAT, C(timeout),          1, 600 },
@@ -143,7 +177,7 @@ static void read_key(Loader *l, const Key *k, const config_setting_t *s) {
 
                 if (type != CONFIG_TYPE_STRING)
                         return bad(l, s, "%s: expected a string", name);
-                if (k->check && (why = k->check(str)))
+                if (k->check && !(l->settings_only && k->whole_load_only) && (why = k->check(str)))
                         return bad(l, s, "%s: \"%.80s\": %s", name, str, why);
                 if (strlen(str) > CONF_MAX_PATH)
                         return bad(l, s, "%s: longer than %u characters", name, CONF_MAX_PATH);
@@ -706,7 +740,7 @@ static int load(const char *path, const DeclSink *sink, bool settings_only, Conf
         r = add_file(c, path, &file);
         if (r < 0)
                 return r;
-        l = (Loader) { .c = c, .d = d, .sink = sink, .file = file };
+        l = (Loader) { .c = c, .d = d, .sink = sink, .file = file, .settings_only = settings_only };
 
         /* The defaults, before the file may set the keys to "" (= default). */
         ledger_default = strdup(c->ledger);

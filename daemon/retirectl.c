@@ -18,6 +18,7 @@
 
 const char *arg_config = "/etc/retired/retired.conf";
 const char *arg_ledger = NULL;
+char **saved_argv = NULL;
 static bool arg_json = false;
 static bool arg_live = false;
 static int arg_state = -1;
@@ -1004,12 +1005,20 @@ static int dispatch_verb(const char *verb, char **args, int n_args) {
 }
 
 int main(int argc, char **argv) {
+        _cleanup_free_ char **args = NULL;
         unsigned given = 0;
         const char *verb;
         int r;
 
         /* A daemon gone mid-request is an answer to report, not a death. */
         (void) signal(SIGPIPE, SIG_IGN);
+        /* Before getopt_long() moves the words about. */
+        args = malloc(sizeof(char *) * ((size_t) argc + 1));
+        if (!args) {
+                fprintf(stderr, "retirectl: out of memory\n");
+                return EXIT_ERROR;
+        }
+        saved_argv = memcpy(args, argv, sizeof(char *) * ((size_t) argc + 1));
         r = parse_argv(argc, argv, &given);
         if (r <= 0)
                 return r < 0 ? EXIT_ERROR : EXIT_OK;

@@ -23,6 +23,9 @@ enum { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_CHANGES = 2, EXIT_UNDELIVERED = 3, EXIT
 
 extern const char *arg_config;     /* -c */
 extern const char *arg_ledger;     /* --ledger, or NULL: the config's */
+/* The command line as given, before getopt_long() reordered it: what
+ * retirectl-exec.c hands retirectl-live. */
+extern char **saved_argv;
 
 /* The config, with its FILE:LINE problems printed; with a sink, the
  * declarations go to it as read. */
@@ -43,7 +46,8 @@ int control_failed(const char *path, const char *verb, int r);
 int verb_control(const char *verb, const char *arg);
 /* plan --live (retirectl-live.c): what the next pass would do, against the
  * account as listed now; exit 0 nothing would be released, 2 something
- * would, 1 an error. */
+ * would, 1 an error.  In retirectl, retirectl-exec.c's runs the program
+ * retirectl-live, which has this one, and returns only when it could not. */
 int verb_plan_live(bool json);
 
 /* Output (retirectl.c): a JSON string or null, an RFC 3339 time or null,

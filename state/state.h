@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "macro.h"             /* usec_t */
 
 #define LEDGER_SCHEMA_VERSION 6
 

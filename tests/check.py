@@ -63,7 +63,7 @@ NICE = {"fuzz": 10, "lintian": 10, "package": -5, "system-pkg": -5, "build-san":
 
 # name: (argv, needs, extra environment, what it shows)
 STAGES = {
-    "build":      (MAKE + ["-j2", "all", "unit-build"], [], {}, "retired, retirectl, the unit tests"),
+    "build":      (MAKE + ["-j2", "all", "unit-build"], [], {}, "retired, retirectl, retirectl-live, the unit tests"),
     "build-san":  (MAKE + ["-j2", "SANITIZE=1", "all", "unit-build"], [], {}, "the same with ASan+UBSan"),
     "build-fuzz": (MAKE + ["-j2", "fuzz-build"], [], {}, "the libFuzzer harnesses"),
     "package":    (MAKE + ["deb"], [], {"DEB_BUILD_OPTIONS": "parallel=2"}, "the .deb (its build runs the unit tests)"),

@@ -32,6 +32,8 @@ from fake_diga import FakeDiga  # noqa: E402
 BUILD = os.path.abspath(os.environ.get("RETIRED_BUILD") or os.path.join(HERE, "..", "..", "build"))
 RETIRED = os.path.join(BUILD, "retired")
 RETIRECTL = os.path.join(BUILD, "retirectl")
+# What retirectl runs for plan --live, from beside itself.
+RETIRECTL_LIVE = os.path.join(BUILD, "retirectl-live")
 TOKEN = "test-token"
 VIEW_ONLY_TOKEN = "view-only-token"
 
@@ -68,7 +70,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    missing = [p for p in (RETIRED, RETIRECTL) if not os.access(p, os.X_OK)]
+    missing = [p for p in (RETIRED, RETIRECTL, RETIRECTL_LIVE) if not os.access(p, os.X_OK)]
     if missing:
         skip = pytest.mark.skip(reason="not built: %s (run make, or set RETIRED_BUILD)" % ", ".join(missing))
         for item in items:

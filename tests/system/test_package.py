@@ -32,6 +32,7 @@ TIMER = "retired-once.timer"
 CONF = "/etc/retired/retired.conf"
 TOKEN_FILE = "/etc/retired/api-token"
 RETIRECTL = "/usr/bin/retirectl"
+LIVE_HELPER = "/usr/libexec/retired/retirectl-live"
 DEB_DIR = os.path.join(PROJECT, "build", "deb")
 EXAMPLES = os.path.join(PROJECT, "systemd", "examples")
 
@@ -145,6 +146,15 @@ def test_installed_service_is_enabled_and_waits_for_its_key(pkg):
 
     # The key in place, a declaration, a start: released, with the catalog's text.
     pkg.keyed_config(decl(1), decl(20))
+    # First the preview: the packaged retirectl runs its helper from where the
+    # package puts it (nothing is beside /usr/bin/retirectl), which lists the account.
+    assert LIVE_HELPER in box.run("dpkg", "-L", "retired").stdout.split()
+    assert box.run("test", "-e", "/usr/bin/retirectl-live", check=False).returncode != 0
+    live = pkg.ctl("plan", "--live", check=False)
+    assert live.returncode == 2, live.stdout + live.stderr
+    assert "Live plan: 1 to release, 1 to order, 0 waiting, 0 deferred, 0 refused, 0 with nothing to do " \
+        "(29 phones listed by page" in live.stdout, live.stdout
+    assert {e["method"] for e in pkg.fake.log} == {"GET"}
     pkg.start()
     pkg.wait_status(counts(scheduled=1, released=1))
     assert pkg.deletes(1) == 1 and pkg.deletes(20) == 1

@@ -838,7 +838,8 @@ static void test_escaped_backslash_before_x00_is_text(void **state) {
 
 /* ---- settings only ------------------------------------------------------ */
 
-/* What the ledger's views load: the settings are checked as strictly, the
+/* What the ledger's views load: the settings are checked as strictly, but
+ * for api.base_url (libcurl's to check, which they must not load), the
  * declarations not at all (a broken one must not hide the record). */
 static void test_settings_only(void **state) {
         char *dir = tmpdir_new(), *path = path_join(dir, "retired.conf"), *want;
@@ -862,6 +863,18 @@ static void test_settings_only(void **state) {
         assert_int_equal(d.n, 1);
         assert_string_equal(d.lines[0], want);
         free(want);
+        conf_diag_done(&d);
+
+        /* Kept unchecked; the whole load, the daemon's and check's, refuses it. */
+        write_file(path, "api: {\n  base_url = \"http://example.com/\";\n};\n");
+        assert_int_equal(config_load_settings(path, &c, &d), 0);
+        assert_int_equal(d.n, 0);
+        assert_string_equal(c->base_url, "http://example.com");
+        c = config_free(c);
+        assert_int_equal(config_load(path, NULL, &c, &d), -EINVAL);
+        assert_null(c);
+        assert_int_equal(d.n, 1);
+        assert_non_null(strstr(d.lines[0], ":2: api.base_url: \"http://example.com/\": only https://"));
         conf_diag_done(&d);
         free(path);
         tmpdir_remove(dir);
