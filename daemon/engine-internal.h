@@ -88,6 +88,8 @@ struct Engine {
         DueQuery due;
         int64_t hold_from;           /* usec, CLOCK_BOOTTIME: when the pass took its due rows */
         uint64_t counted[_DUE_MAX];  /* due at the pass's start */
+        bool counting;               /* the pass's count runs, a chunk a turn (advance) */
+        int64_t count_after, count_end;   /* counted up to this pk, of those up to that one */
         Step step;
         Rest rest;
         int64_t after;               /* the last pk this step took */

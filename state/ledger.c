@@ -665,27 +665,38 @@ int ledger_due(Ledger *l, const DueQuery *q, int64_t after, unsigned limit,
         return each_phone(st, cb, userdata);
 }
 
-int ledger_due_count(Ledger *l, const DueQuery *q, uint64_t ret[static _DUE_MAX]) {
+int ledger_due_count_range(Ledger *l, const DueQuery *q, int64_t after, int64_t upto, uint64_t ret[static _DUE_MAX]) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         int rc;
 
         rc = sqlite3_prepare_v2(l->db, "SELECT count(*) FILTER (WHERE sent_at != 0),"
                                 " count(*) FILTER (WHERE sent_at = 0 AND id IS NOT NULL),"
                                 " count(*) FILTER (WHERE sent_at = 0 AND id IS NULL)"
-                                " FROM phones WHERE " DUE_WHERE, -1, &st, NULL);
+                                " FROM phones NOT INDEXED WHERE pk > ?4 AND pk <= ?5 AND " DUE_WHERE, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         (void) sqlite3_bind_int64(st, 1, q->now);
         (void) sqlite3_bind_int(st, 2, q->resync);
         (void) sqlite3_bind_int64(st, 3, q->due_now);
+        (void) sqlite3_bind_int64(st, 4, after);
+        (void) sqlite3_bind_int64(st, 5, upto);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
                 return sqlite_row_errno(rc);
-        ret[DUE_LOOKS] = (uint64_t) sqlite3_column_int64(st, 0);
-        ret[DUE_BY_ID] = (uint64_t) sqlite3_column_int64(st, 1);
-        ret[DUE_BY_NUMBER] = (uint64_t) sqlite3_column_int64(st, 2);
+        ret[DUE_LOOKS] += (uint64_t) sqlite3_column_int64(st, 0);
+        ret[DUE_BY_ID] += (uint64_t) sqlite3_column_int64(st, 1);
+        ret[DUE_BY_NUMBER] += (uint64_t) sqlite3_column_int64(st, 2);
         ret[DUE_REST] = ret[DUE_BY_ID] + ret[DUE_BY_NUMBER];
         return 0;
+}
+
+int ledger_due_count(Ledger *l, const DueQuery *q, uint64_t ret[static _DUE_MAX]) {
+        memset(ret, 0, sizeof(uint64_t) * _DUE_MAX);
+        return ledger_due_count_range(l, q, INT64_MIN, INT64_MAX, ret);
+}
+
+int ledger_last_pk(Ledger *l, int64_t *ret) {
+        return ledger_query_intv(l, "SELECT coalesce(max(pk), 0) FROM phones", ret, 0);
 }
 
 int ledger_cached(Ledger *l, LedgerStmt which, const char *sql, sqlite3_stmt **ret) {

@@ -244,8 +244,13 @@ typedef struct DueQuery {
 
 int ledger_due(Ledger *l, const DueQuery *q, int64_t after, unsigned limit,
                int (*cb)(const Phone *p, void *userdata), void *userdata);
-/* How many are due in each set (q->set is ignored). */
+/* How many are due in each set (q->set is ignored); the _range form adds
+ * those with after < pk <= upto to ret, a part of a large ledger at a time. */
 int ledger_due_count(Ledger *l, const DueQuery *q, uint64_t ret[static _DUE_MAX]);
+int ledger_due_count_range(Ledger *l, const DueQuery *q, int64_t after, int64_t upto, uint64_t ret[static _DUE_MAX]);
+/* The largest pk, 0 for an empty ledger: rows are never deleted, so every
+ * row there is now has a pk up to it. */
+int ledger_last_pk(Ledger *l, int64_t *ret);
 /* 1 when some row has this id or this number, else 0: which phones of a
  * listing are worth keeping. */
 int ledger_knows_phone(Ledger *l, const char *id, const char *number);

@@ -813,8 +813,9 @@ static int count_vm_steps(unsigned type, void *userdata, void *p, void *x) {
         return 0;
 }
 
-/* A pass takes its rows a batch at a time, each set walked by pk.  A batch
- * reads about as many rows as it takes, whatever the ledger holds: SQLite
+/* A pass takes its rows a batch at a time, each set walked by pk, and
+ * counts them a part of the ledger at a time.  A batch reads about as many
+ * rows as it takes, and a part its rows, whatever the ledger holds: SQLite
  * would rather gather every due row through the state index and sort them
  * (at a million rows, 0.6 s with the loop stopped, for each batch), and
  * for the rows whose DELETE went out, of which there are few, it read
@@ -836,6 +837,17 @@ static void test_a_batch_reads_about_the_rows_it_takes(void **state) {
                 assert_int_equal(ledger_due(f->l, &q, 0, set == DUE_LOOKS ? 10 : 5, count_phone, pks), 0);
                 (void) sqlite3_trace_v2(ledger_db(f->l), 0, NULL, NULL);
                 assert_int_equal(pks[0], set == DUE_LOOKS ? 1 : 5);
+                assert_in_range(steps, 1, 1000);
+        }
+        /* And a pass's count, a part of the ledger at a time, reads that part. */
+        for (int64_t after = 0; after < 5000; after += 1000) {
+                uint64_t counted[_DUE_MAX] = {};
+                int steps = 0;
+
+                (void) sqlite3_trace_v2(ledger_db(f->l), SQLITE_TRACE_PROFILE, count_vm_steps, &steps);
+                assert_int_equal(ledger_due_count_range(f->l, &q, after, after + 10, counted), 0);
+                (void) sqlite3_trace_v2(ledger_db(f->l), 0, NULL, NULL);
+                assert_int_equal(counted[DUE_LOOKS] + counted[DUE_REST], 10);
                 assert_in_range(steps, 1, 1000);
         }
 }
