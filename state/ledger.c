@@ -734,7 +734,11 @@ int ledger_next_due(Ledger *l, int64_t now, int64_t due_now, bool looks_only, in
                          " SELECT max(next_at, not_before * 1000000 + ?2) AS t FROM phones WHERE state = 'retrying'"
                          "  AND (NOT ?3 OR sent_at != 0) AND NOT " HELD_BY_BOOT
                          " UNION ALL SELECT next_at FROM phones WHERE sent_at != 0 AND state IN ('in_flight', 'cancelled')"
-                         " UNION ALL SELECT not_before * 1000000 + ?2 FROM phones WHERE state = 'pending' AND NOT ?3"
+                         /* not_before != 0 and the bound on it (implied: ?1 - ?2 is a time) let
+                          * the smallest come from phones_dated, not from every pending row. */
+                         " UNION ALL SELECT min(not_before) * 1000000 + ?2 FROM phones INDEXED BY phones_dated"
+                         "  WHERE state = 'pending' AND NOT ?3"
+                         "  AND not_before != 0 AND not_before >= (?1 - ?2) / 1000000"
                          "  AND not_before * 1000000 > ?1 - ?2)", ret, 3, now, now - due_now, (int64_t) looks_only);
 }
 
