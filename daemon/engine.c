@@ -335,16 +335,22 @@ static int64_t due_now(Engine *e, int64_t t) {
  * loaded machine, whose pass outlasted the wait). */
 static void arm_wake(Engine *e) {
         int64_t t = e->due.now, t_due = e->due.due_now, next;
+        int r;
 
         /* No pass yet, or a clock stepped back since: from now. */
         if (t == 0 || t > (int64_t) now(CLOCK_REALTIME)) {
                 t = (int64_t) now(CLOCK_REALTIME);
                 t_due = due_now(e, t);
         }
-        if (ledger_next_due(e->ledger, t, t_due, e->held, &next) >= 0)
+        r = ledger_next_due(e->ledger, t, t_due, e->held, &next);
+        if (r >= 0)
                 engine_arm(e->wake, (usec_t) (next > 0 ? next : 1));
         else
                 engine_disarm(e->wake);
+        /* Nothing wakes the daemon for a row that falls due then but the resync. */
+        if (r < 0 && r != -ENOENT)
+                log_warning_errno(r, "Cannot find when the next phone falls due: %m (%s); the next pass waits for "
+                                  "the resync.", ledger_errmsg(e->ledger));
         /* A hold ends by the boot-time clock, whatever the wall clock does
          * meanwhile; looked for from the pass's time too. */
         if (!e->held && ledger_next_hold_end(e->ledger, e->hold_from > 0 ? e->hold_from : (int64_t) now(CLOCK_BOOTTIME),
