@@ -578,6 +578,36 @@ static void test_a_large_count_lets_the_loop_turn(void **state) {
         }
 }
 
+/* A stop while a pass counts its rows: the count ends at the next turn of
+ * the loop, the pass never begins, nothing is asked of the API, and the
+ * engine is idle for the daemon to exit. */
+static void test_a_stop_during_the_count_begins_no_pass(void **state) {
+        Fixture *f = *state;
+        EngineProgress p;
+        size_t total = 0;
+
+        assert_int_equal(ledger_exec(f->l, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 65535)"
+                                     " INSERT INTO phones (key, state, created_at, updated_at)"
+                                     " SELECT 'old' || i, 'released', 1, 1 FROM n"), 0);
+        for (unsigned i = 1; i <= 3; i++)
+                account_add(&f->api, i, "assigned");
+        declare_by(f, "id", 1, 3);
+        engine_up(f);
+        engine_on_idle(f->e, note_pass_total, &total);
+
+        engine_request_pass(f->e, false);
+        assert_true(engine_busy(f->e));
+        assert_false(engine_stop(f->e));
+        while (sd_event_run(f->event, 0) > 0)
+                ;
+        assert_false(engine_busy(f->e));
+        assert_false(engine_progress(f->e, &p));
+        assert_int_equal(total, 0);
+        assert_null(stub_diga_next(f->d));
+        for (unsigned i = 1; i <= 3; i++)
+                assert_int_equal(state_of(f, id_of(i).s), STATE_PENDING);
+}
+
 /* Phone 1, assigned (by `provider`), declared by id, and the engine up. */
 static void one_by_id(Fixture *f, const char *provider) {
         account_add(&f->api, 1, "assigned")->provider = provider;
@@ -1536,6 +1566,7 @@ int main(void) {
                 T(test_a_number_due_after_the_check_is_not_called_absent_by_a_listing_by_page),
                 T(test_each_sqlite_call_of_a_pass_failing_in_turn_leaves_a_true_ledger),
                 T(test_a_large_count_lets_the_loop_turn),
+                T(test_a_stop_during_the_count_begins_no_pass),
 #undef T
         };
 
