@@ -302,8 +302,19 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
                         else if (r < 0)
                                 bad(l, s, "number: \"%.80s\" is not a phone number (digits, a leading +, spaces . - ( ) ) or a SIP identifier (user@host)", v);
                 } else if (streq(name, "reason")) {
+                        /* Shown in the journal, in retirectl's tables and on
+                         * terminals: a newline there is a line that was
+                         * never logged, an escape sequence rewrites the screen. */
+                        size_t ctl = 0;
+
+                        while (v[ctl] && (unsigned char) v[ctl] >= 0x20 && v[ctl] != 0x7f)
+                                ctl++;
+
                         if (strlen(v) > CONF_MAX_REASON)
                                 bad(l, s, "reason: longer than %u characters", CONF_MAX_REASON);
+                        else if (v[ctl])
+                                bad(l, s, "reason: a control character (0x%02x) at byte %zu: a reason is one line of text",
+                                    (unsigned) (unsigned char) v[ctl], ctl + 1);
                         else
                                 d.reason = v;
                 } else if (streq(name, "in_use")) {
