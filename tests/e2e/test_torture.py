@@ -76,10 +76,15 @@ def plan_account(n_phones):
 
 def ledger_facts(path):
     """(integrity, {key: state}, ids with a DELETE or an in_flight step on record),
-    read without writing (the ledger may have a hot WAL from the killed daemon)."""
+    read without writing (the ledger may have a hot WAL from the killed daemon),
+    unless a first start was killed inside its plan: a new ledger is written
+    through a rollback journal, and its hot journal is taken back only by a
+    connection that may write, as the next start (or retirectl) does."""
     if not os.path.exists(path):
         return [("ok",)], {}, set()
-    con = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10)
+    journal = path + "-journal"
+    hot = os.path.exists(journal) and os.path.getsize(journal) > 0
+    con = sqlite3.connect(path if hot else "file:%s?mode=ro" % path, uri=not hot, timeout=10)
     try:
         try:
             states = dict(con.execute("SELECT key, state FROM phones"))
