@@ -539,6 +539,18 @@ static void test_a_step_the_ledger_refuses_pauses_calls_and_nothing_is_sent_agai
         check_ledger(f);
 }
 
+/* Rows 1 to 65,535 long released; phones 1 to 3 declared, their rows
+ * 65,536 (the last of the first part a pass counts) to 65,538; the engine up. */
+static void three_past_a_part(Fixture *f) {
+        assert_int_equal(ledger_exec(f->l, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 65535)"
+                                     " INSERT INTO phones (key, state, created_at, updated_at)"
+                                     " SELECT 'old' || i, 'released', 1, 1 FROM n"), 0);
+        for (unsigned i = 1; i <= 3; i++)
+                account_add(&f->api, i, "assigned");
+        declare_by(f, "id", 1, 3);
+        engine_up(f);
+}
+
 static void note_pass_total(Engine *e, void *userdata) {
         EngineProgress p;
 
@@ -556,15 +568,7 @@ static void test_a_large_count_lets_the_loop_turn(void **state) {
         EngineProgress p;
         size_t total = 0;
 
-        /* Rows 1 to 65,535 long released; the three declared are 65,536
-         * (the first part's last row) to 65,538. */
-        assert_int_equal(ledger_exec(f->l, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 65535)"
-                                     " INSERT INTO phones (key, state, created_at, updated_at)"
-                                     " SELECT 'old' || i, 'released', 1, 1 FROM n"), 0);
-        for (unsigned i = 1; i <= 3; i++)
-                account_add(&f->api, i, "assigned");
-        declare_by(f, "id", 1, 3);
-        engine_up(f);
+        three_past_a_part(f);
         engine_on_idle(f->e, note_pass_total, &total);
 
         engine_request_pass(f->e, false);
@@ -586,13 +590,7 @@ static void test_a_stop_during_the_count_begins_no_pass(void **state) {
         EngineProgress p;
         size_t total = 0;
 
-        assert_int_equal(ledger_exec(f->l, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 65535)"
-                                     " INSERT INTO phones (key, state, created_at, updated_at)"
-                                     " SELECT 'old' || i, 'released', 1, 1 FROM n"), 0);
-        for (unsigned i = 1; i <= 3; i++)
-                account_add(&f->api, i, "assigned");
-        declare_by(f, "id", 1, 3);
-        engine_up(f);
+        three_past_a_part(f);
         engine_on_idle(f->e, note_pass_total, &total);
 
         engine_request_pass(f->e, false);
