@@ -254,6 +254,18 @@ static void note_capital_ids(Loader *l, const char *file) {
         l->capital_ids = 0;
 }
 
+/* Where a reason holds a control character other than a line break or a
+ * tab (the audit export quotes those), or its end.  The reason is shown in
+ * the journal, in retirectl's views and on terminals, where an escape
+ * sequence would rewrite the screen and a carriage return hide the line. */
+static size_t reason_control(const char *v) {
+        size_t i = 0;
+
+        while (v[i] && ((unsigned char) v[i] >= 0x20 || v[i] == '\n' || v[i] == '\t') && v[i] != 0x7f)
+                i++;
+        return i;
+}
+
 /* The strings are libconfig's, alive as long as the file's tree: only the
  * normalised number and id are our own. */
 static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
@@ -302,19 +314,13 @@ static int read_entry(Loader *l, const config_setting_t *e, const char *file) {
                         else if (r < 0)
                                 bad(l, s, "number: \"%.80s\" is not a phone number (digits, a leading +, spaces . - ( ) ) or a SIP identifier (user@host)", v);
                 } else if (streq(name, "reason")) {
-                        /* Shown in the journal, in retirectl's tables and on
-                         * terminals: a newline there is a line that was
-                         * never logged, an escape sequence rewrites the screen. */
-                        size_t ctl = 0;
-
-                        while (v[ctl] && (unsigned char) v[ctl] >= 0x20 && v[ctl] != 0x7f)
-                                ctl++;
+                        size_t ctl = reason_control(v);
 
                         if (strlen(v) > CONF_MAX_REASON)
                                 bad(l, s, "reason: longer than %u characters", CONF_MAX_REASON);
                         else if (v[ctl])
-                                bad(l, s, "reason: a control character (0x%02x) at byte %zu: a reason is one line of text",
-                                    (unsigned) (unsigned char) v[ctl], ctl + 1);
+                                bad(l, s, "reason: a control character (0x%02x) at byte %zu: only line breaks and "
+                                    "tabs may be written in a reason", (unsigned) (unsigned char) v[ctl], ctl + 1);
                         else
                                 d.reason = v;
                 } else if (streq(name, "in_use")) {
