@@ -135,8 +135,13 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(BUILD)/libcore.a $(UNIT_DAE
 	@$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $< $(UNIT_OBJ) $(UNIT_DAEMON_OBJ) $(BUILD)/libcore.a $(PKG_LIBS) -lcmocka -lm $(UNIT_LDFLAGS)
 
 # test-faults fails the SQLite calls it chooses: the code under test makes
-# them through its __wrap_ functions.
-$(BUILD)/tests/test-faults: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
+# them through the __wrap_ functions of tests/unit/sqlite-faults.c.
+SQLITE_FAULTS_OBJ := $(BUILD)/tests/unit/sqlite-faults.o
+SQLITE_WRAP := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3
+$(BUILD)/tests/unit/sqlite-faults.o: tests/unit/sqlite-faults.h
+$(BUILD)/tests/test-faults: $(SQLITE_FAULTS_OBJ)
+$(BUILD)/tests/test-faults: UNIT_OBJ := $(SQLITE_FAULTS_OBJ)
+$(BUILD)/tests/test-faults: UNIT_LDFLAGS := $(SQLITE_WRAP)
 
 # test-listing runs the listing against a scripted Diga client
 # (tests/unit/stub-diga.c) in place of daemon/diga.c: each test answers each
@@ -147,9 +152,9 @@ $(BUILD)/tests/test-listing: $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
 $(BUILD)/tests/test-listing: UNIT_OBJ := $(BUILD)/daemon/listing.o $(STUB_DIGA_OBJ)
 # test-engine: the engine's rooms too, and SQLite's calls wrapped as in test-faults.
 ENGINE_OBJ := $(patsubst %,$(BUILD)/daemon/%.o,engine act match pause listing)
-$(BUILD)/tests/test-engine: $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
-$(BUILD)/tests/test-engine: UNIT_OBJ := $(ENGINE_OBJ) $(STUB_DIGA_OBJ)
-$(BUILD)/tests/test-engine: UNIT_LDFLAGS := -Wl,--wrap=sqlite3_step,--wrap=sqlite3_exec,--wrap=sqlite3_prepare_v2,--wrap=sqlite3_prepare_v3,--wrap=strdup
+$(BUILD)/tests/test-engine: $(ENGINE_OBJ) $(STUB_DIGA_OBJ) $(SQLITE_FAULTS_OBJ)
+$(BUILD)/tests/test-engine: UNIT_OBJ := $(ENGINE_OBJ) $(STUB_DIGA_OBJ) $(SQLITE_FAULTS_OBJ)
+$(BUILD)/tests/test-engine: UNIT_LDFLAGS := $(SQLITE_WRAP),--wrap=strdup
 
 # test-log reads the journal entries log.c sends through its
 # __wrap_sd_journal_sendv_with_location (what sd_journal_sendv() is once

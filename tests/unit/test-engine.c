@@ -21,75 +21,12 @@
 #include "internal.h"   /* ledger_db(), ledger_exec(): to read the file as it is, and to refuse a step */
 #include "log.h"
 #include "macro.h"
+#include "sqlite-faults.h"
 #include "stub-diga.h"
 
-/* ---- the faults (as in test-faults.c) ----------------------------------- */
-
-static struct {
-        bool armed;
-        unsigned fail_at;          /* the call to fail, from 1 */
-        unsigned calls;            /* made since armed */
-        int code;
-        bool hit;
-} fault;
+/* ---- the faults (sqlite-faults.c, as in test-faults.c) -------------------- */
 
 static const int fault_codes[] = { SQLITE_IOERR_WRITE, SQLITE_FULL, SQLITE_BUSY, SQLITE_NOMEM, SQLITE_INTERRUPT };
-
-static void fault_arm(unsigned n, int code) {
-        fault = (__typeof__(fault)) { .armed = true, .fail_at = n, .code = code };
-}
-
-static bool fault_disarm(void) {
-        fault.armed = false;
-        return fault.hit;
-}
-
-static bool fault_now(const char *sql) {
-        /* A ROLLBACK fails too: the transaction it leaves open is taken
-         * back by the next write (ledger_begin()). */
-        if (!fault.armed || ++fault.calls != fault.fail_at)
-                return false;
-        fault.hit = true;
-        return true;
-}
-
-int __real_sqlite3_step(sqlite3_stmt *st);
-int __wrap_sqlite3_step(sqlite3_stmt *st);
-int __wrap_sqlite3_step(sqlite3_stmt *st) {
-        return fault_now(sqlite3_sql(st)) ? fault.code : __real_sqlite3_step(st);
-}
-
-typedef int (*ExecCb)(void *, int, char **, char **);
-int __real_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error);
-int __wrap_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error);
-int __wrap_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error) {
-        if (!fault_now(sql))
-                return __real_sqlite3_exec(db, sql, cb, userdata, error);
-        if (error)
-                *error = NULL;
-        return fault.code;
-}
-
-int __real_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail);
-int __wrap_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail);
-int __wrap_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail) {
-        if (!fault_now(sql))
-                return __real_sqlite3_prepare_v2(db, sql, n, ret, tail);
-        *ret = NULL;
-        return fault.code;
-}
-
-int __real_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
-                              const char **tail);
-int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
-                              const char **tail);
-int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
-                              const char **tail) {
-        if (!fault_now(sql))
-                return __real_sqlite3_prepare_v3(db, sql, n, flags, ret, tail);
-        *ret = NULL;
-        return fault.code;
-}
 
 /* Out of memory: the strdup() of the code under test (linked with
  * --wrap=strdup) fails at the fail_at-th call once armed. */

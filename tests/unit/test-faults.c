@@ -16,17 +16,9 @@
 #include "api.h"
 #include "internal.h"   /* ledger_db(), to read the file as it is */
 #include "macro.h"
+#include "sqlite-faults.h"
 
 /* ---- the faults ---------------------------------------------------------- */
-
-static struct {
-        bool armed;
-        unsigned fail_at;          /* the call to fail, from 1 */
-        unsigned calls;            /* made since armed */
-        int code;
-        bool hit;
-        char sql[160];             /* what the failed call was to run, to say where it was */
-} fault;
 
 /* The codes each loop fails with, and what the caller must be told. */
 static const struct { int code; int error; } codes[] = {
@@ -37,67 +29,11 @@ static const struct { int code; int error; } codes[] = {
         { SQLITE_BUSY, -EBUSY },
 };
 
-static void fault_arm(unsigned n, int code) {
-        fault = (__typeof__(fault)) { .armed = true, .fail_at = n, .code = code };
-}
-
-/* Whether the armed fault was hit; no call fails after this. */
-static bool fault_disarm(void) {
-        fault.armed = false;
-        return fault.hit;
-}
-
-static bool fault_now(const char *sql) {
-        if (!fault.armed || ++fault.calls != fault.fail_at)
-                return false;
-        fault.hit = true;
-        snprintf(fault.sql, sizeof fault.sql, "%s", sql ? sql : "?");
-        return true;
-}
-
 /* The run's result, with where the fault was when it is not the one wanted. */
 static void fault_reported(int r, int want) {
         if (r != want)
                 print_message("  call %u (%s) failed, and the caller said %d\n", fault.fail_at, fault.sql, r);
         assert_int_equal(r, want);
-}
-
-int __real_sqlite3_step(sqlite3_stmt *st);
-int __wrap_sqlite3_step(sqlite3_stmt *st);
-int __wrap_sqlite3_step(sqlite3_stmt *st) {
-        return fault_now(sqlite3_sql(st)) ? fault.code : __real_sqlite3_step(st);
-}
-
-typedef int (*ExecCb)(void *, int, char **, char **);
-int __real_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error);
-int __wrap_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error);
-int __wrap_sqlite3_exec(sqlite3 *db, const char *sql, ExecCb cb, void *userdata, char **error) {
-        if (!fault_now(sql))
-                return __real_sqlite3_exec(db, sql, cb, userdata, error);
-        if (error)
-                *error = NULL;
-        return fault.code;
-}
-
-int __real_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail);
-int __wrap_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail);
-int __wrap_sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **ret, const char **tail) {
-        if (!fault_now(sql))
-                return __real_sqlite3_prepare_v2(db, sql, n, ret, tail);
-        *ret = NULL;
-        return fault.code;
-}
-
-int __real_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
-                              const char **tail);
-int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
-                              const char **tail);
-int __wrap_sqlite3_prepare_v3(sqlite3 *db, const char *sql, int n, unsigned flags, sqlite3_stmt **ret,
-                              const char **tail) {
-        if (!fault_now(sql))
-                return __real_sqlite3_prepare_v3(db, sql, n, flags, ret, tail);
-        *ret = NULL;
-        return fault.code;
 }
 
 /* ---- parsing a page ------------------------------------------------------ */
