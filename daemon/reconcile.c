@@ -541,11 +541,18 @@ static void look_assigned(const Row *row, const Look *look, const World *w, Outc
                 return;
         }
         if (w->dry_run) {
+                char who[OUTCOME_TEXT] = "";
+
                 o->write = true;
                 o->dry_run = true;
-                o->level = LOG_NOTICE;
-                say(o->detail, "dry run: would release %s (%s, %s)", row->number ? row->number : p->number, p->id,
-                    p->provider ? p->provider : "unknown provider");
+                /* What the real run would warn of, the dry run says: whose
+                 * live line it would cut. */
+                o->level = remote_in_use(p) ? LOG_WARNING : LOG_NOTICE;
+                if (remote_in_use(p))
+                        (void) agents(p->inbound_agent, p->outbound_agent, who);
+                say(o->detail, "dry run: would release %s (%s, %s)%s%s%s", row->number ? row->number : p->number, p->id,
+                    p->provider ? p->provider : "unknown provider", *who ? ", in use (" : "", who,
+                    *who ? "), as in_use = \"release\" says" : "");
                 return;
         }
         /* A GET is one of this phone's calls: on record.  (A list page is
