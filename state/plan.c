@@ -411,7 +411,7 @@ static int apply_adds(Ledger *l, Plan *p, int64_t t, int64_t hold_until) {
         usec_t t0, t1, t2;
         int rc, r;
 
-        r = ledger_query_intv(l, "SELECT coalesce(max(pk), 0) FROM phones", &before, 0);
+        r = ledger_last_pk(l, &before);
         if (r < 0)
                 return r;
         rc = sqlite3_prepare_v2(db, add_sql, -1, &add, NULL);
@@ -436,6 +436,8 @@ static int apply_adds(Ledger *l, Plan *p, int64_t t, int64_t hold_until) {
         if (rc != SQLITE_DONE)
                 return sqlite_to_errno(rc);
         t2 = now(CLOCK_MONOTONIC);
+        /* The declared set names them when next read (decl.c): if this
+         * transaction is taken back, it finds no row by their keys. */
         ledger_decls_added(l);
         p->took_rows = t1 - t0;
         p->took_history = t2 - t1;
@@ -490,9 +492,6 @@ int plan_apply(Ledger *l, Plan *p, bool approved) {
          * phones is written: phones is only looked up in it, by pk, so the
          * writing does not disturb the reading.  Held, what adds or
          * declares again waits. */
-        /* The rows just added are the ones these declarations now name: in
-         * the same transaction, so that the declared set and the rows it
-         * names are taken back together if anything fails. */
         if (p->count[CHANGE_ADD] > 0 && !hold)
                 r = apply_adds(l, p, t, hold_until);
         t0 = now(CLOCK_MONOTONIC);
